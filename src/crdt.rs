@@ -1,0 +1,58 @@
+//! Replicated data types that converge without coordination.
+//!
+//! Every type here is a *delta-state* CRDT (Almeida, Shoker, Baquero 2018):
+//!
+//! - its states form a join semilattice, and [`Crdt::merge`] is the join:
+//!   commutative, associative and idempotent, so replicas that have received
+//!   the same writes, in any order, any number of times, hold equal states;
+//! - each mutator (`inc`, `insert`, `set`, ...) changes the local state and
+//!   returns a **delta**, a small value of the same type that carries just
+//!   that change. Merging the delta into another replica has the same effect
+//!   as merging the whole new state, so replicas ship deltas, and batch or
+//!   merge deltas together like any other states.
+//!
+//! | type | for | reads |
+//! | --- | --- | --- |
+//! | [`GCounter`] | hits, likes: only grows | sum of per-replica counts |
+//! | [`PnCounter`] | stock, balances of votes | increments minus decrements |
+//! | [`OrSet`] | carts, tags, memberships | add-wins set |
+//! | [`LwwRegister`] | one value, latest write wins | the value with the highest [`Stamp`](crate::clock::Stamp) |
+//! | [`LwwMap`] | profiles, settings | per key, latest write (or delete) wins |
+//! | [`MvRegister`] | documents the app reconciles | every concurrent value |
+//!
+//! All of them serialize with serde, through [`wire`](crate::wire) and
+//! through JSON alike (maps are sequences of pairs, so any key type works).
+//!
+//! Writing your own: implement [`Crdt`] and run
+//! [`testing::check_crdt_laws`](crate::testing) (feature `testing`) on it.
+
+mod g_counter;
+mod lww_map;
+mod lww_register;
+mod mv_register;
+mod or_set;
+mod pn_counter;
+
+pub use g_counter::GCounter;
+pub use lww_map::LwwMap;
+pub use lww_register::LwwRegister;
+pub use mv_register::MvRegister;
+pub use or_set::OrSet;
+pub use pn_counter::PnCounter;
+
+/// A state-based replicated type whose merge is a join.
+///
+/// Laws every implementation keeps (and [`testing`](crate::testing) checks):
+/// for all states `a`, `b`, `c`,
+/// - `a ⊔ b == b ⊔ a` (commutative),
+/// - `(a ⊔ b) ⊔ c == a ⊔ (b ⊔ c)` (associative),
+/// - `a ⊔ a == a` (idempotent),
+/// - and `Default::default()` is the bottom: `a ⊔ ⊥ == a`.
+///
+/// Mutators are inherent methods of each type, and each returns its delta
+/// as a `Self`.
+pub trait Crdt: Clone + Default {
+    /// Joins `other` into `self`. Takes a reference: merging never forces
+    /// the caller to clone.
+    fn merge(&mut self, other: &Self);
+}
