@@ -11,4 +11,6 @@
 pub mod clock;
 pub mod crdt;
 pub mod hash;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod wire;

@@ -1,0 +1,371 @@
+//! Law checks for replicated types (feature `testing`).
+//!
+//! The checks our own CRDTs pass, for yours. Describe your type with a
+//! [`CrdtSpec`] (which operations exist, how to apply one, what a read
+//! returns) and call [`check_crdt_laws`]. It runs proptest over random
+//! histories of three replicas and panics with the smallest failing history
+//! it finds. The number of cases honours `PROPTEST_CASES`.
+//!
+//! States are never generated directly: they are the results of random
+//! operations at three replicas with random exchanges between them, so
+//! every state checked is one a real deployment can reach (unique stamps,
+//! dots covered by their contexts, ...).
+//!
+//! What is checked, for every reachable `a`, `b`, `c`:
+//! - merge is **commutative** (`a ⊔ b == b ⊔ a`), **associative**,
+//!   **idempotent** (`a ⊔ a == a`), and has `Default` as its **bottom**;
+//! - **delta equivalence**: merging the delta a mutator returns has the
+//!   effect of merging the whole state after the mutation, into the mutating
+//!   replica and into any replica that had seen the state before it;
+//! - **convergence under arbitrary delivery**: three replicas write while
+//!   their deltas are delivered in random order, duplicated or dropped; once
+//!   every delta that was not dropped has arrived the replicas are equal if
+//!   none was dropped, and after one round of full-state merges they are
+//!   equal in any case, read the same, and contain every delta ever made;
+//! - the state survives [`wire`](crate::wire) and JSON unchanged.
+//!
+//! ```
+//! use archipelago::clock::Stamp;
+//! use archipelago::crdt::GCounter;
+//! use archipelago::testing::{CrdtSpec, check_crdt_laws};
+//! use proptest::prelude::*;
+//!
+//! struct Hits;
+//! impl CrdtSpec for Hits {
+//!     type State = GCounter;
+//!     type Op = u64;
+//!     type Read = u64;
+//!     fn op() -> BoxedStrategy<u64> { (0..10u64).boxed() }
+//!     fn apply(state: &mut GCounter, stamp: Stamp, n: &u64) -> GCounter {
+//!         state.inc(stamp.replica, *n)
+//!     }
+//!     fn read(state: &GCounter) -> u64 { state.value() }
+//! }
+//!
+//! check_crdt_laws::<Hits>();
+//! ```
+
+use std::fmt::Debug;
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::clock::{Hlc, ManualClock, ReplicaId, Stamp};
+use crate::crdt::Crdt;
+
+/// Replicas in every simulated history.
+pub const REPLICAS: usize = 3;
+/// Longest simulated history, in events.
+pub const EVENTS_MAX: usize = 48;
+/// Largest clock skew between simulated replicas, in ms (either way).
+pub const SKEW_MS_MAX: u64 = 250;
+
+/// What [`check_crdt_laws`] needs to know about a replicated type.
+pub trait CrdtSpec {
+    /// The replicated type.
+    type State: Crdt + Debug + PartialEq + Serialize + DeserializeOwned;
+    /// One mutation, as data.
+    type Op: Debug + Clone;
+    /// What the application reads from a state.
+    type Read: Debug + PartialEq;
+    /// Random mutations.
+    fn op() -> BoxedStrategy<Self::Op>;
+    /// Applies `op` at the replica `stamp.replica` (whose clock read
+    /// `stamp.time`); returns the delta.
+    fn apply(state: &mut Self::State, stamp: Stamp, op: &Self::Op) -> Self::State;
+    /// The application's read.
+    fn read(state: &Self::State) -> Self::Read;
+}
+
+/// One step of a simulated history.
+#[derive(Clone, Debug)]
+pub enum Event<Op> {
+    /// Replica `.0` applies a mutation; its delta goes to every other inbox.
+    Write(usize, Op),
+    /// Replica `.0` merges the message at position `.1` (modulo length) of
+    /// its inbox, which removes it.
+    Deliver(usize, usize),
+    /// As `Deliver`, but the message stays to be delivered again.
+    Duplicate(usize, usize),
+    /// The message is lost.
+    Drop(usize, usize),
+    /// Replica `.1` merges the full state of replica `.0`.
+    Sync(usize, usize),
+    /// The wall clocks advance by `.0` ms.
+    Tick(u64),
+}
+
+/// Random histories of up to [`EVENTS_MAX`] events over [`REPLICAS`] replicas.
+pub fn history<Op: Debug + Clone + 'static>(
+    op: BoxedStrategy<Op>,
+) -> impl Strategy<Value = (Vec<u64>, Vec<Event<Op>>)> {
+    let replica = 0..REPLICAS;
+    let event = prop_oneof![
+        4 => (replica.clone(), op).prop_map(|(r, op)| Event::Write(r, op)),
+        3 => (replica.clone(), any::<usize>()).prop_map(|(r, i)| Event::Deliver(r, i)),
+        1 => (replica.clone(), any::<usize>()).prop_map(|(r, i)| Event::Duplicate(r, i)),
+        1 => (replica.clone(), any::<usize>()).prop_map(|(r, i)| Event::Drop(r, i)),
+        1 => (replica.clone(), replica).prop_map(|(a, b)| Event::Sync(a, b)),
+        1 => (0..40u64).prop_map(Event::Tick),
+    ];
+    let skews = prop::collection::vec(0..=2 * SKEW_MS_MAX, REPLICAS);
+    (skews, prop::collection::vec(event, 0..EVENTS_MAX))
+}
+
+/// Three replicas running a history: their states, the messages in flight
+/// to each, and every delta made.
+pub struct Simulation<S: CrdtSpec> {
+    /// Each replica's state.
+    pub states: Vec<S::State>,
+    /// Each replica's inbox of deltas not yet delivered.
+    pub inboxes: Vec<Vec<S::State>>,
+    /// Every delta any replica made, in order.
+    pub deltas: Vec<S::State>,
+    /// True once a message was dropped.
+    pub dropped: bool,
+    clocks: Vec<ManualClock>,
+    hlcs: Vec<Hlc>,
+}
+
+impl<S: CrdtSpec> Simulation<S> {
+    /// Replicas `1..=REPLICAS`, whose wall clocks start at `1_000_000 + skew`.
+    pub fn new(skews: &[u64]) -> Self {
+        let clocks: Vec<ManualClock> = (0..REPLICAS)
+            .map(|i| ManualClock::new(1_000_000 + skews.get(i).copied().unwrap_or(0)))
+            .collect();
+        let hlcs = clocks
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Hlc::with_clock(ReplicaId::new(i as u32 + 1), c.clone()))
+            .collect();
+        Simulation {
+            states: (0..REPLICAS).map(|_| S::State::default()).collect(),
+            inboxes: (0..REPLICAS).map(|_| Vec::new()).collect(),
+            deltas: Vec::new(),
+            dropped: false,
+            clocks,
+            hlcs,
+        }
+    }
+
+    /// Runs one event.
+    pub fn step(&mut self, event: &Event<S::Op>) {
+        match event {
+            Event::Write(r, op) => {
+                let delta = S::apply(&mut self.states[*r], self.hlcs[*r].stamp(), op);
+                for (i, inbox) in self.inboxes.iter_mut().enumerate() {
+                    if i != *r {
+                        inbox.push(delta.clone());
+                    }
+                }
+                self.deltas.push(delta);
+            }
+            Event::Deliver(r, i) | Event::Duplicate(r, i) | Event::Drop(r, i) => {
+                let inbox = &mut self.inboxes[*r];
+                if inbox.is_empty() {
+                    return;
+                }
+                let at = i % inbox.len();
+                match event {
+                    Event::Duplicate(..) => self.states[*r].merge(&inbox[at]),
+                    Event::Deliver(..) => {
+                        let message = inbox.remove(at);
+                        self.states[*r].merge(&message);
+                    }
+                    _ => {
+                        inbox.remove(at);
+                        self.dropped = true;
+                    }
+                }
+            }
+            Event::Sync(from, to) => {
+                let state = self.states[*from].clone();
+                self.states[*to].merge(&state);
+            }
+            Event::Tick(ms) => self.clocks.iter().for_each(|c| c.advance(*ms)),
+        }
+    }
+
+    /// Runs a whole history.
+    pub fn run(skews: &[u64], events: &[Event<S::Op>]) -> Self {
+        let mut sim = Self::new(skews);
+        for event in events {
+            sim.step(event);
+        }
+        sim
+    }
+
+    /// Delivers every message still in flight, in inbox order.
+    pub fn flush(&mut self) {
+        for (state, inbox) in self.states.iter_mut().zip(self.inboxes.iter_mut()) {
+            for message in inbox.drain(..) {
+                state.merge(&message);
+            }
+        }
+    }
+
+    /// One round of full-state merges: afterwards every replica has merged
+    /// every other's state.
+    pub fn repair(&mut self) {
+        let mut all = S::State::default();
+        for state in &self.states {
+            all.merge(state);
+        }
+        for state in &mut self.states {
+            state.merge(&all);
+        }
+    }
+
+    /// A stamp from replica `r`'s clock.
+    pub fn stamp(&self, r: usize) -> Stamp {
+        self.hlcs[r].stamp()
+    }
+}
+
+fn join<T: Crdt>(a: &T, b: &T) -> T {
+    let mut out = a.clone();
+    out.merge(b);
+    out
+}
+
+fn ensure(ok: bool, law: &str, detail: impl FnOnce() -> String) -> Result<(), TestCaseError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(TestCaseError::fail(format!("{law} broken: {}", detail())))
+    }
+}
+
+/// Merge is commutative, associative, idempotent, with `Default` as bottom.
+pub fn merge_laws<T: Crdt + Debug + PartialEq>(a: &T, b: &T, c: &T) -> Result<(), TestCaseError> {
+    let (ab, ba) = (join(a, b), join(b, a));
+    ensure(ab == ba, "commutativity", || format!("{ab:?} != {ba:?}"))?;
+    let (ab_c, a_bc) = (join(&ab, c), join(a, &join(b, c)));
+    ensure(ab_c == a_bc, "associativity", || {
+        format!("{ab_c:?} != {a_bc:?}")
+    })?;
+    let aa = join(a, a);
+    ensure(aa == *a, "idempotence", || format!("{aa:?} != {a:?}"))?;
+    let bottom = T::default();
+    ensure(
+        join(a, &bottom) == *a && join(&bottom, a) == *a,
+        "bottom",
+        || format!("{a:?} changed by merging the default"),
+    )
+}
+
+/// Merging `delta` has the effect of merging `post`, into `pre` and into
+/// `other ⊔ pre`.
+pub fn delta_law<T: Crdt + Debug + PartialEq>(
+    pre: &T,
+    delta: &T,
+    post: &T,
+    other: &T,
+) -> Result<(), TestCaseError> {
+    let at_origin = join(pre, delta);
+    ensure(
+        at_origin == *post,
+        "delta equivalence at the origin",
+        || format!("{pre:?} ⊔ {delta:?} = {at_origin:?}, expected {post:?}"),
+    )?;
+    let seen = join(other, pre);
+    let (via_delta, via_state) = (join(&seen, delta), join(&seen, post));
+    ensure(
+        via_delta == via_state,
+        "delta equivalence at a peer",
+        || format!("{via_delta:?} != {via_state:?}"),
+    )
+}
+
+/// Replicas that received the same deltas are equal and read the same, and
+/// contain every delta ever made.
+pub fn convergence<S: CrdtSpec>(sim: &mut Simulation<S>) -> Result<(), TestCaseError> {
+    sim.flush();
+    if !sim.dropped {
+        let first = &sim.states[0];
+        for state in &sim.states[1..] {
+            ensure(state == first, "convergence by deltas alone", || {
+                format!("{first:?} != {state:?}")
+            })?;
+        }
+    }
+    sim.repair();
+    let first = &sim.states[0];
+    let read = S::read(first);
+    for state in &sim.states[1..] {
+        ensure(state == first, "convergence after repair", || {
+            format!("{first:?} != {state:?}")
+        })?;
+        let other = S::read(state);
+        ensure(other == read, "equal reads", || {
+            format!("{read:?} != {other:?}")
+        })?;
+    }
+    for delta in &sim.deltas {
+        let with = join(first, delta);
+        ensure(with == *first, "no write lost", || {
+            format!("{delta:?} not contained in {first:?}")
+        })?;
+    }
+    Ok(())
+}
+
+/// The state decodes to itself through the wire codec and through JSON.
+pub fn codec_round_trip<T>(state: &T) -> Result<(), TestCaseError>
+where
+    T: Debug + PartialEq + Serialize + DeserializeOwned,
+{
+    let frame = crate::wire::encode(state).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let back: T = crate::wire::decode(&frame).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    ensure(back == *state, "wire round trip", || {
+        format!("{back:?} != {state:?}")
+    })?;
+    let json = serde_json::to_string(state).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let back: T = serde_json::from_str(&json).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    ensure(back == *state, "JSON round trip", || {
+        format!("{json} decoded to {back:?}")
+    })
+}
+
+/// Runs every law with proptest's default configuration (which reads
+/// `PROPTEST_CASES`). Panics with the smallest failing history found.
+pub fn check_crdt_laws<S: CrdtSpec>()
+where
+    S::Op: 'static,
+{
+    check_crdt_laws_with::<S>(Config::default());
+}
+
+/// As [`check_crdt_laws`], with an explicit proptest configuration.
+pub fn check_crdt_laws_with<S: CrdtSpec>(config: Config)
+where
+    S::Op: 'static,
+{
+    let config = Config {
+        failure_persistence: None,
+        ..config
+    };
+    let mut runner = TestRunner::new(config);
+    let cases = (history(S::op()), S::op(), 0..REPLICAS, 0..REPLICAS);
+    let outcome = runner.run(&cases, |(history, op, writer, other)| {
+        let (skews, events) = history;
+        let mut sim = Simulation::<S>::run(&skews, &events);
+        let [a, b, c] = [&sim.states[0], &sim.states[1], &sim.states[2]];
+        merge_laws(a, b, c)?;
+        for state in &sim.states {
+            codec_round_trip(state)?;
+        }
+        let pre = sim.states[writer].clone();
+        let stamp = sim.stamp(writer);
+        let mut post = pre.clone();
+        let delta = S::apply(&mut post, stamp, &op);
+        delta_law(&pre, &delta, &post, &sim.states[other])?;
+        codec_round_trip(&delta)?;
+        convergence(&mut sim)
+    });
+    if let Err(failure) = outcome {
+        panic!("CRDT law check failed: {failure}");
+    }
+}
