@@ -3,8 +3,69 @@
 //! Active-active multi-region replication. Every region is an island that
 //! keeps serving reads and writes on its own; the archipelago converges.
 //!
-//! (The model page is written in full with the region engine; this release
-//! holds the foundation.)
+//! ## The model
+//!
+//! A **replica** is one process embedding this library, tagged with its
+//! **region** (`"ap-northeast"`, `"eu-central"`) and named by a
+//! [`ReplicaId`](clock::ReplicaId). Each replica answers reads and writes
+//! from its own state, without waiting for any other region. Writes made at
+//! the same time in two regions are *concurrent*: neither saw the other.
+//! Instead of preventing them with locks or a leader, archipelago makes them
+//! harmless by keeping data in types whose replicas always agree once they
+//! have seen the same writes:
+//!
+//! - **CRDTs** ([`crdt`]): counters, sets, registers and maps whose
+//!   [`merge`](crdt::Crdt::merge) is a *join*: commutative, associative and
+//!   idempotent. Replicas may receive each other's updates in any order,
+//!   twice, or late; they still end equal. Every mutator returns a **delta**,
+//!   a small value of the same type holding just that change, which is what
+//!   replicas ship to each other.
+//! - **Clocks** ([`clock`]): a [`Dot`](clock::Dot) names one write; a
+//!   [`VersionVector`](clock::VersionVector) summarises the writes a replica
+//!   has seen and tells *before*, *after* and *concurrent* apart; a hybrid
+//!   logical clock ([`Hlc`](clock::Hlc)) gives timestamps close to wall time
+//!   that still move forward with causality, for last-writer-wins choices
+//!   every replica makes alike.
+//!
+//! A write, end to end: the region ticks its clock, applies the mutator to
+//! its local state (the write is now visible locally), and ships the delta;
+//! the other regions merge it when it arrives. What the network loses, a
+//! later full-state merge repairs, since merging is idempotent.
+//!
+//! ```
+//! use archipelago::clock::ReplicaId;
+//! use archipelago::crdt::{Crdt, PnCounter};
+//!
+//! let (tokyo, frankfurt) = (ReplicaId::from_name("ap-northeast"), ReplicaId::from_name("eu-central"));
+//! let mut stock_tokyo = PnCounter::new();
+//! let restock = stock_tokyo.inc(tokyo, 10);
+//! let mut stock_frankfurt = PnCounter::new();
+//! stock_frankfurt.merge(&restock);
+//!
+//! // Both regions sell at the same moment, each on its own.
+//! let sold_tokyo = stock_tokyo.dec(tokyo, 2);
+//! let sold_frankfurt = stock_frankfurt.dec(frankfurt, 3);
+//!
+//! // Deltas cross in flight, one of them twice.
+//! stock_frankfurt.merge(&sold_tokyo);
+//! stock_tokyo.merge(&sold_frankfurt);
+//! stock_tokyo.merge(&sold_frankfurt);
+//! assert_eq!(stock_tokyo, stock_frankfurt);
+//! assert_eq!(stock_tokyo.value(), 5);
+//! ```
+//!
+//! ## Modules
+//!
+//! | module | holds |
+//! | --- | --- |
+//! | [`clock`] | replica ids, dots, version vectors, causal contexts, the hybrid logical clock |
+//! | [`crdt`] | the [`Crdt`](crdt::Crdt) trait and the replicated types |
+//! | [`wire`] | the versioned codec every byte goes through |
+//! | `testing` | (feature `testing`) proptest law checks for your own CRDTs |
+//!
+//! Conflict resolvers for plain values, session tokens for read-your-writes
+//! across regions, and the region engine that wires replicas together are
+//! built on these next.
 
 #![warn(missing_docs)]
 
@@ -14,3 +75,7 @@ pub mod hash;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod wire;
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
