@@ -60,18 +60,23 @@
 //! | --- | --- |
 //! | [`clock`] | replica ids, dots, version vectors, causal contexts, the hybrid logical clock |
 //! | [`crdt`] | the [`Crdt`](crdt::Crdt) trait and the replicated types |
+//! | [`id`] | region-aware identifiers: Snowflake, UUIDv7, ULID |
 //! | [`wire`] | the versioned codec every byte goes through |
 //! | `testing` | (feature `testing`) proptest law checks for your own CRDTs |
 //!
-//! Conflict resolvers for plain values, session tokens for read-your-writes
-//! across regions, and the region engine that wires replicas together are
-//! built on these next.
+//! Plain values that are not CRDTs (a profile, an order) are kept as
+//! versioned writes and settled by a deterministic resolver, each conflict
+//! recorded in an audit feed ([`resolve`]). A session token names the writes
+//! a client has made or seen, so any region can tell whether it may serve
+//! that client's read ([`session`]). The region engine that wires replicas
+//! together over channels and TCP is built on these next.
 
 #![warn(missing_docs)]
 
 pub mod clock;
 pub mod crdt;
 pub mod hash;
+pub mod id;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod wire;
