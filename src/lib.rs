@@ -61,6 +61,7 @@
 //! | [`clock`] | replica ids, dots, version vectors, causal contexts, the hybrid logical clock |
 //! | [`crdt`] | the [`Crdt`](crdt::Crdt) trait and the replicated types |
 //! | [`id`] | region-aware identifiers: Snowflake, UUIDv7, ULID |
+//! | [`session`] | session tokens and the four session guarantees: read-your-writes across regions |
 //! | [`wire`] | the versioned codec every byte goes through |
 //! | `testing` | (feature `testing`) proptest law checks for your own CRDTs |
 //!
@@ -77,6 +78,7 @@ pub mod clock;
 pub mod crdt;
 pub mod hash;
 pub mod id;
+pub mod session;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod wire;

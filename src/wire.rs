@@ -75,6 +75,10 @@ pub enum WireError {
     /// The value could not be encoded.
     #[error("cannot encode: {0}")]
     Encode(String),
+    /// Bytes that are not a version vector in the fixed layout, or a vector
+    /// too large for it (see [`encode_vector_fixed`]).
+    #[error("fixed-layout vector: {0}")]
+    Vector(#[from] FixedVectorError),
 }
 
 /// Encodes `value` into a frame: the version byte, then the body.
@@ -127,6 +131,202 @@ pub fn decode<T: DeserializeOwned>(frame: &[u8]) -> Result<T, WireError> {
 /// As [`encode`].
 pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<usize, WireError> {
     encode(value).map(|frame| frame.len())
+}
+
+// ---------------------------------------------------------------------------
+// Fixed layout for version vectors (session tokens).
+//
+// Session tokens travel in HTTP headers and cookies, where every byte counts
+// and a reader in another language should be able to decode them from this
+// comment alone. So they do not go through bincode's variable-length
+// integers but through a fixed layout, all integers little-endian:
+//
+//   offset  size  field
+//   0       1     layout version, [`VECTOR_FIXED_VERSION`]
+//   1       1     flags: reserved, must be 0
+//   2       2     entry count `n` (u16), at most [`VECTOR_FIXED_ENTRIES_MAX`]
+//   4+12i   4     entry i: replica id (u32)
+//   8+12i   8     entry i: counter (u64), non-zero
+//
+// Entries are sorted by replica, strictly (no repeats). The length is
+// exactly `4 + 12·n` bytes: one entry per replica, whatever the number of
+// keys, tables or writes behind it.
+// ---------------------------------------------------------------------------
+
+/// The version byte the fixed vector layout starts with.
+pub const VECTOR_FIXED_VERSION: u8 = 1;
+
+/// Bytes of the fixed layout's header: version, flags, u16 entry count.
+pub const VECTOR_FIXED_HEADER_BYTES: usize = 4;
+
+/// Bytes of one entry in the fixed layout: u32 replica, u64 counter.
+pub const VECTOR_FIXED_ENTRY_BYTES: usize = 12;
+
+/// The most entries (replicas) [`encode_vector_fixed`] writes and
+/// [`decode_vector_fixed`] accepts: far above the replicas a deployment
+/// runs, low enough that a hostile header cannot ask for much.
+pub const VECTOR_FIXED_ENTRIES_MAX: usize = 1024;
+
+/// The length in bytes of a vector of `entries` entries in the fixed layout.
+pub const fn vector_fixed_len(entries: usize) -> usize {
+    VECTOR_FIXED_HEADER_BYTES + VECTOR_FIXED_ENTRY_BYTES * entries
+}
+
+/// What makes bytes not a version vector in the fixed layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FixedVectorError {
+    /// The first byte names a layout version we do not speak.
+    #[error("unsupported fixed-layout version {found} (this build speaks {VECTOR_FIXED_VERSION})")]
+    UnsupportedVersion {
+        /// The version byte found.
+        found: u8,
+    },
+    /// The reserved flags byte is not 0.
+    #[error("reserved flags byte is {found:#04x}, must be 0")]
+    ReservedFlags {
+        /// The flags byte found.
+        found: u8,
+    },
+    /// More entries than [`VECTOR_FIXED_ENTRIES_MAX`], named by a header or
+    /// held by a vector to encode.
+    #[error("{count} entries exceed the limit of {VECTOR_FIXED_ENTRIES_MAX}")]
+    TooManyEntries {
+        /// The entry count.
+        count: usize,
+    },
+    /// Fewer bytes than the header and the entries it counts need.
+    #[error("truncated: {len} bytes where {expected} are needed")]
+    Truncated {
+        /// The bytes given.
+        len: usize,
+        /// The bytes the header (or the header alone) needs.
+        expected: usize,
+    },
+    /// More bytes than the header's entry count accounts for.
+    #[error("{extra} bytes after the last counted entry")]
+    TrailingBytes {
+        /// How many.
+        extra: usize,
+    },
+    /// An entry's replica is not above the previous entry's replica.
+    #[error("entry {index} is out of order or repeats a replica")]
+    Unsorted {
+        /// The entry's position, from 0.
+        index: usize,
+    },
+    /// An entry has counter 0, which a canonical vector leaves out.
+    #[error("entry {index} has counter 0")]
+    ZeroCounter {
+        /// The entry's position, from 0.
+        index: usize,
+    },
+}
+
+/// Encodes `vector` in the fixed layout: exactly
+/// [`vector_fixed_len`]`(vector.len())` bytes.
+///
+/// ```
+/// use archipelago::clock::{ReplicaId, VersionVector};
+/// use archipelago::wire;
+///
+/// let vector: VersionVector = [(ReplicaId::new(2), 7)].into_iter().collect();
+/// let bytes = wire::encode_vector_fixed(&vector)?;
+/// assert_eq!(bytes, [1, 0, 1, 0, 2, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0]);
+/// assert_eq!(wire::decode_vector_fixed(&bytes)?, vector);
+/// # Ok::<(), wire::WireError>(())
+/// ```
+///
+/// # Errors
+/// [`FixedVectorError::TooManyEntries`] (inside [`WireError::Vector`]) when
+/// `vector` has more than [`VECTOR_FIXED_ENTRIES_MAX`] entries.
+pub fn encode_vector_fixed(vector: &crate::clock::VersionVector) -> Result<Vec<u8>, WireError> {
+    let count = vector.len();
+    if count > VECTOR_FIXED_ENTRIES_MAX {
+        return Err(FixedVectorError::TooManyEntries { count }.into());
+    }
+    let mut out = Vec::with_capacity(vector_fixed_len(count));
+    out.extend_from_slice(&vector_fixed_header(count));
+    for (replica, counter) in vector.iter() {
+        out.extend_from_slice(&replica.get().to_le_bytes());
+        out.extend_from_slice(&counter.to_le_bytes());
+    }
+    debug_assert_eq!(out.len(), vector_fixed_len(count));
+    Ok(out)
+}
+
+/// The fixed layout's header for `count` entries, the count saturating at
+/// `u16::MAX`. Alone, with a count over the limit, it is what a caller that
+/// cannot fail writes for a vector too large to encode: it decodes to
+/// [`FixedVectorError::TooManyEntries`].
+pub(crate) fn vector_fixed_header(count: usize) -> [u8; VECTOR_FIXED_HEADER_BYTES] {
+    let [lo, hi] = u16::try_from(count).unwrap_or(u16::MAX).to_le_bytes();
+    [VECTOR_FIXED_VERSION, 0, lo, hi]
+}
+
+/// Decodes a vector in the fixed layout, treating `bytes` as hostile.
+///
+/// # Errors
+/// [`WireError::Vector`] naming the first thing wrong: the version, the
+/// flags, an entry count over [`VECTOR_FIXED_ENTRIES_MAX`] (refused before
+/// reading further), a length other than the count implies, an entry out of
+/// order or repeated, a zero counter. Never panics.
+pub fn decode_vector_fixed(bytes: &[u8]) -> Result<crate::clock::VersionVector, WireError> {
+    use crate::clock::{ReplicaId, VersionVector};
+
+    let len = bytes.len();
+    let Some((&[version, flags, count_lo, count_hi], body)) =
+        bytes.split_first_chunk::<VECTOR_FIXED_HEADER_BYTES>()
+    else {
+        return Err(FixedVectorError::Truncated {
+            len,
+            expected: VECTOR_FIXED_HEADER_BYTES,
+        }
+        .into());
+    };
+    if version != VECTOR_FIXED_VERSION {
+        return Err(FixedVectorError::UnsupportedVersion { found: version }.into());
+    }
+    if flags != 0 {
+        return Err(FixedVectorError::ReservedFlags { found: flags }.into());
+    }
+    let count = usize::from(u16::from_le_bytes([count_lo, count_hi]));
+    if count > VECTOR_FIXED_ENTRIES_MAX {
+        return Err(FixedVectorError::TooManyEntries { count }.into());
+    }
+    let expected = vector_fixed_len(count);
+    if len < expected {
+        return Err(FixedVectorError::Truncated { len, expected }.into());
+    }
+    if len > expected {
+        return Err(FixedVectorError::TrailingBytes {
+            extra: len - expected,
+        }
+        .into());
+    }
+    let mut previous: Option<u32> = None;
+    let mut entries = Vec::with_capacity(count);
+    for (index, entry) in body.chunks_exact(VECTOR_FIXED_ENTRY_BYTES).enumerate() {
+        let (replica, counter) = entry.split_at(4);
+        // Both conversions hold by `chunks_exact`; a failure is still an
+        // error, not a panic.
+        let (Ok(replica), Ok(counter)) =
+            (<[u8; 4]>::try_from(replica), <[u8; 8]>::try_from(counter))
+        else {
+            return Err(FixedVectorError::Truncated { len, expected }.into());
+        };
+        let (replica, counter) = (u32::from_le_bytes(replica), u64::from_le_bytes(counter));
+        if previous.is_some_and(|p| p >= replica) {
+            return Err(FixedVectorError::Unsorted { index }.into());
+        }
+        if counter == 0 {
+            return Err(FixedVectorError::ZeroCounter { index }.into());
+        }
+        previous = Some(replica);
+        entries.push((ReplicaId::new(replica), counter));
+    }
+    let vector: VersionVector = entries.into_iter().collect();
+    debug_assert_eq!(vector.len(), count);
+    Ok(vector)
 }
 
 #[cfg(test)]
