@@ -61,6 +61,7 @@
 //! | [`clock`] | replica ids, dots, version vectors, causal contexts, the hybrid logical clock |
 //! | [`crdt`] | the [`Crdt`](crdt::Crdt) trait and the replicated types |
 //! | [`id`] | region-aware identifiers: Snowflake, UUIDv7, ULID |
+//! | [`resolve`] | versioned plain values, resolvers, the conflict audit feed |
 //! | [`session`] | session tokens and the four session guarantees: read-your-writes across regions |
 //! | [`wire`] | the versioned codec every byte goes through |
 //! | `testing` | (feature `testing`) proptest law checks for your own CRDTs |
@@ -78,6 +79,7 @@ pub mod clock;
 pub mod crdt;
 pub mod hash;
 pub mod id;
+pub mod resolve;
 pub mod session;
 #[cfg(feature = "testing")]
 pub mod testing;

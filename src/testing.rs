@@ -54,6 +54,7 @@ use serde::de::DeserializeOwned;
 
 use crate::clock::{Hlc, ManualClock, ReplicaId, Stamp};
 use crate::crdt::Crdt;
+use crate::resolve::{Resolver, VersionSet, Versioned};
 
 /// Replicas in every simulated history.
 pub const REPLICAS: usize = 3;
@@ -114,47 +115,52 @@ pub fn history<Op: Debug + Clone + 'static>(
     (skews, prop::collection::vec(event, 0..EVENTS_MAX))
 }
 
+/// How a simulated replica applies a mutation: returns the delta.
+pub type Apply<T, Op> = fn(&mut T, Stamp, &Op) -> T;
+
 /// Three replicas running a history: their states, the messages in flight
 /// to each, and every delta made.
-pub struct Simulation<S: CrdtSpec> {
+pub struct Simulation<T, Op> {
     /// Each replica's state.
-    pub states: Vec<S::State>,
+    pub states: Vec<T>,
     /// Each replica's inbox of deltas not yet delivered.
-    pub inboxes: Vec<Vec<S::State>>,
+    pub inboxes: Vec<Vec<T>>,
     /// Every delta any replica made, in order.
-    pub deltas: Vec<S::State>,
+    pub deltas: Vec<T>,
     /// True once a message was dropped.
     pub dropped: bool,
+    apply: Apply<T, Op>,
     clocks: Vec<ManualClock>,
     hlcs: Vec<Hlc>,
 }
 
-impl<S: CrdtSpec> Simulation<S> {
+impl<T: Crdt, Op> Simulation<T, Op> {
     /// Replicas `1..=REPLICAS`, whose wall clocks start at `1_000_000 + skew`.
-    pub fn new(skews: &[u64]) -> Self {
+    pub fn new(skews: &[u64], apply: Apply<T, Op>) -> Self {
         let clocks: Vec<ManualClock> = (0..REPLICAS)
             .map(|i| ManualClock::new(1_000_000 + skews.get(i).copied().unwrap_or(0)))
             .collect();
         let hlcs = clocks
             .iter()
             .enumerate()
-            .map(|(i, c)| Hlc::with_clock(ReplicaId::new(i as u32 + 1), c.clone()))
+            .map(|(i, c)| Hlc::with_clock(replica_id(i), c.clone()))
             .collect();
         Simulation {
-            states: (0..REPLICAS).map(|_| S::State::default()).collect(),
+            states: (0..REPLICAS).map(|_| T::default()).collect(),
             inboxes: (0..REPLICAS).map(|_| Vec::new()).collect(),
             deltas: Vec::new(),
             dropped: false,
+            apply,
             clocks,
             hlcs,
         }
     }
 
     /// Runs one event.
-    pub fn step(&mut self, event: &Event<S::Op>) {
+    pub fn step(&mut self, event: &Event<Op>) {
         match event {
             Event::Write(r, op) => {
-                let delta = S::apply(&mut self.states[*r], self.hlcs[*r].stamp(), op);
+                let delta = (self.apply)(&mut self.states[*r], self.hlcs[*r].stamp(), op);
                 for (i, inbox) in self.inboxes.iter_mut().enumerate() {
                     if i != *r {
                         inbox.push(delta.clone());
@@ -189,8 +195,8 @@ impl<S: CrdtSpec> Simulation<S> {
     }
 
     /// Runs a whole history.
-    pub fn run(skews: &[u64], events: &[Event<S::Op>]) -> Self {
-        let mut sim = Self::new(skews);
+    pub fn run(skews: &[u64], events: &[Event<Op>], apply: Apply<T, Op>) -> Self {
+        let mut sim = Self::new(skews, apply);
         for event in events {
             sim.step(event);
         }
@@ -209,7 +215,7 @@ impl<S: CrdtSpec> Simulation<S> {
     /// One round of full-state merges: afterwards every replica has merged
     /// every other's state.
     pub fn repair(&mut self) {
-        let mut all = S::State::default();
+        let mut all = T::default();
         for state in &self.states {
             all.merge(state);
         }
@@ -222,6 +228,11 @@ impl<S: CrdtSpec> Simulation<S> {
     pub fn stamp(&self, r: usize) -> Stamp {
         self.hlcs[r].stamp()
     }
+}
+
+/// The id of simulated replica `i` (0-based): `i + 1`.
+pub fn replica_id(i: usize) -> ReplicaId {
+    ReplicaId::new(i as u32 + 1)
 }
 
 fn join<T: Crdt>(a: &T, b: &T) -> T {
@@ -281,7 +292,14 @@ pub fn delta_law<T: Crdt + Debug + PartialEq>(
 
 /// Replicas that received the same deltas are equal and read the same, and
 /// contain every delta ever made.
-pub fn convergence<S: CrdtSpec>(sim: &mut Simulation<S>) -> Result<(), TestCaseError> {
+pub fn convergence<T, Op, R>(
+    sim: &mut Simulation<T, Op>,
+    read: impl Fn(usize, &T) -> R,
+) -> Result<(), TestCaseError>
+where
+    T: Crdt + Debug + PartialEq,
+    R: Debug + PartialEq,
+{
     sim.flush();
     if !sim.dropped {
         let first = &sim.states[0];
@@ -293,14 +311,14 @@ pub fn convergence<S: CrdtSpec>(sim: &mut Simulation<S>) -> Result<(), TestCaseE
     }
     sim.repair();
     let first = &sim.states[0];
-    let read = S::read(first);
-    for state in &sim.states[1..] {
+    let first_read = read(0, first);
+    for (i, state) in sim.states.iter().enumerate().skip(1) {
         ensure(state == first, "convergence after repair", || {
             format!("{first:?} != {state:?}")
         })?;
-        let other = S::read(state);
-        ensure(other == read, "equal reads", || {
-            format!("{read:?} != {other:?}")
+        let other = read(i, state);
+        ensure(other == first_read, "equal reads", || {
+            format!("replica 0 reads {first_read:?}, replica {i} reads {other:?}")
         })?;
     }
     for delta in &sim.deltas {
@@ -351,7 +369,7 @@ where
     let cases = (history(S::op()), S::op(), 0..REPLICAS, 0..REPLICAS);
     let outcome = runner.run(&cases, |(history, op, writer, other)| {
         let (skews, events) = history;
-        let mut sim = Simulation::<S>::run(&skews, &events);
+        let mut sim = Simulation::run(&skews, &events, S::apply);
         let [a, b, c] = [&sim.states[0], &sim.states[1], &sim.states[2]];
         merge_laws(a, b, c)?;
         for state in &sim.states {
@@ -363,9 +381,111 @@ where
         let delta = S::apply(&mut post, stamp, &op);
         delta_law(&pre, &delta, &post, &sim.states[other])?;
         codec_round_trip(&delta)?;
-        convergence(&mut sim)
+        convergence(&mut sim, |_, state| S::read(state))
     });
     if let Err(failure) = outcome {
         panic!("CRDT law check failed: {failure}");
+    }
+}
+
+/// Three pairwise-concurrent versions, as three replicas writing at once
+/// after a shared history: each vector is the shared one plus the writer's
+/// own next write, and the stamps are distinct.
+pub fn concurrent_versions<T: Debug + Clone + 'static>(
+    values: BoxedStrategy<T>,
+) -> impl Strategy<Value = [Versioned<T>; 3]> {
+    let base = prop::collection::vec(0..4u64, REPLICAS);
+    let times = prop::collection::vec(0..2 * SKEW_MS_MAX, REPLICAS);
+    (base, times, [values.clone(), values.clone(), values]).prop_map(|(base, times, values)| {
+        let [a, b, c] = values;
+        let mut shared = crate::clock::VersionVector::new();
+        for (i, n) in base.iter().enumerate() {
+            shared.raise(replica_id(i), *n);
+        }
+        let version = |i: usize, value: T| {
+            let mut version = shared.clone();
+            version.increment(replica_id(i));
+            let time = crate::clock::Timestamp::new(1_000_000 + times[i], 0);
+            Versioned::new(value, version, Stamp::new(time, replica_id(i)))
+        };
+        [version(0, a), version(1, b), version(2, c)]
+    })
+}
+
+/// The pairwise contract of a resolver on three concurrent versions, with
+/// each replica's own instance (`make(replica)`): commutative across
+/// instances, idempotent, version joined, associative in stamp order.
+pub fn resolver_laws<T, R>(
+    make: &impl Fn(ReplicaId) -> R,
+    versions: &[Versioned<T>; 3],
+) -> Result<(), TestCaseError>
+where
+    T: Debug + PartialEq + Clone,
+    R: Resolver<T>,
+{
+    let [a, b, c] = versions;
+    let (here, there) = (make(replica_id(0)), make(replica_id(1)));
+    if here.keeps_siblings() {
+        return Ok(());
+    }
+    let (ab, ba) = (here.resolve(a, b), there.resolve(b, a));
+    ensure(ab == ba, "commutativity", || {
+        format!("resolve(a, b) = {ab:?} at one replica, resolve(b, a) = {ba:?} at another")
+    })?;
+    let aa = here.resolve(a, a);
+    ensure(aa == *a, "idempotence", || {
+        format!("resolve(a, a) = {aa:?}, not {a:?}")
+    })?;
+    let mut joined = a.version.clone();
+    joined.merge(&b.version);
+    ensure(ab.version == joined, "version join", || {
+        format!("resolved version {:?}, expected {joined:?}", ab.version)
+    })?;
+    let mut sorted = [a, b, c];
+    sorted.sort_by_key(|v| v.stamp);
+    let [x, y, z] = sorted;
+    let left = here.resolve(&here.resolve(x, y), z);
+    let right = there.resolve(x, &there.resolve(y, z));
+    ensure(left == right, "associativity (in stamp order)", || {
+        format!("{left:?} != {right:?}")
+    })
+}
+
+/// Checks a resolver's contract with proptest (default configuration,
+/// which reads `PROPTEST_CASES`): the pairwise laws of [`resolver_laws`],
+/// then convergence: three replicas, each resolving with its own instance
+/// `make(replica)`, write random `values` while their deltas are reordered,
+/// duplicated and dropped; once repaired they must hold equal version sets
+/// and read equal resolutions. Panics with the smallest failing case.
+///
+/// ```
+/// use archipelago::resolve::LastWriteWins;
+/// use archipelago::testing::check_resolver_laws;
+/// use proptest::prelude::*;
+///
+/// check_resolver_laws(|_replica| LastWriteWins, any::<u8>().boxed());
+/// ```
+pub fn check_resolver_laws<T, R>(make: impl Fn(ReplicaId) -> R, values: BoxedStrategy<T>)
+where
+    T: Debug + PartialEq + Clone + 'static,
+    R: Resolver<T>,
+{
+    let config = Config {
+        failure_persistence: None,
+        ..Config::default()
+    };
+    let mut runner = TestRunner::new(config);
+    let cases = (concurrent_versions(values.clone()), history(values));
+    let outcome = runner.run(&cases, |(versions, (skews, events))| {
+        resolver_laws(&make, &versions)?;
+        let apply: Apply<VersionSet<T>, T> = |set, stamp, value| set.write(stamp, value.clone());
+        let mut sim = Simulation::run(&skews, &events, apply);
+        let resolvers: Vec<R> = (0..REPLICAS).map(|i| make(replica_id(i))).collect();
+        convergence(&mut sim, |i, set: &VersionSet<T>| {
+            set.resolve(&resolvers[i])
+        })
+    });
+    if let Err(failure) = outcome {
+        panic!("resolver law check failed: {failure}");
     }
 }

@@ -266,7 +266,7 @@ proptest! {
         (skews, events) in history(set_op()),
         element in 0..6u8,
     ) {
-        let mut sim = Simulation::<OrSetSpec>::run(&skews, &events);
+        let mut sim = Simulation::run(&skews, &events, OrSetSpec::apply);
         sim.repair(); // replicas 0 and 1 start from the same state
         let remover = sim.states[0].remove(&element);
         let stamp = sim.stamp(1);
@@ -285,7 +285,7 @@ proptest! {
         element in 0..6u8,
         replica in 0..REPLICAS,
     ) {
-        let mut sim = Simulation::<OrSetSpec>::new(&skews);
+        let mut sim = Simulation::new(&skews, OrSetSpec::apply);
         let mut snapshots = Vec::new();
         for event in &events {
             sim.step(event);
@@ -307,7 +307,7 @@ proptest! {
     fn lww_map_same_winner_everywhere_under_clock_skew(
         (skews, events) in history(LwwMapSpec::op()),
     ) {
-        let mut sim = Simulation::<LwwMapSpec>::run(&skews, &events);
+        let mut sim = Simulation::run(&skews, &events, LwwMapSpec::apply);
         sim.flush();
         sim.repair();
         for key in 0..5u8 {
@@ -330,7 +330,7 @@ proptest! {
         (skews, events) in history(MvRegisterSpec::op()),
         value in any::<u8>(),
     ) {
-        let mut sim = Simulation::<MvRegisterSpec>::run(&skews, &events);
+        let mut sim = Simulation::run(&skews, &events, MvRegisterSpec::apply);
         sim.repair();
         let stamp = sim.stamp(2);
         let delta = sim.states[2].write(stamp.replica, value);

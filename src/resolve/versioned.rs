@@ -1,0 +1,305 @@
+use std::cmp::Ordering;
+use std::fmt::Debug;
+
+use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
+
+use super::{ConflictFeed, ConflictRecord, Resolver};
+use crate::clock::{ReplicaId, Stamp, Timestamp, VersionVector};
+use crate::crdt::Crdt;
+
+/// A plain value with what resolving it needs: its causal version, the
+/// hybrid-logical-clock stamp of its write, and (in the stamp) the replica
+/// it came from.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Versioned<T> {
+    /// The value written (or, after resolution, the resolved value).
+    pub value: T,
+    /// Every write this one had seen: a write dominates the versions it
+    /// replaced and is concurrent with the ones it did not know about.
+    pub version: VersionVector,
+    /// When, by which replica.
+    pub stamp: Stamp,
+}
+
+impl<T> Versioned<T> {
+    /// A version from its parts.
+    pub fn new(value: T, version: VersionVector, stamp: Stamp) -> Self {
+        Versioned {
+            value,
+            version,
+            stamp,
+        }
+    }
+
+    /// The replica whose write this is.
+    pub fn origin(&self) -> ReplicaId {
+        self.stamp.replica
+    }
+
+    /// Causal order of the two versions: `None` when concurrent.
+    pub fn causal_cmp(&self, other: &Self) -> Option<Ordering> {
+        self.version.partial_cmp(&other.version)
+    }
+
+    /// True when neither version had seen the other.
+    pub fn concurrent_with(&self, other: &Self) -> bool {
+        self.version.concurrent_with(&other.version)
+    }
+}
+
+/// What the application reads from a [`VersionSet`] under a resolver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resolution<T> {
+    /// One value: the only version, or the resolver's verdict on several.
+    Value(Versioned<T>),
+    /// The concurrent versions, kept for the application to settle
+    /// ([`Siblings`](super::Siblings) strategy). Write the settled value
+    /// back with [`VersionSet::write`]: it replaces every sibling it saw.
+    Siblings(Vec<Versioned<T>>),
+}
+
+impl<T> Resolution<T> {
+    /// The single value, when there is one.
+    pub fn value(&self) -> Option<&T> {
+        match self {
+            Resolution::Value(v) => Some(&v.value),
+            Resolution::Siblings(_) => None,
+        }
+    }
+
+    /// Every value the read returns: one, or each sibling.
+    pub fn values(&self) -> Vec<&T> {
+        match self {
+            Resolution::Value(v) => vec![&v.value],
+            Resolution::Siblings(s) => s.iter().map(|v| &v.value).collect(),
+        }
+    }
+}
+
+/// The state of one plain value under a resolver: every version no other
+/// version has seen (an antichain of versions), in stamp order.
+///
+/// Causality comes first: when a version arrives that has seen another, it
+/// replaces it, and no resolver is involved. Only versions that are truly
+/// concurrent are kept side by side, and a [`Resolver`] turns them into what
+/// the application reads. Because the resolver sees the same set of
+/// versions in the same (stamp) order on every replica, whatever order they
+/// arrived in, every replica reads the same result.
+///
+/// `VersionSet` is itself a CRDT: its merge keeps the versions not
+/// dominated by any other, a join. A write replaces every version the
+/// writing replica has seen, so a conflict lasts until someone writes having
+/// seen it; at most one version per replica can be concurrent, so the set
+/// never holds more versions than there are replicas.
+///
+/// ```
+/// use archipelago::clock::{Hlc, ManualClock, ReplicaId};
+/// use archipelago::crdt::Crdt;
+/// use archipelago::resolve::{LastWriteWins, VersionSet};
+///
+/// let wall = ManualClock::new(1_000);
+/// let tokyo = Hlc::with_clock(ReplicaId::new(1), wall.clone());
+/// let frankfurt = Hlc::with_clock(ReplicaId::new(2), wall.clone());
+///
+/// let mut a = VersionSet::new();
+/// let mut b = VersionSet::new();
+/// let da = a.write(tokyo.stamp(), "Aiko");
+/// wall.advance(3);
+/// let db = b.write(frankfurt.stamp(), "Aiko Tanaka");
+/// a.merge(&db);
+/// b.merge(&da);
+/// assert_eq!(a, b);
+/// assert!(a.is_conflicted());
+/// assert_eq!(a.resolve(&LastWriteWins).unwrap().value(), Some(&"Aiko Tanaka"));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(bound(deserialize = "T: Deserialize<'de>"))]
+#[serde(try_from = "Vec<Versioned<T>>", into = "Vec<Versioned<T>>")]
+pub struct VersionSet<T: Clone> {
+    /// Pairwise concurrent, sorted by stamp.
+    versions: SmallVec<[Versioned<T>; 1]>,
+}
+
+impl<T: Clone> TryFrom<Vec<Versioned<T>>> for VersionSet<T> {
+    type Error = &'static str;
+
+    fn try_from(versions: Vec<Versioned<T>>) -> Result<Self, Self::Error> {
+        if !versions.windows(2).all(|w| w[0].stamp < w[1].stamp) {
+            return Err("version set must be sorted by stamp without repeats");
+        }
+        for (i, a) in versions.iter().enumerate() {
+            if versions[i + 1..].iter().any(|b| !a.concurrent_with(b)) {
+                return Err("version set holds a version another one has seen");
+            }
+        }
+        Ok(VersionSet {
+            versions: versions.into(),
+        })
+    }
+}
+
+impl<T: Clone> From<VersionSet<T>> for Vec<Versioned<T>> {
+    fn from(set: VersionSet<T>) -> Self {
+        set.versions.into_vec()
+    }
+}
+
+impl<T: Clone> VersionSet<T> {
+    /// A value never written.
+    pub fn new() -> Self {
+        VersionSet {
+            versions: SmallVec::new(),
+        }
+    }
+
+    /// A set holding one version.
+    pub fn from_version(version: Versioned<T>) -> Self {
+        VersionSet {
+            versions: smallvec::smallvec![version],
+        }
+    }
+
+    /// Writes `value` at `stamp` (whose replica is the writer), replacing
+    /// every version this replica has seen; returns the delta.
+    pub fn write(&mut self, stamp: Stamp, value: T) -> Self {
+        let mut version = self.version();
+        version.increment(stamp.replica);
+        let written = Versioned::new(value, version, stamp);
+        self.versions.clear();
+        self.versions.push(written.clone());
+        VersionSet::from_version(written)
+    }
+
+    /// The concurrent versions, in stamp order (one when no conflict).
+    pub fn versions(&self) -> &[Versioned<T>] {
+        &self.versions
+    }
+
+    /// True when concurrent versions are waiting to be resolved.
+    pub fn is_conflicted(&self) -> bool {
+        self.versions.len() > 1
+    }
+
+    /// True when never written.
+    pub fn is_empty(&self) -> bool {
+        self.versions.is_empty()
+    }
+
+    /// Every write the versions have seen: the join of their vectors.
+    pub fn version(&self) -> VersionVector {
+        let mut joined = VersionVector::new();
+        for v in &self.versions {
+            joined.merge(&v.version);
+        }
+        joined
+    }
+
+    /// What the application reads: nothing when never written, the single
+    /// version when there is no conflict, and otherwise the resolver's
+    /// verdict on the concurrent versions, folded in stamp order.
+    pub fn resolve(&self, resolver: &dyn Resolver<T>) -> Option<Resolution<T>> {
+        let (first, rest) = self.versions.split_first()?;
+        if rest.is_empty() {
+            return Some(Resolution::Value(first.clone()));
+        }
+        if resolver.keeps_siblings() {
+            return Some(Resolution::Siblings(self.versions.to_vec()));
+        }
+        let mut acc = first.clone();
+        for next in rest {
+            acc = resolver.resolve(&acc, next);
+        }
+        Some(Resolution::Value(acc))
+    }
+
+    /// Merges `other` in, and when that leaves concurrent versions that
+    /// were not all here before, resolves them and reports the conflict to
+    /// `feed` (which also emits a `tracing` event). Returns the record.
+    pub fn merge_audited(
+        &mut self,
+        other: &Self,
+        resolver: &dyn Resolver<T>,
+        feed: &ConflictFeed<T>,
+        key: &dyn Debug,
+        at: Timestamp,
+    ) -> Option<std::sync::Arc<ConflictRecord<T>>> {
+        if !self.merge_changed(other) || self.versions.len() < 2 {
+            return None;
+        }
+        let resolution = self.resolve(resolver)?;
+        let (winner, losers) = match resolution {
+            Resolution::Value(winner) => {
+                // Stamps are unique per write: the sibling carrying the
+                // winner's stamp won, unless a merge made a new value.
+                let merged = resolver.strategy() == super::Strategy::Merge;
+                let losers = self
+                    .versions
+                    .iter()
+                    .filter(|v| merged || v.stamp != winner.stamp)
+                    .cloned()
+                    .collect();
+                (Some(winner), losers)
+            }
+            Resolution::Siblings(all) => (None, all),
+        };
+        Some(feed.record(ConflictRecord {
+            table: feed.table_name(),
+            key: format!("{key:?}"),
+            strategy: resolver.strategy(),
+            winner,
+            losers,
+            at,
+            replica: feed.replica(),
+        }))
+    }
+
+    /// Adds one version; true when the set changed.
+    fn absorb(&mut self, theirs: &Versioned<T>) -> bool {
+        for (i, mine) in self.versions.iter().enumerate() {
+            match mine.version.partial_cmp(&theirs.version) {
+                Some(Ordering::Greater) => return false,
+                Some(Ordering::Equal) => {
+                    // The same write; a stamp tie-break keeps merges
+                    // commutative even for inputs no replica would make.
+                    if theirs.stamp > mine.stamp {
+                        self.versions[i] = theirs.clone();
+                        self.sort();
+                        return true;
+                    }
+                    return false;
+                }
+                _ => {}
+            }
+        }
+        self.versions
+            .retain(|mine| mine.version.partial_cmp(&theirs.version) != Some(Ordering::Less));
+        self.versions.push(theirs.clone());
+        self.sort();
+        true
+    }
+
+    fn merge_changed(&mut self, other: &Self) -> bool {
+        let mut changed = false;
+        for theirs in &other.versions {
+            changed |= self.absorb(theirs);
+        }
+        changed
+    }
+
+    fn sort(&mut self) {
+        self.versions.sort_by_key(|v| v.stamp);
+    }
+}
+
+impl<T: Clone> Default for VersionSet<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: Clone> Crdt for VersionSet<T> {
+    fn merge(&mut self, other: &Self) {
+        self.merge_changed(other);
+    }
+}
