@@ -83,6 +83,7 @@ pub mod resolve;
 pub mod session;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod transport;
 pub mod wire;
 
 #[cfg(doctest)]
