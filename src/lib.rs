@@ -79,6 +79,8 @@ pub mod clock;
 pub mod crdt;
 pub mod hash;
 pub mod id;
+pub mod region;
+pub(crate) mod replication;
 pub mod resolve;
 pub mod session;
 #[cfg(feature = "testing")]

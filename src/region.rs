@@ -1,0 +1,845 @@
+//! The region engine: replicated tables between regions.
+//!
+//! A [`Region`] is one replica of the archipelago: it hosts named tables,
+//! answers reads and writes from its own state at once, and replicates every
+//! write to its peers through a [`Transport`](crate::transport::Transport).
+//!
+//! - A **CRDT table** ([`Region::table`]) holds values of a [`Crdt`] type:
+//!   a write runs a mutator and ships its delta; concurrent writes merge.
+//! - A **resolver table** ([`Region::table_with`]) holds plain serde values
+//!   as [`VersionSet`]s, settled by a [`Resolver`] with every conflict in
+//!   the table's [`ConflictFeed`].
+//!
+//! Keys are any serde type (encoded by [`wire`](crate::wire)).
+//!
+//! ```
+//! use archipelago::crdt::OrSet;
+//! use archipelago::region::Region;
+//! use archipelago::resolve::LastWriteWins;
+//! use archipelago::session::Session;
+//! use archipelago::transport::ChannelNetwork;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), archipelago::region::RegionError> {
+//! let net = ChannelNetwork::new(7);
+//! let tokyo = Region::builder("ap-northeast").transport(net.endpoint("ap-northeast")).build()?;
+//! let frankfurt = Region::builder("eu-central").transport(net.endpoint("eu-central")).build()?;
+//!
+//! let carts = tokyo.table::<OrSet<String>>("carts")?;
+//! let mut session = Session::new();
+//! let token = carts.update(&"user-1", |cart, ctx| cart.insert(ctx.replica(), "matcha".into())).await?;
+//! session.record_write(&token);
+//!
+//! // The same user's next request lands in Frankfurt: the session read
+//! // waits until Frankfurt has applied the write (bounded), never stale.
+//! let carts_fra = frankfurt.table::<OrSet<String>>("carts")?;
+//! let cart = carts_fra.read_session(&"user-1", &mut session).await?.unwrap();
+//! assert!(cart.contains("matcha"));
+//!
+//! let profiles = tokyo.table_with::<String>("profiles", LastWriteWins)?;
+//! profiles.put(&42u64, "Aiko".to_string()).await?;
+//! tokyo.shutdown().await;
+//! frankfurt.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! ## Guarantees
+//! - Local reads and writes never wait for another region.
+//! - A region applies a peer's batch only after every write it depends on
+//!   (causal delivery across keys and tables): no reply before its post.
+//! - Writes are acknowledged by each peer and retransmitted until they are;
+//!   duplicates and reordering are harmless (merges are joins).
+//! - The outbox and the causal buffer are bounded: past the bound, what
+//!   cannot be kept is dropped and anti-entropy repairs it.
+//! - Anti-entropy runs on (re)connect and periodically: regions compare
+//!   digests of 1024 buckets per table and ship only the differing buckets.
+//! - [`Region::shutdown`] flushes what is queued and waits, bounded, for it
+//!   to be acknowledged.
+
+use std::any::type_name;
+use std::fmt::Debug;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use crate::clock::{Hlc, PhysicalClock, ReplicaId, Stamp, SystemClock, VersionVector};
+use crate::crdt::Crdt;
+use crate::replication::core::{Core, TableSlot};
+use crate::replication::store::{CrdtStore, Key, Merger};
+use crate::replication::{self, Command, Shared};
+use crate::resolve::{ConflictFeed, Resolution, Resolver, VersionSet};
+use crate::session::{Missing, Session, SessionToken};
+use crate::transport::Transport;
+use crate::wire::{self, WireError};
+
+/// Limits and timings of a region, each with its unit in its name. The
+/// defaults are safe for a handful of regions on a WAN.
+#[derive(Clone, Debug)]
+pub struct RegionConfig {
+    /// Most writes in one batch.
+    pub batch_len_max: usize,
+    /// Most delta bytes in one batch.
+    pub batch_bytes_max: usize,
+    /// Longest a write waits for its batch to fill before it is sent.
+    pub batch_delay: Duration,
+    /// How long a peer may leave sent writes unacknowledged before they are
+    /// sent again.
+    pub ack_timeout: Duration,
+    /// Most writes kept for peers that have not acknowledged them; past it
+    /// the outbox is dropped and anti-entropy repairs those peers.
+    pub outbox_len_max: usize,
+    /// Most bytes kept in the outbox (same rule).
+    pub outbox_bytes_max: usize,
+    /// Most batches held waiting for their dependencies.
+    pub causal_buffer_len_max: usize,
+    /// Most bytes held waiting for their dependencies.
+    pub causal_buffer_bytes_max: usize,
+    /// How often each peer is compared by anti-entropy besides reconnects.
+    pub anti_entropy_interval: Duration,
+    /// How long an anti-entropy exchange may go unanswered.
+    pub sync_timeout: Duration,
+    /// Most state bytes in one anti-entropy frame.
+    pub sync_chunk_bytes_max: usize,
+    /// Longest a session read or write waits for this region to catch up.
+    pub session_wait_max: Duration,
+    /// Longest [`Region::shutdown`] waits for acknowledgements.
+    pub shutdown_wait_max: Duration,
+}
+
+impl Default for RegionConfig {
+    fn default() -> Self {
+        RegionConfig {
+            batch_len_max: 1024,
+            batch_bytes_max: 1 << 20,
+            batch_delay: Duration::from_millis(2),
+            ack_timeout: Duration::from_millis(500),
+            outbox_len_max: 1 << 20,
+            outbox_bytes_max: 256 << 20,
+            causal_buffer_len_max: 4096,
+            causal_buffer_bytes_max: 256 << 20,
+            anti_entropy_interval: Duration::from_secs(30),
+            sync_timeout: Duration::from_secs(10),
+            sync_chunk_bytes_max: 4 << 20,
+            session_wait_max: Duration::from_secs(5),
+            shutdown_wait_max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What went wrong with a region operation.
+#[derive(Debug, thiserror::Error)]
+pub enum RegionError {
+    /// Regions run their engine on tokio: build them inside a runtime.
+    #[error("a region must be built inside a tokio runtime")]
+    NoRuntime,
+    /// The table exists with another value type.
+    #[error("table {table:?} holds {registered}, not {requested}")]
+    TableType {
+        /// The table.
+        table: String,
+        /// Its value type.
+        registered: &'static str,
+        /// The type asked for.
+        requested: &'static str,
+    },
+    /// A key or value could not be encoded.
+    #[error("encoding: {0}")]
+    Encode(#[from] WireError),
+    /// This region had not applied what the session needs within the wait
+    /// bound: the read or write was refused rather than served stale.
+    #[error("region {region} has not applied the session's writes after {waited:?}: {}", missing.iter().map(|m| m.to_string()).collect::<Vec<_>>().join("; "))]
+    SessionTimeout {
+        /// This region.
+        region: String,
+        /// How long it waited.
+        waited: Duration,
+        /// What it still lacks, per replica.
+        missing: Vec<Missing>,
+    },
+}
+
+/// What a mutator knows about the write it makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteCtx {
+    stamp: Stamp,
+}
+
+impl WriteCtx {
+    /// The writing replica: pass it to dot-based mutators
+    /// (`cart.insert(ctx.replica(), sku)`).
+    pub fn replica(&self) -> ReplicaId {
+        self.stamp.replica
+    }
+
+    /// The write's hybrid-logical-clock stamp: pass it to last-writer-wins
+    /// mutators (`map.insert(ctx.stamp(), k, v)`).
+    pub fn stamp(&self) -> Stamp {
+        self.stamp
+    }
+}
+
+/// Builds a [`Region`].
+pub struct RegionBuilder {
+    name: String,
+    replica: Option<ReplicaId>,
+    clock: Option<Box<dyn PhysicalClock>>,
+    max_offset: Option<Duration>,
+    config: RegionConfig,
+    #[allow(clippy::type_complexity)]
+    engine: Option<Box<dyn FnOnce(Arc<Shared>, mpsc::Receiver<Command>) + Send>>,
+}
+
+impl RegionBuilder {
+    /// The replica id (default: [`ReplicaId::from_name`] of the region name).
+    pub fn replica_id(mut self, replica: ReplicaId) -> Self {
+        self.replica = Some(replica);
+        self
+    }
+
+    /// The transport to peers. Without one, the region serves alone.
+    pub fn transport<T: Transport>(mut self, transport: T) -> Self {
+        self.engine = Some(Box::new(move |shared, commands| {
+            tokio::spawn(replication::run(shared, transport, commands));
+        }));
+        self
+    }
+
+    /// The wall clock behind the region's hybrid logical clock (default:
+    /// the system clock).
+    pub fn clock(mut self, clock: impl PhysicalClock + 'static) -> Self {
+        self.clock = Some(Box::new(clock));
+        self
+    }
+
+    /// How far ahead a peer's clock may be before its batches are refused
+    /// (default 500 ms).
+    pub fn max_clock_offset(mut self, max_offset: Duration) -> Self {
+        self.max_offset = Some(max_offset);
+        self
+    }
+
+    /// All limits and timings at once.
+    pub fn config(mut self, config: RegionConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Starts the region (and its engine task, when it has a transport).
+    ///
+    /// # Errors
+    /// [`RegionError::NoRuntime`] outside a tokio runtime.
+    pub fn build(self) -> Result<Region, RegionError> {
+        tokio::runtime::Handle::try_current().map_err(|_| RegionError::NoRuntime)?;
+        let replica = self
+            .replica
+            .unwrap_or_else(|| ReplicaId::from_name(&self.name));
+        let clock: Box<dyn PhysicalClock> = self.clock.unwrap_or_else(|| Box::new(SystemClock));
+        let mut hlc = Hlc::with_clock(replica, BoxedClock(clock));
+        if let Some(offset) = self.max_offset {
+            hlc = hlc.with_max_offset(offset);
+        }
+        let hlc = Arc::new(hlc);
+        let config = self.config;
+        let core = Core::new(self.name.clone(), replica, config.clone(), Arc::clone(&hlc));
+        let shared = Arc::new(Shared {
+            core: std::sync::Mutex::new(core),
+            wake: Notify::new(),
+            applied: watch::channel(0).0,
+        });
+        let (commands, receiver) = mpsc::channel(4);
+        let replicating = self.engine.is_some();
+        if let Some(start) = self.engine {
+            start(Arc::clone(&shared), receiver);
+        }
+        tracing::info!(region = %self.name, %replica, replicating, "region started");
+        Ok(Region {
+            inner: Arc::new(Inner {
+                name: self.name,
+                replica,
+                hlc,
+                config,
+                shared,
+                commands: replicating.then_some(commands),
+            }),
+        })
+    }
+}
+
+struct BoxedClock(Box<dyn PhysicalClock>);
+
+impl PhysicalClock for BoxedClock {
+    fn now_ms(&self) -> u64 {
+        self.0.now_ms()
+    }
+}
+
+struct Inner {
+    name: String,
+    replica: ReplicaId,
+    hlc: Arc<Hlc>,
+    config: RegionConfig,
+    shared: Arc<Shared>,
+    commands: Option<mpsc::Sender<Command>>,
+}
+
+/// One region: a replica of every table it declares. Clones share it.
+#[derive(Clone)]
+pub struct Region {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Region {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Region")
+            .field("name", &self.inner.name)
+            .field("replica", &self.inner.replica)
+            .finish()
+    }
+}
+
+impl Region {
+    /// A builder for the region named `name` ("ap-northeast").
+    pub fn builder(name: &str) -> RegionBuilder {
+        RegionBuilder {
+            name: name.to_owned(),
+            replica: None,
+            clock: None,
+            max_offset: None,
+            config: RegionConfig::default(),
+            engine: None,
+        }
+    }
+
+    /// The region's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The region's replica id.
+    pub fn replica(&self) -> ReplicaId {
+        self.inner.replica
+    }
+
+    /// The region's hybrid logical clock.
+    pub fn hlc(&self) -> &Hlc {
+        &self.inner.hlc
+    }
+
+    /// Every write this region has applied, its own included.
+    pub fn applied(&self) -> VersionVector {
+        self.inner.shared.lock().applied.clone()
+    }
+
+    /// The CRDT table `name` of values `V`, declared on first use.
+    ///
+    /// # Errors
+    /// [`RegionError::TableType`] when `name` holds another type.
+    pub fn table<V>(&self, name: &str) -> Result<Table<V>, RegionError>
+    where
+        V: Crdt + Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        let merger: Merger<V> =
+            Arc::new(|mine: &mut V, theirs: &V, _: &[u8], _| mine.merge(theirs));
+        let name = self.declare::<V>(name, merger, None)?;
+        Ok(Table {
+            region: self.clone(),
+            name,
+            _values: PhantomData,
+        })
+    }
+
+    /// The resolver table `name` of plain values `T`, settled by `resolver`
+    /// (used when the table is first declared).
+    ///
+    /// # Errors
+    /// [`RegionError::TableType`] when `name` holds another type.
+    pub fn table_with<T>(
+        &self,
+        name: &str,
+        resolver: impl Resolver<T> + 'static,
+    ) -> Result<ResolverTable<T>, RegionError>
+    where
+        T: Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        let feed = ConflictFeed::new(name, self.inner.replica);
+        let resolver: Arc<dyn Resolver<T>> = Arc::new(resolver);
+        let merger: Merger<VersionSet<T>> = {
+            let (feed, resolver, hlc) = (
+                feed.clone(),
+                Arc::clone(&resolver),
+                Arc::clone(&self.inner.hlc),
+            );
+            Arc::new(
+                move |mine: &mut VersionSet<T>, theirs: &VersionSet<T>, key: &[u8], _| {
+                    mine.merge_audited(theirs, &*resolver, &feed, &KeyBytes(key), hlc.now());
+                },
+            )
+        };
+        let counter = {
+            let feed = feed.clone();
+            Box::new(move || feed.stats().total) as Box<dyn Fn() -> u64 + Send>
+        };
+        let table = self.declare::<VersionSet<T>>(name, merger, Some(counter))?;
+        Ok(ResolverTable {
+            region: self.clone(),
+            name: table,
+            resolver,
+            feed,
+        })
+    }
+
+    fn declare<V>(
+        &self,
+        name: &str,
+        merger: Merger<V>,
+        conflicts: Option<Box<dyn Fn() -> u64 + Send>>,
+    ) -> Result<Arc<str>, RegionError>
+    where
+        V: Crdt + Serialize + DeserializeOwned + Send + 'static,
+    {
+        let mut core = self.inner.shared.lock();
+        if let Some((existing, slot)) = core.tables.get_key_value(name) {
+            if slot.store.as_any().downcast_ref::<CrdtStore<V>>().is_none() {
+                return Err(RegionError::TableType {
+                    table: name.to_owned(),
+                    registered: slot.type_name,
+                    requested: type_name::<V>(),
+                });
+            }
+            return Ok(Arc::clone(existing));
+        }
+        let table: Arc<str> = name.into();
+        core.declare(
+            Arc::clone(&table),
+            TableSlot {
+                store: Box::new(CrdtStore::<V>::new(merger)),
+                type_name: type_name::<V>(),
+                conflicts,
+            },
+        );
+        Ok(table)
+    }
+
+    /// Peers, tables and counters, for operators.
+    pub fn stats(&self) -> RegionStats {
+        let core = self.inner.shared.lock();
+        let now = Instant::now();
+        let log_start = core.log.front().map_or(core.seq + 1, |e| e.seq);
+        let peers = core
+            .peers
+            .iter()
+            .map(|(name, p)| PeerStats {
+                name: name.clone(),
+                connected: p.connected,
+                unacknowledged: core.seq.saturating_sub(p.acked),
+                behind: p
+                    .replica
+                    .map_or(0, |r| p.its_seq_seen.saturating_sub(core.applied.get(r))),
+                since_contact: p.last_contact.map(|t| now.duration_since(t)),
+                outbox_len: core
+                    .seq
+                    .saturating_sub(p.acked.max(log_start.saturating_sub(1))),
+            })
+            .collect();
+        let mut tables: Vec<TableStats> = core
+            .tables
+            .iter()
+            .map(|(name, slot)| TableStats {
+                name: name.to_string(),
+                keys: slot.store.len(),
+                conflicts: slot.conflicts.as_ref().map_or(0, |count| count()),
+            })
+            .collect();
+        tables.sort_by(|a, b| a.name.cmp(&b.name));
+        let c = core.counters;
+        RegionStats {
+            name: core.name.clone(),
+            replica: core.replica,
+            applied: core.applied.clone(),
+            writes: core.seq,
+            outbox_len: core.log.len(),
+            buffered_batches: core.buffer.len(),
+            batches_sent: c.batches_sent,
+            batches_applied: c.batches_applied,
+            batches_dropped: c.batches_dropped,
+            rejected_frames: c.rejected_frames,
+            outbox_overflows: c.outbox_overflows,
+            syncs_completed: c.syncs_completed,
+            sync_states_received: c.sync_states_received,
+            peers,
+            tables,
+        }
+    }
+
+    /// Flushes every queued write to the peers and waits (up to
+    /// `shutdown_wait_max`) for them to be acknowledged, then stops the
+    /// engine. Reads and local writes still work afterwards; they are just
+    /// no longer replicated.
+    pub async fn shutdown(&self) {
+        let Some(commands) = &self.inner.commands else {
+            return;
+        };
+        let (done, wait) = oneshot::channel();
+        if commands.send(Command::Shutdown(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+        tracing::info!(region = %self.inner.name, "region shut down");
+    }
+
+    fn encode_key<K: Serialize + ?Sized>(key: &K) -> Result<Key, RegionError> {
+        Ok(wire::encode(key)?.into_boxed_slice())
+    }
+
+    /// Writes through `apply` (which returns the delta), logs the delta for
+    /// the peers and returns the write's token.
+    fn write<V, K>(
+        &self,
+        table: &Arc<str>,
+        key: &K,
+        apply: impl FnOnce(&mut V, WriteCtx) -> V,
+    ) -> Result<SessionToken, RegionError>
+    where
+        V: Crdt + Serialize + DeserializeOwned + Send + 'static,
+        K: Serialize + ?Sized,
+    {
+        let key = Self::encode_key(key)?;
+        let ctx = WriteCtx {
+            stamp: self.inner.hlc.stamp(),
+        };
+        let shared = &self.inner.shared;
+        let mut core = shared.lock();
+        let store = core
+            .store_mut::<CrdtStore<V>>(table)
+            .expect("declared by the handle");
+        let delta = apply(store.entry(&key), ctx);
+        let delta = wire::encode(&delta)?;
+        let token = core.record_write(Arc::clone(table), key, delta);
+        let wake = core.unsent() >= self.inner.config.batch_len_max as u64;
+        drop(core);
+        if wake {
+            shared.wake.notify_one();
+        }
+        Ok(token)
+    }
+
+    fn read<V, K>(&self, table: &str, key: &K) -> Result<(Option<V>, VersionVector), RegionError>
+    where
+        V: Crdt + Serialize + DeserializeOwned + Send + 'static,
+        K: Serialize + ?Sized,
+    {
+        let key = Self::encode_key(key)?;
+        let core = self.inner.shared.lock();
+        let value: Option<V> = core
+            .store::<CrdtStore<V>>(table)
+            .and_then(|s| s.get(&key))
+            .cloned();
+        Ok((value, core.applied.clone()))
+    }
+
+    /// Waits until this region has applied `token`, up to `session_wait_max`.
+    async fn wait_for(&self, token: &SessionToken) -> Result<(), RegionError> {
+        let started = Instant::now();
+        let deadline = started + self.inner.config.session_wait_max;
+        let mut changes = self.inner.shared.applied.subscribe();
+        loop {
+            let missing: Vec<Missing> = {
+                let core = self.inner.shared.lock();
+                if token.covered_by(&core.applied) {
+                    return Ok(());
+                }
+                token.missing(&core.applied).collect()
+            };
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => {
+                    return Err(RegionError::SessionTimeout {
+                        region: self.inner.name.clone(),
+                        waited: started.elapsed(),
+                        missing,
+                    });
+                }
+            }
+        }
+    }
+}
+
+struct KeyBytes<'a>(&'a [u8]);
+
+impl Debug for KeyBytes<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for b in self.0.iter().skip(1) {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A handle on a CRDT table. Clones share it.
+pub struct Table<V> {
+    region: Region,
+    name: Arc<str>,
+    _values: PhantomData<fn() -> V>,
+}
+
+impl<V> Clone for Table<V> {
+    fn clone(&self) -> Self {
+        Table {
+            region: self.region.clone(),
+            name: Arc::clone(&self.name),
+            _values: PhantomData,
+        }
+    }
+}
+
+impl<V> Table<V>
+where
+    V: Crdt + Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// The table's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Applies `mutate` to the value under `key` (created empty if absent)
+    /// here and now; `mutate` returns the delta, which is replicated.
+    /// Returns the write's session token.
+    ///
+    /// # Errors
+    /// [`RegionError::Encode`] when the key or delta cannot be encoded.
+    pub async fn update<K: Serialize + ?Sized>(
+        &self,
+        key: &K,
+        mutate: impl FnOnce(&mut V, &WriteCtx) -> V,
+    ) -> Result<SessionToken, RegionError> {
+        self.region
+            .write::<V, K>(&self.name, key, |value, ctx| mutate(value, &ctx))
+    }
+
+    /// As [`update`](Table::update), within a session: first waits (bounded)
+    /// until this region has applied what the session's earlier writes and
+    /// reads require (monotonic writes, writes follow reads), then records
+    /// the write in the session.
+    ///
+    /// # Errors
+    /// As [`update`](Table::update), and [`RegionError::SessionTimeout`].
+    pub async fn update_session<K: Serialize + ?Sized>(
+        &self,
+        key: &K,
+        session: &mut Session,
+        mutate: impl FnOnce(&mut V, &WriteCtx) -> V,
+    ) -> Result<SessionToken, RegionError> {
+        self.region.wait_for(session.write_requirement()).await?;
+        let token = self.update(key, mutate).await?;
+        session.record_write(&token);
+        Ok(token)
+    }
+
+    /// The value under `key` here, now (eventual consistency).
+    ///
+    /// # Errors
+    /// [`RegionError::Encode`] when the key cannot be encoded.
+    pub async fn read<K: Serialize + ?Sized>(&self, key: &K) -> Result<Option<V>, RegionError> {
+        Ok(self.region.read::<V, K>(&self.name, key)?.0)
+    }
+
+    /// The value under `key` once this region has applied what the session
+    /// requires (read your writes, monotonic reads), waiting up to
+    /// `session_wait_max`; records the read in the session.
+    ///
+    /// # Errors
+    /// [`RegionError::SessionTimeout`] naming what is missing when the
+    /// region does not catch up in time: never a stale read.
+    pub async fn read_session<K: Serialize + ?Sized>(
+        &self,
+        key: &K,
+        session: &mut Session,
+    ) -> Result<Option<V>, RegionError> {
+        self.region.wait_for(session.read_requirement()).await?;
+        let (value, applied) = self.region.read::<V, K>(&self.name, key)?;
+        session.record_read(&SessionToken::from_vector(applied));
+        Ok(value)
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        let core = self.region.inner.shared.lock();
+        core.tables.get(&*self.name).map_or(0, |s| s.store.len())
+    }
+
+    /// True when the table has no key.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A handle on a resolver table. Clones share it.
+pub struct ResolverTable<T: Clone> {
+    region: Region,
+    name: Arc<str>,
+    resolver: Arc<dyn Resolver<T>>,
+    feed: ConflictFeed<T>,
+}
+
+impl<T: Clone> Clone for ResolverTable<T> {
+    fn clone(&self) -> Self {
+        ResolverTable {
+            region: self.region.clone(),
+            name: Arc::clone(&self.name),
+            resolver: Arc::clone(&self.resolver),
+            feed: self.feed.clone(),
+        }
+    }
+}
+
+impl<T> ResolverTable<T>
+where
+    T: Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// The table's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Writes `value` under `key`, replacing every version this region has
+    /// seen. Returns the write's session token.
+    ///
+    /// # Errors
+    /// [`RegionError::Encode`] when the key or value cannot be encoded.
+    pub async fn put<K: Serialize + ?Sized>(
+        &self,
+        key: &K,
+        value: T,
+    ) -> Result<SessionToken, RegionError> {
+        self.region
+            .write::<VersionSet<T>, K>(&self.name, key, |set, ctx| set.write(ctx.stamp(), value))
+    }
+
+    /// As [`put`](ResolverTable::put), within a session (see
+    /// [`Table::update_session`]).
+    ///
+    /// # Errors
+    /// As [`put`](ResolverTable::put), and [`RegionError::SessionTimeout`].
+    pub async fn put_session<K: Serialize + ?Sized>(
+        &self,
+        key: &K,
+        session: &mut Session,
+        value: T,
+    ) -> Result<SessionToken, RegionError> {
+        self.region.wait_for(session.write_requirement()).await?;
+        let token = self.put(key, value).await?;
+        session.record_write(&token);
+        Ok(token)
+    }
+
+    /// What reads of `key` return here, now: the resolver's verdict.
+    ///
+    /// # Errors
+    /// [`RegionError::Encode`] when the key cannot be encoded.
+    pub async fn read<K: Serialize + ?Sized>(
+        &self,
+        key: &K,
+    ) -> Result<Option<Resolution<T>>, RegionError> {
+        let (set, _) = self.region.read::<VersionSet<T>, K>(&self.name, key)?;
+        Ok(set.and_then(|s| s.resolve(&*self.resolver)))
+    }
+
+    /// As [`read`](ResolverTable::read), within a session (see
+    /// [`Table::read_session`]).
+    ///
+    /// # Errors
+    /// [`RegionError::SessionTimeout`] when the region does not catch up.
+    pub async fn read_session<K: Serialize + ?Sized>(
+        &self,
+        key: &K,
+        session: &mut Session,
+    ) -> Result<Option<Resolution<T>>, RegionError> {
+        self.region.wait_for(session.read_requirement()).await?;
+        let (set, applied) = self.region.read::<VersionSet<T>, K>(&self.name, key)?;
+        session.record_read(&SessionToken::from_vector(applied));
+        Ok(set.and_then(|s| s.resolve(&*self.resolver)))
+    }
+
+    /// Every concurrent version of `key`, unresolved.
+    ///
+    /// # Errors
+    /// [`RegionError::Encode`] when the key cannot be encoded.
+    pub async fn versions<K: Serialize + ?Sized>(
+        &self,
+        key: &K,
+    ) -> Result<Option<VersionSet<T>>, RegionError> {
+        Ok(self.region.read::<VersionSet<T>, K>(&self.name, key)?.0)
+    }
+
+    /// The table's conflict feed: subscribe to it, read its counters.
+    pub fn conflicts(&self) -> &ConflictFeed<T> {
+        &self.feed
+    }
+}
+
+/// A region's state, for operators.
+#[derive(Clone, Debug)]
+pub struct RegionStats {
+    /// The region's name.
+    pub name: String,
+    /// Its replica id.
+    pub replica: ReplicaId,
+    /// Every write applied here.
+    pub applied: VersionVector,
+    /// Local writes made.
+    pub writes: u64,
+    /// Local writes kept for peers that have not acknowledged them.
+    pub outbox_len: usize,
+    /// Batches waiting for their dependencies.
+    pub buffered_batches: usize,
+    /// Batches sent, retransmissions included.
+    pub batches_sent: u64,
+    /// Batches applied.
+    pub batches_applied: u64,
+    /// Batches dropped from a full causal buffer.
+    pub batches_dropped: u64,
+    /// Frames refused as malformed or out of bounds.
+    pub rejected_frames: u64,
+    /// Times the outbox outgrew its bound and was dropped.
+    pub outbox_overflows: u64,
+    /// Anti-entropy exchanges completed.
+    pub syncs_completed: u64,
+    /// Key states received through anti-entropy.
+    pub sync_states_received: u64,
+    /// Each peer.
+    pub peers: Vec<PeerStats>,
+    /// Each table.
+    pub tables: Vec<TableStats>,
+}
+
+/// One peer, as a region sees it.
+#[derive(Clone, Debug)]
+pub struct PeerStats {
+    /// The peer's name.
+    pub name: String,
+    /// Whether the transport reports it reachable.
+    pub connected: bool,
+    /// Our writes it has not acknowledged.
+    pub unacknowledged: u64,
+    /// Its writes we know of and have not applied.
+    pub behind: u64,
+    /// Time since we last heard from it.
+    pub since_contact: Option<Duration>,
+    /// Our writes queued for it in the outbox.
+    pub outbox_len: u64,
+}
+
+/// One table, as a region holds it.
+#[derive(Clone, Debug)]
+pub struct TableStats {
+    /// The table's name.
+    pub name: String,
+    /// Keys held.
+    pub keys: usize,
+    /// Conflicts resolved here (resolver tables).
+    pub conflicts: u64,
+}

@@ -1,0 +1,918 @@
+//! The state of one region and every rule of replication, without I/O:
+//! local writes, the outbox, batches, acknowledgements, the causal buffer
+//! and anti-entropy. The engine task feeds it events and sends what it
+//! returns; the table handles call it for local reads and writes.
+
+use std::any::Any;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use super::message::{Message, TableEntries};
+use super::store::{DIGEST_BUCKETS, Key, TableStore, UndeclaredStore, stable_hash};
+use crate::clock::{Dot, Hlc, ReplicaId, Timestamp, VersionVector};
+use crate::region::RegionConfig;
+use crate::session::SessionToken;
+use crate::wire;
+
+/// Bucket digests on the wire: fixed 8 bytes each (varints would take 9).
+fn pack(digests: &[u64]) -> Vec<u8> {
+    digests.iter().flat_map(|d| d.to_le_bytes()).collect()
+}
+
+fn unpack(bytes: &[u8]) -> Option<Vec<u64>> {
+    if bytes.len() != DIGEST_BUCKETS * 8 {
+        return None;
+    }
+    Some(
+        bytes
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().expect("chunks of 8")))
+            .collect(),
+    )
+}
+
+/// A frame to send: the peer's name and the message.
+pub(crate) type Outgoing = Vec<(String, Message)>;
+
+/// One local write, kept until every peer has acknowledged it.
+pub(crate) struct LogEntry {
+    pub(crate) seq: u64,
+    pub(crate) table: Arc<str>,
+    pub(crate) key: Key,
+    pub(crate) delta: Vec<u8>,
+    /// What this region had applied when it wrote: the write's causal past.
+    pub(crate) deps: VersionVector,
+}
+
+/// What this region knows of one peer.
+pub(crate) struct PeerState {
+    pub(crate) connected: bool,
+    /// Our writes the peer has acknowledged applying, cumulatively.
+    pub(crate) acked: u64,
+    /// Our writes sent to it (acknowledged or not).
+    pub(crate) sent: u64,
+    /// When `acked` last moved, or a send started from a fully acked state.
+    pub(crate) progress_at: Instant,
+    pub(crate) last_contact: Option<Instant>,
+    /// Its replica id, once a batch from it told us.
+    pub(crate) replica: Option<ReplicaId>,
+    /// The highest sequence number of its writes we have heard of.
+    pub(crate) its_seq_seen: u64,
+    /// The outbox overflowed past what it acknowledged: anti-entropy must
+    /// repair it before batches can continue.
+    pub(crate) needs_sync: bool,
+    pub(crate) last_sync: Option<Instant>,
+}
+
+impl PeerState {
+    fn new(now: Instant) -> Self {
+        PeerState {
+            connected: false,
+            acked: 0,
+            sent: 0,
+            progress_at: now,
+            last_contact: None,
+            replica: None,
+            its_seq_seen: 0,
+            needs_sync: false,
+            last_sync: None,
+        }
+    }
+}
+
+/// A batch received before the writes it depends on.
+pub(crate) struct Buffered {
+    from: String,
+    origin: ReplicaId,
+    first: u64,
+    last: u64,
+    deps: VersionVector,
+    tables: Vec<TableEntries>,
+    bytes: usize,
+}
+
+/// An anti-entropy exchange this region started.
+pub(crate) struct SyncState {
+    session: u64,
+    /// Our applied vector when we sent our digests.
+    applied: VersionVector,
+    /// Buckets the peer reported as differing, gathered over its chunks.
+    buckets: Vec<(String, Vec<u32>)>,
+}
+
+/// Hash of a (table, key, encoded state) the peer sent: our push skips the
+/// keys whose merged state is exactly what the peer already holds.
+fn entry_hash(table: &str, key: &[u8], state: &[u8]) -> u64 {
+    stable_hash(table.as_bytes())
+        ^ stable_hash(key).rotate_left(21)
+        ^ stable_hash(state).rotate_left(42)
+}
+
+/// A declared table.
+pub(crate) struct TableSlot {
+    pub(crate) store: Box<dyn TableStore>,
+    pub(crate) type_name: &'static str,
+    /// Conflict counter of resolver tables (their feed's total).
+    pub(crate) conflicts: Option<Box<dyn Fn() -> u64 + Send>>,
+}
+
+pub(crate) struct Core {
+    pub(crate) name: String,
+    pub(crate) replica: ReplicaId,
+    pub(crate) config: RegionConfig,
+    pub(crate) hlc: Arc<Hlc>,
+    /// Local writes made.
+    pub(crate) seq: u64,
+    /// Every write applied here, ours included.
+    pub(crate) applied: VersionVector,
+    pub(crate) tables: HashMap<Arc<str>, TableSlot>,
+    pub(crate) undeclared: HashMap<String, UndeclaredStore>,
+    pub(crate) log: VecDeque<LogEntry>,
+    pub(crate) log_bytes: usize,
+    pub(crate) peers: BTreeMap<String, PeerState>,
+    pub(crate) buffer: Vec<Buffered>,
+    pub(crate) buffer_bytes: usize,
+    pub(crate) syncs: HashMap<String, SyncState>,
+    pub(crate) sync_session: u64,
+    /// Anti-entropy chunks received and not yet merged, per peer: merged
+    /// all at once with the last chunk, so a reader never sees part of a
+    /// transfer (a reply without its post).
+    pub(crate) sync_inbox: HashMap<String, (u64, Vec<TableEntries>, usize)>,
+    /// Bumped whenever `applied` grows: session reads wait on it.
+    pub(crate) generation: u64,
+    pub(crate) counters: Counters,
+}
+
+/// Plain counters for stats and tests.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) batches_sent: u64,
+    pub(crate) batches_applied: u64,
+    pub(crate) batches_buffered: u64,
+    pub(crate) batches_dropped: u64,
+    pub(crate) rejected_frames: u64,
+    pub(crate) outbox_overflows: u64,
+    pub(crate) syncs_completed: u64,
+    pub(crate) sync_states_received: u64,
+}
+
+impl Core {
+    pub(crate) fn new(
+        name: String,
+        replica: ReplicaId,
+        config: RegionConfig,
+        hlc: Arc<Hlc>,
+    ) -> Self {
+        Core {
+            name,
+            replica,
+            config,
+            hlc,
+            seq: 0,
+            applied: VersionVector::new(),
+            tables: HashMap::new(),
+            undeclared: HashMap::new(),
+            log: VecDeque::new(),
+            log_bytes: 0,
+            peers: BTreeMap::new(),
+            buffer: Vec::new(),
+            buffer_bytes: 0,
+            syncs: HashMap::new(),
+            sync_session: 0,
+            sync_inbox: HashMap::new(),
+            generation: 0,
+            counters: Counters::default(),
+        }
+    }
+
+    pub(crate) fn store<S: 'static>(&self, table: &str) -> Option<&S> {
+        self.tables.get(table)?.store.as_any().downcast_ref::<S>()
+    }
+
+    pub(crate) fn store_mut<S: 'static>(&mut self, table: &str) -> Option<&mut S> {
+        self.tables
+            .get_mut(table)?
+            .store
+            .as_any_mut()
+            .downcast_mut::<S>()
+    }
+
+    /// Declares a table; values received before it was declared are merged in.
+    pub(crate) fn declare(&mut self, name: Arc<str>, slot: TableSlot) {
+        let mut slot = slot;
+        if let Some(pending) = self.undeclared.remove(&*name) {
+            let at = self.hlc.last();
+            for (key, values) in pending.values {
+                for value in values {
+                    if let Err(error) = slot.store.merge_encoded(&key, &value, at) {
+                        tracing::warn!(region = %self.name, table = %name, %error, "rejected a value held for an undeclared table");
+                    }
+                }
+            }
+        }
+        self.tables.insert(name, slot);
+    }
+
+    // ----- local writes ---------------------------------------------------
+
+    /// Records a local write whose delta is `delta` (already applied to the
+    /// table): logs it for every peer and returns its token.
+    pub(crate) fn record_write(
+        &mut self,
+        table: Arc<str>,
+        key: Key,
+        delta: Vec<u8>,
+    ) -> SessionToken {
+        let deps = self.applied.clone();
+        self.seq += 1;
+        self.applied.raise(self.replica, self.seq);
+        self.generation += 1;
+        self.log_bytes += delta.len() + key.len();
+        self.log.push_back(LogEntry {
+            seq: self.seq,
+            table,
+            key,
+            delta,
+            deps,
+        });
+        if self.log.len() > self.config.outbox_len_max
+            || self.log_bytes > self.config.outbox_bytes_max
+        {
+            self.drop_outbox();
+        }
+        SessionToken::from_dot(Dot::new(self.replica, self.seq))
+    }
+
+    /// The outbox outgrew its bound (a peer down for long): drop it; the
+    /// peers that had not acknowledged everything are repaired by
+    /// anti-entropy when they are back.
+    fn drop_outbox(&mut self) {
+        self.counters.outbox_overflows += 1;
+        let mut lagging = Vec::new();
+        for (name, peer) in &mut self.peers {
+            if peer.acked < self.seq {
+                peer.needs_sync = true;
+                peer.acked = self.seq;
+                peer.sent = self.seq;
+                lagging.push(name.clone());
+            }
+        }
+        tracing::warn!(
+            region = %self.name,
+            dropped = self.log.len(),
+            bytes = self.log_bytes,
+            peers = ?lagging,
+            "outbox over its limit: dropped; anti-entropy will repair these peers"
+        );
+        self.log.clear();
+        self.log_bytes = 0;
+    }
+
+    fn truncate_log(&mut self) {
+        let min_acked = self
+            .peers
+            .values()
+            .map(|p| p.acked)
+            .min()
+            .unwrap_or(self.seq);
+        while let Some(front) = self.log.front() {
+            if front.seq > min_acked {
+                break;
+            }
+            self.log_bytes -= front.delta.len() + front.key.len();
+            self.log.pop_front();
+        }
+    }
+
+    // ----- peers ------------------------------------------------------------
+
+    fn peer(&mut self, name: &str, now: Instant) -> &mut PeerState {
+        if !self.peers.contains_key(name) {
+            self.peers.insert(name.to_owned(), PeerState::new(now));
+        }
+        self.peers.get_mut(name).expect("inserted above")
+    }
+
+    pub(crate) fn peer_up(&mut self, name: &str, now: Instant) -> Outgoing {
+        let peer = self.peer(name, now);
+        let was = peer.connected;
+        peer.connected = true;
+        peer.sent = peer.acked; // resend what was not acknowledged
+        peer.progress_at = now;
+        peer.last_contact = Some(now);
+        if !was {
+            tracing::info!(region = %self.name, peer = name, "peer connected");
+        }
+        // One side starts the exchange (it repairs both): the one with the
+        // smaller name, or the one that knows the other needs repair.
+        if self.initiates_sync(name) {
+            self.start_sync(name, now)
+        } else {
+            Vec::new()
+        }
+    }
+
+    pub(crate) fn peer_down(&mut self, name: &str, now: Instant) {
+        let peer = self.peer(name, now);
+        let was = peer.connected;
+        peer.connected = false;
+        if was {
+            tracing::info!(region = %self.name, peer = name, "peer disconnected");
+        }
+    }
+
+    // ----- sending ------------------------------------------------------------
+
+    /// Local writes not yet sent to some connected peer.
+    pub(crate) fn unsent(&self) -> u64 {
+        self.peers
+            .values()
+            .filter(|p| p.connected)
+            .map(|p| self.seq.saturating_sub(p.sent))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Batches of every unsent write, to every connected peer.
+    pub(crate) fn take_batches(&mut self, now: Instant) -> Outgoing {
+        let mut out = Vec::new();
+        let log_start = self.log.front().map_or(self.seq + 1, |e| e.seq);
+        let names: Vec<String> = self.peers.keys().cloned().collect();
+        for name in names {
+            loop {
+                let peer = &self.peers[&name];
+                if !peer.connected || peer.needs_sync || peer.sent >= self.seq {
+                    break;
+                }
+                let from = peer.sent.max(log_start - 1);
+                if from >= self.seq {
+                    break;
+                }
+                let batch = self.batch_from(from + 1, now);
+                let Some((last, message)) = batch else { break };
+                let peer = self.peers.get_mut(&name).expect("listed");
+                if peer.acked >= peer.sent {
+                    peer.progress_at = now;
+                }
+                peer.sent = last;
+                self.counters.batches_sent += 1;
+                out.push((name.clone(), message));
+            }
+        }
+        out
+    }
+
+    /// One batch of log entries from `first` on, within the batch limits.
+    fn batch_from(&self, first: u64, now: Instant) -> Option<(u64, Message)> {
+        let log_start = self.log.front()?.seq;
+        let start = usize::try_from(first.checked_sub(log_start)?).ok()?;
+        let mut tables: Vec<TableEntries> = Vec::new();
+        let mut bytes = 0;
+        let mut last = first - 1;
+        let mut deps = VersionVector::new();
+        for entry in self.log.range(start..) {
+            let size = entry.delta.len() + entry.key.len() + entry.table.len();
+            if last >= first && (last + 1 - first) as usize >= self.config.batch_len_max {
+                break;
+            }
+            if last >= first && bytes + size > self.config.batch_bytes_max {
+                break;
+            }
+            bytes += size;
+            last = entry.seq;
+            deps.clone_from(&entry.deps);
+            match tables.iter_mut().find(|t| *t.table == *entry.table) {
+                Some(t) => t.entries.push((entry.key.clone(), entry.delta.clone())),
+                None => tables.push(TableEntries {
+                    table: entry.table.to_string(),
+                    entries: vec![(entry.key.clone(), entry.delta.clone())],
+                }),
+            }
+        }
+        if last < first {
+            return None;
+        }
+        let _ = now;
+        Some((
+            last,
+            Message::Batch {
+                origin: self.replica,
+                first,
+                last,
+                deps,
+                sent_at: self.hlc.now(),
+                tables,
+            },
+        ))
+    }
+
+    /// Restarts sending to peers whose acknowledgements stalled.
+    pub(crate) fn check_retransmit(&mut self, now: Instant) {
+        let timeout = self.config.ack_timeout;
+        for (name, peer) in &mut self.peers {
+            if peer.connected
+                && peer.acked < peer.sent
+                && now.duration_since(peer.progress_at) >= timeout
+            {
+                tracing::debug!(region = %self.name, peer = %name, from = peer.acked + 1, "retransmitting unacknowledged writes");
+                peer.sent = peer.acked;
+                peer.progress_at = now;
+            }
+        }
+    }
+
+    // ----- receiving ------------------------------------------------------------
+
+    pub(crate) fn on_message(&mut self, from: &str, message: Message, now: Instant) -> Outgoing {
+        self.peer(from, now).last_contact = Some(now);
+        match message {
+            Message::Batch {
+                origin,
+                first,
+                last,
+                deps,
+                sent_at,
+                tables,
+            } => self.on_batch(from, origin, first, last, deps, sent_at, tables, now),
+            Message::Ack { origin, applied } => {
+                if origin == self.replica {
+                    let applied = applied.min(self.seq);
+                    let peer = self.peers.get_mut(from).expect("touched above");
+                    if applied > peer.acked {
+                        peer.acked = applied;
+                        peer.sent = peer.sent.max(applied);
+                        peer.progress_at = now;
+                    }
+                    self.truncate_log();
+                }
+                Vec::new()
+            }
+            Message::SyncRequest {
+                session,
+                applied,
+                digests,
+            } => self.on_sync_request(from, session, applied, digests),
+            Message::SyncStates {
+                session,
+                push,
+                buckets,
+                tables,
+                applied,
+            } => self.on_sync_states(from, session, push, buckets, tables, applied, now),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_batch(
+        &mut self,
+        from: &str,
+        origin: ReplicaId,
+        first: u64,
+        last: u64,
+        deps: VersionVector,
+        sent_at: Timestamp,
+        tables: Vec<TableEntries>,
+        now: Instant,
+    ) -> Outgoing {
+        if origin == self.replica || first == 0 || last < first {
+            self.reject(from, "batch with a bad origin or sequence range");
+            return Vec::new();
+        }
+        if let Err(error) = self.hlc.update(sent_at) {
+            // Retransmission brings it again once our clock has caught up.
+            self.reject(from, &error.to_string());
+            return Vec::new();
+        }
+        let peer = self.peer(from, now);
+        peer.its_seq_seen = peer.its_seq_seen.max(last);
+        peer.replica = Some(origin);
+        if last > self.applied.get(origin) {
+            let bytes = tables
+                .iter()
+                .map(|t| {
+                    t.entries
+                        .iter()
+                        .map(|(k, v)| k.len() + v.len())
+                        .sum::<usize>()
+                })
+                .sum();
+            self.buffer.push(Buffered {
+                from: from.to_owned(),
+                origin,
+                first,
+                last,
+                deps,
+                tables,
+                bytes,
+            });
+            self.buffer_bytes += bytes;
+            self.drain_buffer();
+            self.bound_buffer();
+        }
+        vec![(
+            from.to_owned(),
+            Message::Ack {
+                origin,
+                applied: self.applied.get(origin),
+            },
+        )]
+    }
+
+    /// Applies every buffered batch whose dependencies are now applied.
+    fn drain_buffer(&mut self) {
+        loop {
+            let ready = self.buffer.iter().position(|b| {
+                b.first <= self.applied.get(b.origin) + 1
+                    && b.deps
+                        .iter()
+                        .all(|(r, n)| r == b.origin || self.applied.get(r) >= n)
+            });
+            let stale = self
+                .buffer
+                .iter()
+                .position(|b| b.last <= self.applied.get(b.origin));
+            if let Some(i) = stale {
+                let b = self.buffer.swap_remove(i);
+                self.buffer_bytes -= b.bytes;
+                continue;
+            }
+            let Some(i) = ready else { break };
+            let batch = self.buffer.swap_remove(i);
+            self.buffer_bytes -= batch.bytes;
+            self.apply_batch(batch);
+        }
+        if !self.buffer.is_empty() {
+            self.counters.batches_buffered = self.buffer.len() as u64;
+        }
+    }
+
+    fn bound_buffer(&mut self) {
+        while self.buffer.len() > self.config.causal_buffer_len_max
+            || self.buffer_bytes > self.config.causal_buffer_bytes_max
+        {
+            // Drop the batch furthest ahead: the origin retransmits it, or
+            // anti-entropy covers it.
+            let Some((i, _)) = self
+                .buffer
+                .iter()
+                .enumerate()
+                .max_by_key(|(_, b)| b.first - self.applied.get(b.origin))
+            else {
+                break;
+            };
+            let b = self.buffer.swap_remove(i);
+            self.buffer_bytes -= b.bytes;
+            self.counters.batches_dropped += 1;
+            tracing::debug!(region = %self.name, from = %b.from, first = b.first, "causal buffer full: dropped a batch");
+        }
+    }
+
+    /// Decodes every value first and merges none if any is malformed
+    /// (nothing stored is touched by a bad frame); then merges them all.
+    /// Values of undeclared tables are held encoded. False when rejected.
+    fn merge_entries(&mut self, from: &str, tables: Vec<TableEntries>) -> bool {
+        let at = self.hlc.last();
+        let mut decoded: Vec<(Arc<str>, Key, Box<dyn Any + Send>)> = Vec::new();
+        let mut raw: Vec<(String, Key, Vec<u8>)> = Vec::new();
+        for t in tables {
+            match self.tables.get_key_value(t.table.as_str()) {
+                Some((name, slot)) => {
+                    for (key, value) in t.entries {
+                        match slot.store.decode(&value) {
+                            Ok(value) => decoded.push((Arc::clone(name), key, value)),
+                            Err(error) => {
+                                let why = format!("malformed value in table {}: {error}", t.table);
+                                self.reject(from, &why);
+                                return false;
+                            }
+                        }
+                    }
+                }
+                None => raw.extend(t.entries.into_iter().map(|(k, v)| (t.table.clone(), k, v))),
+            }
+        }
+        for (table, key, value) in decoded {
+            if let Some(slot) = self.tables.get_mut(&table) {
+                slot.store.merge_decoded(&key, value, at);
+            }
+        }
+        for (table, key, value) in raw {
+            self.hold_undeclared(table, key, value);
+        }
+        true
+    }
+
+    fn apply_batch(&mut self, batch: Buffered) {
+        if self.merge_entries(&batch.from, batch.tables) {
+            self.applied.raise(batch.origin, batch.last);
+            self.generation += 1;
+            self.counters.batches_applied += 1;
+        }
+    }
+
+    fn hold_undeclared(&mut self, table: String, key: Key, value: Vec<u8>) {
+        let store = self.undeclared.entry(table).or_default();
+        store.bytes += key.len() + value.len();
+        store.values.entry(key).or_default().push(value);
+    }
+
+    fn reject(&mut self, from: &str, why: &str) {
+        self.counters.rejected_frames += 1;
+        tracing::warn!(region = %self.name, peer = from, reason = why, "rejected input");
+    }
+
+    pub(crate) fn on_undecodable(&mut self, from: &str, error: &wire::WireError) {
+        self.reject(from, &error.to_string());
+    }
+
+    // ----- anti-entropy ---------------------------------------------------------
+
+    fn digests(&mut self) -> Vec<(String, Vec<u64>)> {
+        let mut names: Vec<Arc<str>> = self.tables.keys().cloned().collect();
+        names.sort();
+        names
+            .into_iter()
+            .map(|name| {
+                let digests = self.tables.get_mut(&name).expect("listed").store.digests();
+                (name.to_string(), digests)
+            })
+            .collect()
+    }
+
+    /// Starts an anti-entropy exchange with `peer`: sends our digests.
+    pub(crate) fn start_sync(&mut self, peer: &str, now: Instant) -> Outgoing {
+        self.sync_session += 1;
+        let session = self.sync_session;
+        let digests = self.digests();
+        self.syncs.insert(
+            peer.to_owned(),
+            SyncState {
+                session,
+                applied: self.applied.clone(),
+                buckets: Vec::new(),
+            },
+        );
+        self.peer(peer, now).last_sync = Some(now);
+        tracing::debug!(region = %self.name, peer, session, "anti-entropy: digests sent");
+        vec![(
+            peer.to_owned(),
+            Message::SyncRequest {
+                session,
+                applied: self.applied.clone(),
+                digests: digests.into_iter().map(|(t, d)| (t, pack(&d))).collect(),
+            },
+        )]
+    }
+
+    fn initiates_sync(&self, peer: &str) -> bool {
+        self.name.as_str() < peer || self.peers.get(peer).is_some_and(|p| p.needs_sync)
+    }
+
+    /// Peers due for anti-entropy: repairs pending, or the interval passed.
+    pub(crate) fn due_syncs(&mut self, now: Instant) -> Outgoing {
+        let interval = self.config.anti_entropy_interval;
+        let due: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|(name, p)| {
+                p.connected
+                    && !self.syncs.contains_key(*name)
+                    && (p.needs_sync
+                        || (self.name.as_str() < name.as_str()
+                            && p.last_sync
+                                .is_none_or(|t| now.duration_since(t) >= interval)))
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        let mut out = Vec::new();
+        for name in due {
+            out.extend(self.start_sync(&name, now));
+        }
+        out
+    }
+
+    fn on_sync_request(
+        &mut self,
+        from: &str,
+        session: u64,
+        _their_applied: VersionVector,
+        theirs: Vec<(String, Vec<u8>)>,
+    ) -> Outgoing {
+        let Some(theirs) = theirs
+            .into_iter()
+            .map(|(t, d)| unpack(&d).map(|d| (t, d)))
+            .collect::<Option<Vec<_>>>()
+        else {
+            self.reject(from, "sync request with malformed digests");
+            return Vec::new();
+        };
+        let mine = self.digests();
+        let mut buckets: Vec<(String, Vec<u32>)> = Vec::new();
+        for (table, their_digests) in &theirs {
+            if their_digests.len() != DIGEST_BUCKETS {
+                self.reject(from, "sync request with a wrong digest count");
+                return Vec::new();
+            }
+            let differing: Vec<u32> = match mine.iter().find(|(t, _)| t == table) {
+                Some((_, my_digests)) => (0..DIGEST_BUCKETS)
+                    .filter(|&b| my_digests[b] != their_digests[b])
+                    .map(|b| b as u32)
+                    .collect(),
+                None => (0..DIGEST_BUCKETS)
+                    .filter(|&b| their_digests[b] != 0)
+                    .map(|b| b as u32)
+                    .collect(),
+            };
+            if !differing.is_empty() {
+                buckets.push((table.clone(), differing));
+            }
+        }
+        // Tables they did not list: every non-empty bucket.
+        for (table, my_digests) in &mine {
+            if !theirs.iter().any(|(t, _)| t == table) {
+                let all: Vec<u32> = (0..DIGEST_BUCKETS)
+                    .filter(|&b| my_digests[b] != 0)
+                    .map(|b| b as u32)
+                    .collect();
+                if !all.is_empty() {
+                    buckets.push((table.clone(), all));
+                }
+            }
+        }
+        let applied = self.applied.clone();
+        self.states_chunks(from, session, false, buckets, applied, &HashSet::new())
+    }
+
+    /// Our states for `buckets`, in chunks below the sync chunk limit; the
+    /// first chunk names the buckets, the last carries `applied`.
+    fn states_chunks(
+        &self,
+        to: &str,
+        session: u64,
+        push: bool,
+        buckets: Vec<(String, Vec<u32>)>,
+        applied: VersionVector,
+        skip: &HashSet<u64>,
+    ) -> Outgoing {
+        let mut chunks: Vec<Vec<TableEntries>> = vec![Vec::new()];
+        let mut chunk_bytes = 0;
+        for (table, list) in &buckets {
+            let Some(slot) = self.tables.get(table.as_str()) else {
+                continue;
+            };
+            for &bucket in list {
+                for (key, state) in slot.store.bucket_states(bucket as usize) {
+                    if !skip.is_empty() && skip.contains(&entry_hash(table, &key, &state)) {
+                        continue;
+                    }
+                    let size = key.len() + state.len();
+                    if chunk_bytes + size > self.config.sync_chunk_bytes_max && chunk_bytes > 0 {
+                        chunks.push(Vec::new());
+                        chunk_bytes = 0;
+                    }
+                    chunk_bytes += size;
+                    let chunk = chunks.last_mut().expect("never empty");
+                    match chunk.iter_mut().find(|t| t.table == *table) {
+                        Some(t) => t.entries.push((key, state)),
+                        None => chunk.push(TableEntries {
+                            table: table.clone(),
+                            entries: vec![(key, state)],
+                        }),
+                    }
+                }
+            }
+        }
+        let count = chunks.len();
+        let mut buckets = Some(buckets);
+        chunks
+            .into_iter()
+            .enumerate()
+            .map(|(i, tables)| {
+                (
+                    to.to_owned(),
+                    Message::SyncStates {
+                        session,
+                        push,
+                        buckets: if i == 0 {
+                            buckets.take().unwrap_or_default()
+                        } else {
+                            Vec::new()
+                        },
+                        tables,
+                        applied: (i + 1 == count).then(|| applied.clone()),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_sync_states(
+        &mut self,
+        from: &str,
+        session: u64,
+        push: bool,
+        buckets: Vec<(String, Vec<u32>)>,
+        tables: Vec<TableEntries>,
+        applied: Option<VersionVector>,
+        now: Instant,
+    ) -> Outgoing {
+        if buckets
+            .iter()
+            .any(|(_, list)| list.iter().any(|&b| b as usize >= DIGEST_BUCKETS))
+        {
+            self.reject(from, "sync states naming a bucket out of range");
+            return Vec::new();
+        }
+        if !push {
+            match self.syncs.get_mut(from) {
+                Some(sync) if sync.session == session => sync.buckets.extend(buckets),
+                _ => return Vec::new(), // an answer to an exchange we gave up
+            }
+        }
+        let Some(their_applied) = applied else {
+            // Not the last chunk: hold it, bounded.
+            let size: usize = tables
+                .iter()
+                .flat_map(|t| &t.entries)
+                .map(|(k, v)| k.len() + v.len())
+                .sum();
+            let held = self
+                .sync_inbox
+                .entry(from.to_owned())
+                .or_insert_with(|| (session, Vec::new(), 0));
+            if held.0 != session {
+                *held = (session, Vec::new(), 0);
+            }
+            held.1.extend(tables);
+            held.2 += size;
+            if held.2 > self.config.causal_buffer_bytes_max {
+                self.sync_inbox.remove(from);
+                self.reject(from, "anti-entropy transfer over the buffer limit");
+            }
+            return Vec::new();
+        };
+        let mut all = match self.sync_inbox.remove(from) {
+            Some((held_session, held, _)) if held_session == session => held,
+            _ => Vec::new(),
+        };
+        all.extend(tables);
+        let received: HashSet<u64> = if push {
+            HashSet::new()
+        } else {
+            all.iter()
+                .flat_map(|t| t.entries.iter().map(|(k, v)| entry_hash(&t.table, k, v)))
+                .collect()
+        };
+        self.counters.sync_states_received +=
+            all.iter().map(|t| t.entries.len() as u64).sum::<u64>();
+        if !self.merge_entries(from, all) {
+            return Vec::new();
+        }
+        // Every chunk merged: we now hold everything their vector names.
+        let before = self.applied.clone();
+        self.applied.merge(&their_applied);
+        self.generation += 1;
+        self.drain_buffer();
+        let mut out: Outgoing = Vec::new();
+        // Tell origins whose writes we caught up on, so they stop resending.
+        for (origin, n) in self.applied.iter() {
+            if n > before.get(origin) && origin != self.replica {
+                let known = self.peers.iter().any(|(_, p)| p.replica == Some(origin));
+                for (name, p) in &self.peers {
+                    if p.connected && (p.replica == Some(origin) || !known) {
+                        out.push((name.clone(), Message::Ack { origin, applied: n }));
+                    }
+                }
+            }
+        }
+        if push {
+            tracing::info!(region = %self.name, peer = from, session, "anti-entropy: caught up from peer's push");
+            self.counters.syncs_completed += 1;
+            return out;
+        }
+        let Some(sync) = self.syncs.remove(from) else {
+            return out;
+        };
+        let peer = self.peer(from, now);
+        peer.needs_sync = false;
+        self.counters.syncs_completed += 1;
+        tracing::info!(region = %self.name, peer = from, session, buckets = sync.buckets.iter().map(|(_, b)| b.len()).sum::<usize>(), "anti-entropy: caught up");
+        out.extend(self.states_chunks(from, session, true, sync.buckets, sync.applied, &received));
+        out
+    }
+
+    /// Forgets an exchange that got no answer, so the next one can start.
+    pub(crate) fn expire_syncs(&mut self, now: Instant) {
+        let timeout = self.config.sync_timeout;
+        let peers = &self.peers;
+        self.syncs.retain(|name, _| {
+            peers
+                .get(name)
+                .and_then(|p| p.last_sync)
+                .is_some_and(|t| now.duration_since(t) < timeout)
+        });
+    }
+}

@@ -1,0 +1,170 @@
+//! Tables as the engine holds them: typed maps behind a type-erased trait,
+//! partitioned into digest buckets for anti-entropy.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::clock::Timestamp;
+use crate::crdt::Crdt;
+use crate::hash::FastMap;
+use crate::wire::{self, WireError};
+
+/// Buckets a table's keys are spread over for anti-entropy digests: with
+/// 100k keys, a bucket holds ~100, so a handful of differing keys costs a
+/// handful of buckets, not the table.
+pub(crate) const DIGEST_BUCKETS: usize = 1024;
+
+/// A key, encoded by `wire`: tables take any serde key type.
+pub(crate) type Key = Box<[u8]>;
+
+/// 64-bit FNV-1a: a hash every replica computes alike, whatever its
+/// process, platform or build, for buckets and digests.
+pub(crate) fn stable_hash(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+pub(crate) fn bucket_of(key: &[u8]) -> usize {
+    (stable_hash(key) % DIGEST_BUCKETS as u64) as usize
+}
+
+/// How a table merges a remote value into a local one. Resolver tables
+/// audit the merge; CRDT tables just join.
+pub(crate) type Merger<V> = Arc<dyn Fn(&mut V, &V, &[u8], Timestamp) + Send + Sync>;
+
+/// What the engine needs of any table, whatever its value type.
+pub(crate) trait TableStore: Send {
+    fn as_any(&self) -> &dyn Any;
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+    /// Decodes `value` (a delta or a full state) and merges it under `key`.
+    fn merge_encoded(&mut self, key: &[u8], value: &[u8], at: Timestamp) -> Result<(), WireError>;
+    /// Decodes a value without merging it (to check a whole batch first).
+    fn decode(&self, value: &[u8]) -> Result<Box<dyn Any + Send>, WireError>;
+    /// Merges a value [`decode`](TableStore::decode) returned.
+    fn merge_decoded(&mut self, key: &[u8], value: Box<dyn Any + Send>, at: Timestamp);
+    /// The digest of each bucket (0 for an empty bucket), recomputing the
+    /// ones changed since the last call.
+    fn digests(&mut self) -> Vec<u64>;
+    /// Every key and encoded state of `bucket`.
+    fn bucket_states(&self, bucket: usize) -> Vec<(Key, Vec<u8>)>;
+    /// Number of keys.
+    fn len(&self) -> usize;
+}
+
+/// A table of CRDT values (resolver tables hold `VersionSet`s).
+pub(crate) struct CrdtStore<V> {
+    buckets: Vec<FastMap<Key, V>>,
+    digests: Vec<u64>,
+    dirty: Vec<bool>,
+    len: usize,
+    merger: Merger<V>,
+}
+
+impl<V> CrdtStore<V>
+where
+    V: Crdt + Serialize + DeserializeOwned + Send + 'static,
+{
+    pub(crate) fn new(merger: Merger<V>) -> Self {
+        CrdtStore {
+            buckets: (0..DIGEST_BUCKETS).map(|_| FastMap::default()).collect(),
+            digests: vec![0; DIGEST_BUCKETS],
+            dirty: vec![false; DIGEST_BUCKETS],
+            len: 0,
+            merger,
+        }
+    }
+
+    pub(crate) fn get(&self, key: &[u8]) -> Option<&V> {
+        self.buckets[bucket_of(key)].get(key)
+    }
+
+    /// The value under `key`, created empty if absent; marks its bucket.
+    pub(crate) fn entry(&mut self, key: &[u8]) -> &mut V {
+        let bucket = bucket_of(key);
+        self.dirty[bucket] = true;
+        let map = &mut self.buckets[bucket];
+        if !map.contains_key(key) {
+            self.len += 1;
+            map.insert(key.into(), V::default());
+        }
+        map.get_mut(key).expect("inserted above")
+    }
+
+    pub(crate) fn merge_value(&mut self, key: &[u8], value: &V, at: Timestamp) {
+        let merger = Arc::clone(&self.merger);
+        merger(self.entry(key), value, key, at);
+    }
+}
+
+impl<V> TableStore for CrdtStore<V>
+where
+    V: Crdt + Serialize + DeserializeOwned + Send + 'static,
+{
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+
+    fn merge_encoded(&mut self, key: &[u8], value: &[u8], at: Timestamp) -> Result<(), WireError> {
+        let value: V = wire::decode(value)?;
+        self.merge_value(key, &value, at);
+        Ok(())
+    }
+
+    fn decode(&self, value: &[u8]) -> Result<Box<dyn Any + Send>, WireError> {
+        Ok(Box::new(wire::decode::<V>(value)?))
+    }
+
+    fn merge_decoded(&mut self, key: &[u8], value: Box<dyn Any + Send>, at: Timestamp) {
+        if let Ok(value) = value.downcast::<V>() {
+            self.merge_value(key, &value, at);
+        }
+    }
+
+    fn digests(&mut self) -> Vec<u64> {
+        for bucket in 0..DIGEST_BUCKETS {
+            if !self.dirty[bucket] {
+                continue;
+            }
+            self.dirty[bucket] = false;
+            // Order-independent: the wrapping sum of each key's hash.
+            let mut digest = 0u64;
+            for (key, value) in &self.buckets[bucket] {
+                let state = wire::encode(value).unwrap_or_default();
+                digest =
+                    digest.wrapping_add(stable_hash(key) ^ stable_hash(&state).rotate_left(17));
+            }
+            self.digests[bucket] = digest;
+        }
+        self.digests.clone()
+    }
+
+    fn bucket_states(&self, bucket: usize) -> Vec<(Key, Vec<u8>)> {
+        self.buckets[bucket]
+            .iter()
+            .filter_map(|(key, value)| wire::encode(value).ok().map(|state| (key.clone(), state)))
+            .collect()
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
+/// Values for a table this region has not declared (yet): kept encoded,
+/// merged in when the table is declared.
+#[derive(Default)]
+pub(crate) struct UndeclaredStore {
+    pub(crate) values: FastMap<Key, Vec<Vec<u8>>>,
+    pub(crate) bytes: usize,
+}

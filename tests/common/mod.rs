@@ -1,0 +1,65 @@
+//! Shared set-up for the engine tests: regions on a paused tokio clock.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use archipelago::clock::PhysicalClock;
+use archipelago::region::{Region, RegionConfig};
+use archipelago::transport::ChannelNetwork;
+
+/// Wall-clock milliseconds that follow tokio's (paused) clock, so stamps
+/// are reproducible, shifted by a per-region skew.
+pub struct TokioClock {
+    start: tokio::time::Instant,
+    base_ms: u64,
+    skew_ms: i64,
+}
+
+impl TokioClock {
+    pub fn new(skew_ms: i64) -> Self {
+        TokioClock {
+            start: tokio::time::Instant::now(),
+            base_ms: 1_764_000_000_000,
+            skew_ms,
+        }
+    }
+}
+
+impl PhysicalClock for TokioClock {
+    fn now_ms(&self) -> u64 {
+        let elapsed = self.start.elapsed().as_millis() as u64;
+        (self.base_ms + elapsed).saturating_add_signed(self.skew_ms)
+    }
+}
+
+/// Fast timers for simulations.
+pub fn test_config() -> RegionConfig {
+    RegionConfig {
+        batch_delay: Duration::from_millis(5),
+        ack_timeout: Duration::from_millis(200),
+        anti_entropy_interval: Duration::from_secs(2),
+        sync_timeout: Duration::from_secs(1),
+        session_wait_max: Duration::from_secs(2),
+        shutdown_wait_max: Duration::from_secs(1),
+        ..RegionConfig::default()
+    }
+}
+
+pub fn region(net: &ChannelNetwork, name: &str, skew_ms: i64, config: RegionConfig) -> Region {
+    Region::builder(name)
+        .transport(net.endpoint(name))
+        .clock(TokioClock::new(skew_ms))
+        .config(config)
+        .build()
+        .expect("inside a runtime")
+}
+
+/// A current-thread runtime on a paused clock: deterministic scheduling
+/// and timers that jump ahead when everything waits.
+pub fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("runtime")
+}
