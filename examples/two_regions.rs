@@ -1,153 +1,205 @@
-//! Two regions, Tokyo and Frankfurt, sell the same stock and edit the same
-//! cart and profile at the same time. Each keeps serving its own writes and
-//! ships the deltas to the other over a tokio channel, encoded by `wire`
-//! exactly as they would cross a network. Both end in the same state.
-//!
-//! (This wiring is by hand; the region engine will replace it.)
+//! Tokyo and Frankfurt sell the same stock, edit the same carts and the
+//! same profiles. The link between them is cut for a while; both keep
+//! serving; when it heals they converge, and every conflict is audited.
 //!
 //! Run: `cargo run --release --example two_regions`
 
-use archipelago::clock::{Hlc, ReplicaId};
-use archipelago::crdt::{Crdt, LwwMap, OrSet, PnCounter};
-use archipelago::wire;
-use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use std::time::{Duration, Instant};
 
-/// One delta on the wire, tagged with what it belongs to.
-#[derive(Serialize, Deserialize)]
-enum Delta {
-    Stock(PnCounter),
-    Cart(OrSet<String>),
-    Profile(LwwMap<String, String>),
+use archipelago::crdt::{OrSet, PnCounter};
+use archipelago::region::{Region, RegionConfig, RegionError};
+use archipelago::resolve::LastWriteWins;
+use archipelago::session::Session;
+use archipelago::transport::{ChannelNetwork, LinkFaults};
+
+const TOKYO: &str = "ap-northeast";
+const FRANKFURT: &str = "eu-central";
+
+fn region(net: &ChannelNetwork, name: &str) -> Result<Region, RegionError> {
+    let config = RegionConfig {
+        anti_entropy_interval: Duration::from_secs(1),
+        ..RegionConfig::default()
+    };
+    Region::builder(name)
+        .transport(net.endpoint(name))
+        .config(config)
+        .build()
 }
 
-#[derive(Clone, Default, PartialEq, Debug)]
-struct State {
-    stock: PnCounter,
-    cart: OrSet<String>,
-    profile: LwwMap<String, String>,
-}
-
-impl State {
-    fn apply(&mut self, delta: &Delta) {
-        match delta {
-            Delta::Stock(d) => self.stock.merge(d),
-            Delta::Cart(d) => self.cart.merge(d),
-            Delta::Profile(d) => self.profile.merge(d),
-        }
+async fn settle(a: &Region, b: &Region) -> Duration {
+    let started = Instant::now();
+    while a.applied() != b.applied() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-
-    fn summary(&self) -> String {
-        let mut cart: Vec<&str> = self.cart.iter().map(String::as_str).collect();
-        cart.sort_unstable();
-        let mut profile: Vec<String> = self
-            .profile
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        profile.sort_unstable();
-        format!(
-            "stock {:>3} | cart {:?} | profile {{{}}}",
-            self.stock.value(),
-            cart,
-            profile.join(", ")
-        )
-    }
-}
-
-/// A write a region makes locally.
-enum Write {
-    Restock(u64),
-    Sell(u64),
-    AddToCart(&'static str),
-    RemoveFromCart(&'static str),
-    SetProfile(&'static str, &'static str),
-}
-
-/// One region: applies its writes locally at once, ships each delta, then
-/// merges whatever the other region sent until that channel closes.
-async fn region(
-    name: &'static str,
-    mut state: State,
-    writes: Vec<Write>,
-    outbox: mpsc::Sender<Vec<u8>>,
-    mut inbox: mpsc::Receiver<Vec<u8>>,
-) -> Result<State, Box<dyn std::error::Error + Send + Sync>> {
-    let replica = ReplicaId::from_name(name);
-    let hlc = Hlc::new(replica);
-    for write in writes {
-        let delta = match write {
-            Write::Restock(n) => Delta::Stock(state.stock.inc(replica, n)),
-            Write::Sell(n) => Delta::Stock(state.stock.dec(replica, n)),
-            Write::AddToCart(sku) => Delta::Cart(state.cart.insert(replica, sku.to_string())),
-            Write::RemoveFromCart(sku) => Delta::Cart(state.cart.remove(sku)),
-            Write::SetProfile(k, v) => Delta::Profile(state.profile.insert(
-                hlc.stamp(),
-                k.to_string(),
-                v.to_string(),
-            )),
-        };
-        outbox.send(wire::encode(&delta)?).await?;
-        tokio::task::yield_now().await; // let the other region interleave
-    }
-    drop(outbox);
-    let mut received = 0;
-    while let Some(frame) = inbox.recv().await {
-        state.apply(&wire::decode::<Delta>(&frame)?);
-        received += 1;
-    }
-    println!("{name:<12} merged {received} deltas from its peer");
-    Ok(state)
+    started.elapsed()
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    // Both regions start from the same state: 20 in stock, tea in the cart.
-    let tokyo_id = ReplicaId::from_name("ap-northeast");
-    let mut start = State::default();
-    start.stock.inc(tokyo_id, 20);
-    start.cart.insert(tokyo_id, "tea".to_string());
-    println!("start     {}", start.summary());
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // ~120 ms one way with jitter, a little loss: a WAN between two regions.
+    let net = ChannelNetwork::new(42);
+    net.set_faults_all(
+        LinkFaults::new()
+            .latency(Duration::from_millis(120))
+            .jitter(Duration::from_millis(20))
+            .loss(0.02),
+    );
+    let tokyo = region(&net, TOKYO)?;
+    let frankfurt = region(&net, FRANKFURT)?;
 
-    let tokyo_writes = vec![
-        Write::Sell(3),
-        Write::AddToCart("matcha"),
-        Write::RemoveFromCart("tea"),
-        Write::SetProfile("name", "Aiko"),
-        Write::SetProfile("city", "Tokyo"),
-    ];
-    let frankfurt_writes = vec![
-        Write::Restock(10),
-        Write::Sell(1),
-        Write::AddToCart("tea"), // concurrent with Tokyo's removal: the add wins
-        Write::AddToCart("pretzel"),
-        Write::SetProfile("city", "Frankfurt"),
-    ];
+    let stock = (
+        tokyo.table::<PnCounter>("stock")?,
+        frankfurt.table::<PnCounter>("stock")?,
+    );
+    let carts = (
+        tokyo.table::<OrSet<String>>("carts")?,
+        frankfurt.table::<OrSet<String>>("carts")?,
+    );
+    let profiles = (
+        tokyo.table_with::<String>("profiles", LastWriteWins)?,
+        frankfurt.table_with::<String>("profiles", LastWriteWins)?,
+    );
+    let audit = profiles.1.conflicts().subscribe(16);
 
-    let (to_frankfurt, from_tokyo) = mpsc::channel(64);
-    let (to_tokyo, from_frankfurt) = mpsc::channel(64);
-    let tokyo = tokio::spawn(region(
-        "ap-northeast",
-        start.clone(),
-        tokyo_writes,
-        to_frankfurt,
-        from_frankfurt,
-    ));
-    let frankfurt = tokio::spawn(region(
-        "eu-central",
-        start,
-        frankfurt_writes,
-        to_tokyo,
-        from_tokyo,
-    ));
-    let (tokyo, frankfurt) = (tokyo.await??, frankfurt.await??);
+    // Tokyo stocks 20 tins of matcha; a cart holds tea.
+    stock
+        .0
+        .update("matcha", |s, ctx| s.inc(ctx.replica(), 20))
+        .await?;
+    carts
+        .0
+        .update("cart:aiko", |c, ctx| c.insert(ctx.replica(), "tea".into()))
+        .await?;
+    profiles.0.put("user:42", "Aiko".to_string()).await?;
+    let took = settle(&tokyo, &frankfurt).await;
+    println!("replicated to Frankfurt in {took:.0?}: stock 20, cart [tea], profile Aiko");
 
-    println!("tokyo     {}", tokyo.summary());
-    println!("frankfurt {}", frankfurt.summary());
-    if tokyo == frankfurt {
-        println!("converged: both regions hold the same state");
-        Ok(())
-    } else {
-        Err("regions diverged".into())
+    // The link is cut. Both regions keep taking writes.
+    net.partition(TOKYO, FRANKFURT);
+    println!("\n-- partition: both regions keep serving --");
+    stock
+        .0
+        .update("matcha", |s, ctx| s.dec(ctx.replica(), 3))
+        .await?;
+    stock
+        .1
+        .update("matcha", |s, ctx| s.dec(ctx.replica(), 2))
+        .await?;
+    carts.0.update("cart:aiko", |c, _| c.remove("tea")).await?;
+    carts
+        .1
+        .update("cart:aiko", |c, ctx| c.insert(ctx.replica(), "tea".into()))
+        .await?;
+    carts
+        .1
+        .update("cart:aiko", |c, ctx| c.insert(ctx.replica(), "yuzu".into()))
+        .await?;
+    profiles.0.put("user:42", "Aiko Tanaka".to_string()).await?;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    profiles.1.put("user:42", "A. Tanaka".to_string()).await?;
+    for (name, s, c, p) in [
+        (TOKYO, &stock.0, &carts.0, &profiles.0),
+        (FRANKFURT, &stock.1, &carts.1, &profiles.1),
+    ] {
+        let value = s.read("matcha").await?.map_or(0, |s| s.value());
+        let mut cart: Vec<String> = c
+            .read("cart:aiko")
+            .await?
+            .map(|c| c.iter().cloned().collect())
+            .unwrap_or_default();
+        cart.sort();
+        let profile = p
+            .read("user:42")
+            .await?
+            .and_then(|r| r.value().cloned())
+            .unwrap_or_default();
+        println!("{name:<12} stock {value:>2} | cart {cart:?} | profile {profile:?}");
     }
+
+    // Heal: retransmission and anti-entropy bring both to one state.
+    net.heal_all();
+    let took = settle(&tokyo, &frankfurt).await;
+    println!("\n-- healed: converged in {took:.0?} --");
+    for (name, s, c, p) in [
+        (TOKYO, &stock.0, &carts.0, &profiles.0),
+        (FRANKFURT, &stock.1, &carts.1, &profiles.1),
+    ] {
+        let value = s.read("matcha").await?.map_or(0, |s| s.value());
+        let mut cart: Vec<String> = c
+            .read("cart:aiko")
+            .await?
+            .map(|c| c.iter().cloned().collect())
+            .unwrap_or_default();
+        cart.sort();
+        let profile = p
+            .read("user:42")
+            .await?
+            .and_then(|r| r.value().cloned())
+            .unwrap_or_default();
+        println!("{name:<12} stock {value:>2} | cart {cart:?} | profile {profile:?}");
+    }
+    println!(
+        "(sales add up: 20 - 3 - 2; the concurrent re-add of tea beats its removal; the later profile write wins)"
+    );
+
+    // Read your writes across regions: write in Tokyo, read in Frankfurt.
+    let mut session = Session::new();
+    carts
+        .0
+        .update_session("cart:ben", &mut session, |c, ctx| {
+            c.insert(ctx.replica(), "sencha".into())
+        })
+        .await?;
+    let started = Instant::now();
+    let cart = carts
+        .1
+        .read_session("cart:ben", &mut session)
+        .await?
+        .unwrap_or_default();
+    println!(
+        "\nsession read in Frankfurt right after a write in Tokyo: waited {:.0?}, sees {:?}",
+        started.elapsed(),
+        cart.iter().collect::<Vec<_>>()
+    );
+    println!("session token for the next request: {}", session.token());
+
+    println!("\nconflict feed of 'profiles' at {FRANKFURT}:");
+    for record in audit.drain() {
+        let winner = record
+            .winner
+            .as_ref()
+            .map(|w| w.value.as_str())
+            .unwrap_or("-");
+        let losers: Vec<&str> = record.losers.iter().map(|l| l.value.as_str()).collect();
+        println!(
+            "  {} {}: winner {winner:?}, lost {losers:?}",
+            record.strategy, record.key
+        );
+    }
+    for region in [&tokyo, &frankfurt] {
+        let stats = region.stats();
+        println!(
+            "{:<12} {} writes, {} batches sent, {} applied, {} anti-entropy rounds",
+            stats.name,
+            stats.writes,
+            stats.batches_sent,
+            stats.batches_applied,
+            stats.syncs_completed
+        );
+    }
+    println!(
+        "network: {} frames dropped on the way",
+        net.stats().frames_dropped()
+    );
+
+    tokyo.shutdown().await;
+    frankfurt.shutdown().await;
+    let (a, b) = (
+        stock.0.read("matcha").await?.map(|s| s.value()),
+        stock.1.read("matcha").await?.map(|s| s.value()),
+    );
+    if a != b || a != Some(15) {
+        return Err("regions diverged".into());
+    }
+    Ok(())
 }

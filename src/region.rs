@@ -568,10 +568,15 @@ impl Region {
     }
 }
 
+/// A key as the audit feed shows it: the text of a string key, else the
+/// hex of its encoding.
 struct KeyBytes<'a>(&'a [u8]);
 
 impl Debug for KeyBytes<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Ok(text) = wire::decode::<String>(self.0) {
+            return write!(f, "{text:?}");
+        }
         for b in self.0.iter().skip(1) {
             write!(f, "{b:02x}")?;
         }
