@@ -1,4 +1,5 @@
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use super::{Dot, ReplicaId, VersionVector};
 
@@ -25,7 +26,9 @@ use super::{Dot, ReplicaId, VersionVector};
 pub struct CausalContext {
     vv: VersionVector,
     /// Sorted, not covered by `vv`, never `vv[r] + 1` (that would fold).
-    cloud: Vec<Dot>,
+    /// One dot inline: the context of a single write's delta allocates
+    /// nothing.
+    cloud: SmallVec<[Dot; 1]>,
 }
 
 #[derive(Deserialize)]
@@ -43,7 +46,7 @@ impl TryFrom<ContextRepr> for CausalContext {
         }
         let mut ctx = CausalContext {
             vv: repr.vv,
-            cloud: repr.cloud,
+            cloud: repr.cloud.into(),
         };
         ctx.cloud.sort_unstable();
         ctx.cloud.dedup();
@@ -62,7 +65,7 @@ impl CausalContext {
     pub fn from_vector(vv: VersionVector) -> Self {
         CausalContext {
             vv,
-            cloud: Vec::new(),
+            cloud: SmallVec::new(),
         }
     }
 
@@ -119,7 +122,7 @@ impl CausalContext {
             if self.cloud.is_empty() {
                 self.cloud.extend_from_slice(&other.cloud);
             } else {
-                let mut union = Vec::with_capacity(self.cloud.len() + other.cloud.len());
+                let mut union = SmallVec::with_capacity(self.cloud.len() + other.cloud.len());
                 let (mut i, mut j) = (0, 0);
                 let (a, b) = (&self.cloud, &other.cloud);
                 while i < a.len() && j < b.len() {
@@ -147,6 +150,13 @@ impl CausalContext {
         if !self.cloud.is_empty() {
             self.compact();
         }
+    }
+
+    /// True when every dot of `other` is in `self` (may answer false for a
+    /// vector entry `self` covers only through its cloud: a cheap check).
+    pub fn covers(&self, other: &Self) -> bool {
+        other.vv.iter().all(|(r, n)| self.vv.get(r) >= n)
+            && other.cloud.iter().all(|d| self.contains(*d))
     }
 
     /// True when some dot is in both contexts.

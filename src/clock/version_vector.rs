@@ -114,19 +114,21 @@ impl VersionVector {
 
     /// Joins `other` into `self`: the entry-wise maximum.
     pub fn merge(&mut self, other: &Self) {
-        // Fast path: the same replicas in both (the steady state of a
-        // deployment): one pass, no allocation.
-        let same_layout = self.entries.len() == other.entries.len()
-            && self
-                .entries
-                .iter()
-                .zip(other.entries.iter())
-                .all(|(a, b)| a.0 == b.0);
-        if same_layout {
+        // Fast path, one pass: the same replicas in both (the steady state
+        // of a deployment), no allocation. Falls back to a sorted union at
+        // the first entry where the layouts part.
+        if self.entries.len() == other.entries.len() {
+            let mut same = true;
             for (mine, theirs) in self.entries.iter_mut().zip(other.entries.iter()) {
+                if mine.0 != theirs.0 {
+                    same = false;
+                    break;
+                }
                 mine.1 = mine.1.max(theirs.1);
             }
-            return;
+            if same {
+                return;
+            }
         }
         if other.entries.is_empty() {
             return;

@@ -169,26 +169,42 @@ impl<T: Hash + Eq + Clone> Crdt for OrSet<T> {
                     return true;
                 }
                 let theirs = other.entries.get(element).map_or(&[][..], |d| d.as_slice());
+                if theirs == dots.as_slice() {
+                    return true; // the same dots on both sides: nothing to drop
+                }
                 dots.retain(|d| !their_ctx.contains(*d) || theirs.contains(d));
                 !dots.is_empty()
             });
         }
         // 2. Their dots we have never seen are added (our context is the
-        //    pre-merge one: it is joined last).
+        //    pre-merge one: it is joined last). Nothing to add when we have
+        //    seen every dot they have.
+        if self.ctx.covers(&other.ctx) {
+            return;
+        }
+        // Room for every element of theirs up front: growing the table in
+        // the middle of the loop costs more than the slack.
+        self.entries.reserve(other.entries.len());
         let our_ctx = &self.ctx;
         for (element, theirs) in &other.entries {
             if theirs.iter().all(|d| our_ctx.contains(*d)) {
                 continue;
             }
-            let fresh = theirs.iter().filter(|d| !our_ctx.contains(**d));
             match self.entries.get_mut(element) {
                 Some(mine) => {
-                    mine.extend(fresh.copied());
-                    mine.sort_unstable();
+                    for d in theirs.iter().filter(|d| !our_ctx.contains(**d)) {
+                        if let Err(at) = mine.binary_search(d) {
+                            mine.insert(at, *d);
+                        }
+                    }
                 }
                 None => {
-                    self.entries
-                        .insert(element.clone(), fresh.copied().collect());
+                    let fresh: Dots = theirs
+                        .iter()
+                        .filter(|d| !our_ctx.contains(**d))
+                        .copied()
+                        .collect();
+                    self.entries.insert(element.clone(), fresh);
                 }
             }
         }
