@@ -81,6 +81,29 @@ impl CrdtSpec for OrSetSpec {
     }
 }
 
+/// Elements from a wider range, so sets grow past the inline form of their
+/// element map and merges cross between the two forms.
+struct WideOrSetSpec;
+impl CrdtSpec for WideOrSetSpec {
+    type State = OrSet<u8>;
+    type Op = SetOp;
+    type Read = Vec<u8>;
+    fn op() -> BoxedStrategy<SetOp> {
+        prop_oneof![
+            8 => (0..40u8).prop_map(SetOp::Insert),
+            2 => (0..40u8).prop_map(SetOp::Remove),
+            1 => Just(SetOp::Clear),
+        ]
+        .boxed()
+    }
+    fn apply(state: &mut OrSet<u8>, stamp: Stamp, op: &SetOp) -> OrSet<u8> {
+        OrSetSpec::apply(state, stamp, op)
+    }
+    fn read(state: &OrSet<u8>) -> Vec<u8> {
+        OrSetSpec::read(state)
+    }
+}
+
 struct LwwRegisterSpec;
 impl CrdtSpec for LwwRegisterSpec {
     type State = LwwRegister<u8>;
@@ -157,6 +180,11 @@ fn pn_counter_obeys_the_crdt_laws() {
 #[test]
 fn or_set_obeys_the_crdt_laws() {
     check_crdt_laws::<OrSetSpec>();
+}
+
+#[test]
+fn or_set_with_many_elements_obeys_the_crdt_laws() {
+    check_crdt_laws::<WideOrSetSpec>();
 }
 
 #[test]

@@ -29,8 +29,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use smallvec::{SmallVec, smallvec};
 
 use super::Crdt;
+use super::small_map::SmallMap;
 use crate::clock::{CausalContext, Dot, ReplicaId};
-use crate::hash::{FastMap, ProcessHasher};
 
 /// The dots that keep an element in the set: one per replica that added it
 /// concurrently, almost always exactly one. Sorted.
@@ -50,7 +50,7 @@ type Dots = SmallVec<[Dot; 1]>;
 /// ([`crate::hash`](crate::hash)): inserts cost one hash and one probe, and
 /// a full-state merge walks both maps in the same order.
 pub struct OrSet<T> {
-    entries: FastMap<T, Dots>,
+    entries: SmallMap<T, Dots>,
     ctx: CausalContext,
 }
 
@@ -58,7 +58,7 @@ impl<T: Hash + Eq + Clone> OrSet<T> {
     /// The empty set.
     pub fn new() -> Self {
         OrSet {
-            entries: FastMap::with_hasher(ProcessHasher),
+            entries: SmallMap::default(),
             ctx: CausalContext::new(),
         }
     }
@@ -71,7 +71,7 @@ impl<T: Hash + Eq + Clone> OrSet<T> {
         let dot = self.ctx.next_dot(replica);
         let mut delta_ctx = CausalContext::new();
         delta_ctx.insert(dot);
-        let mut delta_entries = FastMap::with_capacity_and_hasher(1, ProcessHasher);
+        let mut delta_entries = SmallMap::default();
         delta_entries.insert(element.clone(), smallvec![dot]);
         if let Some(old) = self.entries.insert(element, smallvec![dot]) {
             for d in old {
@@ -107,11 +107,12 @@ impl<T: Hash + Eq + Clone> OrSet<T> {
     /// Removes every element this replica has observed; returns the delta.
     pub fn clear(&mut self) -> Self {
         let mut delta = OrSet::new();
-        for (_, dots) in self.entries.drain() {
+        let ctx = &mut delta.ctx;
+        self.entries.drain_each(|_, dots| {
             for d in dots {
-                delta.ctx.insert(d);
+                ctx.insert(d);
             }
-        }
+        });
         delta
     }
 
@@ -126,7 +127,7 @@ impl<T: Hash + Eq + Clone> OrSet<T> {
 
     /// The elements, in no particular order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = &T> + '_ {
-        self.entries.keys()
+        self.entries.iter().map(|(k, _)| k)
     }
 
     /// Number of elements.
@@ -328,7 +329,7 @@ impl<'de, T: Deserialize<'de> + Hash + Eq + Clone> Deserialize<'de> for OrSet<T>
         let repr = ReprIn::<T>::deserialize(deserializer)?;
         let element_count: usize = repr.groups.iter().map(|g| g.elements.len()).sum();
         let mut set = OrSet {
-            entries: FastMap::with_capacity_and_hasher(element_count, ProcessHasher),
+            entries: SmallMap::with_capacity(element_count),
             ctx: repr.context,
         };
         let mut previous_replica = None;
@@ -349,7 +350,7 @@ impl<'de, T: Deserialize<'de> + Hash + Eq + Clone> Deserialize<'de> for OrSet<T>
                 if !set.ctx.contains(dot) {
                     return Err(D::Error::custom("OR-Set dot missing from its context"));
                 }
-                let dots = set.entries.entry(element).or_default();
+                let dots = set.entries.get_or_insert_with(element, Dots::new);
                 dots.push(dot);
                 dots.sort_unstable();
             }
