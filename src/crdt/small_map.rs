@@ -256,7 +256,8 @@ mod tests {
         for i in (0..20u32).step_by(2) {
             small.insert(i, i * 2);
         }
-        assert!(small == m && m == small);
+        assert!(small == m);
+        assert!(m == small, "equality holds across the two forms");
         *small.get_or_insert_with(100, || 1) += 1;
         assert_eq!(small.get(&100), Some(&2));
     }
