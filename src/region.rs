@@ -53,6 +53,10 @@
 //!   cannot be kept is dropped and anti-entropy repairs it.
 //! - Anti-entropy runs on (re)connect and periodically: regions compare
 //!   digests of 1024 buckets per table and ship only the differing buckets.
+//!   Digests hash each value's `wire` encoding, so they assume equal values
+//!   encode to equal bytes, as every type of this crate does. A value type
+//!   whose encoding follows hash-map order still converges; anti-entropy
+//!   just ships its buckets more often than needed.
 //! - [`Region::shutdown`] flushes what is queued and waits, bounded, for it
 //!   to be acknowledged.
 

@@ -198,10 +198,23 @@ impl<K: fmt::Debug, V: fmt::Debug> fmt::Debug for LwwMap<K, V> {
 }
 
 /// Serialized as a sequence of `(key, stamp, value or none)`: any key type
-/// works, JSON included.
+/// works, JSON included. Rows are in stamp order (keys written by one stamp
+/// in the order of their encoding), so equal maps encode to equal bytes
+/// whatever their hash tables look like: anti-entropy digests rely on it.
 impl<K: Serialize, V: Serialize> Serialize for LwwMap<K, V> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(self.entries.iter().map(|(k, e)| (k, e.stamp, &e.value)))
+        let mut rows: Vec<(&K, &Entry<V>)> = self.entries.iter().collect();
+        rows.sort_by_key(|(_, e)| e.stamp);
+        let tied = rows.windows(2).any(|w| w[0].1.stamp == w[1].1.stamp);
+        if tied {
+            let mut keyed: Vec<(Stamp, Vec<u8>, &K, &Entry<V>)> = rows
+                .iter()
+                .map(|(k, e)| (e.stamp, crate::wire::encode(k).unwrap_or_default(), *k, *e))
+                .collect();
+            keyed.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+            rows = keyed.into_iter().map(|(_, _, k, e)| (k, e)).collect();
+        }
+        serializer.collect_seq(rows.into_iter().map(|(k, e)| (k, e.stamp, &e.value)))
     }
 }
 
@@ -223,5 +236,26 @@ where
             }
         }
         Ok(map)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::{ReplicaId, Timestamp};
+
+    #[test]
+    fn equal_maps_encode_to_equal_bytes_whatever_their_insertion_order() {
+        let stamp = |ms| Stamp::new(Timestamp::new(ms, 0), ReplicaId::new(1));
+        let mut a = LwwMap::new();
+        let mut b = LwwMap::new();
+        for i in 0..200u64 {
+            a.insert(stamp(i % 7), i, i);
+        }
+        for i in (0..200u64).rev() {
+            b.insert(stamp(i % 7), i, i);
+        }
+        assert_eq!(a, b);
+        assert_eq!(crate::wire::encode(&a).unwrap(), crate::wire::encode(&b).unwrap());
     }
 }
