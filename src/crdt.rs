@@ -32,6 +32,7 @@ mod lww_register;
 mod mv_register;
 mod or_set;
 mod pn_counter;
+mod small_map;
 
 pub use g_counter::GCounter;
 pub use lww_map::LwwMap;

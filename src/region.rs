@@ -199,7 +199,14 @@ pub struct RegionBuilder {
 }
 
 impl RegionBuilder {
-    /// The replica id (default: [`ReplicaId::from_name`] of the region name).
+    /// Pins the replica id.
+    ///
+    /// By default every build gets a fresh id ([`ReplicaId::from_name`] of
+    /// the region name and a ULID): a region that restarts without durable
+    /// state is a new replica, so it can never reuse a dot its previous
+    /// process gave out (peers would take the new writes for old ones and
+    /// drop them). Pin an id only when the region's writes counter survives
+    /// restarts, or in tests.
     pub fn replica_id(mut self, replica: ReplicaId) -> Self {
         self.replica = Some(replica);
         self

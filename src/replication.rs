@@ -112,20 +112,16 @@ pub(crate) async fn run<T: Transport>(
                 core.check_retransmit(now);
                 core.expire_syncs(now);
                 let mut out = core.take_batches(now);
-                if shutdown.is_none() {
-                    out.extend(core.due_syncs(now));
-                }
+                // Anti-entropy keeps running while shutting down: peers whose
+                // outbox was dropped are repaired before we go.
+                out.extend(core.due_syncs(now));
                 drop(core);
                 send_all(&transport, out);
             }
         }
         if let Some((_, deadline)) = &shutdown {
             let core = shared.lock();
-            let flushed = core
-                .peers
-                .values()
-                .filter(|p| p.connected)
-                .all(|p| p.acked >= core.seq);
+            let flushed = core.flushed();
             let late = Instant::now() >= *deadline;
             if flushed || late {
                 if !flushed {

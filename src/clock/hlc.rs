@@ -282,6 +282,30 @@ impl Hlc {
         Ok(self.advance(|last| wall.max(last.max(remote.0) + 1)))
     }
 
+    /// Moves the clock past `remote` as far as the max offset allows and
+    /// returns the new reading. Unlike [`update`](Hlc::update) it never
+    /// refuses: a timestamp too far ahead is clamped to the local wall clock
+    /// plus the max offset (and logged), so data carrying it can still be
+    /// applied while this clock stays within its bound. Writes made here
+    /// just after may then stamp below that remote write: the price of a
+    /// peer whose clock runs too far ahead.
+    pub fn observe(&self, remote: Timestamp) -> Timestamp {
+        let local_ms = self.clock.now_ms().min(PHYSICAL_MS_MAX);
+        let bound = Timestamp::new(local_ms.saturating_add(self.max_offset_ms), u16::MAX);
+        if remote > bound {
+            tracing::warn!(
+                replica = %self.replica,
+                %remote,
+                local_ms,
+                max_offset_ms = self.max_offset_ms,
+                "remote clock past the offset bound: not followed beyond it"
+            );
+        }
+        let remote = remote.min(bound).0;
+        let wall = Timestamp::new(local_ms, 0).0;
+        self.advance(|last| wall.max(last.max(remote).saturating_add(1)))
+    }
+
     fn advance(&self, next: impl Fn(u64) -> u64) -> Timestamp {
         let mut last = self.last.load(Ordering::Acquire);
         loop {

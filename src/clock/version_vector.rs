@@ -40,8 +40,12 @@ const INLINE_ENTRIES: usize = 4;
 /// ```
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct VersionVector {
-    /// Sorted by replica, no duplicates, no zero counters.
-    entries: SmallVec<[(ReplicaId, u64); INLINE_ENTRIES]>,
+    /// Sorted, no duplicates. Kept apart from the counters (struct of
+    /// arrays): comparing two layouts is one `memcmp`, and the counters'
+    /// maximum is a straight loop the compiler vectorises.
+    ids: SmallVec<[ReplicaId; INLINE_ENTRIES]>,
+    /// `counters[i]` belongs to `ids[i]`; never zero.
+    counters: SmallVec<[u64; INLINE_ENTRIES]>,
 }
 
 impl VersionVector {
@@ -52,19 +56,19 @@ impl VersionVector {
 
     /// True when nothing has been seen.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.ids.is_empty()
     }
 
     /// Number of replicas with a non-zero entry.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.ids.len()
     }
 
     /// The highest counter seen from `replica` (0 for none).
     #[inline]
     pub fn get(&self, replica: ReplicaId) -> u64 {
         match self.position(replica) {
-            Ok(i) => self.entries[i].1,
+            Ok(i) => self.counters[i],
             Err(_) => 0,
         }
     }
@@ -84,12 +88,13 @@ impl VersionVector {
     pub fn increment(&mut self, replica: ReplicaId) -> Dot {
         let counter = match self.position(replica) {
             Ok(i) => {
-                let entry = &mut self.entries[i].1;
+                let entry = &mut self.counters[i];
                 *entry = entry.checked_add(1).expect("dot counter overflow");
                 *entry
             }
             Err(i) => {
-                self.entries.insert(i, (replica, 1));
+                self.ids.insert(i, replica);
+                self.counters.insert(i, 1);
                 1
             }
         };
@@ -105,57 +110,58 @@ impl VersionVector {
         }
         match self.position(replica) {
             Ok(i) => {
-                let entry = &mut self.entries[i].1;
+                let entry = &mut self.counters[i];
                 *entry = (*entry).max(counter);
             }
-            Err(i) => self.entries.insert(i, (replica, counter)),
+            Err(i) => {
+                self.ids.insert(i, replica);
+                self.counters.insert(i, counter);
+            }
         }
     }
 
     /// Joins `other` into `self`: the entry-wise maximum.
     pub fn merge(&mut self, other: &Self) {
-        // Fast path, one pass: the same replicas in both (the steady state
-        // of a deployment), no allocation. Falls back to a sorted union at
-        // the first entry where the layouts part.
-        if self.entries.len() == other.entries.len() {
-            let mut same = true;
-            for (mine, theirs) in self.entries.iter_mut().zip(other.entries.iter()) {
-                if mine.0 != theirs.0 {
-                    same = false;
-                    break;
-                }
-                mine.1 = mine.1.max(theirs.1);
-            }
-            if same {
-                return;
-            }
-        }
-        if other.entries.is_empty() {
+        // Fast path: the same replicas in both (the steady state of a
+        // deployment): one comparison of the id arrays, then a vectorised
+        // maximum, no allocation.
+        if self.ids == other.ids {
+            max_into(&mut self.counters, &other.counters);
             return;
         }
-        let mut merged = SmallVec::with_capacity(self.entries.len() + other.entries.len());
+        if other.ids.is_empty() {
+            return;
+        }
+        let capacity = self.ids.len() + other.ids.len();
+        let mut ids = SmallVec::with_capacity(capacity);
+        let mut counters = SmallVec::with_capacity(capacity);
         let (mut i, mut j) = (0, 0);
-        let (a, b) = (&self.entries, &other.entries);
-        while i < a.len() && j < b.len() {
-            match a[i].0.cmp(&b[j].0) {
+        while i < self.ids.len() && j < other.ids.len() {
+            match self.ids[i].cmp(&other.ids[j]) {
                 Ordering::Less => {
-                    merged.push(a[i]);
+                    ids.push(self.ids[i]);
+                    counters.push(self.counters[i]);
                     i += 1;
                 }
                 Ordering::Greater => {
-                    merged.push(b[j]);
+                    ids.push(other.ids[j]);
+                    counters.push(other.counters[j]);
                     j += 1;
                 }
                 Ordering::Equal => {
-                    merged.push((a[i].0, a[i].1.max(b[j].1)));
+                    ids.push(self.ids[i]);
+                    counters.push(self.counters[i].max(other.counters[j]));
                     i += 1;
                     j += 1;
                 }
             }
         }
-        merged.extend_from_slice(&a[i..]);
-        merged.extend_from_slice(&b[j..]);
-        self.entries = merged;
+        ids.extend_from_slice(&self.ids[i..]);
+        counters.extend_from_slice(&self.counters[i..]);
+        ids.extend_from_slice(&other.ids[j..]);
+        counters.extend_from_slice(&other.counters[j..]);
+        self.ids = ids;
+        self.counters = counters;
     }
 
     /// True when `self` has seen everything `other` has (`self >= other`).
@@ -173,41 +179,68 @@ impl VersionVector {
 
     /// The `(replica, counter)` entries, sorted by replica.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = (ReplicaId, u64)> + '_ {
-        self.entries.iter().copied()
+        self.ids.iter().copied().zip(self.counters.iter().copied())
     }
 
     /// Number of dots covered (the sum of the entries), saturating.
     pub fn dot_count(&self) -> u64 {
-        self.entries
+        self.counters
             .iter()
-            .fold(0u64, |sum, e| sum.saturating_add(e.1))
+            .fold(0u64, |sum, c| sum.saturating_add(*c))
     }
 
     #[inline]
     fn position(&self, replica: ReplicaId) -> Result<usize, usize> {
-        // Linear for the inline case: fewer branches than a binary search.
-        if self.entries.len() <= INLINE_ENTRIES * 2 {
-            for (i, e) in self.entries.iter().enumerate() {
-                match e.0.cmp(&replica) {
+        // Linear for short vectors: fewer branches than a binary search.
+        if self.ids.len() <= INLINE_ENTRIES * 2 {
+            for (i, id) in self.ids.iter().enumerate() {
+                match id.cmp(&replica) {
                     Ordering::Less => continue,
                     Ordering::Equal => return Ok(i),
                     Ordering::Greater => return Err(i),
                 }
             }
-            Err(self.entries.len())
+            Err(self.ids.len())
         } else {
-            self.entries.binary_search_by(|e| e.0.cmp(&replica))
+            self.ids.binary_search(&replica)
         }
     }
 }
 
+/// `mine[i] = max(mine[i], theirs[i])`, with AVX2 where the processor has it
+/// (a u64 maximum needs 64-bit compares, which baseline x86-64 lacks).
+#[inline]
+fn max_into(mine: &mut [u64], theirs: &[u64]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if mine.len() >= 16 && std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the processor supports AVX2, checked just above.
+            unsafe { max_into_avx2(mine, theirs) };
+            return;
+        }
+    }
+    max_into_scalar(mine, theirs);
+}
+
+#[inline(always)]
+fn max_into_scalar(mine: &mut [u64], theirs: &[u64]) {
+    for (a, b) in mine.iter_mut().zip(theirs) {
+        *a = (*a).max(*b);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn max_into_avx2(mine: &mut [u64], theirs: &[u64]) {
+    max_into_scalar(mine, theirs);
+}
+
 impl PartialOrd for VersionVector {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        let (a, b) = (&self.entries, &other.entries);
         let (mut i, mut j) = (0, 0);
         let (mut less, mut greater) = (false, false);
-        while i < a.len() && j < b.len() {
-            match a[i].0.cmp(&b[j].0) {
+        while i < self.ids.len() && j < other.ids.len() {
+            match self.ids[i].cmp(&other.ids[j]) {
                 Ordering::Less => {
                     greater = true;
                     i += 1;
@@ -217,7 +250,7 @@ impl PartialOrd for VersionVector {
                     j += 1;
                 }
                 Ordering::Equal => {
-                    match a[i].1.cmp(&b[j].1) {
+                    match self.counters[i].cmp(&other.counters[j]) {
                         Ordering::Less => less = true,
                         Ordering::Greater => greater = true,
                         Ordering::Equal => {}
@@ -230,8 +263,8 @@ impl PartialOrd for VersionVector {
                 return None;
             }
         }
-        greater |= i < a.len();
-        less |= j < b.len();
+        greater |= i < self.ids.len();
+        less |= j < other.ids.len();
         match (less, greater) {
             (false, false) => Some(Ordering::Equal),
             (true, false) => Some(Ordering::Less),
@@ -243,9 +276,7 @@ impl PartialOrd for VersionVector {
 
 impl fmt::Debug for VersionVector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_map()
-            .entries(self.entries.iter().map(|(r, c)| (r, c)))
-            .finish()
+        f.debug_map().entries(self.iter()).finish()
     }
 }
 
@@ -265,7 +296,7 @@ impl FromIterator<(ReplicaId, u64)> for VersionVector {
 /// so formats whose maps take only string keys (JSON) carry it too.
 impl Serialize for VersionVector {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(self.entries.iter())
+        serializer.collect_seq(self.iter())
     }
 }
 
@@ -284,7 +315,10 @@ impl<'de> Deserialize<'de> for VersionVector {
         if entries.iter().any(|e| e.1 == 0) {
             return Err(D::Error::custom("version vector entry with counter 0"));
         }
-        Ok(VersionVector { entries })
+        Ok(VersionVector {
+            ids: entries.iter().map(|e| e.0).collect(),
+            counters: entries.iter().map(|e| e.1).collect(),
+        })
     }
 }
 

@@ -256,6 +256,9 @@ mod tests {
             b.insert(stamp(i % 7), i, i);
         }
         assert_eq!(a, b);
-        assert_eq!(crate::wire::encode(&a).unwrap(), crate::wire::encode(&b).unwrap());
+        assert_eq!(
+            crate::wire::encode(&a).unwrap(),
+            crate::wire::encode(&b).unwrap()
+        );
     }
 }

@@ -96,11 +96,29 @@ pub(crate) struct Buffered {
 /// An anti-entropy exchange this region started.
 pub(crate) struct SyncState {
     session: u64,
-    /// Our applied vector when we sent our digests.
-    applied: VersionVector,
-    /// Buckets the peer reported as differing, gathered over its chunks.
-    buckets: Vec<(String, Vec<u32>)>,
+    /// Our digests when we sent them: the push covers the buckets that
+    /// changed since.
+    digests: Vec<(String, Vec<u64>)>,
 }
+
+/// The chunks of one transfer, merged only once all have arrived.
+pub(crate) struct SyncInbox {
+    chunks: Vec<Option<Vec<TableEntries>>>,
+    buckets: Vec<(String, Vec<u32>)>,
+    applied: Option<VersionVector>,
+    bytes: usize,
+    /// Last chunk received: a transfer that goes quiet expires.
+    at: Instant,
+}
+
+/// Batches a peer may have in flight unacknowledged.
+const INFLIGHT_BATCHES_MAX: u64 = 16;
+
+/// Most bytes held for tables this region has not declared.
+const UNDECLARED_BYTES_MAX: usize = 64 << 20;
+
+/// Most chunks one anti-entropy transfer may announce.
+const SYNC_CHUNKS_MAX: usize = 1 << 16;
 
 /// Hash of a (table, key, encoded state) the peer sent: our push skips the
 /// keys whose merged state is exactly what the peer already holds.
@@ -139,7 +157,9 @@ pub(crate) struct Core {
     /// Anti-entropy chunks received and not yet merged, per peer: merged
     /// all at once with the last chunk, so a reader never sees part of a
     /// transfer (a reply without its post).
-    pub(crate) sync_inbox: HashMap<String, (u64, Vec<TableEntries>, usize)>,
+    pub(crate) sync_inbox: HashMap<(String, u64, bool), SyncInbox>,
+    /// The exchange of each peer we answered: only its push is accepted.
+    pub(crate) answered: HashMap<String, u64>,
     /// Bumped whenever `applied` grows: session reads wait on it.
     pub(crate) generation: u64,
     pub(crate) counters: Counters,
@@ -182,6 +202,7 @@ impl Core {
             syncs: HashMap::new(),
             sync_session: 0,
             sync_inbox: HashMap::new(),
+            answered: HashMap::new(),
             generation: 0,
             counters: Counters::default(),
         }
@@ -340,10 +361,24 @@ impl Core {
         let mut out = Vec::new();
         let log_start = self.log.front().map_or(self.seq + 1, |e| e.seq);
         let names: Vec<String> = self.peers.keys().cloned().collect();
+        let window = (self.config.batch_len_max as u64).saturating_mul(INFLIGHT_BATCHES_MAX);
         for name in names {
+            let peer = self.peers.get_mut(&name).expect("listed");
+            if peer.acked + 1 < log_start && !peer.needs_sync {
+                // Writes it never acknowledged left the log (it was not yet
+                // known, or the outbox was dropped): anti-entropy repairs it.
+                peer.needs_sync = true;
+                peer.acked = log_start - 1;
+                peer.sent = peer.sent.max(peer.acked);
+            }
             loop {
                 let peer = &self.peers[&name];
                 if !peer.connected || peer.needs_sync || peer.sent >= self.seq {
+                    break;
+                }
+                // Go-back-N within a window: at most this many writes in
+                // flight unacknowledged.
+                if peer.sent.saturating_sub(peer.acked) >= window {
                     break;
                 }
                 let from = peer.sent.max(log_start - 1);
@@ -457,10 +492,15 @@ impl Core {
             Message::SyncStates {
                 session,
                 push,
+                chunk,
+                chunks,
+                sent_at,
                 buckets,
                 tables,
                 applied,
-            } => self.on_sync_states(from, session, push, buckets, tables, applied, now),
+            } => self.on_sync_states(
+                from, session, push, chunk, chunks, sent_at, buckets, tables, applied, now,
+            ),
         }
     }
 
@@ -476,19 +516,43 @@ impl Core {
         tables: Vec<TableEntries>,
         now: Instant,
     ) -> Outgoing {
-        if origin == self.replica || first == 0 || last < first {
-            self.reject(from, "batch with a bad origin or sequence range");
+        let entries: usize = tables.iter().map(|t| t.entries.len()).sum();
+        if origin == self.replica
+            || first == 0
+            || last < first
+            || (last - first + 1) != entries as u64
+        {
+            self.reject(
+                from,
+                "batch with a bad origin, sequence range or entry count",
+            );
             return Vec::new();
         }
-        if let Err(error) = self.hlc.update(sent_at) {
-            // Retransmission brings it again once our clock has caught up.
-            self.reject(from, &error.to_string());
+        // A peer speaks for one origin only: itself.
+        if self
+            .peers
+            .get(from)
+            .and_then(|p| p.replica)
+            .is_some_and(|r| r != origin)
+            || self
+                .peers
+                .iter()
+                .any(|(name, p)| name != from && p.replica == Some(origin))
+        {
+            self.reject(from, "batch for an origin that is not the sending peer");
             return Vec::new();
         }
+        // Follow the sender's clock, within the offset bound: the data is
+        // applied even when the sender's clock runs too far ahead.
+        self.hlc.observe(sent_at);
         let peer = self.peer(from, now);
         peer.its_seq_seen = peer.its_seq_seen.max(last);
         peer.replica = Some(origin);
-        if last > self.applied.get(origin) {
+        let buffered = self
+            .buffer
+            .iter()
+            .any(|b| b.origin == origin && b.first == first && b.last == last);
+        if last > self.applied.get(origin) && !buffered {
             let bytes = tables
                 .iter()
                 .map(|t| {
@@ -558,7 +622,7 @@ impl Core {
                 .buffer
                 .iter()
                 .enumerate()
-                .max_by_key(|(_, b)| b.first - self.applied.get(b.origin))
+                .max_by_key(|(_, b)| b.first.saturating_sub(self.applied.get(b.origin)))
             else {
                 break;
             };
@@ -593,6 +657,12 @@ impl Core {
                 None => raw.extend(t.entries.into_iter().map(|(k, v)| (t.table.clone(), k, v))),
             }
         }
+        let total: usize = self.undeclared.values().map(|u| u.bytes).sum();
+        let incoming: usize = raw.iter().map(|(_, k, v)| k.len() + v.len()).sum();
+        if total + incoming > UNDECLARED_BYTES_MAX {
+            self.reject(from, "values for undeclared tables over the limit");
+            return false;
+        }
         for (table, key, value) in decoded {
             if let Some(slot) = self.tables.get_mut(&table) {
                 slot.store.merge_decoded(&key, value, at);
@@ -612,10 +682,21 @@ impl Core {
         }
     }
 
-    fn hold_undeclared(&mut self, table: String, key: Key, value: Vec<u8>) {
+    /// Holds a value of a table not declared here. Identical values are
+    /// kept once; false when the bound on held bytes is reached.
+    fn hold_undeclared(&mut self, table: String, key: Key, value: Vec<u8>) -> bool {
+        let total: usize = self.undeclared.values().map(|u| u.bytes).sum();
         let store = self.undeclared.entry(table).or_default();
+        let values = store.values.entry(key.clone()).or_default();
+        if values.contains(&value) {
+            return true;
+        }
+        if total + key.len() + value.len() > UNDECLARED_BYTES_MAX {
+            return false;
+        }
         store.bytes += key.len() + value.len();
-        store.values.entry(key).or_default().push(value);
+        values.push(value);
+        true
     }
 
     fn reject(&mut self, from: &str, why: &str) {
@@ -650,8 +731,7 @@ impl Core {
             peer.to_owned(),
             SyncState {
                 session,
-                applied: self.applied.clone(),
-                buckets: Vec::new(),
+                digests: digests.clone(),
             },
         );
         self.peer(peer, now).last_sync = Some(now);
@@ -711,10 +791,6 @@ impl Core {
         let mine = self.digests();
         let mut buckets: Vec<(String, Vec<u32>)> = Vec::new();
         for (table, their_digests) in &theirs {
-            if their_digests.len() != DIGEST_BUCKETS {
-                self.reject(from, "sync request with a wrong digest count");
-                return Vec::new();
-            }
             let differing: Vec<u32> = match mine.iter().find(|(t, _)| t == table) {
                 Some((_, my_digests)) => (0..DIGEST_BUCKETS)
                     .filter(|&b| my_digests[b] != their_digests[b])
@@ -741,12 +817,16 @@ impl Core {
                 }
             }
         }
+        // Our digests and states are read under one lock with our applied
+        // vector: the reply is a consistent snapshot of this region.
+        self.answered.insert(from.to_owned(), session);
         let applied = self.applied.clone();
         self.states_chunks(from, session, false, buckets, applied, &HashSet::new())
     }
 
-    /// Our states for `buckets`, in chunks below the sync chunk limit; the
-    /// first chunk names the buckets, the last carries `applied`.
+    /// Our states for `buckets` (and every value held for undeclared
+    /// tables), in chunks below the sync chunk limit; the first chunk names
+    /// the buckets, the last carries `applied`.
     fn states_chunks(
         &self,
         to: &str,
@@ -758,6 +838,23 @@ impl Core {
     ) -> Outgoing {
         let mut chunks: Vec<Vec<TableEntries>> = vec![Vec::new()];
         let mut chunk_bytes = 0;
+        let mut add =
+            |table: &str, key: Key, state: Vec<u8>, chunks: &mut Vec<Vec<TableEntries>>| {
+                let size = key.len() + state.len();
+                if chunk_bytes + size > self.config.sync_chunk_bytes_max && chunk_bytes > 0 {
+                    chunks.push(Vec::new());
+                    chunk_bytes = 0;
+                }
+                chunk_bytes += size;
+                let chunk = chunks.last_mut().expect("never empty");
+                match chunk.iter_mut().find(|t| t.table == table) {
+                    Some(t) => t.entries.push((key, state)),
+                    None => chunk.push(TableEntries {
+                        table: table.to_owned(),
+                        entries: vec![(key, state)],
+                    }),
+                }
+            };
         for (table, list) in &buckets {
             let Some(slot) = self.tables.get(table.as_str()) else {
                 continue;
@@ -767,34 +864,36 @@ impl Core {
                     if !skip.is_empty() && skip.contains(&entry_hash(table, &key, &state)) {
                         continue;
                     }
-                    let size = key.len() + state.len();
-                    if chunk_bytes + size > self.config.sync_chunk_bytes_max && chunk_bytes > 0 {
-                        chunks.push(Vec::new());
-                        chunk_bytes = 0;
-                    }
-                    chunk_bytes += size;
-                    let chunk = chunks.last_mut().expect("never empty");
-                    match chunk.iter_mut().find(|t| t.table == *table) {
-                        Some(t) => t.entries.push((key, state)),
-                        None => chunk.push(TableEntries {
-                            table: table.clone(),
-                            entries: vec![(key, state)],
-                        }),
-                    }
+                    add(table, key, state, &mut chunks);
                 }
             }
         }
-        let count = chunks.len();
+        // Values of tables we hold but have not declared count in our
+        // applied vector too: ship them, or the peer would claim writes it
+        // does not have.
+        for (table, store) in &self.undeclared {
+            for (key, values) in &store.values {
+                for value in values {
+                    add(table, key.clone(), value.clone(), &mut chunks);
+                }
+            }
+        }
+        let count = chunks.len() as u32;
+        let sent_at = self.hlc.now();
         let mut buckets = Some(buckets);
         chunks
             .into_iter()
             .enumerate()
             .map(|(i, tables)| {
+                let i = i as u32;
                 (
                     to.to_owned(),
                     Message::SyncStates {
                         session,
                         push,
+                        chunk: i,
+                        chunks: count,
+                        sent_at,
                         buckets: if i == 0 {
                             buckets.take().unwrap_or_default()
                         } else {
@@ -814,11 +913,18 @@ impl Core {
         from: &str,
         session: u64,
         push: bool,
-        buckets: Vec<(String, Vec<u32>)>,
+        chunk: u32,
+        chunks: u32,
+        sent_at: Timestamp,
+        mut buckets: Vec<(String, Vec<u32>)>,
         tables: Vec<TableEntries>,
         applied: Option<VersionVector>,
         now: Instant,
     ) -> Outgoing {
+        if chunks == 0 || chunk >= chunks || chunks as usize > SYNC_CHUNKS_MAX {
+            self.reject(from, "sync states with a bad chunk index");
+            return Vec::new();
+        }
         if buckets
             .iter()
             .any(|(_, list)| list.iter().any(|&b| b as usize >= DIGEST_BUCKETS))
@@ -826,39 +932,75 @@ impl Core {
             self.reject(from, "sync states naming a bucket out of range");
             return Vec::new();
         }
-        if !push {
-            match self.syncs.get_mut(from) {
-                Some(sync) if sync.session == session => sync.buckets.extend(buckets),
-                _ => return Vec::new(), // an answer to an exchange we gave up
-            }
+        for (_, list) in &mut buckets {
+            list.sort_unstable();
+            list.dedup();
         }
-        let Some(their_applied) = applied else {
-            // Not the last chunk: hold it, bounded.
-            let size: usize = tables
-                .iter()
-                .flat_map(|t| &t.entries)
-                .map(|(k, v)| k.len() + v.len())
-                .sum();
-            let held = self
-                .sync_inbox
-                .entry(from.to_owned())
-                .or_insert_with(|| (session, Vec::new(), 0));
-            if held.0 != session {
-                *held = (session, Vec::new(), 0);
-            }
-            held.1.extend(tables);
-            held.2 += size;
-            if held.2 > self.config.causal_buffer_bytes_max {
-                self.sync_inbox.remove(from);
-                self.reject(from, "anti-entropy transfer over the buffer limit");
-            }
+        // Only transfers we asked for: a reply to our exchange, or a push
+        // answering the reply we sent.
+        let expected = if push {
+            self.answered.get(from) == Some(&session)
+        } else {
+            self.syncs.get(from).is_some_and(|s| s.session == session)
+        };
+        if !expected {
+            tracing::debug!(region = %self.name, peer = from, session, push, "anti-entropy: ignored a transfer nobody asked for");
+            return Vec::new();
+        }
+        self.peer(from, now).last_sync = Some(now);
+        self.hlc.observe(sent_at);
+        let size: usize = tables
+            .iter()
+            .flat_map(|t| &t.entries)
+            .map(|(k, v)| k.len() + v.len())
+            .sum();
+        let slot = (from.to_owned(), session, push);
+        let inbox = self
+            .sync_inbox
+            .entry(slot.clone())
+            .or_insert_with(|| SyncInbox {
+                chunks: vec![None; chunks as usize],
+                buckets: Vec::new(),
+                applied: None,
+                bytes: 0,
+                at: now,
+            });
+        if inbox.chunks.len() != chunks as usize {
+            self.sync_inbox.remove(&slot);
+            self.reject(from, "sync states with an inconsistent chunk count");
+            return Vec::new();
+        }
+        inbox.at = now;
+        inbox.bytes += size;
+        inbox.buckets.extend(buckets);
+        if applied.is_some() {
+            inbox.applied = applied;
+        }
+        inbox.chunks[chunk as usize] = Some(tables);
+        if inbox.bytes > self.config.causal_buffer_bytes_max {
+            self.sync_inbox.remove(&slot);
+            self.abort_sync(from, push);
+            self.reject(from, "anti-entropy transfer over the buffer limit");
+            return Vec::new();
+        }
+        if inbox.chunks.iter().any(Option::is_none) {
+            return Vec::new(); // more to come
+        }
+        let inbox = self.sync_inbox.remove(&slot).expect("present");
+        let Some(their_applied) = inbox.applied else {
+            self.abort_sync(from, push);
+            self.reject(from, "sync transfer without its applied vector");
             return Vec::new();
         };
-        let mut all = match self.sync_inbox.remove(from) {
-            Some((held_session, held, _)) if held_session == session => held,
-            _ => Vec::new(),
-        };
-        all.extend(tables);
+        if their_applied.get(self.replica) > self.seq {
+            // Writes of ours we never made: a forgery, or a previous process
+            // with our replica id. Believing it would make us skip our own
+            // next writes everywhere.
+            self.abort_sync(from, push);
+            self.reject(from, "sync transfer claims writes of ours we never made");
+            return Vec::new();
+        }
+        let all: Vec<TableEntries> = inbox.chunks.into_iter().flatten().flatten().collect();
         let received: HashSet<u64> = if push {
             HashSet::new()
         } else {
@@ -868,10 +1010,13 @@ impl Core {
         };
         self.counters.sync_states_received +=
             all.iter().map(|t| t.entries.len() as u64).sum::<u64>();
+        // Every chunk is here: merge them all at once, so no reader sees
+        // part of the transfer (a reply without its post).
         if !self.merge_entries(from, all) {
+            self.abort_sync(from, push);
             return Vec::new();
         }
-        // Every chunk merged: we now hold everything their vector names.
+        // We now hold everything their vector names.
         let before = self.applied.clone();
         self.applied.merge(&their_applied);
         self.generation += 1;
@@ -889,22 +1034,71 @@ impl Core {
             }
         }
         if push {
-            tracing::info!(region = %self.name, peer = from, session, "anti-entropy: caught up from peer's push");
+            self.answered.remove(from);
+            tracing::info!(region = %self.name, peer = from, session, "anti-entropy: caught up from the peer's push");
             self.counters.syncs_completed += 1;
             return out;
         }
         let Some(sync) = self.syncs.remove(from) else {
             return out;
         };
-        let peer = self.peer(from, now);
-        peer.needs_sync = false;
+        self.peer(from, now).needs_sync = false;
         self.counters.syncs_completed += 1;
-        tracing::info!(region = %self.name, peer = from, session, buckets = sync.buckets.iter().map(|(_, b)| b.len()).sum::<usize>(), "anti-entropy: caught up");
-        out.extend(self.states_chunks(from, session, true, sync.buckets, sync.applied, &received));
+        // Push back: the buckets that differed, and every bucket of ours
+        // that changed since we sent our digests (writes and batches applied
+        // meanwhile), with our current applied vector: the peer then holds
+        // our whole current state, which is causally closed.
+        let now_digests = self.digests();
+        let mut push_buckets = inbox.buckets;
+        for (table, digests) in &now_digests {
+            let before = sync
+                .digests
+                .iter()
+                .find(|(t, _)| t == table)
+                .map(|(_, d)| d);
+            let changed: Vec<u32> = (0..DIGEST_BUCKETS)
+                .filter(|&b| before.is_none_or(|d| d[b] != digests[b]))
+                .filter(|&b| before.is_some() || digests[b] != 0)
+                .map(|b| b as u32)
+                .collect();
+            if changed.is_empty() {
+                continue;
+            }
+            match push_buckets.iter_mut().find(|(t, _)| t == table) {
+                Some((_, list)) => {
+                    list.extend(changed);
+                    list.sort_unstable();
+                    list.dedup();
+                }
+                None => push_buckets.push((table.clone(), changed)),
+            }
+        }
+        tracing::info!(
+            region = %self.name,
+            peer = from,
+            session,
+            buckets = push_buckets.iter().map(|(_, b)| b.len()).sum::<usize>(),
+            "anti-entropy: caught up; pushing back"
+        );
+        let applied = self.applied.clone();
+        out.extend(self.states_chunks(from, session, true, push_buckets, applied, &received));
         out
     }
 
-    /// Forgets an exchange that got no answer, so the next one can start.
+    /// An exchange that cannot complete: forget it; the peer stays due for
+    /// repair.
+    fn abort_sync(&mut self, from: &str, push: bool) {
+        if push {
+            self.answered.remove(from);
+        } else if self.syncs.remove(from).is_some() {
+            if let Some(peer) = self.peers.get_mut(from) {
+                peer.needs_sync = true;
+            }
+        }
+    }
+
+    /// Forgets exchanges and transfers that went quiet, so the next one can
+    /// start (the clock restarts with every chunk received).
     pub(crate) fn expire_syncs(&mut self, now: Instant) {
         let timeout = self.config.sync_timeout;
         let peers = &self.peers;
@@ -914,5 +1108,18 @@ impl Core {
                 .and_then(|p| p.last_sync)
                 .is_some_and(|t| now.duration_since(t) < timeout)
         });
+        self.sync_inbox
+            .retain(|_, inbox| now.duration_since(inbox.at) < timeout);
+    }
+
+    /// True when nothing is left to deliver to connected peers: every write
+    /// acknowledged, no repair pending or under way.
+    pub(crate) fn flushed(&self) -> bool {
+        self.syncs.is_empty()
+            && self
+                .peers
+                .values()
+                .filter(|p| p.connected)
+                .all(|p| p.acked >= self.seq && !p.needs_sync)
     }
 }

@@ -46,11 +46,19 @@ pub(crate) enum Message {
         /// True for the requester's answer to a reply (step 3): no further
         /// answer is due.
         push: bool,
+        /// This chunk's index, and how many chunks the transfer has: the
+        /// receiver merges nothing until it holds them all.
+        chunk: u32,
+        chunks: u32,
+        /// The sender's clock: receivers move their clocks past it, so a
+        /// write made after a catch-up stamps above what it caught up on.
+        sent_at: Timestamp,
         /// The buckets that differed, per table, so the requester can send
-        /// its own states for them back.
+        /// its own states for them back (first chunk only).
         buckets: Vec<(String, Vec<u32>)>,
         tables: Vec<TableEntries>,
-        /// Set on the last chunk only.
+        /// The sender's applied vector, which the transfer's states cover
+        /// (last chunk only).
         applied: Option<VersionVector>,
     },
 }

@@ -47,6 +47,7 @@ pub fn test_config() -> RegionConfig {
 
 pub fn region(net: &ChannelNetwork, name: &str, skew_ms: i64, config: RegionConfig) -> Region {
     Region::builder(name)
+        .replica_id(archipelago::clock::ReplicaId::from_name(name))
         .transport(net.endpoint(name))
         .clock(TokioClock::new(skew_ms))
         .config(config)
