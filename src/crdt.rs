@@ -24,7 +24,7 @@
 //! through JSON alike (maps are sequences of pairs, so any key type works).
 //!
 //! Writing your own: implement [`Crdt`] and run
-//! [`testing::check_crdt_laws`](crate::testing) (feature `testing`) on it.
+//! `testing::check_crdt_laws` (feature `testing`) on it.
 
 mod g_counter;
 mod lww_map;
@@ -43,7 +43,7 @@ pub use pn_counter::PnCounter;
 
 /// A state-based replicated type whose merge is a join.
 ///
-/// Laws every implementation keeps (and [`testing`](crate::testing) checks):
+/// Laws every implementation keeps (and `testing::check_crdt_laws` checks):
 /// for all states `a`, `b`, `c`,
 /// - `a ⊔ b == b ⊔ a` (commutative),
 /// - `(a ⊔ b) ⊔ c == a ⊔ (b ⊔ c)` (associative),

@@ -27,10 +27,14 @@
 //!   that still move forward with causality, for last-writer-wins choices
 //!   every replica makes alike.
 //!
-//! A write, end to end: the region ticks its clock, applies the mutator to
-//! its local state (the write is now visible locally), and ships the delta;
-//! the other regions merge it when it arrives. What the network loses, a
-//! later full-state merge repairs, since merging is idempotent.
+//! A write, end to end: the [`Region`](region::Region) ticks its clock,
+//! applies the mutator to its local state (the write is now visible
+//! locally) and returns a session token; the delta joins a batch for each
+//! peer, which applies it once it has applied everything the write depended
+//! on (causal delivery), and acknowledges it. What the network loses is
+//! sent again; what a long partition makes too much to keep, anti-entropy
+//! repairs by comparing digests and shipping only what differs, since
+//! merging is idempotent.
 //!
 //! ```
 //! use archipelago::clock::ReplicaId;
@@ -61,8 +65,10 @@
 //! | [`clock`] | replica ids, dots, version vectors, causal contexts, the hybrid logical clock |
 //! | [`crdt`] | the [`Crdt`](crdt::Crdt) trait and the replicated types |
 //! | [`id`] | region-aware identifiers: Snowflake, UUIDv7, ULID |
+//! | [`region`] | the engine: regions, CRDT and resolver tables, session reads, stats |
 //! | [`resolve`] | versioned plain values, resolvers, the conflict audit feed |
 //! | [`session`] | session tokens and the four session guarantees: read-your-writes across regions |
+//! | [`transport`] | the `Transport` trait; an in-process mesh with fault injection |
 //! | [`wire`] | the versioned codec every byte goes through |
 //! | `testing` | (feature `testing`) proptest law checks for your own CRDTs |
 //!
@@ -70,8 +76,8 @@
 //! versioned writes and settled by a deterministic resolver, each conflict
 //! recorded in an audit feed ([`resolve`]). A session token names the writes
 //! a client has made or seen, so any region can tell whether it may serve
-//! that client's read ([`session`]). The region engine that wires replicas
-//! together over channels and TCP is built on these next.
+//! that client's read ([`session`]). The [`region`] engine wires replicas
+//! together over a [`transport`]: in-process channels today, TCP next.
 
 #![warn(missing_docs)]
 

@@ -2,7 +2,8 @@
 //!
 //! A [`Region`] is one replica of the archipelago: it hosts named tables,
 //! answers reads and writes from its own state at once, and replicates every
-//! write to its peers through a [`Transport`](crate::transport::Transport).
+//! write to its peers through a [`Transport`](crate::transport::Transport)
+//! (an in-process [`ChannelNetwork`](crate::transport::ChannelNetwork) today).
 //!
 //! - A **CRDT table** ([`Region::table`]) holds values of a [`Crdt`] type:
 //!   a write runs a mutator and ships its delta; concurrent writes merge.
@@ -10,7 +11,7 @@
 //!   as [`VersionSet`]s, settled by a [`Resolver`] with every conflict in
 //!   the table's [`ConflictFeed`].
 //!
-//! Keys are any serde type (encoded by [`wire`](crate::wire)).
+//! Keys are any serde type (encoded by [`crate::wire`]).
 //!
 //! ```
 //! use archipelago::crdt::OrSet;
