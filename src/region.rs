@@ -2,7 +2,7 @@
 //!
 //! A [`Region`] is one replica of the archipelago: it hosts named tables,
 //! answers reads and writes from its own state at once, and replicates every
-//! write to its peers through a [`Transport`](crate::transport::Transport)
+//! write to its peers through a [`Transport`]
 //! (an in-process [`ChannelNetwork`](crate::transport::ChannelNetwork) today).
 //!
 //! - A **CRDT table** ([`Region::table`]) holds values of a [`Crdt`] type:
