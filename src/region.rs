@@ -626,6 +626,9 @@ where
     /// here and now; `mutate` returns the delta, which is replicated.
     /// Returns the write's session token.
     ///
+    /// `mutate` runs while the region's state is locked: keep it short, and
+    /// do not call back into the region from it (that would deadlock).
+    ///
     /// # Errors
     /// [`RegionError::Encode`] when the key or delta cannot be encoded.
     pub async fn update<K: Serialize + ?Sized>(

@@ -50,6 +50,9 @@ impl fmt::Display for Strategy {
 ///
 /// Built in: [`LastWriteWins`], [`FirstWriteWins`], [`Merge`] (with a deep
 /// merge for map-like values), [`Siblings`].
+///
+/// In a region, resolvers run while the region's state is locked: they
+/// must be quick and must not call back into the region.
 pub trait Resolver<T>: Send + Sync {
     /// The name the audit feed records.
     fn strategy(&self) -> Strategy;
