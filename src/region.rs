@@ -247,9 +247,9 @@ impl RegionBuilder {
     /// [`RegionError::NoRuntime`] outside a tokio runtime.
     pub fn build(self) -> Result<Region, RegionError> {
         tokio::runtime::Handle::try_current().map_err(|_| RegionError::NoRuntime)?;
-        let replica = self
-            .replica
-            .unwrap_or_else(|| ReplicaId::from_name(&self.name));
+        let replica = self.replica.unwrap_or_else(|| {
+            ReplicaId::from_name(&format!("{}#{}", self.name, ulid::Ulid::new()))
+        });
         let clock: Box<dyn PhysicalClock> = self.clock.unwrap_or_else(|| Box::new(SystemClock));
         let mut hlc = Hlc::with_clock(replica, BoxedClock(clock));
         if let Some(offset) = self.max_offset {

@@ -658,7 +658,18 @@ impl Core {
             }
         }
         let total: usize = self.undeclared.values().map(|u| u.bytes).sum();
-        let incoming: usize = raw.iter().map(|(_, k, v)| k.len() + v.len()).sum();
+        // Only values not already held count: transfers re-ship them.
+        let incoming: usize = raw
+            .iter()
+            .filter(|(t, k, v)| {
+                !self
+                    .undeclared
+                    .get(t)
+                    .and_then(|u| u.values.get(k))
+                    .is_some_and(|held| held.contains(v))
+            })
+            .map(|(_, k, v)| k.len() + v.len())
+            .sum();
         if total + incoming > UNDECLARED_BYTES_MAX {
             self.reject(from, "values for undeclared tables over the limit");
             return false;
@@ -819,7 +830,13 @@ impl Core {
         }
         // Our digests and states are read under one lock with our applied
         // vector: the reply is a consistent snapshot of this region.
-        self.answered.insert(from.to_owned(), session);
+        // A new exchange supersedes the one we answered before: drop what
+        // we held of its push.
+        if let Some(old) = self.answered.insert(from.to_owned(), session) {
+            if old != session {
+                self.sync_inbox.remove(&(from.to_owned(), old, true));
+            }
+        }
         let applied = self.applied.clone();
         self.states_chunks(from, session, false, buckets, applied, &HashSet::new())
     }
@@ -1123,3 +1140,7 @@ impl Core {
                 .all(|p| p.acked >= self.seq && !p.needs_sync)
     }
 }
+
+#[cfg(test)]
+#[path = "core_tests.rs"]
+mod tests;
