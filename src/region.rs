@@ -504,7 +504,7 @@ impl Region {
     }
 
     fn encode_key<K: Serialize + ?Sized>(key: &K) -> Result<Key, RegionError> {
-        Ok(wire::encode(key)?.into_boxed_slice())
+        Ok(wire::encode_exact(key)?)
     }
 
     /// Writes through `apply` (which returns the delta), logs the delta for
@@ -529,9 +529,13 @@ impl Region {
             .store_mut::<CrdtStore<V>>(table)
             .expect("declared by the handle");
         let delta = apply(store.entry(&key), ctx);
-        let delta = wire::encode(&delta)?;
+        let delta = wire::encode_exact(&delta)?.into_vec();
         let token = core.record_write(Arc::clone(table), key, delta);
-        let wake = core.unsent() >= self.inner.config.batch_len_max as u64;
+        // Batches leave on the engine's tick (`batch_delay`). Waking the
+        // engine from here would queue it on this task's worker thread
+        // (tokio's LIFO slot), where it competes with the writer instead of
+        // running on the idle core: only a large backlog wakes it early.
+        let wake = core.unsent() >= (self.inner.config.batch_len_max as u64) * 16;
         drop(core);
         if wake {
             shared.wake.notify_one();

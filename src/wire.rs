@@ -93,6 +93,28 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, WireError> {
     Ok(frame)
 }
 
+/// Encodes `value` into a frame of exactly its size (one allocation, no
+/// slack): for keys and other values kept for long.
+///
+/// # Errors
+/// As [`encode`].
+pub fn encode_exact<T: Serialize + ?Sized>(value: &T) -> Result<Box<[u8]>, WireError> {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        scratch.clear();
+        scratch.push(WIRE_VERSION);
+        encode_into(value, &mut scratch)?;
+        let frame: Box<[u8]> = scratch.as_slice().into();
+        if scratch.capacity() > 64 * 1024 {
+            *scratch = Vec::new(); // do not keep a large buffer per thread
+        }
+        Ok(frame)
+    })
+}
+
 /// Appends the body of `value` (no version byte) to `out`.
 fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), WireError> {
     bincode::serde::encode_into_std_write(value, out, config())

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use super::message::{Message, TableEntries};
 use super::store::{DIGEST_BUCKETS, Key, TableStore, UndeclaredStore, stable_hash};
 use crate::clock::{Dot, Hlc, ReplicaId, Timestamp, VersionVector};
+use crate::hash::FastMap;
 use crate::region::RegionConfig;
 use crate::session::SessionToken;
 use crate::wire;
@@ -145,7 +146,7 @@ pub(crate) struct Core {
     pub(crate) seq: u64,
     /// Every write applied here, ours included.
     pub(crate) applied: VersionVector,
-    pub(crate) tables: HashMap<Arc<str>, TableSlot>,
+    pub(crate) tables: FastMap<Arc<str>, TableSlot>,
     pub(crate) undeclared: HashMap<String, UndeclaredStore>,
     pub(crate) log: VecDeque<LogEntry>,
     pub(crate) log_bytes: usize,
@@ -192,7 +193,7 @@ impl Core {
             hlc,
             seq: 0,
             applied: VersionVector::new(),
-            tables: HashMap::new(),
+            tables: FastMap::default(),
             undeclared: HashMap::new(),
             log: VecDeque::new(),
             log_bytes: 0,
