@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use archipelago::crdt::{OrSet, PnCounter};
-use archipelago::region::{Region, RegionConfig, RegionError};
+use archipelago::region::{Region, RegionConfig, RegionError, ResolverTable, Table};
 use archipelago::resolve::LastWriteWins;
 use archipelago::session::Session;
 use archipelago::transport::{ChannelNetwork, LinkFaults};
@@ -24,6 +24,35 @@ fn region(net: &ChannelNetwork, name: &str) -> Result<Region, RegionError> {
         .transport(net.endpoint(name))
         .config(config)
         .build()
+}
+
+type Pair<T> = (T, T);
+
+/// One line per region: stock, cart and profile as it reads them now.
+async fn show(
+    stock: &Pair<Table<PnCounter>>,
+    carts: &Pair<Table<OrSet<String>>>,
+    profiles: &Pair<ResolverTable<String>>,
+) -> Result<(), RegionError> {
+    for (name, s, c, p) in [
+        (TOKYO, &stock.0, &carts.0, &profiles.0),
+        (FRANKFURT, &stock.1, &carts.1, &profiles.1),
+    ] {
+        let value = s.read("matcha").await?.map_or(0, |s| s.value());
+        let mut cart: Vec<String> = c
+            .read("cart:aiko")
+            .await?
+            .map(|c| c.iter().cloned().collect())
+            .unwrap_or_default();
+        cart.sort();
+        let profile = p
+            .read("user:42")
+            .await?
+            .and_then(|r| r.value().cloned())
+            .unwrap_or_default();
+        println!("{name:<12} stock {value:>2} | cart {cart:?} | profile {profile:?}");
+    }
+    Ok(())
 }
 
 async fn settle(a: &Region, b: &Region) -> Duration {
@@ -97,47 +126,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     profiles.0.put("user:42", "Aiko Tanaka".to_string()).await?;
     tokio::time::sleep(Duration::from_millis(5)).await;
     profiles.1.put("user:42", "A. Tanaka".to_string()).await?;
-    for (name, s, c, p) in [
-        (TOKYO, &stock.0, &carts.0, &profiles.0),
-        (FRANKFURT, &stock.1, &carts.1, &profiles.1),
-    ] {
-        let value = s.read("matcha").await?.map_or(0, |s| s.value());
-        let mut cart: Vec<String> = c
-            .read("cart:aiko")
-            .await?
-            .map(|c| c.iter().cloned().collect())
-            .unwrap_or_default();
-        cart.sort();
-        let profile = p
-            .read("user:42")
-            .await?
-            .and_then(|r| r.value().cloned())
-            .unwrap_or_default();
-        println!("{name:<12} stock {value:>2} | cart {cart:?} | profile {profile:?}");
-    }
+    show(&stock, &carts, &profiles).await?;
 
     // Heal: retransmission and anti-entropy bring both to one state.
     net.heal_all();
     let took = settle(&tokyo, &frankfurt).await;
     println!("\n-- healed: converged in {took:.0?} --");
-    for (name, s, c, p) in [
-        (TOKYO, &stock.0, &carts.0, &profiles.0),
-        (FRANKFURT, &stock.1, &carts.1, &profiles.1),
-    ] {
-        let value = s.read("matcha").await?.map_or(0, |s| s.value());
-        let mut cart: Vec<String> = c
-            .read("cart:aiko")
-            .await?
-            .map(|c| c.iter().cloned().collect())
-            .unwrap_or_default();
-        cart.sort();
-        let profile = p
-            .read("user:42")
-            .await?
-            .and_then(|r| r.value().cloned())
-            .unwrap_or_default();
-        println!("{name:<12} stock {value:>2} | cart {cart:?} | profile {profile:?}");
-    }
+    show(&stock, &carts, &profiles).await?;
     println!(
         "(sales add up: 20 - 3 - 2; the concurrent re-add of tea beats its removal; the later profile write wins)"
     );
