@@ -224,19 +224,27 @@ pub trait DeepMerge: Sized {
     fn deep_merge(newer: &Self, older: &Self) -> Self;
 }
 
+/// Key-wise merge shared by every map type: all of `older`, then each key
+/// of `newer` merged over its older value (or taken as it is).
+macro_rules! merge_keys {
+    ($newer:expr, $older:expr, $merge:path) => {{
+        let mut out = $older.clone();
+        for (key, value) in $newer {
+            let merged = match $older.get(key) {
+                Some(old) => $merge(value, old),
+                None => value.clone(),
+            };
+            out.insert(key.clone(), merged);
+        }
+        out
+    }};
+}
+
 impl DeepMerge for serde_json::Value {
     fn deep_merge(newer: &Self, older: &Self) -> Self {
         match (newer, older) {
             (serde_json::Value::Object(n), serde_json::Value::Object(o)) => {
-                let mut out = o.clone();
-                for (key, value) in n {
-                    let merged = match o.get(key) {
-                        Some(old) => DeepMerge::deep_merge(value, old),
-                        None => value.clone(),
-                    };
-                    out.insert(key.clone(), merged);
-                }
-                serde_json::Value::Object(out)
+                serde_json::Value::Object(merge_keys!(n, o, DeepMerge::deep_merge))
             }
             (serde_json::Value::Object(_), _) => newer.clone(),
             (_, serde_json::Value::Object(_)) => older.clone(),
@@ -247,15 +255,7 @@ impl DeepMerge for serde_json::Value {
 
 impl<K: Ord + Clone, V: DeepMerge + Clone> DeepMerge for BTreeMap<K, V> {
     fn deep_merge(newer: &Self, older: &Self) -> Self {
-        let mut out = older.clone();
-        for (key, value) in newer {
-            let merged = match older.get(key) {
-                Some(old) => V::deep_merge(value, old),
-                None => value.clone(),
-            };
-            out.insert(key.clone(), merged);
-        }
-        out
+        merge_keys!(newer, older, V::deep_merge)
     }
 }
 
@@ -266,15 +266,7 @@ where
     S: BuildHasher + Clone,
 {
     fn deep_merge(newer: &Self, older: &Self) -> Self {
-        let mut out = older.clone();
-        for (key, value) in newer {
-            let merged = match older.get(key) {
-                Some(old) => V::deep_merge(value, old),
-                None => value.clone(),
-            };
-            out.insert(key.clone(), merged);
-        }
-        out
+        merge_keys!(newer, older, V::deep_merge)
     }
 }
 
