@@ -543,7 +543,15 @@ impl Region {
         Ok(token)
     }
 
-    fn read<V, K>(&self, table: &str, key: &K) -> Result<(Option<V>, VersionVector), RegionError>
+    /// The value under `key`; with a session, also records the read in it
+    /// (what this region had applied when it read). Plain reads copy no
+    /// vector.
+    fn read<V, K>(
+        &self,
+        table: &str,
+        key: &K,
+        session: Option<&mut Session>,
+    ) -> Result<Option<V>, RegionError>
     where
         V: Crdt + Serialize + DeserializeOwned + Send + 'static,
         K: Serialize + ?Sized,
@@ -554,7 +562,10 @@ impl Region {
             .store::<CrdtStore<V>>(table)
             .and_then(|s| s.get(&key))
             .cloned();
-        Ok((value, core.applied.clone()))
+        if let Some(session) = session {
+            session.record_read(&SessionToken::from_vector(core.applied.clone()));
+        }
+        Ok(value)
     }
 
     /// Waits until this region has applied `token`, up to `session_wait_max`.
@@ -668,7 +679,7 @@ where
     /// # Errors
     /// [`RegionError::Encode`] when the key cannot be encoded.
     pub async fn read<K: Serialize + ?Sized>(&self, key: &K) -> Result<Option<V>, RegionError> {
-        Ok(self.region.read::<V, K>(&self.name, key)?.0)
+        self.region.read::<V, K>(&self.name, key, None)
     }
 
     /// The value under `key` once this region has applied what the session
@@ -684,9 +695,7 @@ where
         session: &mut Session,
     ) -> Result<Option<V>, RegionError> {
         self.region.wait_for(session.read_requirement()).await?;
-        let (value, applied) = self.region.read::<V, K>(&self.name, key)?;
-        session.record_read(&SessionToken::from_vector(applied));
-        Ok(value)
+        self.region.read::<V, K>(&self.name, key, Some(session))
     }
 
     /// Number of keys.
@@ -768,7 +777,9 @@ where
         &self,
         key: &K,
     ) -> Result<Option<Resolution<T>>, RegionError> {
-        let (set, _) = self.region.read::<VersionSet<T>, K>(&self.name, key)?;
+        let set = self
+            .region
+            .read::<VersionSet<T>, K>(&self.name, key, None)?;
         Ok(set.and_then(|s| s.resolve(&*self.resolver)))
     }
 
@@ -783,8 +794,9 @@ where
         session: &mut Session,
     ) -> Result<Option<Resolution<T>>, RegionError> {
         self.region.wait_for(session.read_requirement()).await?;
-        let (set, applied) = self.region.read::<VersionSet<T>, K>(&self.name, key)?;
-        session.record_read(&SessionToken::from_vector(applied));
+        let set = self
+            .region
+            .read::<VersionSet<T>, K>(&self.name, key, Some(session))?;
         Ok(set.and_then(|s| s.resolve(&*self.resolver)))
     }
 
@@ -796,7 +808,7 @@ where
         &self,
         key: &K,
     ) -> Result<Option<VersionSet<T>>, RegionError> {
-        Ok(self.region.read::<VersionSet<T>, K>(&self.name, key)?.0)
+        self.region.read::<VersionSet<T>, K>(&self.name, key, None)
     }
 
     /// The table's conflict feed: subscribe to it, read its counters.
