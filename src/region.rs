@@ -75,7 +75,7 @@ use tokio::time::Instant;
 use crate::clock::{Hlc, PhysicalClock, ReplicaId, Stamp, SystemClock, VersionVector};
 use crate::crdt::Crdt;
 use crate::replication::core::{Core, TableSlot};
-use crate::replication::store::{CrdtStore, Key, Merger};
+use crate::replication::store::{CrdtStore, Merger};
 use crate::replication::{self, Command, Shared};
 use crate::resolve::{ConflictFeed, Resolution, Resolver, VersionSet};
 use crate::session::{Missing, Session, SessionToken};
@@ -169,22 +169,40 @@ pub enum RegionError {
 }
 
 /// What a mutator knows about the write it makes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct WriteCtx {
-    stamp: Stamp,
+pub struct WriteCtx<'a> {
+    hlc: &'a Hlc,
+    /// Read from the clock on first use: counters and sets never need it.
+    stamp: std::cell::Cell<Option<Stamp>>,
 }
 
-impl WriteCtx {
+impl WriteCtx<'_> {
     /// The writing replica: pass it to dot-based mutators
     /// (`cart.insert(ctx.replica(), sku)`).
     pub fn replica(&self) -> ReplicaId {
-        self.stamp.replica
+        self.hlc.replica()
     }
 
     /// The write's hybrid-logical-clock stamp: pass it to last-writer-wins
-    /// mutators (`map.insert(ctx.stamp(), k, v)`).
+    /// mutators (`map.insert(ctx.stamp(), k, v)`). One write has one stamp,
+    /// however often it is asked for.
     pub fn stamp(&self) -> Stamp {
-        self.stamp
+        match self.stamp.get() {
+            Some(stamp) => stamp,
+            None => {
+                let stamp = self.hlc.stamp();
+                self.stamp.set(Some(stamp));
+                stamp
+            }
+        }
+    }
+}
+
+impl Debug for WriteCtx<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteCtx")
+            .field("replica", &self.replica())
+            .field("stamp", &self.stamp.get())
+            .finish()
     }
 }
 
@@ -257,7 +275,8 @@ impl RegionBuilder {
         }
         let hlc = Arc::new(hlc);
         let config = self.config;
-        let core = Core::new(self.name.clone(), replica, config.clone(), Arc::clone(&hlc));
+        let mut core = Core::new(self.name.clone(), replica, config.clone(), Arc::clone(&hlc));
+        core.replicating = self.engine.is_some();
         let shared = Arc::new(Shared {
             core: std::sync::Mutex::new(core),
             wake: Notify::new(),
@@ -357,10 +376,11 @@ impl Region {
     {
         let merger: Merger<V> =
             Arc::new(|mine: &mut V, theirs: &V, _: &[u8], _| mine.merge(theirs));
-        let name = self.declare::<V>(name, merger, None)?;
+        let (name, slot) = self.declare::<V>(name, merger, None)?;
         Ok(Table {
             region: self.clone(),
             name,
+            slot,
             _values: PhantomData,
         })
     }
@@ -396,10 +416,11 @@ impl Region {
             let feed = feed.clone();
             Box::new(move || feed.stats().total) as Box<dyn Fn() -> u64 + Send>
         };
-        let table = self.declare::<VersionSet<T>>(name, merger, Some(counter))?;
+        let (table, slot) = self.declare::<VersionSet<T>>(name, merger, Some(counter))?;
         Ok(ResolverTable {
             region: self.clone(),
             name: table,
+            slot,
             resolver,
             feed,
         })
@@ -410,12 +431,13 @@ impl Region {
         name: &str,
         merger: Merger<V>,
         conflicts: Option<Box<dyn Fn() -> u64 + Send>>,
-    ) -> Result<Arc<str>, RegionError>
+    ) -> Result<(Arc<str>, usize), RegionError>
     where
         V: Crdt + Serialize + DeserializeOwned + Send + 'static,
     {
         let mut core = self.inner.shared.lock();
-        if let Some((existing, slot)) = core.tables.get_key_value(name) {
+        if let Some(index) = core.slot_of(name) {
+            let slot = &core.tables[index];
             if slot.store.as_any().downcast_ref::<CrdtStore<V>>().is_none() {
                 return Err(RegionError::TableType {
                     table: name.to_owned(),
@@ -423,25 +445,23 @@ impl Region {
                     requested: type_name::<V>(),
                 });
             }
-            return Ok(Arc::clone(existing));
+            return Ok((Arc::clone(&slot.name), index));
         }
         let table: Arc<str> = name.into();
-        core.declare(
-            Arc::clone(&table),
-            TableSlot {
-                store: Box::new(CrdtStore::<V>::new(merger)),
-                type_name: type_name::<V>(),
-                conflicts,
-            },
-        );
-        Ok(table)
+        let index = core.declare(TableSlot {
+            name: Arc::clone(&table),
+            store: Box::new(CrdtStore::<V>::new(merger)),
+            type_name: type_name::<V>(),
+            conflicts,
+        });
+        Ok((table, index))
     }
 
     /// Peers, tables and counters, for operators.
     pub fn stats(&self) -> RegionStats {
         let core = self.inner.shared.lock();
         let now = Instant::now();
-        let log_start = core.log.front().map_or(core.seq + 1, |e| e.seq);
+        let log_start = core.outbox.start().unwrap_or(core.seq + 1);
         let peers = core
             .peers
             .iter()
@@ -461,8 +481,8 @@ impl Region {
         let mut tables: Vec<TableStats> = core
             .tables
             .iter()
-            .map(|(name, slot)| TableStats {
-                name: name.to_string(),
+            .map(|slot| TableStats {
+                name: slot.name.to_string(),
                 keys: slot.store.len(),
                 conflicts: slot.conflicts.as_ref().map_or(0, |count| count()),
             })
@@ -474,7 +494,7 @@ impl Region {
             replica: core.replica,
             applied: core.applied.clone(),
             writes: core.seq,
-            outbox_len: core.log.len(),
+            outbox_len: core.outbox.len(),
             buffered_batches: core.buffer.len(),
             batches_sent: c.batches_sent,
             batches_applied: c.batches_applied,
@@ -503,44 +523,48 @@ impl Region {
         tracing::info!(region = %self.inner.name, "region shut down");
     }
 
-    fn encode_key<K: Serialize + ?Sized>(key: &K) -> Result<Key, RegionError> {
-        Ok(wire::encode_exact(key)?)
-    }
-
-    /// Writes through `apply` (which returns the delta), logs the delta for
-    /// the peers and returns the write's token.
+    /// Writes through `apply` (which returns the delta) to the table in
+    /// `slot`, logs the delta for the peers and returns the write's token.
     fn write<V, K>(
         &self,
-        table: &Arc<str>,
+        slot: usize,
         key: &K,
-        apply: impl FnOnce(&mut V, WriteCtx) -> V,
+        apply: impl FnOnce(&mut V, &WriteCtx<'_>) -> V,
     ) -> Result<SessionToken, RegionError>
     where
         V: Crdt + Serialize + DeserializeOwned + Send + 'static,
         K: Serialize + ?Sized,
     {
-        let key = Self::encode_key(key)?;
-        let ctx = WriteCtx {
-            stamp: self.inner.hlc.stamp(),
-        };
         let shared = &self.inner.shared;
-        let mut core = shared.lock();
-        let store = core
-            .store_mut::<CrdtStore<V>>(table)
-            .expect("declared by the handle");
-        let delta = apply(store.entry(&key), ctx);
-        let delta = wire::encode_exact(&delta)?.into_vec();
-        let token = core.record_write(Arc::clone(table), key, delta);
-        // Batches leave on the engine's tick (`batch_delay`). Waking the
-        // engine from here would queue it on this task's worker thread
-        // (tokio's LIFO slot), where it competes with the writer instead of
-        // running on the idle core: only a large backlog wakes it early.
-        let wake = core.unsent() >= (self.inner.config.batch_len_max as u64) * 16;
-        drop(core);
-        if wake {
-            shared.wake.notify_one();
-        }
-        Ok(token)
+        // The key is encoded into a per-thread buffer: no allocation unless
+        // the key is new to the table.
+        wire::with_bare(key, |key| {
+            let ctx = WriteCtx {
+                hlc: &self.inner.hlc,
+                stamp: std::cell::Cell::new(None),
+            };
+            let mut core = shared.lock();
+            let store = core
+                .store_mut::<CrdtStore<V>>(slot)
+                .expect("declared by the handle");
+            let delta = apply(store.entry(key), &ctx);
+            let mut scratch = std::mem::take(&mut core.delta_scratch);
+            scratch.clear();
+            let encoded = wire::encode_bare_into(&delta, &mut scratch);
+            let token = encoded.map(|()| core.record_write(slot, key, &scratch));
+            core.delta_scratch = scratch;
+            // Batches leave on the engine's tick (`batch_delay`). Waking the
+            // engine from here would queue it on this task's worker thread
+            // (tokio's LIFO slot), where it competes with the writer instead
+            // of running on the idle core: only a large backlog wakes it.
+            let backlog = (self.inner.config.batch_len_max as u64).saturating_mul(16);
+            let wake = core.replicating && core.seq - core.taken_seq >= backlog;
+            drop(core);
+            if wake {
+                shared.wake.notify_one();
+            }
+            Ok(token?)
+        })?
     }
 
     /// The value under `key`; with a session, also records the read in it
@@ -548,7 +572,7 @@ impl Region {
     /// vector.
     fn read<V, K>(
         &self,
-        table: &str,
+        slot: usize,
         key: &K,
         session: Option<&mut Session>,
     ) -> Result<Option<V>, RegionError>
@@ -556,16 +580,17 @@ impl Region {
         V: Crdt + Serialize + DeserializeOwned + Send + 'static,
         K: Serialize + ?Sized,
     {
-        let key = Self::encode_key(key)?;
-        let core = self.inner.shared.lock();
-        let value: Option<V> = core
-            .store::<CrdtStore<V>>(table)
-            .and_then(|s| s.get(&key))
-            .cloned();
-        if let Some(session) = session {
-            session.record_read(&SessionToken::from_vector(core.applied.clone()));
-        }
-        Ok(value)
+        Ok(wire::with_bare(key, |key| {
+            let core = self.inner.shared.lock();
+            let value: Option<V> = core
+                .store::<CrdtStore<V>>(slot)
+                .and_then(|s| s.get(key))
+                .cloned();
+            if let Some(session) = session {
+                session.record_read(&SessionToken::from_vector(core.applied.clone()));
+            }
+            value
+        })?)
     }
 
     /// Waits until this region has applied `token`, up to `session_wait_max`.
@@ -601,10 +626,10 @@ struct KeyBytes<'a>(&'a [u8]);
 
 impl Debug for KeyBytes<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if let Ok(text) = wire::decode::<String>(self.0) {
+        if let Ok(text) = wire::decode_bare::<String>(self.0) {
             return write!(f, "{text:?}");
         }
-        for b in self.0.iter().skip(1) {
+        for b in self.0 {
             write!(f, "{b:02x}")?;
         }
         Ok(())
@@ -615,6 +640,8 @@ impl Debug for KeyBytes<'_> {
 pub struct Table<V> {
     region: Region,
     name: Arc<str>,
+    /// Its slot in the region: no lookup by name per operation.
+    slot: usize,
     _values: PhantomData<fn() -> V>,
 }
 
@@ -623,6 +650,7 @@ impl<V> Clone for Table<V> {
         Table {
             region: self.region.clone(),
             name: Arc::clone(&self.name),
+            slot: self.slot,
             _values: PhantomData,
         }
     }
@@ -649,10 +677,9 @@ where
     pub async fn update<K: Serialize + ?Sized>(
         &self,
         key: &K,
-        mutate: impl FnOnce(&mut V, &WriteCtx) -> V,
+        mutate: impl FnOnce(&mut V, &WriteCtx<'_>) -> V,
     ) -> Result<SessionToken, RegionError> {
-        self.region
-            .write::<V, K>(&self.name, key, |value, ctx| mutate(value, &ctx))
+        self.region.write::<V, K>(self.slot, key, mutate)
     }
 
     /// As [`update`](Table::update), within a session: first waits (bounded)
@@ -666,7 +693,7 @@ where
         &self,
         key: &K,
         session: &mut Session,
-        mutate: impl FnOnce(&mut V, &WriteCtx) -> V,
+        mutate: impl FnOnce(&mut V, &WriteCtx<'_>) -> V,
     ) -> Result<SessionToken, RegionError> {
         self.region.wait_for(session.write_requirement()).await?;
         let token = self.update(key, mutate).await?;
@@ -679,7 +706,7 @@ where
     /// # Errors
     /// [`RegionError::Encode`] when the key cannot be encoded.
     pub async fn read<K: Serialize + ?Sized>(&self, key: &K) -> Result<Option<V>, RegionError> {
-        self.region.read::<V, K>(&self.name, key, None)
+        self.region.read::<V, K>(self.slot, key, None)
     }
 
     /// The value under `key` once this region has applied what the session
@@ -695,13 +722,13 @@ where
         session: &mut Session,
     ) -> Result<Option<V>, RegionError> {
         self.region.wait_for(session.read_requirement()).await?;
-        self.region.read::<V, K>(&self.name, key, Some(session))
+        self.region.read::<V, K>(self.slot, key, Some(session))
     }
 
     /// Number of keys.
     pub fn len(&self) -> usize {
         let core = self.region.inner.shared.lock();
-        core.tables.get(&*self.name).map_or(0, |s| s.store.len())
+        core.tables.get(self.slot).map_or(0, |s| s.store.len())
     }
 
     /// True when the table has no key.
@@ -714,6 +741,7 @@ where
 pub struct ResolverTable<T: Clone> {
     region: Region,
     name: Arc<str>,
+    slot: usize,
     resolver: Arc<dyn Resolver<T>>,
     feed: ConflictFeed<T>,
 }
@@ -723,6 +751,7 @@ impl<T: Clone> Clone for ResolverTable<T> {
         ResolverTable {
             region: self.region.clone(),
             name: Arc::clone(&self.name),
+            slot: self.slot,
             resolver: Arc::clone(&self.resolver),
             feed: self.feed.clone(),
         }
@@ -749,7 +778,7 @@ where
         value: T,
     ) -> Result<SessionToken, RegionError> {
         self.region
-            .write::<VersionSet<T>, K>(&self.name, key, |set, ctx| set.write(ctx.stamp(), value))
+            .write::<VersionSet<T>, K>(self.slot, key, |set, ctx| set.write(ctx.stamp(), value))
     }
 
     /// As [`put`](ResolverTable::put), within a session (see
@@ -777,9 +806,7 @@ where
         &self,
         key: &K,
     ) -> Result<Option<Resolution<T>>, RegionError> {
-        let set = self
-            .region
-            .read::<VersionSet<T>, K>(&self.name, key, None)?;
+        let set = self.region.read::<VersionSet<T>, K>(self.slot, key, None)?;
         Ok(set.and_then(|s| s.resolve(&*self.resolver)))
     }
 
@@ -796,7 +823,7 @@ where
         self.region.wait_for(session.read_requirement()).await?;
         let set = self
             .region
-            .read::<VersionSet<T>, K>(&self.name, key, Some(session))?;
+            .read::<VersionSet<T>, K>(self.slot, key, Some(session))?;
         Ok(set.and_then(|s| s.resolve(&*self.resolver)))
     }
 
@@ -808,7 +835,7 @@ where
         &self,
         key: &K,
     ) -> Result<Option<VersionSet<T>>, RegionError> {
-        self.region.read::<VersionSet<T>, K>(&self.name, key, None)
+        self.region.read::<VersionSet<T>, K>(self.slot, key, None)
     }
 
     /// The table's conflict feed: subscribe to it, read its counters.

@@ -9,6 +9,7 @@
 
 pub(crate) mod core;
 pub(crate) mod message;
+pub(crate) mod outbox;
 pub(crate) mod store;
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};

@@ -115,14 +115,138 @@ pub fn encode_exact<T: Serialize + ?Sized>(value: &T) -> Result<Box<[u8]>, WireE
     })
 }
 
+/// Appends to a `Vec` without going through `std::io::Write`.
+struct VecWriter<'a>(&'a mut Vec<u8>);
+
+impl bincode::enc::write::Writer for VecWriter<'_> {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
 /// Appends the body of `value` (no version byte) to `out`.
 fn encode_into<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), WireError> {
-    bincode::serde::encode_into_std_write(value, out, config())
+    bincode::serde::encode_into_writer(value, VecWriter(out), config())
         .map_err(|e| WireError::Encode(e.to_string()))?;
     if out.len() > FRAME_BYTES_MAX {
         return Err(WireError::TooLarge { len: out.len() });
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Bare bodies: values inside a frame (keys, deltas and states in a batch),
+// which the frame's version byte already covers.
+// ---------------------------------------------------------------------------
+
+/// Appends the body of `value` to `out`, without a version byte: for values
+/// carried inside a frame.
+///
+/// # Errors
+/// As [`encode`]; `out` may then hold part of the value.
+pub(crate) fn encode_bare_into<T: Serialize + ?Sized>(
+    value: &T,
+    out: &mut Vec<u8>,
+) -> Result<(), WireError> {
+    encode_into(value, out)
+}
+
+/// Runs `f` on the body of `value`, encoded into a per-thread scratch
+/// buffer (no allocation once warm). Re-entrant: a nested call gets a
+/// fresh buffer.
+///
+/// # Errors
+/// As [`encode`].
+pub(crate) fn with_bare<T: Serialize + ?Sized, R>(
+    value: &T,
+    f: impl FnOnce(&[u8]) -> R,
+) -> Result<R, WireError> {
+    thread_local! {
+        static SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+    }
+    let mut scratch = SCRATCH.with(std::cell::Cell::take);
+    scratch.clear();
+    let result = encode_into(value, &mut scratch).map(|()| f(&scratch));
+    if scratch.capacity() <= 64 * 1024 {
+        SCRATCH.with(|cell| cell.set(scratch)); // do not keep a large buffer per thread
+    }
+    result
+}
+
+/// Decodes a body made by [`encode_bare_into`]: all of `body`, no version
+/// byte.
+///
+/// # Errors
+/// As [`decode`]; never panics.
+pub(crate) fn decode_bare<T: DeserializeOwned>(body: &[u8]) -> Result<T, WireError> {
+    if body.len() > FRAME_BYTES_MAX {
+        return Err(WireError::TooLarge { len: body.len() });
+    }
+    let (value, read) = bincode::serde::decode_from_slice::<T, _>(body, config())
+        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    if read != body.len() {
+        return Err(WireError::TrailingBytes {
+            extra: body.len() - read,
+        });
+    }
+    Ok(value)
+}
+
+/// Appends `bytes` with its length in front (LEB128): the framing of the
+/// opaque byte strings packed into a batch.
+pub(crate) fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    put_len(out, bytes.len());
+    out.extend_from_slice(bytes);
+}
+
+/// Appends `n` as LEB128.
+pub(crate) fn put_len(out: &mut Vec<u8>, mut n: usize) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+/// Takes a LEB128 length off the front of `input`.
+///
+/// # Errors
+/// [`WireError::Malformed`] when `input` ends inside it or it overflows.
+pub(crate) fn take_len(input: &mut &[u8]) -> Result<usize, WireError> {
+    let mut n: u64 = 0;
+    for shift in (0..64).step_by(7) {
+        let (&b, rest) = input
+            .split_first()
+            .ok_or_else(|| WireError::Malformed("truncated length".into()))?;
+        *input = rest;
+        if shift == 63 && b > 1 {
+            break;
+        }
+        n |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return usize::try_from(n).map_err(|_| WireError::Malformed("length overflows".into()));
+        }
+    }
+    Err(WireError::Malformed("length overflows".into()))
+}
+
+/// Takes a byte string [`put_bytes`] wrote off the front of `input`.
+///
+/// # Errors
+/// [`WireError::Malformed`] when `input` is too short for it.
+pub(crate) fn take_bytes<'a>(input: &mut &'a [u8]) -> Result<&'a [u8], WireError> {
+    let len = take_len(input)?;
+    if len > input.len() {
+        return Err(WireError::Malformed(format!(
+            "byte string of {len} bytes, {} left",
+            input.len()
+        )));
+    }
+    let (bytes, rest) = input.split_at(len);
+    *input = rest;
+    Ok(bytes)
 }
 
 /// Decodes a frame made by [`encode`].

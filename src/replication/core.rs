@@ -3,14 +3,14 @@
 //! and anti-entropy. The engine task feeds it events and sends what it
 //! returns; the table handles call it for local reads and writes.
 
-use std::any::Any;
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use super::message::{Message, TableEntries};
-use super::store::{DIGEST_BUCKETS, Key, TableStore, UndeclaredStore, stable_hash};
+use super::message::{self, Blob, Entries, Message};
+use super::outbox::{Append, Outbox};
+use super::store::{DIGEST_BUCKETS, TableStore, UndeclaredStore, stable_hash};
 use crate::clock::{Dot, Hlc, ReplicaId, Timestamp, VersionVector};
 use crate::hash::FastMap;
 use crate::region::RegionConfig;
@@ -36,16 +36,6 @@ fn unpack(bytes: &[u8]) -> Option<Vec<u64>> {
 
 /// A frame to send: the peer's name and the message.
 pub(crate) type Outgoing = Vec<(String, Message)>;
-
-/// One local write, kept until every peer has acknowledged it.
-pub(crate) struct LogEntry {
-    pub(crate) seq: u64,
-    pub(crate) table: Arc<str>,
-    pub(crate) key: Key,
-    pub(crate) delta: Vec<u8>,
-    /// What this region had applied when it wrote: the write's causal past.
-    pub(crate) deps: VersionVector,
-}
 
 /// What this region knows of one peer.
 pub(crate) struct PeerState {
@@ -90,8 +80,8 @@ pub(crate) struct Buffered {
     first: u64,
     last: u64,
     deps: VersionVector,
-    tables: Vec<TableEntries>,
-    bytes: usize,
+    tables: Vec<String>,
+    entries: Blob,
 }
 
 /// An anti-entropy exchange this region started.
@@ -104,7 +94,7 @@ pub(crate) struct SyncState {
 
 /// The chunks of one transfer, merged only once all have arrived.
 pub(crate) struct SyncInbox {
-    chunks: Vec<Option<Vec<TableEntries>>>,
+    chunks: Vec<Option<(Vec<String>, Blob)>>,
     buckets: Vec<(String, Vec<u32>)>,
     applied: Option<VersionVector>,
     bytes: usize,
@@ -131,6 +121,7 @@ fn entry_hash(table: &str, key: &[u8], state: &[u8]) -> u64 {
 
 /// A declared table.
 pub(crate) struct TableSlot {
+    pub(crate) name: Arc<str>,
     pub(crate) store: Box<dyn TableStore>,
     pub(crate) type_name: &'static str,
     /// Conflict counter of resolver tables (their feed's total).
@@ -146,10 +137,21 @@ pub(crate) struct Core {
     pub(crate) seq: u64,
     /// Every write applied here, ours included.
     pub(crate) applied: VersionVector,
-    pub(crate) tables: FastMap<Arc<str>, TableSlot>,
+    /// Declared tables; a table's slot (its index here) never changes.
+    pub(crate) tables: Vec<TableSlot>,
+    pub(crate) table_slots: FastMap<Arc<str>, usize>,
     pub(crate) undeclared: HashMap<String, UndeclaredStore>,
-    pub(crate) log: VecDeque<LogEntry>,
-    pub(crate) log_bytes: usize,
+    pub(crate) outbox: Outbox,
+    /// Bumped whenever another region's writes are added to `applied`:
+    /// the outbox cuts a segment there.
+    pub(crate) remote_generation: u64,
+    /// `seq` when batches were last taken: the write path wakes the engine
+    /// when far more than a batch has piled up since.
+    pub(crate) taken_seq: u64,
+    /// Scratch for encoding a delta under the lock.
+    pub(crate) delta_scratch: Vec<u8>,
+    /// False for a region without a transport: its writes are not logged.
+    pub(crate) replicating: bool,
     pub(crate) peers: BTreeMap<String, PeerState>,
     pub(crate) buffer: Vec<Buffered>,
     pub(crate) buffer_bytes: usize,
@@ -193,10 +195,14 @@ impl Core {
             hlc,
             seq: 0,
             applied: VersionVector::new(),
-            tables: FastMap::default(),
+            tables: Vec::new(),
+            table_slots: FastMap::default(),
             undeclared: HashMap::new(),
-            log: VecDeque::new(),
-            log_bytes: 0,
+            outbox: Outbox::default(),
+            remote_generation: 0,
+            taken_seq: 0,
+            delta_scratch: Vec::new(),
+            replicating: true,
             peers: BTreeMap::new(),
             buffer: Vec::new(),
             buffer_bytes: 0,
@@ -209,60 +215,76 @@ impl Core {
         }
     }
 
-    pub(crate) fn store<S: 'static>(&self, table: &str) -> Option<&S> {
-        self.tables.get(table)?.store.as_any().downcast_ref::<S>()
+    /// The store of the table in `slot`, as its type.
+    pub(crate) fn store<S: 'static>(&self, slot: usize) -> Option<&S> {
+        self.tables.get(slot)?.store.as_any().downcast_ref::<S>()
     }
 
-    pub(crate) fn store_mut<S: 'static>(&mut self, table: &str) -> Option<&mut S> {
+    pub(crate) fn store_mut<S: 'static>(&mut self, slot: usize) -> Option<&mut S> {
         self.tables
-            .get_mut(table)?
+            .get_mut(slot)?
             .store
             .as_any_mut()
             .downcast_mut::<S>()
     }
 
-    /// Declares a table; values received before it was declared are merged in.
-    pub(crate) fn declare(&mut self, name: Arc<str>, slot: TableSlot) {
+    /// The slot of the table named `name`.
+    pub(crate) fn slot_of(&self, name: &str) -> Option<usize> {
+        self.table_slots.get(name).copied()
+    }
+
+    /// Declares a table; values received before it was declared are merged
+    /// in. Returns its slot.
+    pub(crate) fn declare(&mut self, slot: TableSlot) -> usize {
         let mut slot = slot;
+        let name = Arc::clone(&slot.name);
         if let Some(pending) = self.undeclared.remove(&*name) {
             let at = self.hlc.last();
             for (key, values) in pending.values {
                 for value in values {
-                    if let Err(error) = slot.store.merge_encoded(&key, &value, at) {
-                        tracing::warn!(region = %self.name, table = %name, %error, "rejected a value held for an undeclared table");
+                    match slot.store.stage(&value) {
+                        Ok(()) => slot.store.commit(&key, at),
+                        Err(error) => {
+                            tracing::warn!(region = %self.name, table = %name, %error, "rejected a value held for an undeclared table");
+                        }
                     }
                 }
             }
         }
-        self.tables.insert(name, slot);
+        let index = self.tables.len();
+        self.tables.push(slot);
+        self.table_slots.insert(name, index);
+        index
     }
 
     // ----- local writes ---------------------------------------------------
 
-    /// Records a local write whose delta is `delta` (already applied to the
-    /// table): logs it for every peer and returns its token.
-    pub(crate) fn record_write(
-        &mut self,
-        table: Arc<str>,
-        key: Key,
-        delta: Vec<u8>,
-    ) -> SessionToken {
-        let deps = self.applied.clone();
+    /// Records a local write to the table in `slot` whose encoded delta is
+    /// `delta` (already applied to the table): appends it to the outbox for
+    /// every peer and returns its token.
+    pub(crate) fn record_write(&mut self, slot: usize, key: &[u8], delta: &[u8]) -> SessionToken {
         self.seq += 1;
         self.applied.raise(self.replica, self.seq);
         self.generation += 1;
-        self.log_bytes += delta.len() + key.len();
-        self.log.push_back(LogEntry {
-            seq: self.seq,
-            table,
-            key,
-            delta,
-            deps,
-        });
-        if self.log.len() > self.config.outbox_len_max
-            || self.log_bytes > self.config.outbox_bytes_max
-        {
-            self.drop_outbox();
+        if self.replicating {
+            self.outbox.append(
+                Append {
+                    seq: self.seq,
+                    slot,
+                    table: &self.tables[slot].name,
+                    key,
+                    delta,
+                },
+                &self.applied,
+                self.remote_generation,
+                self.config.batch_len_max,
+                self.config.batch_bytes_max,
+            );
+            if self.outbox.len() > self.config.outbox_len_max
+                || self.outbox.bytes() > self.config.outbox_bytes_max
+            {
+                self.drop_outbox();
+            }
         }
         SessionToken::from_dot(Dot::new(self.replica, self.seq))
     }
@@ -283,13 +305,12 @@ impl Core {
         }
         tracing::warn!(
             region = %self.name,
-            dropped = self.log.len(),
-            bytes = self.log_bytes,
+            dropped = self.outbox.len(),
+            bytes = self.outbox.bytes(),
             peers = ?lagging,
             "outbox over its limit: dropped; anti-entropy will repair these peers"
         );
-        self.log.clear();
-        self.log_bytes = 0;
+        self.outbox.clear();
     }
 
     fn truncate_log(&mut self) {
@@ -299,13 +320,7 @@ impl Core {
             .map(|p| p.acked)
             .min()
             .unwrap_or(self.seq);
-        while let Some(front) = self.log.front() {
-            if front.seq > min_acked {
-                break;
-            }
-            self.log_bytes -= front.delta.len() + front.key.len();
-            self.log.pop_front();
-        }
+        self.outbox.truncate(min_acked);
     }
 
     // ----- peers ------------------------------------------------------------
@@ -347,20 +362,11 @@ impl Core {
 
     // ----- sending ------------------------------------------------------------
 
-    /// Local writes not yet sent to some connected peer.
-    pub(crate) fn unsent(&self) -> u64 {
-        self.peers
-            .values()
-            .filter(|p| p.connected)
-            .map(|p| self.seq.saturating_sub(p.sent))
-            .max()
-            .unwrap_or(0)
-    }
-
     /// Batches of every unsent write, to every connected peer.
     pub(crate) fn take_batches(&mut self, now: Instant) -> Outgoing {
+        self.taken_seq = self.seq;
         let mut out = Vec::new();
-        let log_start = self.log.front().map_or(self.seq + 1, |e| e.seq);
+        let log_start = self.outbox.start().unwrap_or(self.seq + 1);
         let names: Vec<String> = self.peers.keys().cloned().collect();
         let window = (self.config.batch_len_max as u64).saturating_mul(INFLIGHT_BATCHES_MAX);
         for name in names {
@@ -386,7 +392,7 @@ impl Core {
                 if from >= self.seq {
                     break;
                 }
-                let batch = self.batch_from(from + 1, now);
+                let batch = self.outbox.batch(self.replica, from + 1, self.hlc.now());
                 let Some((last, message)) = batch else { break };
                 let peer = self.peers.get_mut(&name).expect("listed");
                 if peer.acked >= peer.sent {
@@ -398,50 +404,6 @@ impl Core {
             }
         }
         out
-    }
-
-    /// One batch of log entries from `first` on, within the batch limits.
-    fn batch_from(&self, first: u64, now: Instant) -> Option<(u64, Message)> {
-        let log_start = self.log.front()?.seq;
-        let start = usize::try_from(first.checked_sub(log_start)?).ok()?;
-        let mut tables: Vec<TableEntries> = Vec::new();
-        let mut bytes = 0;
-        let mut last = first - 1;
-        let mut deps = VersionVector::new();
-        for entry in self.log.range(start..) {
-            let size = entry.delta.len() + entry.key.len() + entry.table.len();
-            if last >= first && (last + 1 - first) as usize >= self.config.batch_len_max {
-                break;
-            }
-            if last >= first && bytes + size > self.config.batch_bytes_max {
-                break;
-            }
-            bytes += size;
-            last = entry.seq;
-            deps.clone_from(&entry.deps);
-            match tables.iter_mut().find(|t| *t.table == *entry.table) {
-                Some(t) => t.entries.push((entry.key.clone(), entry.delta.clone())),
-                None => tables.push(TableEntries {
-                    table: entry.table.to_string(),
-                    entries: vec![(entry.key.clone(), entry.delta.clone())],
-                }),
-            }
-        }
-        if last < first {
-            return None;
-        }
-        let _ = now;
-        Some((
-            last,
-            Message::Batch {
-                origin: self.replica,
-                first,
-                last,
-                deps,
-                sent_at: self.hlc.now(),
-                tables,
-            },
-        ))
     }
 
     /// Restarts sending to peers whose acknowledgements stalled.
@@ -471,7 +433,21 @@ impl Core {
                 deps,
                 sent_at,
                 tables,
-            } => self.on_batch(from, origin, first, last, deps, sent_at, tables, now),
+                entries,
+            } => self.on_batch(
+                from,
+                Buffered {
+                    from: from.to_owned(),
+                    origin,
+                    first,
+                    last,
+                    deps,
+                    tables,
+                    entries,
+                },
+                sent_at,
+                now,
+            ),
             Message::Ack { origin, applied } => {
                 if origin == self.replica {
                     let applied = applied.min(self.seq);
@@ -498,35 +474,42 @@ impl Core {
                 sent_at,
                 buckets,
                 tables,
+                entries,
                 applied,
             } => self.on_sync_states(
-                from, session, push, chunk, chunks, sent_at, buckets, tables, applied, now,
+                from,
+                session,
+                push,
+                chunk,
+                chunks,
+                sent_at,
+                buckets,
+                (tables, entries),
+                applied,
+                now,
             ),
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn on_batch(
         &mut self,
         from: &str,
-        origin: ReplicaId,
-        first: u64,
-        last: u64,
-        deps: VersionVector,
+        batch: Buffered,
         sent_at: Timestamp,
-        tables: Vec<TableEntries>,
         now: Instant,
     ) -> Outgoing {
-        let entries: usize = tables.iter().map(|t| t.entries.len()).sum();
+        let (origin, first, last) = (batch.origin, batch.first, batch.last);
+        let entries = message::count_entries(&batch.entries.0, batch.tables.len());
         if origin == self.replica
             || first == 0
             || last < first
-            || (last - first + 1) != entries as u64
+            || entries.as_ref().ok() != Some(&(last - first + 1))
         {
-            self.reject(
-                from,
-                "batch with a bad origin, sequence range or entry count",
-            );
+            let why = match entries {
+                Err(error) => format!("batch with malformed entries: {error}"),
+                Ok(_) => "batch with a bad origin, sequence range or entry count".to_owned(),
+            };
+            self.reject(from, &why);
             return Vec::new();
         }
         // A peer speaks for one origin only: itself.
@@ -549,32 +532,24 @@ impl Core {
         let peer = self.peer(from, now);
         peer.its_seq_seen = peer.its_seq_seen.max(last);
         peer.replica = Some(origin);
-        let buffered = self
-            .buffer
-            .iter()
-            .any(|b| b.origin == origin && b.first == first && b.last == last);
-        if last > self.applied.get(origin) && !buffered {
-            let bytes = tables
-                .iter()
-                .map(|t| {
-                    t.entries
+        if last > self.applied.get(origin) {
+            if self.buffer.is_empty() && self.ready(&batch) {
+                // The common case: in order, nothing waiting.
+                self.apply_batch(batch);
+            } else if !self.buffer.iter().any(|b| {
+                // Already held: the same writes or more, needing no more.
+                b.origin == origin
+                    && b.first <= first
+                    && b.last >= last
+                    && b.deps
                         .iter()
-                        .map(|(k, v)| k.len() + v.len())
-                        .sum::<usize>()
-                })
-                .sum();
-            self.buffer.push(Buffered {
-                from: from.to_owned(),
-                origin,
-                first,
-                last,
-                deps,
-                tables,
-                bytes,
-            });
-            self.buffer_bytes += bytes;
-            self.drain_buffer();
-            self.bound_buffer();
+                        .all(|(r, n)| r == origin || batch.deps.get(r) >= n)
+            }) {
+                self.buffer_bytes += batch.entries.0.len();
+                self.buffer.push(batch);
+                self.drain_buffer();
+                self.bound_buffer();
+            }
         }
         vec![(
             from.to_owned(),
@@ -585,27 +560,32 @@ impl Core {
         )]
     }
 
+    /// True when every write `batch` depends on is applied here.
+    fn ready(&self, batch: &Buffered) -> bool {
+        batch.first <= self.applied.get(batch.origin) + 1
+            && batch
+                .deps
+                .iter()
+                .all(|(r, n)| r == batch.origin || self.applied.get(r) >= n)
+    }
+
     /// Applies every buffered batch whose dependencies are now applied.
     fn drain_buffer(&mut self) {
         loop {
-            let ready = self.buffer.iter().position(|b| {
-                b.first <= self.applied.get(b.origin) + 1
-                    && b.deps
-                        .iter()
-                        .all(|(r, n)| r == b.origin || self.applied.get(r) >= n)
-            });
             let stale = self
                 .buffer
                 .iter()
                 .position(|b| b.last <= self.applied.get(b.origin));
             if let Some(i) = stale {
                 let b = self.buffer.swap_remove(i);
-                self.buffer_bytes -= b.bytes;
+                self.buffer_bytes -= b.entries.0.len();
                 continue;
             }
-            let Some(i) = ready else { break };
+            let Some(i) = self.buffer.iter().position(|b| self.ready(b)) else {
+                break;
+            };
             let batch = self.buffer.swap_remove(i);
-            self.buffer_bytes -= batch.bytes;
+            self.buffer_bytes -= batch.entries.0.len();
             self.apply_batch(batch);
         }
         if !self.buffer.is_empty() {
@@ -628,86 +608,112 @@ impl Core {
                 break;
             };
             let b = self.buffer.swap_remove(i);
-            self.buffer_bytes -= b.bytes;
+            self.buffer_bytes -= b.entries.0.len();
             self.counters.batches_dropped += 1;
             tracing::debug!(region = %self.name, from = %b.from, first = b.first, "causal buffer full: dropped a batch");
         }
     }
 
-    /// Decodes every value first and merges none if any is malformed
-    /// (nothing stored is touched by a bad frame); then merges them all.
-    /// Values of undeclared tables are held encoded. False when rejected.
-    fn merge_entries(&mut self, from: &str, tables: Vec<TableEntries>) -> bool {
+    /// Merges packed entries, each part naming its `tables`: decodes every
+    /// value first and merges none if any is malformed (nothing stored is
+    /// touched by a bad frame); then merges them all. Values of undeclared
+    /// tables are held encoded. False when rejected.
+    fn merge_entries(&mut self, from: &str, parts: &[(&[String], &[u8])]) -> bool {
         let at = self.hlc.last();
-        let mut decoded: Vec<(Arc<str>, Key, Box<dyn Any + Send>)> = Vec::new();
-        let mut raw: Vec<(String, Key, Vec<u8>)> = Vec::new();
-        for t in tables {
-            match self.tables.get_key_value(t.table.as_str()) {
-                Some((name, slot)) => {
-                    for (key, value) in t.entries {
-                        match slot.store.decode(&value) {
-                            Ok(value) => decoded.push((Arc::clone(name), key, value)),
-                            Err(error) => {
-                                let why = format!("malformed value in table {}: {error}", t.table);
-                                self.reject(from, &why);
-                                return false;
-                            }
-                        }
+        let slots: Vec<Vec<Option<usize>>> = parts
+            .iter()
+            .map(|(tables, _)| tables.iter().map(|t| self.slot_of(t)).collect())
+            .collect();
+        let mut staged: Vec<usize> = Vec::new();
+        let mut incoming = 0;
+        let mut failed = None;
+        let entries = parts
+            .iter()
+            .zip(&slots)
+            .flat_map(|((tables, packed), slots)| {
+                Entries::new(packed, tables.len()).map(move |e| (*tables, slots, e))
+            });
+        for (tables, slots, entry) in entries {
+            let (table, key, value) = match entry {
+                Ok(entry) => entry,
+                Err(error) => {
+                    failed = Some(format!("malformed entry: {error}"));
+                    break;
+                }
+            };
+            match slots[table] {
+                Some(slot) => {
+                    if let Err(error) = self.tables[slot].store.stage(value) {
+                        failed = Some(format!(
+                            "malformed value in table {}: {error}",
+                            tables[table]
+                        ));
+                        break;
+                    }
+                    if !staged.contains(&slot) {
+                        staged.push(slot);
                     }
                 }
-                None => raw.extend(t.entries.into_iter().map(|(k, v)| (t.table.clone(), k, v))),
+                // Only values not already held count: transfers re-ship them.
+                None => {
+                    let held = self
+                        .undeclared
+                        .get(&tables[table])
+                        .and_then(|u| u.values.get(key))
+                        .is_some_and(|held| held.iter().any(|v| v == value));
+                    if !held {
+                        incoming += key.len() + value.len();
+                    }
+                }
             }
         }
         let total: usize = self.undeclared.values().map(|u| u.bytes).sum();
-        // Only values not already held count: transfers re-ship them.
-        let incoming: usize = raw
-            .iter()
-            .filter(|(t, k, v)| {
-                !self
-                    .undeclared
-                    .get(t)
-                    .and_then(|u| u.values.get(k))
-                    .is_some_and(|held| held.contains(v))
-            })
-            .map(|(_, k, v)| k.len() + v.len())
-            .sum();
-        if total + incoming > UNDECLARED_BYTES_MAX {
-            self.reject(from, "values for undeclared tables over the limit");
+        if failed.is_none() && total + incoming > UNDECLARED_BYTES_MAX {
+            failed = Some("values for undeclared tables over the limit".to_owned());
+        }
+        if let Some(why) = failed {
+            for slot in staged {
+                self.tables[slot].store.unstage();
+            }
+            self.reject(from, &why);
             return false;
         }
-        for (table, key, value) in decoded {
-            if let Some(slot) = self.tables.get_mut(&table) {
-                slot.store.merge_decoded(&key, value, at);
+        for ((tables, packed), slots) in parts.iter().zip(&slots) {
+            for (table, key, value) in Entries::new(packed, tables.len()).flatten() {
+                match slots[table] {
+                    Some(slot) => self.tables[slot].store.commit(key, at),
+                    None => {
+                        self.hold_undeclared(&tables[table], key, value);
+                    }
+                }
             }
-        }
-        for (table, key, value) in raw {
-            self.hold_undeclared(table, key, value);
         }
         true
     }
 
     fn apply_batch(&mut self, batch: Buffered) {
-        if self.merge_entries(&batch.from, batch.tables) {
+        if self.merge_entries(&batch.from, &[(&batch.tables, &batch.entries.0)]) {
             self.applied.raise(batch.origin, batch.last);
             self.generation += 1;
+            self.remote_generation += 1;
             self.counters.batches_applied += 1;
         }
     }
 
     /// Holds a value of a table not declared here. Identical values are
     /// kept once; false when the bound on held bytes is reached.
-    fn hold_undeclared(&mut self, table: String, key: Key, value: Vec<u8>) -> bool {
+    fn hold_undeclared(&mut self, table: &str, key: &[u8], value: &[u8]) -> bool {
         let total: usize = self.undeclared.values().map(|u| u.bytes).sum();
-        let store = self.undeclared.entry(table).or_default();
-        let values = store.values.entry(key.clone()).or_default();
-        if values.contains(&value) {
+        let store = self.undeclared.entry(table.to_owned()).or_default();
+        let values = store.values.entry(key.into()).or_default();
+        if values.iter().any(|v| v == value) {
             return true;
         }
         if total + key.len() + value.len() > UNDECLARED_BYTES_MAX {
             return false;
         }
         store.bytes += key.len() + value.len();
-        values.push(value);
+        values.push(value.to_vec());
         true
     }
 
@@ -723,15 +729,13 @@ impl Core {
     // ----- anti-entropy ---------------------------------------------------------
 
     fn digests(&mut self) -> Vec<(String, Vec<u64>)> {
-        let mut names: Vec<Arc<str>> = self.tables.keys().cloned().collect();
-        names.sort();
-        names
-            .into_iter()
-            .map(|name| {
-                let digests = self.tables.get_mut(&name).expect("listed").store.digests();
-                (name.to_string(), digests)
-            })
-            .collect()
+        let mut digests: Vec<(String, Vec<u64>)> = self
+            .tables
+            .iter_mut()
+            .map(|slot| (slot.name.to_string(), slot.store.digests()))
+            .collect();
+        digests.sort_by(|a, b| a.0.cmp(&b.0));
+        digests
     }
 
     /// Starts an anti-entropy exchange with `peer`: sends our digests.
@@ -854,35 +858,35 @@ impl Core {
         applied: VersionVector,
         skip: &HashSet<u64>,
     ) -> Outgoing {
-        let mut chunks: Vec<Vec<TableEntries>> = vec![Vec::new()];
-        let mut chunk_bytes = 0;
-        let mut add =
-            |table: &str, key: Key, state: Vec<u8>, chunks: &mut Vec<Vec<TableEntries>>| {
-                let size = key.len() + state.len();
-                if chunk_bytes + size > self.config.sync_chunk_bytes_max && chunk_bytes > 0 {
-                    chunks.push(Vec::new());
-                    chunk_bytes = 0;
-                }
-                chunk_bytes += size;
-                let chunk = chunks.last_mut().expect("never empty");
-                match chunk.iter_mut().find(|t| t.table == table) {
-                    Some(t) => t.entries.push((key, state)),
-                    None => chunk.push(TableEntries {
-                        table: table.to_owned(),
-                        entries: vec![(key, state)],
-                    }),
+        // Each chunk: its table names and packed entries.
+        let mut chunks: Vec<(Vec<String>, Blob)> = vec![Default::default()];
+        let chunk_max = self.config.sync_chunk_bytes_max;
+        let mut add = |table: &str, key: &[u8], state: &[u8]| {
+            let last = chunks.last().expect("never empty");
+            if !last.1.0.is_empty() && last.1.0.len() + key.len() + state.len() > chunk_max {
+                chunks.push(Default::default());
+            }
+            let (tables, packed) = chunks.last_mut().expect("never empty");
+            let position = match tables.iter().position(|t| t == table) {
+                Some(p) => p,
+                None => {
+                    tables.push(table.to_owned());
+                    tables.len() - 1
                 }
             };
+            message::push_entry(&mut packed.0, position, key, state);
+        };
         for (table, list) in &buckets {
-            let Some(slot) = self.tables.get(table.as_str()) else {
+            let Some(slot) = self.slot_of(table) else {
                 continue;
             };
+            let store = &self.tables[slot].store;
             for &bucket in list {
-                for (key, state) in slot.store.bucket_states(bucket as usize) {
+                for (key, state) in store.bucket_states(bucket as usize) {
                     if !skip.is_empty() && skip.contains(&entry_hash(table, &key, &state)) {
                         continue;
                     }
-                    add(table, key, state, &mut chunks);
+                    add(table, &key, &state);
                 }
             }
         }
@@ -892,7 +896,7 @@ impl Core {
         for (table, store) in &self.undeclared {
             for (key, values) in &store.values {
                 for value in values {
-                    add(table, key.clone(), value.clone(), &mut chunks);
+                    add(table, key, value);
                 }
             }
         }
@@ -902,7 +906,7 @@ impl Core {
         chunks
             .into_iter()
             .enumerate()
-            .map(|(i, tables)| {
+            .map(|(i, (tables, entries))| {
                 let i = i as u32;
                 (
                     to.to_owned(),
@@ -918,6 +922,7 @@ impl Core {
                             Vec::new()
                         },
                         tables,
+                        entries,
                         applied: (i + 1 == count).then(|| applied.clone()),
                     },
                 )
@@ -935,7 +940,7 @@ impl Core {
         chunks: u32,
         sent_at: Timestamp,
         mut buckets: Vec<(String, Vec<u32>)>,
-        tables: Vec<TableEntries>,
+        part: (Vec<String>, Blob),
         applied: Option<VersionVector>,
         now: Instant,
     ) -> Outgoing {
@@ -967,11 +972,14 @@ impl Core {
         }
         self.peer(from, now).last_sync = Some(now);
         self.hlc.observe(sent_at);
-        let size: usize = tables
-            .iter()
-            .flat_map(|t| &t.entries)
-            .map(|(k, v)| k.len() + v.len())
-            .sum();
+        if let Err(error) = message::count_entries(&part.1.0, part.0.len()) {
+            self.reject(
+                from,
+                &format!("sync states with malformed entries: {error}"),
+            );
+            return Vec::new();
+        }
+        let size = part.1.0.len();
         let slot = (from.to_owned(), session, push);
         let inbox = self
             .sync_inbox
@@ -994,7 +1002,7 @@ impl Core {
         if applied.is_some() {
             inbox.applied = applied;
         }
-        inbox.chunks[chunk as usize] = Some(tables);
+        inbox.chunks[chunk as usize] = Some(part);
         if inbox.bytes > self.config.causal_buffer_bytes_max {
             self.sync_inbox.remove(&slot);
             self.abort_sync(from, push);
@@ -1018,19 +1026,27 @@ impl Core {
             self.reject(from, "sync transfer claims writes of ours we never made");
             return Vec::new();
         }
-        let all: Vec<TableEntries> = inbox.chunks.into_iter().flatten().flatten().collect();
+        let all: Vec<(Vec<String>, Blob)> = inbox.chunks.into_iter().flatten().collect();
+        let parts: Vec<(&[String], &[u8])> = all
+            .iter()
+            .map(|(tables, packed)| (tables.as_slice(), packed.0.as_slice()))
+            .collect();
+        let entries = || {
+            parts.iter().flat_map(|(tables, packed)| {
+                Entries::new(packed, tables.len())
+                    .flatten()
+                    .map(move |(t, k, v)| (&tables[t], k, v))
+            })
+        };
         let received: HashSet<u64> = if push {
             HashSet::new()
         } else {
-            all.iter()
-                .flat_map(|t| t.entries.iter().map(|(k, v)| entry_hash(&t.table, k, v)))
-                .collect()
+            entries().map(|(t, k, v)| entry_hash(t, k, v)).collect()
         };
-        self.counters.sync_states_received +=
-            all.iter().map(|t| t.entries.len() as u64).sum::<u64>();
+        self.counters.sync_states_received += entries().count() as u64;
         // Every chunk is here: merge them all at once, so no reader sees
         // part of the transfer (a reply without its post).
-        if !self.merge_entries(from, all) {
+        if !self.merge_entries(from, &parts) {
             self.abort_sync(from, push);
             return Vec::new();
         }
@@ -1038,6 +1054,7 @@ impl Core {
         let before = self.applied.clone();
         self.applied.merge(&their_applied);
         self.generation += 1;
+        self.remote_generation += 1;
         self.drain_buffer();
         let mut out: Outgoing = Vec::new();
         // Tell origins whose writes we caught up on, so they stop resending.

@@ -7,7 +7,27 @@ use serde::de::DeserializeOwned;
 use super::*;
 use crate::clock::{ManualClock, Stamp};
 use crate::crdt::{Crdt, GCounter, LwwMap};
-use crate::replication::store::{CrdtStore, Merger};
+use crate::replication::message::Blob;
+use crate::replication::store::{CrdtStore, Key, Merger};
+
+impl Core {
+    fn named<S: 'static>(&self, table: &str) -> Option<&S> {
+        self.store(self.slot_of(table)?)
+    }
+
+    fn named_mut<S: 'static>(&mut self, table: &str) -> Option<&mut S> {
+        self.store_mut(self.slot_of(table)?)
+    }
+}
+
+/// Packs `(key, value)` entries of one table, as a batch or chunk carries them.
+fn pack_entries(table: &str, entries: Vec<(Key, Vec<u8>)>) -> (Vec<String>, Blob) {
+    let mut packed = Vec::new();
+    for (key, value) in &entries {
+        message::push_entry(&mut packed, 0, key, value);
+    }
+    (vec![table.to_owned()], Blob(packed))
+}
 
 /// Every core's wall clock, in ms, unless a test skews it.
 const WALL_MS: u64 = 1_000_000;
@@ -35,31 +55,36 @@ where
     V: Crdt + Serialize + DeserializeOwned + Send + 'static,
 {
     let merger: Merger<V> = Arc::new(|mine: &mut V, theirs: &V, _: &[u8], _| mine.merge(theirs));
-    core.declare(
-        table.into(),
-        TableSlot {
-            store: Box::new(CrdtStore::<V>::new(merger)),
-            type_name: std::any::type_name::<V>(),
-            conflicts: None,
-        },
-    );
+    core.declare(TableSlot {
+        name: table.into(),
+        store: Box::new(CrdtStore::<V>::new(merger)),
+        type_name: std::any::type_name::<V>(),
+        conflicts: None,
+    });
 }
 
 fn k(key: u64) -> Key {
-    wire::encode(&key).unwrap().into_boxed_slice()
+    bare(&key).into_boxed_slice()
+}
+
+/// The bare `wire` body of `value`, as keys and values travel in entries.
+fn bare<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = Vec::new();
+    wire::encode_bare_into(value, &mut out).unwrap();
+    out
 }
 
 /// A local increment of the GCounter under `key`, as a table handle makes it.
 fn write(core: &mut Core, table: &str, key: u64) -> SessionToken {
     let replica = core.replica;
-    let store = core.store_mut::<CrdtStore<GCounter>>(table).unwrap();
+    let slot = core.slot_of(table).unwrap();
+    let store = core.store_mut::<CrdtStore<GCounter>>(slot).unwrap();
     let delta = store.entry(&k(key)).inc(replica, 1);
-    let table: Arc<str> = core.tables.get_key_value(table).unwrap().0.clone();
-    core.record_write(table, k(key), wire::encode(&delta).unwrap())
+    core.record_write(slot, &k(key), &bare(&delta))
 }
 
 fn read(core: &Core, table: &str, key: u64) -> Option<GCounter> {
-    core.store::<CrdtStore<GCounter>>(table)?
+    core.named::<CrdtStore<GCounter>>(table)?
         .get(&k(key))
         .cloned()
 }
@@ -73,7 +98,7 @@ fn count(core: &Core, table: &str, key: u64, replica: u32) -> u64 {
 fn gc(replica: u32, n: u64) -> Vec<u8> {
     let mut g = GCounter::new();
     g.inc(rid(replica), n);
-    wire::encode(&g).unwrap()
+    bare(&g)
 }
 
 fn vv(entries: &[(u32, u64)]) -> VersionVector {
@@ -89,20 +114,26 @@ fn batch_at(
     table: &str,
     entries: &[(u64, Vec<u8>)],
 ) -> Message {
+    let (tables, entries) = pack_entries(
+        table,
+        entries
+            .iter()
+            .map(|(key, v)| (k(*key), v.clone()))
+            .collect(),
+    );
     Message::Batch {
         origin: rid(origin),
         first,
-        last: first + entries.len() as u64 - 1,
+        last: first + entries_len(&entries) - 1,
         deps: vv(deps),
         sent_at,
-        tables: vec![TableEntries {
-            table: table.into(),
-            entries: entries
-                .iter()
-                .map(|(key, v)| (k(*key), v.clone()))
-                .collect(),
-        }],
+        tables,
+        entries,
     }
+}
+
+fn entries_len(entries: &Blob) -> u64 {
+    message::count_entries(&entries.0, 1).unwrap()
 }
 
 fn batch(
@@ -200,7 +231,7 @@ fn a_lost_middle_chunk_raises_nothing() {
     assert_eq!(a.applied.get(rid(2)), 0);
     assert!(tokens.iter().all(|t| !t.covered_by(&a.applied)));
     assert_eq!(a.counters.syncs_completed, 0);
-    assert_eq!(b.log.len(), 3, "the origin keeps its writes");
+    assert_eq!(b.outbox.len(), 3, "the origin keeps its writes");
 }
 
 /// Guards against merging chunks as they come: a transfer is merged only once all its chunks are here.
@@ -406,6 +437,7 @@ fn a_batch_whose_range_does_not_match_its_entries_is_rejected() {
         deps: VersionVector::new(),
         sent_at: Timestamp::new(WALL_MS, 0),
         tables: vec![],
+        entries: Blob::default(),
     };
     let out = a.on_message("b", forged, now());
     assert!(out.is_empty(), "not acked: {out:?}");
@@ -465,18 +497,19 @@ fn a_forged_origin_is_rejected() {
 #[test]
 fn an_unsolicited_push_is_ignored() {
     let mut a = core("a", 1, RegionConfig::default(), &["t"]);
-    let push = |session, applied| Message::SyncStates {
-        session,
-        push: true,
-        chunk: 0,
-        chunks: 1,
-        sent_at: Timestamp::new(WALL_MS, 0),
-        buckets: vec![],
-        tables: vec![TableEntries {
-            table: "t".into(),
-            entries: vec![(k(1), gc(4, 7))],
-        }],
-        applied: Some(applied),
+    let push = |session, applied| {
+        let (tables, entries) = pack_entries("t", vec![(k(1), gc(4, 7))]);
+        Message::SyncStates {
+            session,
+            push: true,
+            chunk: 0,
+            chunks: 1,
+            sent_at: Timestamp::new(WALL_MS, 0),
+            buckets: vec![],
+            tables,
+            entries,
+            applied: Some(applied),
+        }
     };
     let out = a.on_message("evil", push(99, vv(&[(4, 1_000_000), (1, 500)])), now());
     assert!(out.is_empty());
@@ -545,6 +578,7 @@ fn a_vector_claiming_our_own_writes_beyond_our_counter_is_rejected() {
         sent_at: Timestamp::new(WALL_MS, 0),
         buckets: vec![],
         tables: vec![],
+        entries: Blob::default(),
         applied: Some(vv(&[(1, 3)])),
     };
     a.on_message("c", forged, now());
@@ -673,7 +707,7 @@ fn a_peer_first_seen_after_the_log_was_truncated_is_marked_for_repair() {
         applied: 3,
     };
     a.on_message("b", ack, now());
-    assert!(a.log.is_empty());
+    assert!((a.outbox.len() == 0));
 
     a.peer_up("c", now());
     let out = a.take_batches(now());
@@ -720,7 +754,7 @@ fn flushed_waits_for_pending_repairs() {
     b.peer_up("a", t0);
     a.peer_up("b", t0); // its exchange goes unanswered
     write(&mut a, "t", 1); // over the outbox bound: dropped, b needs repair
-    assert!(a.log.is_empty() && a.peers["b"].needs_sync);
+    assert!((a.outbox.len() == 0) && a.peers["b"].needs_sync);
     assert_eq!(a.peers["b"].acked, a.seq, "every write counts as acked");
     assert!(!a.flushed(), "b's repair is pending");
     let later = t0 + a.config.sync_timeout;
@@ -746,19 +780,19 @@ fn equal_lww_maps_built_in_different_orders_are_not_reshipped() {
         let mut b = core("b", 2, cfg, &[]);
         declare::<Map>(&mut a, "m");
         declare::<Map>(&mut b, "m");
-        let store_a = a.store_mut::<CrdtStore<Map>>("m").unwrap();
+        let store_a = a.named_mut::<CrdtStore<Map>>("m").unwrap();
         for i in 0..n {
             store_a.entry(&k(0)).insert(stamp(i), i, i);
         }
-        let store_b = b.store_mut::<CrdtStore<Map>>("m").unwrap();
+        let store_b = b.named_mut::<CrdtStore<Map>>("m").unwrap();
         for i in (0..n).rev() {
             let delta = Map::new().insert(stamp(i), i, i);
             let delta: Map = wire::decode(&wire::encode(&delta).unwrap()).unwrap();
             store_b.entry(&k(0)).merge(&delta);
         }
         assert_eq!(
-            a.store::<CrdtStore<Map>>("m").unwrap().get(&k(0)),
-            b.store::<CrdtStore<Map>>("m").unwrap().get(&k(0))
+            a.named::<CrdtStore<Map>>("m").unwrap().get(&k(0)),
+            b.named::<CrdtStore<Map>>("m").unwrap().get(&k(0))
         );
 
         let request = a.peer_up("b", now());
@@ -789,7 +823,7 @@ fn values_already_held_undeclared_do_not_count_twice_against_the_bound() {
     declare::<Reg>(&mut y, "big");
     // 34 values of 1 MiB: over half of the 64 MiB bound, well under it.
     let stamp = Stamp::new(Timestamp::new(WALL_MS, 0), rid(2));
-    let store = y.store_mut::<CrdtStore<Reg>>("big").unwrap();
+    let store = y.named_mut::<CrdtStore<Reg>>("big").unwrap();
     for key in 0..34 {
         store.entry(&k(key)).set(stamp, "x".repeat(1 << 20));
     }
@@ -820,8 +854,8 @@ fn chunks_of_a_superseded_push_are_not_held() {
         // b asks, a answers: a now accepts b's push for this session only.
         let digests = b
             .tables
-            .keys()
-            .map(|t| (t.to_string(), vec![0u8; DIGEST_BUCKETS * 8]));
+            .iter()
+            .map(|t| (t.name.to_string(), vec![0u8; DIGEST_BUCKETS * 8]));
         let request = Message::SyncRequest {
             session,
             applied: VersionVector::new(),
@@ -829,6 +863,7 @@ fn chunks_of_a_superseded_push_are_not_held() {
         };
         a.on_message("b", request, now());
         // The first of two chunks of its push, 40 bytes: under the bound.
+        let (tables, entries) = pack_entries("t", vec![(k(session), vec![0; 38])]);
         let chunk = Message::SyncStates {
             session,
             push: true,
@@ -836,10 +871,8 @@ fn chunks_of_a_superseded_push_are_not_held() {
             chunks: 2,
             sent_at: Timestamp::new(WALL_MS, 0),
             buckets: vec![],
-            tables: vec![TableEntries {
-                table: "t".into(),
-                entries: vec![(k(session), vec![0; 38])],
-            }],
+            tables,
+            entries,
             applied: None,
         };
         a.on_message("b", chunk, now());

@@ -1,16 +1,128 @@
 //! What regions say to each other. Every message crosses the transport
 //! encoded by `wire`, so the bytes counted are the bytes carried.
+//!
+//! Batches and anti-entropy chunks carry their `(table, key, value)`
+//! entries packed into one byte string ([`Blob`]): each entry is the
+//! table's position in the message's table list, then the key and the
+//! value as length-prefixed byte strings (bare `wire` bodies: the frame's
+//! version byte covers them). A region appends each write to its outbox in
+//! this form once; a batch is then a slice of it, copied whole.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::clock::{ReplicaId, Timestamp, VersionVector};
+use crate::wire::{self, WireError};
 
-/// The deltas of one table in a batch, or the states of one table in a
-/// catch-up chunk: `(key, encoded value)` pairs.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct TableEntries {
-    pub(crate) table: String,
-    pub(crate) entries: Vec<(Box<[u8]>, Vec<u8>)>,
+/// Bytes carried as one byte string: one copy each way, not a sequence of
+/// `u8`s (bincode writes both alike: a length, then the raw bytes).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Blob(pub(crate) Vec<u8>);
+
+impl Serialize for Blob {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Blob {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Blob;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a byte string")
+            }
+            fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Blob, E> {
+                Ok(Blob(v))
+            }
+            fn visit_bytes<E>(self, v: &[u8]) -> Result<Blob, E> {
+                Ok(Blob(v.to_vec()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Blob, A::Error> {
+                let mut bytes = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+                while let Some(b) = seq.next_element::<u8>()? {
+                    bytes.push(b);
+                }
+                Ok(Blob(bytes))
+            }
+        }
+        deserializer.deserialize_byte_buf(Visitor)
+    }
+}
+
+/// Appends one entry to a packed entry string.
+pub(crate) fn push_entry(out: &mut Vec<u8>, table: usize, key: &[u8], value: &[u8]) {
+    wire::put_len(out, table);
+    wire::put_bytes(out, key);
+    wire::put_bytes(out, value);
+}
+
+/// The entries of a packed string, in order: `(table position, key,
+/// value)`. Yields an error (and then stops) at the first malformed entry
+/// or a table position outside the message's list.
+pub(crate) struct Entries<'a> {
+    rest: &'a [u8],
+    tables: usize,
+}
+
+impl<'a> Entries<'a> {
+    pub(crate) fn new(packed: &'a [u8], tables: usize) -> Self {
+        Entries {
+            rest: packed,
+            tables,
+        }
+    }
+
+    fn entry(&mut self) -> Result<(usize, &'a [u8], &'a [u8]), WireError> {
+        let table = wire::take_len(&mut self.rest)?;
+        if table >= self.tables {
+            return Err(WireError::Malformed(format!(
+                "entry names table {table} of {}",
+                self.tables
+            )));
+        }
+        let key = wire::take_bytes(&mut self.rest)?;
+        let value = wire::take_bytes(&mut self.rest)?;
+        Ok((table, key, value))
+    }
+}
+
+impl<'a> Iterator for Entries<'a> {
+    type Item = Result<(usize, &'a [u8], &'a [u8]), WireError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        let entry = self.entry();
+        if entry.is_err() {
+            self.rest = &[];
+        }
+        Some(entry)
+    }
+}
+
+/// The number of entries in a packed string, checking every one is well
+/// framed.
+pub(crate) fn count_entries(packed: &[u8], tables: usize) -> Result<u64, WireError> {
+    let mut n = 0;
+    for entry in Entries::new(packed, tables) {
+        entry?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// The byte offset of entry `n` in a packed string (its length when it has
+/// `n` entries).
+pub(crate) fn entry_offset(packed: &[u8], n: u64) -> Result<usize, WireError> {
+    let mut rest = packed;
+    for _ in 0..n {
+        wire::take_len(&mut rest)?;
+        wire::take_bytes(&mut rest)?;
+        wire::take_bytes(&mut rest)?;
+    }
+    Ok(packed.len() - rest.len())
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,7 +137,10 @@ pub(crate) enum Message {
         /// The origin's clock when it sent the batch: receivers move their
         /// hybrid logical clocks past it.
         sent_at: Timestamp,
-        tables: Vec<TableEntries>,
+        /// The tables the entries name, by position.
+        tables: Vec<String>,
+        /// One entry per write, in sequence order: key and delta.
+        entries: Blob,
     },
     /// "I have applied `origin`'s writes up to `applied`" (cumulative).
     Ack { origin: ReplicaId, applied: u64 },
@@ -56,9 +171,48 @@ pub(crate) enum Message {
         /// The buckets that differed, per table, so the requester can send
         /// its own states for them back (first chunk only).
         buckets: Vec<(String, Vec<u32>)>,
-        tables: Vec<TableEntries>,
+        /// The tables the entries name, by position.
+        tables: Vec<String>,
+        /// Key and full state of each key shipped.
+        entries: Blob,
         /// The sender's applied vector, which the transfer's states cover
         /// (last chunk only).
         applied: Option<VersionVector>,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blob_encodes_as_a_byte_sequence_would() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        assert_eq!(
+            wire::encode(&Blob(bytes.clone())).unwrap(),
+            wire::encode(&bytes).unwrap()
+        );
+        let back: Blob = wire::decode(&wire::encode(&bytes).unwrap()).unwrap();
+        assert_eq!(back.0, bytes);
+    }
+
+    #[test]
+    fn entries_round_trip_and_reject_bad_framing() {
+        let mut packed = Vec::new();
+        push_entry(&mut packed, 0, b"k1", b"v1");
+        push_entry(&mut packed, 1, &[7; 300], b"");
+        let all: Vec<_> = Entries::new(&packed, 2).collect::<Result<_, _>>().unwrap();
+        assert_eq!(
+            all,
+            vec![(0, &b"k1"[..], &b"v1"[..]), (1, &[7; 300][..], &b""[..])]
+        );
+        assert_eq!(count_entries(&packed, 2).unwrap(), 2);
+        assert_eq!(entry_offset(&packed, 1).unwrap(), 7);
+        assert_eq!(entry_offset(&packed, 2).unwrap(), packed.len());
+        // A table outside the list, a truncated entry, an endless length.
+        assert!(count_entries(&packed, 1).is_err());
+        assert!(count_entries(&packed[..packed.len() - 1], 2).is_err());
+        assert!(count_entries(&[0x80; 20], 2).is_err());
+        assert!(entry_offset(&packed, 3).is_err());
+    }
 }

@@ -40,15 +40,22 @@ pub(crate) fn bucket_of(key: &[u8]) -> usize {
 pub(crate) type Merger<V> = Arc<dyn Fn(&mut V, &V, &[u8], Timestamp) + Send + Sync>;
 
 /// What the engine needs of any table, whatever its value type.
+///
+/// Received values are merged in two steps, so that a message with one
+/// malformed value changes nothing: [`stage`](TableStore::stage) decodes
+/// every value first (into a typed buffer, no allocation per value once
+/// warm), then [`commit`](TableStore::commit) merges them in the same
+/// order, or [`unstage`](TableStore::unstage) forgets them.
 pub(crate) trait TableStore: Send {
     fn as_any(&self) -> &dyn Any;
     fn as_any_mut(&mut self) -> &mut dyn Any;
-    /// Decodes `value` (a delta or a full state) and merges it under `key`.
-    fn merge_encoded(&mut self, key: &[u8], value: &[u8], at: Timestamp) -> Result<(), WireError>;
-    /// Decodes a value without merging it (to check a whole batch first).
-    fn decode(&self, value: &[u8]) -> Result<Box<dyn Any + Send>, WireError>;
-    /// Merges a value [`decode`](TableStore::decode) returned.
-    fn merge_decoded(&mut self, key: &[u8], value: Box<dyn Any + Send>, at: Timestamp);
+    /// Decodes `value` (a delta or a full state) and holds it for
+    /// [`commit`](TableStore::commit).
+    fn stage(&mut self, value: &[u8]) -> Result<(), WireError>;
+    /// Merges the next staged value under `key`.
+    fn commit(&mut self, key: &[u8], at: Timestamp);
+    /// Forgets every staged value not yet committed.
+    fn unstage(&mut self);
     /// The digest of each bucket (0 for an empty bucket), recomputing the
     /// ones changed since the last call.
     fn digests(&mut self) -> Vec<u64>;
@@ -65,6 +72,9 @@ pub(crate) struct CrdtStore<V> {
     dirty: Vec<bool>,
     len: usize,
     merger: Merger<V>,
+    /// Values decoded by `stage`, and how many were committed.
+    staged: Vec<V>,
+    committed: usize,
 }
 
 impl<V> CrdtStore<V>
@@ -78,6 +88,8 @@ where
             dirty: vec![false; DIGEST_BUCKETS],
             len: 0,
             merger,
+            staged: Vec::new(),
+            committed: 0,
         }
     }
 
@@ -115,20 +127,27 @@ where
         self
     }
 
-    fn merge_encoded(&mut self, key: &[u8], value: &[u8], at: Timestamp) -> Result<(), WireError> {
-        let value: V = wire::decode(value)?;
-        self.merge_value(key, &value, at);
+    fn stage(&mut self, value: &[u8]) -> Result<(), WireError> {
+        self.staged.push(wire::decode_bare(value)?);
         Ok(())
     }
 
-    fn decode(&self, value: &[u8]) -> Result<Box<dyn Any + Send>, WireError> {
-        Ok(Box::new(wire::decode::<V>(value)?))
+    fn commit(&mut self, key: &[u8], at: Timestamp) {
+        let Some(value) = self.staged.get_mut(self.committed) else {
+            return;
+        };
+        let value = std::mem::take(value);
+        self.committed += 1;
+        if self.committed == self.staged.len() {
+            self.staged.clear();
+            self.committed = 0;
+        }
+        self.merge_value(key, &value, at);
     }
 
-    fn merge_decoded(&mut self, key: &[u8], value: Box<dyn Any + Send>, at: Timestamp) {
-        if let Ok(value) = value.downcast::<V>() {
-            self.merge_value(key, &value, at);
-        }
+    fn unstage(&mut self) {
+        self.staged.clear();
+        self.committed = 0;
     }
 
     fn digests(&mut self) -> Vec<u64> {
@@ -140,9 +159,8 @@ where
             // Order-independent: the wrapping sum of each key's hash.
             let mut digest = 0u64;
             for (key, value) in &self.buckets[bucket] {
-                let state = wire::encode(value).unwrap_or_default();
-                digest =
-                    digest.wrapping_add(stable_hash(key) ^ stable_hash(&state).rotate_left(17));
+                let state = wire::with_bare(value, stable_hash).unwrap_or(0);
+                digest = digest.wrapping_add(stable_hash(key) ^ state.rotate_left(17));
             }
             self.digests[bucket] = digest;
         }
@@ -152,7 +170,11 @@ where
     fn bucket_states(&self, bucket: usize) -> Vec<(Key, Vec<u8>)> {
         self.buckets[bucket]
             .iter()
-            .filter_map(|(key, value)| wire::encode(value).ok().map(|state| (key.clone(), state)))
+            .filter_map(|(key, value)| {
+                wire::with_bare(value, <[u8]>::to_vec)
+                    .ok()
+                    .map(|state| (key.clone(), state))
+            })
             .collect()
     }
 
