@@ -500,6 +500,7 @@ impl Region {
             batches_applied: c.batches_applied,
             batches_dropped: c.batches_dropped,
             rejected_frames: c.rejected_frames,
+            undecodable_values: c.undecodable_values,
             outbox_overflows: c.outbox_overflows,
             syncs_completed: c.syncs_completed,
             sync_states_received: c.sync_states_received,
@@ -867,6 +868,10 @@ pub struct RegionStats {
     pub batches_dropped: u64,
     /// Frames refused as malformed or out of bounds.
     pub rejected_frames: u64,
+    /// Values from peers dropped because they do not decode as their
+    /// table's value type (a table declared with different types in two
+    /// regions, or corruption); the rest of their batch was applied.
+    pub undecodable_values: u64,
     /// Times the outbox outgrew its bound and was dropped.
     pub outbox_overflows: u64,
     /// Anti-entropy exchanges completed.

@@ -55,6 +55,10 @@ pub(crate) struct PeerState {
     /// repair it before batches can continue.
     pub(crate) needs_sync: bool,
     pub(crate) last_sync: Option<Instant>,
+    /// Our push of an exchange we started, until the peer confirms it:
+    /// (session, our writes it covers, when it left). A repair is over only
+    /// once the push is known to have arrived.
+    pub(crate) push_pending: Option<(u64, u64, Instant)>,
 }
 
 impl PeerState {
@@ -69,6 +73,7 @@ impl PeerState {
             its_seq_seen: 0,
             needs_sync: false,
             last_sync: None,
+            push_pending: None,
         }
     }
 }
@@ -176,6 +181,8 @@ pub(crate) struct Counters {
     pub(crate) batches_buffered: u64,
     pub(crate) batches_dropped: u64,
     pub(crate) rejected_frames: u64,
+    /// Values dropped because they did not decode as their table's type.
+    pub(crate) undecodable_values: u64,
     pub(crate) outbox_overflows: u64,
     pub(crate) syncs_completed: u64,
     pub(crate) sync_states_received: u64,
@@ -337,6 +344,7 @@ impl Core {
         let was = peer.connected;
         peer.connected = true;
         peer.sent = peer.acked; // resend what was not acknowledged
+        peer.push_pending = None; // a push in flight may be lost
         peer.progress_at = now;
         peer.last_contact = Some(now);
         if !was {
@@ -466,6 +474,24 @@ impl Core {
                 applied,
                 digests,
             } => self.on_sync_request(from, session, applied, digests),
+            Message::SyncDone { session } => {
+                let peer = self.peers.get_mut(from).expect("touched above");
+                if let Some((pushed, covered, _)) = peer.push_pending {
+                    if pushed == session {
+                        // It holds every write of ours up to the push.
+                        peer.push_pending = None;
+                        peer.needs_sync = false;
+                        if covered > peer.acked {
+                            peer.acked = covered;
+                            peer.sent = peer.sent.max(covered);
+                            peer.progress_at = now;
+                        }
+                        tracing::debug!(region = %self.name, peer = from, session, "anti-entropy: push confirmed");
+                        self.truncate_log();
+                    }
+                }
+                Vec::new()
+            }
             Message::SyncStates {
                 session,
                 push,
@@ -614,10 +640,16 @@ impl Core {
         }
     }
 
-    /// Merges packed entries, each part naming its `tables`: decodes every
-    /// value first and merges none if any is malformed (nothing stored is
-    /// touched by a bad frame); then merges them all. Values of undeclared
-    /// tables are held encoded. False when rejected.
+    /// Merges packed entries, each part naming its `tables`: checks every
+    /// entry and decodes every value first, then merges them all. Values of
+    /// undeclared tables are held encoded.
+    ///
+    /// A malformed entry rejects the whole message (false): nothing stored
+    /// is touched. A well-framed value that does not decode as its table's
+    /// type (two regions declaring a table with different types, or a
+    /// corrupt value) is dropped, counted and logged, and the rest is
+    /// merged: refusing the message would stall replication from its
+    /// origin for good, since every resend fails alike.
     fn merge_entries(&mut self, from: &str, parts: &[(&[String], &[u8])]) -> bool {
         let at = self.hlc.last();
         let slots: Vec<Vec<Option<usize>>> = parts
@@ -627,13 +659,16 @@ impl Core {
         let mut staged: Vec<usize> = Vec::new();
         let mut incoming = 0;
         let mut failed = None;
+        // Entries (by index) whose value did not decode, and the first error.
+        let mut undecodable: Vec<usize> = Vec::new();
+        let mut first_error = None;
         let entries = parts
             .iter()
             .zip(&slots)
             .flat_map(|((tables, packed), slots)| {
                 Entries::new(packed, tables.len()).map(move |e| (*tables, slots, e))
             });
-        for (tables, slots, entry) in entries {
+        for (index, (tables, slots, entry)) in entries.enumerate() {
             let (table, key, value) = match entry {
                 Ok(entry) => entry,
                 Err(error) => {
@@ -644,11 +679,9 @@ impl Core {
             match slots[table] {
                 Some(slot) => {
                     if let Err(error) = self.tables[slot].store.stage(value) {
-                        failed = Some(format!(
-                            "malformed value in table {}: {error}",
-                            tables[table]
-                        ));
-                        break;
+                        undecodable.push(index);
+                        first_error.get_or_insert_with(|| (tables[table].clone(), error));
+                        continue;
                     }
                     if !staged.contains(&slot) {
                         staged.push(slot);
@@ -678,9 +711,25 @@ impl Core {
             self.reject(from, &why);
             return false;
         }
+        if let Some((table, error)) = first_error {
+            self.counters.undecodable_values += undecodable.len() as u64;
+            tracing::warn!(
+                region = %self.name,
+                peer = from,
+                %table,
+                values = undecodable.len(),
+                %error,
+                "rejected input: values that do not decode as their table's type were dropped (is the table declared with the same type everywhere?)"
+            );
+        }
+        let mut undecodable = undecodable.into_iter().peekable();
+        let mut index = 0;
         for ((tables, packed), slots) in parts.iter().zip(&slots) {
             for (table, key, value) in Entries::new(packed, tables.len()).flatten() {
+                let skip = undecodable.next_if_eq(&index).is_some();
+                index += 1;
                 match slots[table] {
+                    Some(_) if skip => {}
                     Some(slot) => self.tables[slot].store.commit(key, at),
                     None => {
                         self.hold_undeclared(&tables[table], key, value);
@@ -775,7 +824,11 @@ impl Core {
             .filter(|(name, p)| {
                 p.connected
                     && !self.syncs.contains_key(*name)
+                    // A repair whose push is on its way waits for it to be
+                    // confirmed, or for the exchange timeout.
                     && (p.needs_sync
+                        && p.push_pending
+                            .is_none_or(|(_, _, at)| now.duration_since(at) >= self.config.sync_timeout)
                         || (self.name.as_str() < name.as_str()
                             && p.last_sync
                                 .is_none_or(|t| now.duration_since(t) >= interval)))
@@ -1072,12 +1125,16 @@ impl Core {
             self.answered.remove(from);
             tracing::info!(region = %self.name, peer = from, session, "anti-entropy: caught up from the peer's push");
             self.counters.syncs_completed += 1;
+            // The exchange's starter keeps its peer marked for repair until
+            // it hears this.
+            out.push((from.to_owned(), Message::SyncDone { session }));
             return out;
         }
         let Some(sync) = self.syncs.remove(from) else {
             return out;
         };
-        self.peer(from, now).needs_sync = false;
+        let seq = self.seq;
+        self.peer(from, now).push_pending = Some((session, seq, now));
         self.counters.syncs_completed += 1;
         // Push back: the buckets that differed, and every bucket of ours
         // that changed since we sent our digests (writes and batches applied

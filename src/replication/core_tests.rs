@@ -764,8 +764,57 @@ fn flushed_waits_for_pending_repairs() {
     let request = a.due_syncs(later);
     let reply = b.on_message("a", to(&request, "b")[0].clone(), later);
     let push = feed(&mut a, "b", to(&reply, "a"), later);
-    feed(&mut b, "a", to(&push, "b"), later);
+    assert!(!a.flushed(), "the push is not known to have arrived");
+    let done = feed(&mut b, "a", to(&push, "b"), later);
     assert_eq!(count(&b, "t", 1, 1), 1);
+    feed(&mut a, "b", to(&done, "a"), later);
+    assert!(a.flushed());
+}
+
+/// Guards against a repair counted done when its push left: a lost push left the peer without the dropped writes until the next periodic exchange (30 s), with every later batch stuck in its causal buffer.
+#[test]
+fn a_lost_repair_push_is_retried_within_the_exchange_timeout() {
+    let cfg = RegionConfig {
+        outbox_len_max: 2,
+        ..RegionConfig::default()
+    };
+    let mut a = core("a", 1, cfg, &["t"]);
+    let mut b = core("b", 2, RegionConfig::default(), &["t"]);
+    let t0 = now();
+    b.peer_up("a", t0);
+    a.peer_up("b", t0); // its first exchange goes unanswered
+    for key in 1..=3 {
+        write(&mut a, "t", key); // the third overflows: dropped
+    }
+    assert!(a.peers["b"].needs_sync);
+    let t1 = t0 + a.config.sync_timeout;
+    a.expire_syncs(t1);
+    let request = a.due_syncs(t1);
+    let reply = b.on_message("a", to(&request, "b")[0].clone(), t1);
+    let _lost_push = feed(&mut a, "b", to(&reply, "a"), t1);
+    // Later writes wait for the repair rather than pile up in b's buffer.
+    write(&mut a, "t", 4);
+    assert!(to(&a.take_batches(t1), "b").is_empty());
+    assert!(a.due_syncs(t1).is_empty(), "the push may still arrive");
+
+    // Well before the periodic exchange, a tries again.
+    let t2 = t1 + a.config.sync_timeout;
+    assert!(t2 - t0 < a.config.anti_entropy_interval);
+    a.expire_syncs(t2);
+    let request = a.due_syncs(t2);
+    assert_eq!(to(&request, "b").len(), 1, "retried");
+    let reply = b.on_message("a", to(&request, "b")[0].clone(), t2);
+    let push = feed(&mut a, "b", to(&reply, "a"), t2);
+    let done = feed(&mut b, "a", to(&push, "b"), t2);
+    feed(&mut a, "b", to(&done, "a"), t2);
+    for key in 1..=4 {
+        assert_eq!(count(&b, "t", key, 1), 1, "key {key}");
+    }
+    assert!(!a.peers["b"].needs_sync);
+    write(&mut a, "t", 5);
+    let out = feed(&mut b, "a", to(&a.take_batches(t2), "b"), t2);
+    assert_eq!(count(&b, "t", 5, 1), 1, "batches flow again");
+    feed(&mut a, "b", to(&out, "a"), t2);
     assert!(a.flushed());
 }
 
@@ -880,4 +929,59 @@ fn chunks_of_a_superseded_push_are_not_held() {
     }
     assert_eq!(a.counters.rejected_frames, 0);
     assert!(held.iter().all(|&n| n <= 1), "transfers held: {held:?}");
+}
+
+/// Guards against one value of the wrong type stalling replication from its origin for good: the batch was refused, and every resend failed alike.
+#[test]
+fn a_value_of_the_wrong_type_is_dropped_and_the_rest_applied() {
+    let mut a = core("a", 1, RegionConfig::default(), &["t"]);
+    // b declared "t" with another type: its value is not a GCounter.
+    let wrong = bare(&"not a counter".to_string());
+    let first = batch(2, 1, &[], "t", &[(1, gc(2, 1)), (2, wrong), (3, gc(2, 3))]);
+    let out = feed(&mut a, "b", vec![first], now());
+    assert_eq!(
+        to(&out, "b"),
+        vec![Message::Ack {
+            origin: rid(2),
+            applied: 3
+        }]
+    );
+    assert_eq!(count(&a, "t", 1, 2), 1);
+    assert!(read(&a, "t", 2).is_none(), "nothing made of the bad value");
+    assert_eq!(count(&a, "t", 3, 2), 3, "the value after it is not shifted");
+    assert_eq!(a.counters.undecodable_values, 1);
+    assert_eq!(a.counters.rejected_frames, 0);
+    // Replication from b goes on.
+    feed(
+        &mut a,
+        "b",
+        vec![batch(2, 4, &[], "t", &[(4, gc(2, 4))])],
+        now(),
+    );
+    assert_eq!(count(&a, "t", 4, 2), 4);
+    // A frame whose entries are not even framed is still refused whole.
+    let Message::Batch {
+        origin,
+        deps,
+        sent_at,
+        tables,
+        mut entries,
+        ..
+    } = batch(2, 5, &[], "t", &[(5, gc(2, 5)), (6, gc(2, 6))])
+    else {
+        unreachable!()
+    };
+    entries.0.pop();
+    let torn = Message::Batch {
+        origin,
+        first: 5,
+        last: 6,
+        deps,
+        sent_at,
+        tables,
+        entries,
+    };
+    assert!(feed(&mut a, "b", vec![torn], now()).is_empty());
+    assert!(read(&a, "t", 5).is_none());
+    assert_eq!(a.counters.rejected_frames, 1);
 }

@@ -179,6 +179,9 @@ pub(crate) enum Message {
         /// (last chunk only).
         applied: Option<VersionVector>,
     },
+    /// Anti-entropy, step 4: "I merged your push of `session`". Until it
+    /// arrives, the exchange's starter counts a repair as pending.
+    SyncDone { session: u64 },
 }
 
 #[cfg(test)]
