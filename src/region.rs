@@ -110,6 +110,12 @@ pub struct RegionConfig {
     pub sync_timeout: Duration,
     /// Most state bytes in one anti-entropy frame.
     pub sync_chunk_bytes_max: usize,
+    /// Most bytes of one anti-entropy transfer held until its last chunk
+    /// arrives (a transfer is merged all at once, so that no reader sees
+    /// part of it). A larger transfer is refused and logged, and the peer
+    /// stays behind: raise this for regions whose catch-up can be larger
+    /// (a new region joining a large data set).
+    pub sync_transfer_bytes_max: usize,
     /// Longest a session read or write waits for this region to catch up.
     pub session_wait_max: Duration,
     /// Longest [`Region::shutdown`] waits for acknowledgements.
@@ -130,6 +136,7 @@ impl Default for RegionConfig {
             anti_entropy_interval: Duration::from_secs(30),
             sync_timeout: Duration::from_secs(10),
             sync_chunk_bytes_max: 4 << 20,
+            sync_transfer_bytes_max: 1 << 30,
             session_wait_max: Duration::from_secs(5),
             shutdown_wait_max: Duration::from_secs(5),
         }

@@ -1056,10 +1056,14 @@ impl Core {
             inbox.applied = applied;
         }
         inbox.chunks[chunk as usize] = Some(part);
-        if inbox.bytes > self.config.causal_buffer_bytes_max {
+        if inbox.bytes > self.config.sync_transfer_bytes_max {
             self.sync_inbox.remove(&slot);
             self.abort_sync(from, push);
-            self.reject(from, "anti-entropy transfer over the buffer limit");
+            let why = format!(
+                "anti-entropy transfer over sync_transfer_bytes_max ({} bytes): the peer stays behind until it is raised",
+                self.config.sync_transfer_bytes_max
+            );
+            self.reject(from, &why);
             return Vec::new();
         }
         if inbox.chunks.iter().any(Option::is_none) {

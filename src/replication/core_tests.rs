@@ -303,7 +303,7 @@ fn an_oversized_transfer_is_aborted_whole() {
         ..RegionConfig::default()
     };
     let tight = RegionConfig {
-        causal_buffer_bytes_max: 12,
+        sync_transfer_bytes_max: 12,
         ..RegionConfig::default()
     };
     let mut a = core("a", 1, tight, &["hits"]);
@@ -893,7 +893,7 @@ fn values_already_held_undeclared_do_not_count_twice_against_the_bound() {
 #[test]
 fn chunks_of_a_superseded_push_are_not_held() {
     let tight = RegionConfig {
-        causal_buffer_bytes_max: 64,
+        sync_transfer_bytes_max: 64,
         ..RegionConfig::default()
     };
     let mut a = core("a", 1, tight.clone(), &["t"]);
