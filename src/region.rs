@@ -176,6 +176,7 @@ pub enum RegionError {
 }
 
 /// What a mutator knows about the write it makes.
+#[derive(Clone)]
 pub struct WriteCtx<'a> {
     hlc: &'a Hlc,
     /// Read from the clock on first use: counters and sets never need it.

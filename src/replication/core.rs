@@ -89,6 +89,13 @@ pub(crate) struct Buffered {
     entries: Blob,
 }
 
+impl Buffered {
+    /// Bytes it holds: entries and table names.
+    fn size(&self) -> usize {
+        self.entries.0.len() + self.tables.iter().map(String::len).sum::<usize>()
+    }
+}
+
 /// An anti-entropy exchange this region started.
 pub(crate) struct SyncState {
     session: u64,
@@ -168,6 +175,10 @@ pub(crate) struct Core {
     pub(crate) sync_inbox: HashMap<(String, u64, bool), SyncInbox>,
     /// The exchange of each peer we answered: only its push is accepted.
     pub(crate) answered: HashMap<String, u64>,
+    /// The latest exchange of each peer we answered, kept after its push
+    /// (until the peer reconnects): a duplicated or late request is not
+    /// answered twice, since the two replies' chunks would mix.
+    pub(crate) answered_last: HashMap<String, u64>,
     /// Bumped whenever `applied` grows: session reads wait on it.
     pub(crate) generation: u64,
     pub(crate) counters: Counters,
@@ -217,6 +228,7 @@ impl Core {
             sync_session: 0,
             sync_inbox: HashMap::new(),
             answered: HashMap::new(),
+            answered_last: HashMap::new(),
             generation: 0,
             counters: Counters::default(),
         }
@@ -350,6 +362,8 @@ impl Core {
         if !was {
             tracing::info!(region = %self.name, peer = name, "peer connected");
         }
+        // It may have restarted, numbering its exchanges from 1 again.
+        self.answered_last.remove(name);
         // One side starts the exchange (it repairs both): the one with the
         // smaller name, or the one that knows the other needs repair.
         if self.initiates_sync(name) {
@@ -571,7 +585,7 @@ impl Core {
                         .iter()
                         .all(|(r, n)| r == origin || batch.deps.get(r) >= n)
             }) {
-                self.buffer_bytes += batch.entries.0.len();
+                self.buffer_bytes += batch.size();
                 self.buffer.push(batch);
                 self.drain_buffer();
                 self.bound_buffer();
@@ -604,14 +618,14 @@ impl Core {
                 .position(|b| b.last <= self.applied.get(b.origin));
             if let Some(i) = stale {
                 let b = self.buffer.swap_remove(i);
-                self.buffer_bytes -= b.entries.0.len();
+                self.buffer_bytes -= b.size();
                 continue;
             }
             let Some(i) = self.buffer.iter().position(|b| self.ready(b)) else {
                 break;
             };
             let batch = self.buffer.swap_remove(i);
-            self.buffer_bytes -= batch.entries.0.len();
+            self.buffer_bytes -= batch.size();
             self.apply_batch(batch);
         }
         if !self.buffer.is_empty() {
@@ -634,7 +648,7 @@ impl Core {
                 break;
             };
             let b = self.buffer.swap_remove(i);
-            self.buffer_bytes -= b.entries.0.len();
+            self.buffer_bytes -= b.size();
             self.counters.batches_dropped += 1;
             tracing::debug!(region = %self.name, from = %b.from, first = b.first, "causal buffer full: dropped a batch");
         }
@@ -849,6 +863,14 @@ impl Core {
         _their_applied: VersionVector,
         theirs: Vec<(String, Vec<u8>)>,
     ) -> Outgoing {
+        if self
+            .answered_last
+            .get(from)
+            .is_some_and(|&last| session <= last)
+        {
+            tracing::debug!(region = %self.name, peer = from, session, "anti-entropy: ignored a repeated request");
+            return Vec::new();
+        }
         let Some(theirs) = theirs
             .into_iter()
             .map(|(t, d)| unpack(&d).map(|d| (t, d)))
@@ -895,6 +917,7 @@ impl Core {
                 self.sync_inbox.remove(&(from.to_owned(), old, true));
             }
         }
+        self.answered_last.insert(from.to_owned(), session);
         let applied = self.applied.clone();
         self.states_chunks(from, session, false, buckets, applied, &HashSet::new())
     }
@@ -1032,7 +1055,13 @@ impl Core {
             );
             return Vec::new();
         }
-        let size = part.1.0.len();
+        // Every byte the chunk holds counts, table names included.
+        let size = part.1.0.len()
+            + part.0.iter().map(String::len).sum::<usize>()
+            + buckets
+                .iter()
+                .map(|(t, list)| t.len() + 4 * list.len())
+                .sum::<usize>();
         let slot = (from.to_owned(), session, push);
         let inbox = self
             .sync_inbox
@@ -1050,6 +1079,9 @@ impl Core {
             return Vec::new();
         }
         inbox.at = now;
+        if inbox.chunks[chunk as usize].is_some() {
+            return Vec::new(); // a duplicated frame
+        }
         inbox.bytes += size;
         inbox.buckets.extend(buckets);
         if applied.is_some() {

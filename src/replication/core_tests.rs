@@ -985,3 +985,77 @@ fn a_value_of_the_wrong_type_is_dropped_and_the_rest_applied() {
     assert!(read(&a, "t", 5).is_none());
     assert_eq!(a.counters.rejected_frames, 1);
 }
+
+/// Guards against answering a duplicated sync request twice: chunks of an older snapshot merged with the last chunk of a newer one, whose vector claims writes those chunks lack (acked, then dropped at the origin).
+#[test]
+fn a_duplicated_sync_request_is_answered_once() {
+    let cfg = RegionConfig {
+        sync_chunk_bytes_max: 1,
+        ..RegionConfig::default()
+    };
+    let mut a = core("a", 1, cfg.clone(), &["t"]);
+    let mut b = core("b", 2, cfg, &["t"]);
+    for key in 1..=4 {
+        write(&mut b, "t", key);
+    }
+    let request = to(&a.start_sync("b", now()), "b").remove(0);
+    let first = to(&b.on_message("a", request.clone(), now()), "a");
+    assert_eq!(first.len(), 4, "one chunk per key");
+    let Message::SyncStates {
+        tables, entries, ..
+    } = &first[0]
+    else {
+        unreachable!()
+    };
+    let (_, key0, _) = Entries::new(&entries.0, tables.len())
+        .next()
+        .unwrap()
+        .unwrap();
+    let key0: u64 = wire::decode_bare(key0).unwrap();
+    write(&mut b, "t", key0); // b's write 5, after the first answer
+    let second = to(&b.on_message("a", request, now()), "a"); // the duplicate
+    assert!(second.is_empty(), "answered twice: {second:?}");
+
+    feed(&mut a, "b", first, now());
+    assert_eq!(a.applied.get(rid(2)), 4);
+    assert_eq!(count(&a, "t", key0, 2), 1);
+}
+
+/// Guards against a duplicated chunk frame counting its bytes twice against the transfer bound (a transfer aborted for nothing).
+#[test]
+fn a_duplicated_chunk_counts_once() {
+    let small = RegionConfig {
+        sync_chunk_bytes_max: 1,
+        ..RegionConfig::default()
+    };
+    let mut b = core("b", 2, small, &["t"]);
+    for key in 1..=2 {
+        write(&mut b, "t", key);
+    }
+    // Room for the two chunks' bytes, not for three.
+    let mut a = core("a", 1, RegionConfig::default(), &["t"]);
+    let request = to(&a.start_sync("b", now()), "b").remove(0);
+    let reply = to(&b.on_message("a", request, now()), "a");
+    assert_eq!(reply.len(), 2);
+    let chunk_bytes = |m: &Message| match m {
+        Message::SyncStates {
+            tables,
+            entries,
+            buckets,
+            ..
+        } => {
+            entries.0.len()
+                + tables.iter().map(String::len).sum::<usize>()
+                + buckets
+                    .iter()
+                    .map(|(t, l)| t.len() + 4 * l.len())
+                    .sum::<usize>()
+        }
+        _ => unreachable!(),
+    };
+    a.config.sync_transfer_bytes_max = chunk_bytes(&reply[0]) + chunk_bytes(&reply[1]);
+    let twice = vec![reply[0].clone(), reply[0].clone(), reply[1].clone()];
+    feed(&mut a, "b", twice, now());
+    assert_eq!(a.counters.rejected_frames, 0);
+    assert_eq!(a.applied.get(rid(2)), 2);
+}
