@@ -98,7 +98,8 @@ pub struct RegionConfig {
     /// Most writes kept for peers that have not acknowledged them; past it
     /// the outbox is dropped and anti-entropy repairs those peers.
     pub outbox_len_max: usize,
-    /// Most bytes kept in the outbox (same rule).
+    /// Most bytes kept in the outbox (same rule): keys and deltas, and
+    /// about 200 bytes of bookkeeping per run of writes.
     pub outbox_bytes_max: usize,
     /// Most batches held waiting for their dependencies.
     pub causal_buffer_len_max: usize,

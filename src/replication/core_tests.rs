@@ -1059,3 +1059,7 @@ fn a_duplicated_chunk_counts_once() {
     assert_eq!(a.counters.rejected_frames, 0);
     assert_eq!(a.applied.get(rid(2)), 2);
 }
+
+/// A randomized simulation of three cores on a faulty network.
+#[path = "sim_tests.rs"]
+mod sim;

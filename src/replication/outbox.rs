@@ -1,10 +1,11 @@
 //! The outbox: local writes kept, already packed as batch entries, until
 //! every peer has acknowledged them.
 //!
-//! Writes are appended to the open *segment*, a byte string in the batch
-//! entry format (see [`message`](super::message)). A batch is a slice of
-//! one segment, so sending copies bytes and clones nothing per write, and
-//! an acknowledgement drops whole segments.
+//! Writes are appended to the last *segment*, a byte string in the batch
+//! entry format (see [`message`](super::message)), until it holds a
+//! batch's worth. A batch is a slice of one segment, so sending copies
+//! bytes and clones nothing per write, and an acknowledgement drops whole
+//! segments.
 //!
 //! Every write of a segment has the same dependencies: the writes of other
 //! regions this region had applied when the segment opened. A segment is
@@ -32,11 +33,15 @@ struct Segment {
     tables: Vec<(usize, Arc<str>)>,
     /// The packed entries.
     packed: Vec<u8>,
-    /// Bytes of keys and deltas in it (its size less the framing).
-    payload: usize,
-    /// No more writes go into it (it was sent, or it is full).
-    sealed: bool,
+    /// Bytes it counts against the outbox bound: keys and deltas, plus
+    /// [`SEGMENT_OVERHEAD`].
+    bytes: usize,
 }
+
+/// Bookkeeping bytes of a segment beyond its keys and deltas, counted
+/// against the outbox bound: writes that trickle in while other regions'
+/// writes keep arriving get a segment each.
+const SEGMENT_OVERHEAD: usize = std::mem::size_of::<Segment>() + 64;
 
 impl Segment {
     fn last(&self) -> u64 {
@@ -67,7 +72,7 @@ impl Outbox {
         self.len
     }
 
-    /// Bytes of keys and deltas held.
+    /// Bytes held: keys and deltas, and the segments' bookkeeping.
     pub(crate) fn bytes(&self) -> usize {
         self.bytes
     }
@@ -90,25 +95,21 @@ impl Outbox {
     ) {
         let size = write.key.len() + write.delta.len();
         let open = self.segments.back().is_some_and(|s| {
-            !s.sealed
-                && s.generation == generation
+            s.generation == generation
                 && s.len < len_max as u64
                 && s.packed.len() + size <= bytes_max
                 && s.last() + 1 == write.seq
         });
         if !open {
-            if let Some(s) = self.segments.back_mut() {
-                s.sealed = true;
-            }
+            self.bytes += SEGMENT_OVERHEAD;
             self.segments.push_back(Segment {
                 first: write.seq,
                 len: 0,
                 deps: applied.clone(),
                 generation,
                 tables: Vec::new(),
-                packed: Vec::with_capacity(bytes_max.min(256)),
-                payload: 0,
-                sealed: false,
+                packed: Vec::with_capacity(bytes_max.min(64)),
+                bytes: SEGMENT_OVERHEAD,
             });
         }
         let segment = self.segments.back_mut().expect("pushed above");
@@ -121,26 +122,26 @@ impl Outbox {
         };
         message::push_entry(&mut segment.packed, position, write.key, write.delta);
         segment.len += 1;
-        segment.payload += size;
+        segment.bytes += size;
         self.len += 1;
         self.bytes += size;
     }
 
     /// The batch of writes from `first` to the end of the segment holding
-    /// it, and the batch's last sequence number; seals that segment (later
-    /// writes start a new one, so the next batch starts on a boundary).
+    /// it, and the batch's last sequence number. A batch starting inside a
+    /// segment (the segment grew since the last batch) finds its offset by
+    /// skipping the entries before it: at most a segment's length.
     pub(crate) fn batch(
-        &mut self,
+        &self,
         origin: ReplicaId,
         first: u64,
         sent_at: Timestamp,
     ) -> Option<(u64, Message)> {
         let i = self.segments.partition_point(|s| s.last() < first);
-        let segment = self.segments.get_mut(i)?;
+        let segment = self.segments.get(i)?;
         if first < segment.first {
             return None;
         }
-        segment.sealed = true;
         // Our own bytes: only a bug could make them unreadable.
         let offset = message::entry_offset(&segment.packed, first - segment.first).ok()?;
         Some((
@@ -165,7 +166,7 @@ impl Outbox {
             }
             let front = self.segments.pop_front().expect("present");
             self.len -= front.len as usize;
-            self.bytes -= front.payload;
+            self.bytes -= front.bytes;
         }
     }
 
@@ -174,5 +175,86 @@ impl Outbox {
         self.segments.clear();
         self.len = 0;
         self.bytes = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replication::message::Entries;
+
+    fn append(outbox: &mut Outbox, seq: u64, applied: &VersionVector, generation: u64) {
+        let table: Arc<str> = "t".into();
+        outbox.append(
+            Append {
+                seq,
+                slot: 0,
+                table: &table,
+                key: &seq.to_le_bytes(),
+                delta: b"d",
+            },
+            applied,
+            generation,
+            4,
+            1 << 20,
+        );
+    }
+
+    fn keys(message: &Message) -> Vec<u64> {
+        let Message::Batch {
+            tables, entries, ..
+        } = message
+        else {
+            panic!("not a batch")
+        };
+        Entries::new(&entries.0, tables.len())
+            .map(|e| u64::from_le_bytes(e.unwrap().1.try_into().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn batches_cut_anywhere_carry_their_segment_and_its_deps() {
+        let origin = ReplicaId::new(1);
+        let mut outbox = Outbox::default();
+        let mut applied = VersionVector::new();
+        for seq in 1..=6 {
+            append(&mut outbox, seq, &applied, 0); // 1..=4, then 5..=6 (len 4)
+        }
+        applied.raise(ReplicaId::new(2), 9); // another region's writes applied
+        append(&mut outbox, 7, &applied, 1); // a new segment: new deps
+        let at = Timestamp::new(1, 0);
+        let (last, batch) = outbox.batch(origin, 3, at).unwrap();
+        assert_eq!((last, keys(&batch)), (4, vec![3, 4]));
+        let (last, batch) = outbox.batch(origin, 5, at).unwrap();
+        assert_eq!((last, keys(&batch)), (6, vec![5, 6]));
+        let (last, batch) = outbox.batch(origin, 7, at).unwrap();
+        assert_eq!((last, keys(&batch)), (7, vec![7]));
+        let Message::Batch { deps, .. } = batch else {
+            unreachable!()
+        };
+        assert_eq!(deps.get(ReplicaId::new(2)), 9);
+        assert!(outbox.batch(origin, 8, at).is_none());
+
+        // Acks drop whole segments only.
+        outbox.truncate(5);
+        assert_eq!(outbox.start(), Some(5));
+        assert_eq!(outbox.len(), 3);
+        outbox.truncate(7);
+        assert_eq!((outbox.len(), outbox.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn trickling_writes_between_remote_batches_count_their_bookkeeping() {
+        let mut outbox = Outbox::default();
+        let applied = VersionVector::new();
+        for seq in 1..=100 {
+            append(&mut outbox, seq, &applied, seq); // a remote batch between each
+        }
+        assert_eq!(outbox.len(), 100);
+        assert!(
+            outbox.bytes() >= 100 * SEGMENT_OVERHEAD,
+            "{}",
+            outbox.bytes()
+        );
     }
 }
