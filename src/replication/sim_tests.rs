@@ -1,0 +1,1 @@
+//! A randomized simulation of three cores on a faulty network (to be written).
