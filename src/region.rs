@@ -58,6 +58,16 @@
 //!   encode to equal bytes, as every type of this crate does. A value type
 //!   whose encoding follows hash-map order still converges; anti-entropy
 //!   just ships its buckets more often than needed.
+//! - A repair by anti-entropy counts as done only once the peer confirms
+//!   it merged our states; until then the peer's batches wait, and a lost
+//!   transfer is retried after `sync_timeout`.
+//! - Input from peers is hostile until decoded: a frame that does not
+//!   decode, or whose entries are not well framed, is refused whole and
+//!   touches nothing. A well-framed value that does not decode as its
+//!   table's type (the table declared with another type elsewhere) is
+//!   dropped and counted in [`RegionStats::undecodable_values`], with a
+//!   warning; the rest of its batch is applied, so one bad value does not
+//!   stop replication from its origin.
 //! - [`Region::shutdown`] flushes what is queued and waits, bounded, for it
 //!   to be acknowledged.
 
