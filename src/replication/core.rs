@@ -62,6 +62,14 @@ pub(crate) struct PeerState {
 }
 
 impl PeerState {
+    /// Marks the peer for repair by anti-entropy. A push already on its way
+    /// covers less than the repair needs (writes were dropped since it
+    /// left): its confirmation must not end the repair.
+    fn flag_repair(&mut self) {
+        self.needs_sync = true;
+        self.push_pending = None;
+    }
+
     fn new(now: Instant) -> Self {
         PeerState {
             connected: false,
@@ -316,7 +324,7 @@ impl Core {
         let mut lagging = Vec::new();
         for (name, peer) in &mut self.peers {
             if peer.acked < self.seq {
-                peer.needs_sync = true;
+                peer.flag_repair();
                 peer.acked = self.seq;
                 peer.sent = self.seq;
                 lagging.push(name.clone());
@@ -396,7 +404,7 @@ impl Core {
             if peer.acked + 1 < log_start && !peer.needs_sync {
                 // Writes it never acknowledged left the log (it was not yet
                 // known, or the outbox was dropped): anti-entropy repairs it.
-                peer.needs_sync = true;
+                peer.flag_repair();
                 peer.acked = log_start - 1;
                 peer.sent = peer.sent.max(peer.acked);
             }
@@ -1220,7 +1228,7 @@ impl Core {
             self.answered.remove(from);
         } else if self.syncs.remove(from).is_some() {
             if let Some(peer) = self.peers.get_mut(from) {
-                peer.needs_sync = true;
+                peer.flag_repair();
             }
         }
     }
