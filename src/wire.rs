@@ -261,14 +261,7 @@ pub fn decode<T: DeserializeOwned>(frame: &[u8]) -> Result<T, WireError> {
     if frame.len() > FRAME_BYTES_MAX {
         return Err(WireError::TooLarge { len: frame.len() });
     }
-    let (value, read) = bincode::serde::decode_from_slice::<T, _>(body, config())
-        .map_err(|e| WireError::Malformed(e.to_string()))?;
-    if read != body.len() {
-        return Err(WireError::TrailingBytes {
-            extra: body.len() - read,
-        });
-    }
-    Ok(value)
+    decode_bare(body)
 }
 
 /// The encoded size of `value` in bytes, version byte included.
