@@ -9,11 +9,13 @@
 //! - [`ChannelNetwork`]: an in-process mesh over tokio channels, with
 //!   per-link fault injection (latency, jitter, loss, duplication,
 //!   reordering, one-way and two-way partitions), deterministic from a seed.
-//! - TCP between machines follows.
+//! - [`TcpTransport`]: regions on different machines, over TCP.
 
 mod channel;
+mod tcp;
 
 pub use channel::{ChannelEndpoint, ChannelNetwork, LinkFaults, NetworkStats};
+pub use tcp::{TCP_MAGIC, TCP_PROTOCOL_VERSION, TcpHandle, TcpStats, TcpTransport};
 
 use std::future::Future;
 

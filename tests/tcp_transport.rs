@@ -1,0 +1,379 @@
+//! Regions over real TCP sockets on 127.0.0.1: they converge, a restarted
+//! peer reconnects and catches up, and hostile connections are refused
+//! without touching anything.
+//!
+//! Real time, real sockets: every wait polls a condition, bounded by
+//! `WAIT_MAX`, rather than sleeping for a time that assumes a fast machine.
+
+mod common;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use archipelago::crdt::{GCounter, OrSet};
+use archipelago::region::{Region, Table};
+use archipelago::transport::{TCP_MAGIC, TCP_PROTOCOL_VERSION, TcpHandle, TcpTransport};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const TOKYO: &str = "ap-northeast";
+const FRANKFURT: &str = "eu-central";
+/// Configured in Frankfurt, never started: sorts below it, so Frankfurt
+/// accepts connections claiming to be it.
+const GHOST: &str = "af-south";
+
+const WAIT_MAX: Duration = Duration::from_secs(10);
+const POLL_EVERY: Duration = Duration::from_millis(5);
+
+fn localhost() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// Polls `check` until it holds; panics after `WAIT_MAX`.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT_MAX;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {WAIT_MAX:?} waiting for {what}"
+        );
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+}
+
+fn region(name: &str, transport: TcpTransport) -> Region {
+    Region::builder(name)
+        .transport(transport)
+        .config(common::test_config())
+        .build()
+        .unwrap()
+}
+
+struct Tables {
+    hits: Table<GCounter>,
+    carts: Table<OrSet<String>>,
+}
+
+impl Tables {
+    fn of(region: &Region) -> Tables {
+        Tables {
+            hits: region.table("hits").unwrap(),
+            carts: region.table("carts").unwrap(),
+        }
+    }
+
+    async fn hit(&self, n: u64) {
+        self.hits
+            .update(&"page", |c, ctx| c.inc(ctx.replica(), n))
+            .await
+            .unwrap();
+    }
+
+    async fn add(&self, item: &str) {
+        self.carts
+            .update(&"user-1", |s, ctx| s.insert(ctx.replica(), item.to_owned()))
+            .await
+            .unwrap();
+    }
+
+    /// (hits on "page", sorted cart of "user-1").
+    async fn snapshot(&self) -> (u64, Vec<String>) {
+        let hits = self
+            .hits
+            .read(&"page")
+            .await
+            .unwrap()
+            .map_or(0, |c| c.value());
+        let mut cart: Vec<String> = self
+            .carts
+            .read(&"user-1")
+            .await
+            .unwrap()
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
+        cart.sort();
+        (hits, cart)
+    }
+}
+
+fn cart(items: &[&str]) -> Vec<String> {
+    let mut cart: Vec<String> = items.iter().map(|&s| s.to_owned()).collect();
+    cart.sort();
+    cart
+}
+
+/// Binds `name` on `addr`, retrying while the port is still held (the old
+/// listener closing, or a socket in TIME_WAIT).
+async fn bind_retrying(name: &str, addr: SocketAddr) -> TcpTransport {
+    let deadline = tokio::time::Instant::now() + WAIT_MAX;
+    loop {
+        match TcpTransport::bind(name, addr).await {
+            Ok(transport) => return transport,
+            Err(error) if tokio::time::Instant::now() < deadline => {
+                assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse, "{error}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(error) => panic!("cannot bind {addr} again: {error}"),
+        }
+    }
+}
+
+/// Tokyo and Frankfurt, peered over TCP.
+async fn tokyo_and_frankfurt() -> (TcpTransport, TcpTransport) {
+    let tokyo = TcpTransport::bind(TOKYO, localhost()).await.unwrap();
+    let frankfurt = TcpTransport::bind(FRANKFURT, localhost()).await.unwrap();
+    tokyo.add_peer(FRANKFURT, frankfurt.local_addr());
+    frankfurt.add_peer(TOKYO, tokyo.local_addr());
+    (tokyo, frankfurt)
+}
+
+async fn converged(a: &Tables, b: &Tables) -> bool {
+    a.snapshot().await == b.snapshot().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regions_converge_over_tcp() {
+    let (tokyo_tcp, frankfurt_tcp) = tokyo_and_frankfurt().await;
+    let (tokyo_handle, frankfurt_handle) = (tokyo_tcp.handle(), frankfurt_tcp.handle());
+    let tokyo = region(TOKYO, tokyo_tcp);
+    let frankfurt = region(FRANKFURT, frankfurt_tcp);
+    let (t, f) = (Tables::of(&tokyo), Tables::of(&frankfurt));
+
+    for i in 0..20 {
+        t.hit(1).await;
+        f.hit(2).await;
+        if i % 5 == 0 {
+            t.add(&format!("matcha-{i}")).await;
+            f.add(&format!("pretzel-{i}")).await;
+        }
+    }
+    let expected = (
+        60,
+        cart(&[
+            "matcha-0",
+            "matcha-5",
+            "matcha-10",
+            "matcha-15",
+            "pretzel-0",
+            "pretzel-5",
+            "pretzel-10",
+            "pretzel-15",
+        ]),
+    );
+    eventually("Tokyo to have every write", || async {
+        t.snapshot().await == expected
+    })
+    .await;
+    eventually("Frankfurt to have every write", || async {
+        f.snapshot().await == expected
+    })
+    .await;
+    eventually("equal applied vectors", || async {
+        tokyo.applied() == frankfurt.applied()
+    })
+    .await;
+
+    let (ts, fs) = (tokyo_handle.stats(), frankfurt_handle.stats());
+    assert_eq!(ts.connections_dialed, 1, "{ts:?}");
+    assert_eq!(fs.connections_accepted, 1, "{fs:?}");
+    assert_eq!(fs.connections_refused, 0, "{fs:?}");
+    assert!(
+        ts.frames_sent > 0 && fs.frames_received > 0,
+        "{ts:?} {fs:?}"
+    );
+    assert_eq!(tokyo.stats().rejected_frames, 0);
+    assert_eq!(frankfurt.stats().rejected_frames, 0);
+    assert_eq!(tokyo_handle.peers(), vec![FRANKFURT.to_owned()]);
+    tokyo.shutdown().await;
+    frankfurt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_peer_reconnects_and_catches_up() {
+    let (tokyo_tcp, frankfurt_tcp) = tokyo_and_frankfurt().await;
+    let tokyo_handle = tokyo_tcp.handle();
+    let frankfurt_addr = frankfurt_tcp.local_addr();
+    let tokyo = region(TOKYO, tokyo_tcp);
+    let frankfurt = region(FRANKFURT, frankfurt_tcp);
+    let (t, f) = (Tables::of(&tokyo), Tables::of(&frankfurt));
+    t.hit(1).await;
+    f.hit(10).await;
+    f.add("pretzel").await;
+    eventually("the first replication", || converged(&t, &f)).await;
+    assert_eq!(t.snapshot().await, (11, cart(&["pretzel"])));
+
+    // Frankfurt goes away: its engine stops and drops the transport, which
+    // closes the listener and the connection.
+    frankfurt.shutdown().await;
+    drop((f, frankfurt));
+    eventually("Tokyo to see Frankfurt down", || async {
+        tokyo.stats().peers.iter().all(|p| !p.connected)
+    })
+    .await;
+
+    // Writes while it is away, then it comes back on the same address.
+    t.hit(100).await;
+    t.add("matcha").await;
+    let frankfurt_tcp = bind_retrying(FRANKFURT, frankfurt_addr).await;
+    assert_eq!(frankfurt_tcp.local_addr(), frankfurt_addr);
+    frankfurt_tcp.add_peer(TOKYO, tokyo_handle.local_addr());
+    let frankfurt_handle = frankfurt_tcp.handle();
+    // A restart without durable state is a new replica (fresh id).
+    let frankfurt = region(FRANKFURT, frankfurt_tcp);
+    let f = Tables::of(&frankfurt);
+
+    let expected = (111, cart(&["matcha", "pretzel"]));
+    eventually("the restarted Frankfurt to catch up", || async {
+        f.snapshot().await == expected
+    })
+    .await;
+    assert!(frankfurt.stats().syncs_completed >= 1 || tokyo.stats().syncs_completed >= 1);
+    assert!(
+        tokyo_handle.stats().connections_dialed >= 2,
+        "{:?}",
+        tokyo_handle.stats()
+    );
+    assert_eq!(frankfurt_handle.stats().connections_accepted, 1);
+
+    // And replication flows both ways again.
+    f.hit(1000).await;
+    eventually("Tokyo to get the new write", || async {
+        t.snapshot().await.0 == 1111
+    })
+    .await;
+    tokyo.shutdown().await;
+    frankfurt.shutdown().await;
+}
+
+fn hello(name: &[u8]) -> Vec<u8> {
+    let mut hello = TCP_MAGIC.to_vec();
+    hello.extend_from_slice(&TCP_PROTOCOL_VERSION.to_le_bytes());
+    hello.extend_from_slice(&u16::try_from(name.len()).unwrap().to_le_bytes());
+    hello.extend_from_slice(name);
+    hello
+}
+
+/// Connects and sends a valid hello as `name`; reads the acceptor's hello.
+async fn handshake_as(addr: SocketAddr, name: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(&hello(name.as_bytes())).await.unwrap();
+    let mut answer = vec![0; hello(FRANKFURT.as_bytes()).len()];
+    tokio::time::timeout(WAIT_MAX, stream.read_exact(&mut answer))
+        .await
+        .expect("the acceptor's hello")
+        .unwrap();
+    assert_eq!(answer, hello(FRANKFURT.as_bytes()));
+    stream
+}
+
+/// Waits for the other side to close `stream` (EOF or reset).
+async fn expect_closed(mut stream: TcpStream, what: &str) {
+    let mut buf = [0; 256];
+    let closed = tokio::time::timeout(WAIT_MAX, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {} // Frankfurt's hello, if it sent one
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "{what}: the connection was not closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_connections_are_refused_and_nothing_is_touched() {
+    let (tokyo_tcp, frankfurt_tcp) = tokyo_and_frankfurt().await;
+    frankfurt_tcp.add_peer(GHOST, "127.0.0.1:9".parse().unwrap());
+    let addr = frankfurt_tcp.local_addr();
+    let handle: TcpHandle = frankfurt_tcp.handle();
+    let tokyo = region(TOKYO, tokyo_tcp);
+    let frankfurt = region(FRANKFURT, frankfurt_tcp);
+    let (t, f) = (Tables::of(&tokyo), Tables::of(&frankfurt));
+    t.hit(3).await;
+    t.add("matcha").await;
+    f.add("pretzel").await;
+    eventually("the first replication", || converged(&t, &f)).await;
+    let before = f.snapshot().await;
+    let applied_before = frankfurt.applied();
+    let rejected_before = frankfurt.stats().rejected_frames;
+
+    // (a) Garbage instead of a hello.
+    let mut garbage = TcpStream::connect(addr).await.unwrap();
+    garbage
+        .write_all(b"GET / HTTP/1.1\r\nHost: eu-central\r\n\r\n")
+        .await
+        .unwrap();
+    expect_closed(garbage, "garbage").await;
+    eventually("(a) counted as refused", || async {
+        handle.stats().connections_refused == 1
+    })
+    .await;
+
+    // (b) A valid hello from a region nobody configured.
+    let mut stranger = TcpStream::connect(addr).await.unwrap();
+    stranger.write_all(&hello(b"mallory")).await.unwrap();
+    expect_closed(stranger, "unknown name").await;
+    eventually("(b) counted as refused", || async {
+        handle.stats().connections_refused == 2
+    })
+    .await;
+
+    // (c) A known name, then a length prefix of u32::MAX.
+    let mut huge = handshake_as(addr, GHOST).await;
+    huge.write_all(&u32::MAX.to_le_bytes()).await.unwrap();
+    expect_closed(huge, "u32::MAX length").await;
+    eventually("(c) counted as a refused frame", || async {
+        handle.stats().frames_refused == 1
+    })
+    .await;
+
+    // (d) A known name, then a well-framed frame of random bytes.
+    let mut random = handshake_as(addr, GHOST).await;
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    let frame: Vec<u8> = (0..200)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    let mut framed = u32::try_from(frame.len()).unwrap().to_le_bytes().to_vec();
+    framed.extend_from_slice(&frame);
+    random.write_all(&framed).await.unwrap();
+    eventually("(d) rejected by the engine", || async {
+        frankfurt.stats().rejected_frames == rejected_before + 1
+    })
+    .await;
+    drop(random);
+
+    // Nothing was touched, and Frankfurt still serves and replicates.
+    assert_eq!(f.snapshot().await, before);
+    assert_eq!(frankfurt.applied(), applied_before);
+    let stats = handle.stats();
+    assert_eq!(stats.connections_refused, 2, "{stats:?}");
+    assert_eq!(stats.frames_refused, 1, "{stats:?}");
+    assert_eq!(stats.connections_accepted, 3, "{stats:?}"); // Tokyo, (c), (d)
+    t.hit(4).await;
+    t.add("yuzu").await;
+    f.hit(5).await;
+    let expected = (12, cart(&["matcha", "pretzel", "yuzu"]));
+    eventually("Tokyo to converge after the attacks", || async {
+        t.snapshot().await == expected
+    })
+    .await;
+    eventually("Frankfurt to converge after the attacks", || async {
+        f.snapshot().await == expected
+    })
+    .await;
+    assert_eq!(tokyo.stats().rejected_frames, 0);
+    assert_eq!(frankfurt.stats().rejected_frames, rejected_before + 1);
+    tokyo.shutdown().await;
+    frankfurt.shutdown().await;
+}
