@@ -68,7 +68,7 @@
 //! | [`region`] | the engine: regions, CRDT and resolver tables, session reads, stats |
 //! | [`resolve`] | versioned plain values, resolvers, the conflict audit feed |
 //! | [`session`] | session tokens and the four session guarantees: read-your-writes across regions |
-//! | [`transport`] | the `Transport` trait; an in-process mesh with fault injection |
+//! | [`transport`] | the `Transport` trait; an in-process mesh with fault injection; TCP |
 //! | [`wire`] | the versioned codec every byte goes through |
 //! | `testing` | (feature `testing`) proptest law checks for your own CRDTs |
 //!
@@ -77,7 +77,8 @@
 //! recorded in an audit feed ([`resolve`]). A session token names the writes
 //! a client has made or seen, so any region can tell whether it may serve
 //! that client's read ([`session`]). The [`region`] engine wires replicas
-//! together over a [`transport`]: in-process channels today, TCP next.
+//! together over a [`transport`]: in-process channels (with fault injection,
+//! for tests) or TCP between machines.
 
 #![warn(missing_docs)]
 
