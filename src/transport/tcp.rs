@@ -92,9 +92,8 @@ pub const TCP_PROTOCOL_VERSION: u16 = 1;
 ///   then the peer's frames in order, then [`TransportEvent::Down`] when the
 ///   connection ends. A new connection from a peer already connected
 ///   replaces the old one: the engine sees `Down` for the old one, then `Up`
-///   for the new one, never the other way round (a frame the old one had
-///   already read may still follow; the engine takes duplicates and late
-///   frames in its stride).
+///   for the new one, never the other way round, and no frame of the old
+///   one after that `Up` (what it had read but not delivered is dropped).
 /// - **`send` never waits.** Each connection has a queue of
 ///   [`TcpTransport::SEND_QUEUE_FRAMES_MAX`] frames, drained by a writer that
 ///   batches them into few writes (flushing when the queue is empty;
@@ -117,6 +116,23 @@ pub const TCP_PROTOCOL_VERSION: u16 = 1;
 ///   can claim a configured peer's name (its connection then replaces the
 ///   real peer's until that one reconnects). Run it on a private network or
 ///   inside a tunnel (WireGuard, mTLS sidecar).
+///
+/// # Known limits
+///
+/// - A host that holds all [`TcpTransport::HANDSHAKES_PENDING_MAX`]
+///   handshake slots with idle connections keeps real peers out (there is
+///   no per-address limit).
+/// - Memory held is bounded in frames, not bytes: up to
+///   [`TcpTransport::EVENTS_LEN_MAX`] received and
+///   [`TcpTransport::SEND_QUEUE_FRAMES_MAX`] queued frames per peer, each up
+///   to `FRAME_BYTES_MAX`.
+/// - A connection whose peer vanished without closing it is noticed only
+///   when TCP gives up on a write (no keepalive, no idle timeout).
+/// - Dropping the transport stops its tasks the next time the runtime runs
+///   them: the port is free once the runtime has polled the listener's task
+///   again, not at the drop itself.
+/// - `frames_sent` counts frames handed to the socket's buffer; frames lost
+///   in it when a connection fails are not counted as dropped.
 pub struct TcpTransport {
     handle: TcpHandle,
     events: mpsc::Receiver<TransportEvent>,
@@ -484,14 +500,28 @@ impl Shared {
         Some(killed)
     }
 
+    /// Reports a frame of connection `id` from `peer`, unless that
+    /// connection was replaced: the check and the send happen under the
+    /// lock `install` reports under, so no frame of a replaced connection
+    /// follows its successor's `Up`. False once it was replaced.
+    async fn deliver(&self, peer: &str, id: u64, frame: Vec<u8>) -> bool {
+        let Ok(permit) = self.events.reserve().await else {
+            return false;
+        };
+        let peers = self.lock();
+        if !is_current(&peers, peer, id) {
+            return false;
+        }
+        permit.send(TransportEvent::Frame {
+            from: peer.to_owned(),
+            frame,
+        });
+        true
+    }
+
     /// Reports `peer` `Down` if `id` is still its connection.
     async fn uninstall(&self, peer: &str, id: u64) {
-        let current = |peers: &BTreeMap<String, Peer>| {
-            peers
-                .get(peer)
-                .and_then(|p| p.connection.as_ref())
-                .is_some_and(|c| c.id == id)
-        };
+        let current = |peers: &BTreeMap<String, Peer>| is_current(peers, peer, id);
         if !current(&self.lock()) {
             return; // replaced: its successor owns the peer's state
         }
@@ -521,6 +551,14 @@ impl Shared {
             None
         }
     }
+}
+
+/// True when `id` is the connection to `peer`.
+fn is_current(peers: &BTreeMap<String, Peer>, peer: &str, id: u64) -> bool {
+    peers
+        .get(peer)
+        .and_then(|p| p.connection.as_ref())
+        .is_some_and(|c| c.id == id)
 }
 
 /// Why a handshake failed.
@@ -714,7 +752,7 @@ async fn run_connection(shared: &Shared, peer: &str, stream: TcpStream) {
     tracing::info!(region = %shared.name, peer, "connected");
     let (read, write) = stream.into_split();
     let reason = tokio::select! {
-        reason = read_frames(shared, peer, read) => reason,
+        reason = read_frames(shared, peer, id, read) => reason,
         reason = write_frames(shared, &mut queue, write) => reason,
         _ = killed => "replaced or closed locally".to_owned(),
     };
@@ -729,7 +767,7 @@ async fn run_connection(shared: &Shared, peer: &str, stream: TcpStream) {
 }
 
 /// Reads frames until the connection ends; returns why it did.
-async fn read_frames(shared: &Shared, peer: &str, read: OwnedReadHalf) -> String {
+async fn read_frames(shared: &Shared, peer: &str, id: u64, read: OwnedReadHalf) -> String {
     const READ_BUFFER_BYTES: usize = 64 * 1024;
     let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, read);
     loop {
@@ -764,12 +802,8 @@ async fn read_frames(shared: &Shared, peer: &str, read: OwnedReadHalf) -> String
         }
         Counters::bump(&shared.counters.frames_received, 1);
         Counters::bump(&shared.counters.bytes_received, limit);
-        let event = TransportEvent::Frame {
-            from: peer.to_owned(),
-            frame,
-        };
-        if shared.events.send(event).await.is_err() {
-            return "transport closed".to_owned();
+        if !shared.deliver(peer, id, frame).await {
+            return "replaced, or the transport closed".to_owned();
         }
     }
 }
