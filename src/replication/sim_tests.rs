@@ -31,12 +31,13 @@
 //!
 //! ```text
 //! SIM_SEEDS=2000 cargo test --lib sim::three_cores       # seeds 1 to 2000
-//! SIM_FROM=17 SIM_SEEDS=1 SIM_LOG=1 cargo test --lib sim::three_cores -- --nocapture
+//! SIM_FROM=17 SIM_SEEDS=1 SIM_LOG=1 cargo test --lib sim::three_cores
 //! SIM_FUZZ=1000000 cargo test --lib sim::mutated_frames
 //! SIM_NO_PERIODIC_AE=1 SIM_SEEDS=1000 cargo test --lib sim::three_cores
 //! ```
 //!
-//! `SIM_LOG` traces every step of the seeds run. `SIM_NO_PERIODIC_AE` sets
+//! `SIM_LOG` records every step of the seeds run, and a failing seed's
+//! report ends with its trace (the crate prints nothing itself). `SIM_NO_PERIODIC_AE` sets
 //! the anti-entropy interval to a year: the cores must then converge through
 //! acknowledgements, retransmission and the exchanges that repairs and
 //! reconnections start. `three_cores_converge_through_repairs_alone` runs
@@ -159,16 +160,19 @@ struct Sim {
     elapsed: Duration,
     /// Every write made, per origin, in sequence order.
     made: [Vec<Made>; 3],
-    log: bool,
+    /// The trace of every step, when asked for (`SIM_LOG`).
+    log: Option<std::cell::RefCell<String>>,
 }
 
 impl Sim {
     fn new(rng: &mut Rng, periodic_sync: bool, log: bool) -> Sim {
+        let log = log.then(|| std::cell::RefCell::new(String::new()));
         let cores = (0..3)
             .map(|i| {
                 let config = config(rng, periodic_sync);
-                if log {
-                    eprintln!("{}: {config:?}", NAMES[i]);
+                if let Some(log) = &log {
+                    log.borrow_mut()
+                        .push_str(&format!("{}: {config:?}\n", NAMES[i]));
                 }
                 core(NAMES[i], i as u32 + 1, config, &TABLES)
             })
@@ -193,8 +197,9 @@ impl Sim {
     }
 
     fn trace(&self, what: impl FnOnce() -> String) {
-        if self.log {
-            eprintln!("{:>9.3}s {}", self.elapsed.as_secs_f64(), what());
+        if let Some(log) = &self.log {
+            let line = format!("{:>9.3}s {}\n", self.elapsed.as_secs_f64(), what());
+            log.borrow_mut().push_str(&line);
         }
     }
 
@@ -522,16 +527,18 @@ fn describe(message: &Message) -> String {
 /// One seed: random steps with the invariants checked after each, then
 /// healing. The error says what broke, and when.
 fn run(seed: u64, periodic_sync: bool, log: bool) -> Result<(), String> {
-    if log {
-        eprintln!("seed {seed}");
-    }
     let mut rng = Rng(seed);
     let mut sim = Sim::new(&mut rng, periodic_sync, log);
-    for step in 0..STEPS {
-        sim.step(&mut rng);
-        sim.check().map_err(|e| format!("step {step}: {e}"))?;
-    }
-    sim.heal()
+    let result = (0..STEPS)
+        .try_for_each(|step| {
+            sim.step(&mut rng);
+            sim.check().map_err(|e| format!("step {step}: {e}"))
+        })
+        .and_then(|()| sim.heal());
+    result.map_err(|error| match &sim.log {
+        Some(log) => format!("{error}\ntrace of seed {seed}:\n{}", log.borrow()),
+        None => error,
+    })
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
