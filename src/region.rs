@@ -186,6 +186,54 @@ pub enum RegionError {
     },
 }
 
+/// Why a region refused a peer's handshake: the peer's frames are ignored
+/// until it connects again with an identity that fits. Each refusal is
+/// counted in [`RegionStats::refused_handshakes`], kept in
+/// [`PeerStats::refused`] and logged at `warn`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HandshakeRefusal {
+    /// The peer presented this region's own replica id: two replicas with
+    /// one id would mint the same dots for different writes.
+    #[error("peer presents our own replica id {replica}")]
+    OurReplicaId {
+        /// The id both claim.
+        replica: ReplicaId,
+    },
+    /// Another peer already holds this replica id.
+    #[error("replica id {replica} already belongs to peer {holder:?}")]
+    IdOfAnotherPeer {
+        /// The id both claim.
+        replica: ReplicaId,
+        /// The peer that presented it first.
+        holder: String,
+    },
+    /// The peer presented an incarnation older than one it presented
+    /// before: an old process (or a copy of its storage) still running next
+    /// to its successor.
+    #[error("replica {replica} presents incarnation {presented}, older than {known}")]
+    StaleIncarnation {
+        /// Its replica id.
+        replica: ReplicaId,
+        /// The incarnation we saw before.
+        known: u64,
+        /// The incarnation it presents now.
+        presented: u64,
+    },
+    /// We applied more of the peer's writes than it says it has made: it
+    /// restarted without the state behind its replica id (a pinned id
+    /// without storage, or storage restored from an old copy), so its next
+    /// writes would reuse dots we hold for other writes.
+    #[error("replica {replica} says it made {presented} writes; we applied {applied} of them")]
+    WritesRegressed {
+        /// Its replica id.
+        replica: ReplicaId,
+        /// Its writes we applied.
+        applied: u64,
+        /// Its writes it says it made.
+        presented: u64,
+    },
+}
+
 /// What a mutator knows about the write it makes.
 #[derive(Clone)]
 pub struct WriteCtx<'a> {
@@ -487,6 +535,9 @@ impl Region {
             .map(|(name, p)| PeerStats {
                 name: name.clone(),
                 connected: p.connected,
+                replica: p.replica,
+                incarnation: p.incarnation,
+                refused: p.refused.clone(),
                 unacknowledged: core.seq.saturating_sub(p.acked),
                 behind: p
                     .replica
@@ -523,6 +574,8 @@ impl Region {
             outbox_overflows: c.outbox_overflows,
             syncs_completed: c.syncs_completed,
             sync_states_received: c.sync_states_received,
+            refused_handshakes: c.refused_handshakes,
+            stale_frames: c.stale_frames,
             peers,
             tables,
         }
@@ -897,6 +950,13 @@ pub struct RegionStats {
     pub syncs_completed: u64,
     /// Key states received through anti-entropy.
     pub sync_states_received: u64,
+    /// Peer handshakes refused (see [`HandshakeRefusal`]).
+    pub refused_handshakes: u64,
+    /// Frames ignored, not refused: late frames of a peer's earlier
+    /// incarnation, acknowledgements and batches that arrived before a
+    /// restarted peer's hello (the peer sends them again), and frames of a
+    /// refused peer.
+    pub stale_frames: u64,
     /// Each peer.
     pub peers: Vec<PeerStats>,
     /// Each table.
@@ -910,6 +970,13 @@ pub struct PeerStats {
     pub name: String,
     /// Whether the transport reports it reachable.
     pub connected: bool,
+    /// The replica id its handshake (or, before one, its first batch)
+    /// presented.
+    pub replica: Option<ReplicaId>,
+    /// The incarnation its last accepted handshake presented.
+    pub incarnation: Option<u64>,
+    /// Why its handshake on the current connection was refused.
+    pub refused: Option<HandshakeRefusal>,
     /// Our writes it has not acknowledged.
     pub unacknowledged: u64,
     /// Its writes we know of and have not applied.

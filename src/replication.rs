@@ -112,7 +112,8 @@ pub(crate) async fn run<T: Transport>(
                 let mut core = shared.lock();
                 core.check_retransmit(now);
                 core.expire_syncs(now);
-                let mut out = core.take_batches(now);
+                let mut out = core.due_hellos(now);
+                out.extend(core.take_batches(now));
                 // Anti-entropy keeps running while shutting down: peers whose
                 // outbox was dropped are repaired before we go.
                 out.extend(core.due_syncs(now));

@@ -13,7 +13,7 @@ use super::outbox::{Append, Outbox};
 use super::store::{DIGEST_BUCKETS, TableStore, UndeclaredStore, stable_hash};
 use crate::clock::{Dot, Hlc, ReplicaId, Timestamp, VersionVector};
 use crate::hash::FastMap;
-use crate::region::RegionConfig;
+use crate::region::{HandshakeRefusal, RegionConfig};
 use crate::session::SessionToken;
 use crate::wire;
 
@@ -59,6 +59,19 @@ pub(crate) struct PeerState {
     /// (session, our writes it covers, when it left). A repair is over only
     /// once the push is known to have arrived.
     pub(crate) push_pending: Option<(u64, u64, Instant)>,
+    /// The incarnation of `replica` its last hello presented.
+    pub(crate) incarnation: Option<u64>,
+    /// Its hello arrived on the current connection.
+    pub(crate) greeted: bool,
+    /// When we last sent it our hello on the current connection.
+    pub(crate) hello_at: Option<Instant>,
+    /// Why its hello on the current connection was refused: its frames are
+    /// ignored until it connects again.
+    pub(crate) refused: Option<HandshakeRefusal>,
+    /// Replica ids its earlier incarnations had (newest last, at most
+    /// [`FORMER_IDS_MAX`]): their late frames are ignored, not refused, and
+    /// no other peer may present them.
+    pub(crate) former: Vec<ReplicaId>,
 }
 
 impl PeerState {
@@ -82,9 +95,24 @@ impl PeerState {
             needs_sync: false,
             last_sync: None,
             push_pending: None,
+            incarnation: None,
+            greeted: false,
+            hello_at: None,
+            refused: None,
+            former: Vec::new(),
         }
     }
+
+    /// The peer speaks the handshake but has not greeted us on this
+    /// connection yet: what it sends may still come from an incarnation we
+    /// are about to replace.
+    fn unconfirmed(&self) -> bool {
+        self.incarnation.is_some() && !self.greeted
+    }
 }
+
+/// Former replica ids kept per peer.
+const FORMER_IDS_MAX: usize = 16;
 
 /// A batch received before the writes it depends on.
 pub(crate) struct Buffered {
@@ -151,6 +179,8 @@ pub(crate) struct TableSlot {
 pub(crate) struct Core {
     pub(crate) name: String,
     pub(crate) replica: ReplicaId,
+    /// How many times this replica has started (its hello says so).
+    pub(crate) incarnation: u64,
     pub(crate) config: RegionConfig,
     pub(crate) hlc: Arc<Hlc>,
     /// Local writes made.
@@ -205,6 +235,11 @@ pub(crate) struct Counters {
     pub(crate) outbox_overflows: u64,
     pub(crate) syncs_completed: u64,
     pub(crate) sync_states_received: u64,
+    /// Hellos refused (each distinct refusal of a connection once).
+    pub(crate) refused_handshakes: u64,
+    /// Frames ignored as coming from a peer's earlier incarnation, or
+    /// before its hello, or from a refused peer.
+    pub(crate) stale_frames: u64,
 }
 
 impl Core {
@@ -217,6 +252,7 @@ impl Core {
         Core {
             name,
             replica,
+            incarnation: 1,
             config,
             hlc,
             seq: 0,
@@ -367,6 +403,10 @@ impl Core {
         peer.push_pending = None; // a push in flight may be lost
         peer.progress_at = now;
         peer.last_contact = Some(now);
+        // A new connection: the peer greets us again (it may be a new
+        // incarnation), and a refusal is reconsidered at its hello.
+        peer.greeted = false;
+        peer.refused = None;
         if !was {
             tracing::info!(region = %self.name, peer = name, "peer connected");
         }
@@ -374,10 +414,189 @@ impl Core {
         self.answered_last.remove(name);
         // One side starts the exchange (it repairs both): the one with the
         // smaller name, or the one that knows the other needs repair.
-        if self.initiates_sync(name) {
+        let mut out = if self.initiates_sync(name) {
             self.start_sync(name, now)
         } else {
             Vec::new()
+        };
+        out.push(self.hello(name, false, now));
+        out
+    }
+
+    /// Our hello to `peer`.
+    fn hello(&mut self, peer: &str, reply: bool, now: Instant) -> (String, Message) {
+        if !reply {
+            self.peer(peer, now).hello_at = Some(now);
+        }
+        (
+            peer.to_owned(),
+            Message::Hello {
+                replica: self.replica,
+                incarnation: self.incarnation,
+                seq: self.seq,
+                applied: self.applied.clone(),
+                reply,
+            },
+        )
+    }
+
+    /// Our hello again to connected peers that have not greeted us within
+    /// `ack_timeout` of the last one (it or their answer was lost).
+    pub(crate) fn due_hellos(&mut self, now: Instant) -> Outgoing {
+        let timeout = self.config.ack_timeout;
+        let due: Vec<String> = self
+            .peers
+            .iter()
+            // A refused peer is asked again too: its answer is checked anew
+            // (a refusal for regressed writes may come from a hello that
+            // was overtaken by the peer's later writes).
+            .filter(|(_, p)| {
+                p.connected
+                    && !p.greeted
+                    && p.hello_at.is_none_or(|t| now.duration_since(t) >= timeout)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        due.into_iter()
+            .map(|name| self.hello(&name, false, now))
+            .collect()
+    }
+
+    /// Why a hello presenting `replica`, `incarnation` and `seq` from
+    /// `from` must be refused, if it must. Regressed writes are checked
+    /// only for a new incarnation (or replica): an incarnation's writes
+    /// only grow, so a lower `seq` from the one we know is an old hello.
+    fn check_hello(
+        &self,
+        from: &str,
+        replica: ReplicaId,
+        incarnation: u64,
+        seq: u64,
+    ) -> Option<HandshakeRefusal> {
+        if replica == self.replica {
+            return Some(HandshakeRefusal::OurReplicaId { replica });
+        }
+        if let Some((holder, _)) = self.peers.iter().find(|(name, p)| {
+            name.as_str() != from && (p.replica == Some(replica) || p.former.contains(&replica))
+        }) {
+            return Some(HandshakeRefusal::IdOfAnotherPeer {
+                replica,
+                holder: holder.clone(),
+            });
+        }
+        if let Some(peer) = self.peers.get(from) {
+            if peer.former.contains(&replica) {
+                // An earlier incarnation of this peer, still running.
+                return Some(HandshakeRefusal::StaleIncarnation {
+                    replica,
+                    known: peer.incarnation.unwrap_or(0),
+                    presented: incarnation,
+                });
+            }
+            if let (Some(bound), Some(known)) = (peer.replica, peer.incarnation) {
+                if bound == replica && incarnation < known {
+                    return Some(HandshakeRefusal::StaleIncarnation {
+                        replica,
+                        known,
+                        presented: incarnation,
+                    });
+                }
+            }
+        }
+        let same = self
+            .peers
+            .get(from)
+            .is_some_and(|p| p.replica == Some(replica) && p.incarnation == Some(incarnation));
+        let applied = self.applied.get(replica);
+        if !same && applied > seq {
+            return Some(HandshakeRefusal::WritesRegressed {
+                replica,
+                applied,
+                presented: seq,
+            });
+        }
+        None
+    }
+
+    /// A peer's hello: binds its name to its replica id and incarnation for
+    /// this connection. A new incarnation (a restart) or a new replica id
+    /// (a restart without storage) resets what we keep about the peer: its
+    /// binding, our cursor (to what it says it holds of ours, so what it
+    /// lacks is sent again at once) and batches buffered from its former
+    /// replica.
+    #[allow(clippy::too_many_arguments)]
+    fn on_hello(
+        &mut self,
+        from: &str,
+        replica: ReplicaId,
+        incarnation: u64,
+        seq: u64,
+        applied: &VersionVector,
+        reply: bool,
+        now: Instant,
+    ) -> Outgoing {
+        if let Some(refusal) = self.check_hello(from, replica, incarnation, seq) {
+            let peer = self.peer(from, now);
+            peer.greeted = false;
+            if peer.refused.as_ref() != Some(&refusal) {
+                peer.refused = Some(refusal.clone());
+                self.counters.refused_handshakes += 1;
+                tracing::warn!(region = %self.name, peer = from, %refusal, "rejected input: handshake refused");
+            }
+            return Vec::new();
+        }
+        let ours = applied.get(self.replica).min(self.seq);
+        let name = self.name.clone();
+        let peer = self.peer(from, now);
+        if peer.refused.take().is_some() {
+            tracing::info!(region = %name, peer = from, "handshake accepted after an earlier refusal");
+        }
+        let new_replica = peer.replica != Some(replica);
+        let new_incarnation = new_replica || peer.incarnation != Some(incarnation);
+        if new_incarnation {
+            if new_replica {
+                if let Some(old) = peer.replica {
+                    if peer.former.len() == FORMER_IDS_MAX {
+                        peer.former.remove(0);
+                    }
+                    peer.former.push(old);
+                }
+                peer.its_seq_seen = 0;
+            }
+            let first = peer.incarnation.is_none() && peer.replica.is_none();
+            peer.replica = Some(replica);
+            peer.incarnation = Some(incarnation);
+            // Its cursor restarts from what it holds of ours.
+            peer.acked = ours;
+            peer.sent = ours;
+            peer.push_pending = None;
+            peer.progress_at = now;
+            if first {
+                tracing::debug!(region = %name, peer = from, %replica, incarnation, "peer identified");
+            } else {
+                tracing::info!(region = %name, peer = from, %replica, incarnation, holds_of_ours = ours, "peer restarted: its binding and cursor are reset");
+            }
+        } else {
+            // The same incarnation reconnecting: resend what it lacks.
+            peer.acked = peer.acked.max(ours);
+            peer.sent = peer.acked;
+        }
+        peer.its_seq_seen = peer.its_seq_seen.max(seq);
+        peer.greeted = true;
+        if new_replica {
+            // Batches of its former replica wait for writes nobody will send.
+            let before = self.buffer.len();
+            self.buffer
+                .retain(|b| b.from != from || b.origin == replica);
+            if self.buffer.len() != before {
+                self.buffer_bytes = self.buffer.iter().map(Buffered::size).sum();
+            }
+        }
+        self.truncate_log();
+        if reply {
+            Vec::new()
+        } else {
+            vec![self.hello(from, true, now)]
         }
     }
 
@@ -385,6 +604,7 @@ impl Core {
         let peer = self.peer(name, now);
         let was = peer.connected;
         peer.connected = false;
+        peer.greeted = false;
         if was {
             tracing::info!(region = %self.name, peer = name, "peer disconnected");
         }
@@ -454,7 +674,22 @@ impl Core {
     // ----- receiving ------------------------------------------------------------
 
     pub(crate) fn on_message(&mut self, from: &str, message: Message, now: Instant) -> Outgoing {
-        self.peer(from, now).last_contact = Some(now);
+        let peer = self.peer(from, now);
+        peer.last_contact = Some(now);
+        if let Message::Hello {
+            replica,
+            incarnation,
+            seq,
+            applied,
+            reply,
+        } = message
+        {
+            return self.on_hello(from, replica, incarnation, seq, &applied, reply, now);
+        }
+        if peer.refused.is_some() {
+            self.counters.stale_frames += 1;
+            return Vec::new();
+        }
         match message {
             Message::Batch {
                 origin,
@@ -478,8 +713,13 @@ impl Core {
                 sent_at,
                 now,
             ),
+            Message::Hello { .. } => unreachable!("handled above"),
             Message::Ack { origin, applied } => {
-                if origin == self.replica {
+                // An ack before the peer's hello may come from an
+                // incarnation its hello is about to replace.
+                if self.peers[from].unconfirmed() {
+                    self.counters.stale_frames += 1;
+                } else if origin == self.replica {
                     let applied = applied.min(self.seq);
                     let peer = self.peers.get_mut(from).expect("touched above");
                     if applied > peer.acked {
@@ -560,7 +800,17 @@ impl Core {
             self.reject(from, &why);
             return Vec::new();
         }
-        // A peer speaks for one origin only: itself.
+        // A peer speaks for one origin only: itself. A batch before its
+        // hello on this connection (it may be a new incarnation whose hello
+        // is late) or of a replica id it had before (a late frame of its
+        // previous process) is ignored, not refused: the origin resends.
+        if let Some(peer) = self.peers.get(from) {
+            if peer.unconfirmed() || peer.former.contains(&origin) {
+                tracing::debug!(region = %self.name, peer = from, ?origin, "ignored a batch from the peer's earlier incarnation or before its hello");
+                self.counters.stale_frames += 1;
+                return Vec::new();
+            }
+        }
         if self
             .peers
             .get(from)

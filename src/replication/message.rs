@@ -182,6 +182,26 @@ pub(crate) enum Message {
     /// Anti-entropy, step 4: "I merged your push of `session`". Until it
     /// arrives, the exchange's starter counts a repair as pending.
     SyncDone { session: u64 },
+    /// The engine's handshake, sent by both sides when a connection comes
+    /// up (and again until answered): who this region is and what it holds.
+    /// The receiver binds the sending peer's name to `replica` for the
+    /// connection's life; a new `incarnation` (or a new `replica`) resets
+    /// what it keeps about the peer instead of refusing its batches.
+    Hello {
+        /// The sender's replica id.
+        replica: ReplicaId,
+        /// How many times the sender's replica has started (1 for a region
+        /// without storage).
+        incarnation: u64,
+        /// Local writes the sender has made: a peer that applied more of
+        /// them than this knows the sender lost writes it had shipped.
+        seq: u64,
+        /// What the sender has applied: the receiver reads only its own
+        /// entry (how much of its writes the sender holds).
+        applied: VersionVector,
+        /// True for the answer to a hello: no answer is due.
+        reply: bool,
+    },
 }
 
 #[cfg(test)]

@@ -265,7 +265,8 @@ impl Sim {
         let core = &mut self.cores[i];
         core.check_retransmit(now);
         core.expire_syncs(now);
-        let mut out = core.take_batches(now);
+        let mut out = core.due_hellos(now);
+        out.extend(core.take_batches(now));
         out.extend(core.due_syncs(now));
         self.send(i, out);
     }
@@ -477,8 +478,10 @@ impl Sim {
             );
             for (peer, p) in &core.peers {
                 out += &format!(
-                    "  {peer}: connected {} acked {} sent {} needs_sync {} push_pending {:?}\n",
+                    "  {peer}: connected {} greeted {} refused {:?} acked {} sent {} needs_sync {} push_pending {:?}\n",
                     p.connected,
+                    p.greeted,
+                    p.refused,
                     p.acked,
                     p.sent,
                     p.needs_sync,
@@ -521,6 +524,13 @@ fn describe(message: &Message) -> String {
             message::count_entries(&entries.0, tables.len()).unwrap_or(0),
         ),
         Message::SyncDone { session } => format!("SyncDone #{session}"),
+        Message::Hello {
+            replica,
+            incarnation,
+            seq,
+            reply,
+            ..
+        } => format!("Hello {replica:?} #{incarnation} seq {seq} reply {reply}"),
     }
 }
 
