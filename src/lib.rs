@@ -90,6 +90,7 @@ pub mod region;
 pub(crate) mod replication;
 pub mod resolve;
 pub mod session;
+pub mod storage;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod transport;

@@ -86,9 +86,10 @@ use crate::clock::{Hlc, PhysicalClock, ReplicaId, Stamp, SystemClock, VersionVec
 use crate::crdt::Crdt;
 use crate::replication::core::{Core, TableSlot};
 use crate::replication::store::{CrdtStore, Merger};
-use crate::replication::{self, Command, Shared};
+use crate::replication::{self, Command, DurableMark, Shared};
 use crate::resolve::{ConflictFeed, Resolution, Resolver, VersionSet};
 use crate::session::{Missing, Session, SessionToken};
+use crate::storage::{Commit, Identity, Storage, StorageError};
 use crate::transport::Transport;
 use crate::wire::{self, WireError};
 
@@ -131,6 +132,8 @@ pub struct RegionConfig {
     pub session_wait_max: Duration,
     /// Longest [`Region::shutdown`] waits for acknowledgements.
     pub shutdown_wait_max: Duration,
+    /// Longest a [`AckLevel::Local`] write waits for its commit.
+    pub commit_wait_max: Duration,
 }
 
 impl Default for RegionConfig {
@@ -150,6 +153,7 @@ impl Default for RegionConfig {
             sync_transfer_bytes_max: 1 << 30,
             session_wait_max: Duration::from_secs(5),
             shutdown_wait_max: Duration::from_secs(5),
+            commit_wait_max: Duration::from_secs(5),
         }
     }
 }
@@ -173,6 +177,31 @@ pub enum RegionError {
     /// A key or value could not be encoded.
     #[error("encoding: {0}")]
     Encode(#[from] WireError),
+    /// The region's storage could not be opened or read at `build`, or a
+    /// `Local` write's commit failed: the write is applied here (and will
+    /// be committed and replicated when the disk recovers) but is not
+    /// durable.
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    /// [`RegionBuilder::replica_id`] pinned an id the store does not hold.
+    #[error("the store holds replica id {stored}, the builder pinned {pinned}")]
+    PinnedReplicaId {
+        /// The id in the store.
+        stored: ReplicaId,
+        /// The id pinned.
+        pinned: ReplicaId,
+    },
+    /// A write asked for [`AckLevel::Local`] on a region without storage.
+    #[error("AckLevel::Local needs a region with storage")]
+    NoStorage,
+    /// A `Local` write's commit did not finish within `commit_wait_max`
+    /// (the engine stopped, or the disk is that slow). The write is applied
+    /// here and may still be committed.
+    #[error("the commit of a Local write did not finish within {waited:?}")]
+    CommitTimeout {
+        /// How long it waited.
+        waited: Duration,
+    },
     /// This region had not applied what the session needs within the wait
     /// bound: the read or write was refused rather than served stale.
     #[error("region {region} has not applied the session's writes after {waited:?}: {}", missing.iter().map(|m| m.to_string()).collect::<Vec<_>>().join("; "))]
@@ -273,26 +302,50 @@ impl Debug for WriteCtx<'_> {
     }
 }
 
+/// When a write returns: what it survives once acknowledged.
+///
+/// | level | returns once | survives |
+/// | --- | --- | --- |
+/// | `Memory` (default) | applied here, in memory | nothing: a crash before the next commit (or, without storage, any restart) loses it, and it reaches peers only if this process lives to send it |
+/// | `Local` | the commit that holds it is on this region's disk (group commit: one fsync covers every write waiting) | a crash or power loss of this region; it is then sent to peers after the restart |
+///
+/// With storage, a write leaves for peers only once committed, whatever
+/// its level, so a peer never holds a write this region could lose.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AckLevel {
+    /// Applied in memory.
+    #[default]
+    Memory,
+    /// Committed to this region's storage.
+    Local,
+}
+
 /// Builds a [`Region`].
 pub struct RegionBuilder {
     name: String,
     replica: Option<ReplicaId>,
+    storage: Option<Result<Box<dyn Storage>, StorageError>>,
+    ack: AckLevel,
     clock: Option<Box<dyn PhysicalClock>>,
     max_offset: Option<Duration>,
     config: RegionConfig,
     #[allow(clippy::type_complexity)]
-    engine: Option<Box<dyn FnOnce(Arc<Shared>, mpsc::Receiver<Command>) + Send>>,
+    engine: Option<
+        Box<dyn FnOnce(Arc<Shared>, mpsc::Receiver<Command>, Option<Box<dyn Storage>>) + Send>,
+    >,
 }
 
 impl RegionBuilder {
     /// Pins the replica id.
     ///
-    /// By default every build gets a fresh id ([`ReplicaId::from_name`] of
-    /// the region name and a ULID): a region that restarts without durable
-    /// state is a new replica, so it can never reuse a dot its previous
-    /// process gave out (peers would take the new writes for old ones and
-    /// drop them). Pin an id only when the region's writes counter survives
-    /// restarts, or in tests.
+    /// By default a region with storage draws its id (32 random bits) once,
+    /// when its store is created, and keeps it; a region without storage
+    /// draws a fresh one at every build, so a restart is a new replica and
+    /// can never reuse a dot its previous process gave out. Two regions
+    /// with one id are refused at the handshake
+    /// ([`HandshakeRefusal`]). Pin an id only in tests, or to create a
+    /// store with a deployment-assigned id (a store that holds another id
+    /// fails the build with [`RegionError::PinnedReplicaId`]).
     pub fn replica_id(mut self, replica: ReplicaId) -> Self {
         self.replica = Some(replica);
         self
@@ -300,9 +353,41 @@ impl RegionBuilder {
 
     /// The transport to peers. Without one, the region serves alone.
     pub fn transport<T: Transport>(mut self, transport: T) -> Self {
-        self.engine = Some(Box::new(move |shared, commands| {
-            tokio::spawn(replication::run(shared, transport, commands));
+        self.engine = Some(Box::new(move |shared, commands, storage| {
+            tokio::spawn(replication::run(shared, transport, commands, storage));
         }));
+        self
+    }
+
+    /// Keeps the region's identity and state in `storage` (see
+    /// [`storage`](crate::storage)): a restart resumes with the same
+    /// replica id, its tables, its unacknowledged writes and its clock.
+    pub fn storage(mut self, storage: impl Storage) -> Self {
+        self.storage = Some(Ok(Box::new(storage)));
+        self
+    }
+
+    /// Keeps the region's state in `dir/region.redb` ([`RedbStorage`]),
+    /// creating the directory and the file if needed; errors surface at
+    /// [`build`](RegionBuilder::build).
+    ///
+    /// [`RedbStorage`]: crate::storage::RedbStorage
+    #[cfg(feature = "redb")]
+    pub fn data_dir(mut self, dir: impl AsRef<std::path::Path>) -> Self {
+        let dir = dir.as_ref();
+        let opened = std::fs::create_dir_all(dir)
+            .map_err(|e| StorageError::Io(format!("{}: {e}", dir.display())))
+            .and_then(|()| crate::storage::RedbStorage::open(dir.join("region.redb")))
+            .map(|s| Box::new(s) as Box<dyn Storage>);
+        self.storage = Some(opened);
+        self
+    }
+
+    /// The acknowledgement level of writes through tables of this region
+    /// (default [`AckLevel::Memory`]); a table handle can set its own with
+    /// [`Table::with_ack`].
+    pub fn ack_level(mut self, ack: AckLevel) -> Self {
+        self.ack = ack;
         self
     }
 
@@ -326,15 +411,64 @@ impl RegionBuilder {
         self
     }
 
-    /// Starts the region (and its engine task, when it has a transport).
+    /// Starts the region (and its engine task, when it has a transport or
+    /// storage). With storage, first loads it and commits the new
+    /// incarnation (blocking), so every hello this region sends names an
+    /// incarnation on disk.
     ///
     /// # Errors
-    /// [`RegionError::NoRuntime`] outside a tokio runtime.
+    /// [`RegionError::NoRuntime`] outside a tokio runtime;
+    /// [`RegionError::Storage`] when the store cannot be opened or read, is
+    /// another region's or a newer format's; [`RegionError::PinnedReplicaId`].
     pub fn build(self) -> Result<Region, RegionError> {
         tokio::runtime::Handle::try_current().map_err(|_| RegionError::NoRuntime)?;
-        let replica = self.replica.unwrap_or_else(|| {
-            ReplicaId::from_name(&format!("{}#{}", self.name, ulid::Ulid::new()))
-        });
+        let mut storage = self.storage.transpose()?;
+        let (identity, snapshot) = match &mut storage {
+            Some(storage) => {
+                let snapshot = storage.load()?;
+                let identity = match &snapshot.identity {
+                    Some(stored) if stored.region != self.name => {
+                        return Err(StorageError::OtherRegion {
+                            stored: stored.region.clone(),
+                            opening: self.name.clone(),
+                        }
+                        .into());
+                    }
+                    Some(stored) => {
+                        if let Some(pinned) = self.replica.filter(|&p| p != stored.replica) {
+                            return Err(RegionError::PinnedReplicaId {
+                                stored: stored.replica,
+                                pinned,
+                            });
+                        }
+                        Identity {
+                            incarnation: stored.incarnation + 1,
+                            ..stored.clone()
+                        }
+                    }
+                    None => Identity {
+                        region: self.name.clone(),
+                        replica: self.replica.unwrap_or_else(random_replica_id),
+                        incarnation: 1,
+                    },
+                };
+                storage.commit(&Commit {
+                    identity: Some(identity.clone()),
+                    outbox_keep_from: 0,
+                    ..Commit::default()
+                })?;
+                (identity, Some(snapshot))
+            }
+            None => (
+                Identity {
+                    region: self.name.clone(),
+                    replica: self.replica.unwrap_or_else(random_replica_id),
+                    incarnation: 1,
+                },
+                None,
+            ),
+        };
+        let replica = identity.replica;
         let clock: Box<dyn PhysicalClock> = self.clock.unwrap_or_else(|| Box::new(SystemClock));
         let mut hlc = Hlc::with_clock(replica, BoxedClock(clock));
         if let Some(offset) = self.max_offset {
@@ -344,27 +478,72 @@ impl RegionBuilder {
         let config = self.config;
         let mut core = Core::new(self.name.clone(), replica, config.clone(), Arc::clone(&hlc));
         core.replicating = self.engine.is_some();
+        core.incarnation = identity.incarnation;
+        let replicating = self.engine.is_some();
+        let durable = storage.is_some();
+        if let Some(snapshot) = snapshot {
+            let keys = snapshot.states.len();
+            let unacknowledged = snapshot.outbox.len();
+            core.restore(snapshot, Instant::now())?;
+            tracing::info!(
+                region = %self.name,
+                %replica,
+                incarnation = identity.incarnation,
+                writes = core.seq,
+                keys,
+                outbox_segments = unacknowledged,
+                "region restarted from storage"
+            );
+        }
+        let durable_seq = core.seq;
         let shared = Arc::new(Shared {
             core: std::sync::Mutex::new(core),
             wake: Notify::new(),
             applied: watch::channel(0).0,
+            durable: watch::channel(DurableMark {
+                seq: durable_seq,
+                failed: None,
+            })
+            .0,
         });
         let (commands, receiver) = mpsc::channel(4);
-        let replicating = self.engine.is_some();
-        if let Some(start) = self.engine {
-            start(Arc::clone(&shared), receiver);
+        let engine = self.engine.or_else(|| {
+            durable.then(|| {
+                let name = self.name.clone();
+                Box::new(move |shared, commands, storage| {
+                    let detached = replication::Detached(name);
+                    tokio::spawn(replication::run(shared, detached, commands, storage));
+                }) as Box<dyn FnOnce(_, _, _) + Send>
+            })
+        });
+        let running = engine.is_some();
+        if let Some(start) = engine {
+            start(Arc::clone(&shared), receiver, storage);
         }
-        tracing::info!(region = %self.name, %replica, replicating, "region started");
+        tracing::info!(region = %self.name, %replica, incarnation = identity.incarnation, replicating, durable, "region started");
         Ok(Region {
             inner: Arc::new(Inner {
                 name: self.name,
                 replica,
+                incarnation: identity.incarnation,
+                durable,
+                ack: self.ack,
                 hlc,
                 config,
                 shared,
-                commands: replicating.then_some(commands),
+                commands: running.then_some(commands),
             }),
         })
+    }
+}
+
+/// 32 random bits (from a ULID's random part), never 0.
+fn random_replica_id() -> ReplicaId {
+    loop {
+        let id = ulid::Ulid::new().random() as u32;
+        if id != 0 {
+            return ReplicaId::new(id);
+        }
     }
 }
 
@@ -379,6 +558,9 @@ impl PhysicalClock for BoxedClock {
 struct Inner {
     name: String,
     replica: ReplicaId,
+    incarnation: u64,
+    durable: bool,
+    ack: AckLevel,
     hlc: Arc<Hlc>,
     config: RegionConfig,
     shared: Arc<Shared>,
@@ -406,6 +588,8 @@ impl Region {
         RegionBuilder {
             name: name.to_owned(),
             replica: None,
+            storage: None,
+            ack: AckLevel::Memory,
             clock: None,
             max_offset: None,
             config: RegionConfig::default(),
@@ -421,6 +605,12 @@ impl Region {
     /// The region's replica id.
     pub fn replica(&self) -> ReplicaId {
         self.inner.replica
+    }
+
+    /// How many times this region's replica has started: 1 without
+    /// storage, and on the first start with a new store.
+    pub fn incarnation(&self) -> u64 {
+        self.inner.incarnation
     }
 
     /// The region's hybrid logical clock.
@@ -448,6 +638,7 @@ impl Region {
             region: self.clone(),
             name,
             slot,
+            ack: self.inner.ack,
             _values: PhantomData,
         })
     }
@@ -488,6 +679,7 @@ impl Region {
             region: self.clone(),
             name: table,
             slot,
+            ack: self.inner.ack,
             resolver,
             feed,
         })
@@ -576,6 +768,11 @@ impl Region {
             sync_states_received: c.sync_states_received,
             refused_handshakes: c.refused_handshakes,
             stale_frames: c.stale_frames,
+            incarnation: core.incarnation,
+            committed: core.durable.as_ref().map(|d| d.seq),
+            commits: c.commits,
+            committed_writes: c.committed_writes,
+            commit_failures: c.commit_failures,
             peers,
             tables,
         }
@@ -603,7 +800,7 @@ impl Region {
         slot: usize,
         key: &K,
         apply: impl FnOnce(&mut V, &WriteCtx<'_>) -> V,
-    ) -> Result<SessionToken, RegionError>
+    ) -> Result<(SessionToken, u64), RegionError>
     where
         V: Crdt + Serialize + DeserializeOwned + Send + 'static,
         K: Serialize + ?Sized,
@@ -624,7 +821,7 @@ impl Region {
             let mut scratch = std::mem::take(&mut core.delta_scratch);
             scratch.clear();
             let encoded = wire::encode_bare_into(&delta, &mut scratch);
-            let token = encoded.map(|()| core.record_write(slot, key, &scratch));
+            let token = encoded.map(|()| (core.record_write(slot, key, &scratch), core.seq));
             core.delta_scratch = scratch;
             // Batches leave on the engine's tick (`batch_delay`). Waking the
             // engine from here would queue it on this task's worker thread
@@ -664,6 +861,57 @@ impl Region {
             }
             value
         })?)
+    }
+
+    /// Writes as [`write`](Region::write), then waits as `ack` asks.
+    async fn write_acked<V, K>(
+        &self,
+        slot: usize,
+        key: &K,
+        ack: AckLevel,
+        apply: impl FnOnce(&mut V, &WriteCtx<'_>) -> V,
+    ) -> Result<SessionToken, RegionError>
+    where
+        V: Crdt + Serialize + DeserializeOwned + Send + 'static,
+        K: Serialize + ?Sized,
+    {
+        if ack == AckLevel::Local && !self.inner.durable {
+            return Err(RegionError::NoStorage);
+        }
+        let (token, seq) = self.write(slot, key, apply)?;
+        if ack == AckLevel::Local {
+            self.wait_committed(seq).await?;
+        }
+        Ok(token)
+    }
+
+    /// Waits until the local write `seq` is committed, up to
+    /// `commit_wait_max`.
+    async fn wait_committed(&self, seq: u64) -> Result<(), RegionError> {
+        let started = Instant::now();
+        let deadline = started + self.inner.config.commit_wait_max;
+        let mut marks = self.inner.shared.durable.subscribe();
+        loop {
+            {
+                let mark = marks.borrow_and_update();
+                if mark.seq >= seq {
+                    return Ok(());
+                }
+                if let Some((covers, error)) = &mark.failed
+                    && *covers >= seq
+                {
+                    return Err(RegionError::Storage(error.clone()));
+                }
+            }
+            match tokio::time::timeout_at(deadline, marks.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => {
+                    return Err(RegionError::CommitTimeout {
+                        waited: started.elapsed(),
+                    });
+                }
+            }
+        }
     }
 
     /// Waits until this region has applied `token`, up to `session_wait_max`.
@@ -715,6 +963,7 @@ pub struct Table<V> {
     name: Arc<str>,
     /// Its slot in the region: no lookup by name per operation.
     slot: usize,
+    ack: AckLevel,
     _values: PhantomData<fn() -> V>,
 }
 
@@ -724,6 +973,7 @@ impl<V> Clone for Table<V> {
             region: self.region.clone(),
             name: Arc::clone(&self.name),
             slot: self.slot,
+            ack: self.ack,
             _values: PhantomData,
         }
     }
@@ -738,21 +988,39 @@ where
         &self.name
     }
 
+    /// This handle with writes acknowledged at `ack` (see [`AckLevel`]).
+    #[must_use]
+    pub fn with_ack(mut self, ack: AckLevel) -> Self {
+        self.ack = ack;
+        self
+    }
+
+    /// The acknowledgement level of this handle's writes.
+    pub fn ack(&self) -> AckLevel {
+        self.ack
+    }
+
     /// Applies `mutate` to the value under `key` (created empty if absent)
     /// here and now; `mutate` returns the delta, which is replicated.
-    /// Returns the write's session token.
+    /// Returns the write's session token, once the write is as durable as
+    /// the handle's [`AckLevel`] asks.
     ///
     /// `mutate` runs while the region's state is locked: keep it short, and
     /// do not call back into the region from it (that would deadlock).
     ///
     /// # Errors
-    /// [`RegionError::Encode`] when the key or delta cannot be encoded.
+    /// [`RegionError::Encode`] when the key or delta cannot be encoded;
+    /// for [`AckLevel::Local`], [`RegionError::NoStorage`],
+    /// [`RegionError::Storage`] when its commit failed and
+    /// [`RegionError::CommitTimeout`] (the write is applied here in both).
     pub async fn update<K: Serialize + ?Sized>(
         &self,
         key: &K,
         mutate: impl FnOnce(&mut V, &WriteCtx<'_>) -> V,
     ) -> Result<SessionToken, RegionError> {
-        self.region.write::<V, K>(self.slot, key, mutate)
+        self.region
+            .write_acked::<V, K>(self.slot, key, self.ack, mutate)
+            .await
     }
 
     /// As [`update`](Table::update), within a session: first waits (bounded)
@@ -815,6 +1083,7 @@ pub struct ResolverTable<T: Clone> {
     region: Region,
     name: Arc<str>,
     slot: usize,
+    ack: AckLevel,
     resolver: Arc<dyn Resolver<T>>,
     feed: ConflictFeed<T>,
 }
@@ -825,6 +1094,7 @@ impl<T: Clone> Clone for ResolverTable<T> {
             region: self.region.clone(),
             name: Arc::clone(&self.name),
             slot: self.slot,
+            ack: self.ack,
             resolver: Arc::clone(&self.resolver),
             feed: self.feed.clone(),
         }
@@ -840,18 +1110,30 @@ where
         &self.name
     }
 
+    /// This handle with writes acknowledged at `ack` (see [`AckLevel`]).
+    #[must_use]
+    pub fn with_ack(mut self, ack: AckLevel) -> Self {
+        self.ack = ack;
+        self
+    }
+
     /// Writes `value` under `key`, replacing every version this region has
-    /// seen. Returns the write's session token.
+    /// seen. Returns the write's session token, once the write is as
+    /// durable as the handle's [`AckLevel`] asks.
     ///
     /// # Errors
-    /// [`RegionError::Encode`] when the key or value cannot be encoded.
+    /// [`RegionError::Encode`] when the key or value cannot be encoded; as
+    /// [`Table::update`] for [`AckLevel::Local`].
     pub async fn put<K: Serialize + ?Sized>(
         &self,
         key: &K,
         value: T,
     ) -> Result<SessionToken, RegionError> {
         self.region
-            .write::<VersionSet<T>, K>(self.slot, key, |set, ctx| set.write(ctx.stamp(), value))
+            .write_acked::<VersionSet<T>, K>(self.slot, key, self.ack, |set, ctx| {
+                set.write(ctx.stamp(), value)
+            })
+            .await
     }
 
     /// As [`put`](ResolverTable::put), within a session (see
@@ -957,6 +1239,17 @@ pub struct RegionStats {
     /// restarted peer's hello (the peer sends them again), and frames of a
     /// refused peer.
     pub stale_frames: u64,
+    /// Starts of this replica (1 without storage).
+    pub incarnation: u64,
+    /// Local writes committed to storage (`None` without storage).
+    pub committed: Option<u64>,
+    /// Commits to storage.
+    pub commits: u64,
+    /// Local writes those commits covered: `committed_writes / commits` is
+    /// the writes per commit (fsync) of group commit.
+    pub committed_writes: u64,
+    /// Commits that failed (and were retried).
+    pub commit_failures: u64,
     /// Each peer.
     pub peers: Vec<PeerStats>,
     /// Each table.

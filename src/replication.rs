@@ -19,8 +19,19 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use self::core::{Core, Outgoing};
 use self::message::Message;
+use crate::storage::{Storage, StorageError};
 use crate::transport::{Transport, TransportEvent};
 use crate::wire;
+
+/// How far a region's disk has caught up with its writes.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct DurableMark {
+    /// Local writes committed.
+    pub(crate) seq: u64,
+    /// The last commit failed: it would have covered writes up to this
+    /// sequence number.
+    pub(crate) failed: Option<(u64, StorageError)>,
+}
 
 /// What the region handles share with the engine task.
 pub(crate) struct Shared {
@@ -29,6 +40,8 @@ pub(crate) struct Shared {
     pub(crate) wake: Notify,
     /// The applied vector's generation, for session reads to wait on.
     pub(crate) applied: watch::Sender<u64>,
+    /// What is on disk, for `Local` writes to wait on.
+    pub(crate) durable: watch::Sender<DurableMark>,
 }
 
 impl Shared {
@@ -45,9 +58,70 @@ impl Shared {
     }
 }
 
+/// The transport of a region with storage and no peers: its engine runs
+/// only to commit.
+pub(crate) struct Detached(pub(crate) String);
+
+impl Transport for Detached {
+    fn local(&self) -> &str {
+        &self.0
+    }
+    fn peers(&self) -> Vec<String> {
+        Vec::new()
+    }
+    fn send(&self, _: &str, _: Vec<u8>) {}
+    async fn recv(&mut self) -> Option<TransportEvent> {
+        std::future::pending().await
+    }
+}
+
 pub(crate) enum Command {
     /// Flush everything queued, wait (bounded) for acknowledgements, stop.
     Shutdown(oneshot::Sender<()>),
+}
+
+/// Commits what changed since the last commit, on tokio's blocking pool,
+/// and tells waiting writers. The engine waits for it: frames received
+/// meanwhile queue in the transport.
+async fn commit(shared: &Shared, storage: &mut Option<Box<dyn Storage>>) {
+    let Some(commit) = shared.lock().prepare_commit() else {
+        return;
+    };
+    let Some(mut store) = storage.take() else {
+        return;
+    };
+    let covers = commit.progress.as_ref().map(|p| p.seq);
+    let joined = tokio::task::spawn_blocking(move || {
+        let result = store.commit(&commit);
+        (store, commit, result)
+    })
+    .await;
+    let Ok((store, commit, result)) = joined else {
+        tracing::error!("storage: a commit panicked; the region stops committing");
+        return;
+    };
+    *storage = Some(store);
+    let mut core = shared.lock();
+    core.commit_done(&commit, &result);
+    let seq = core.durable.as_ref().map_or(0, |d| d.seq);
+    drop(core);
+    shared.durable.send_modify(|mark| {
+        mark.seq = seq;
+        mark.failed = match result {
+            Ok(()) => None,
+            Err(error) => Some((covers.unwrap_or(seq), error)),
+        };
+    });
+}
+
+/// Whether a message may leave before the next commit: with storage,
+/// acknowledgements and state transfers wait until what they vouch for is
+/// on disk (a crash must not take back what a peer was told we hold).
+fn leaves_now(message: &Message) -> bool {
+    matches!(
+        message,
+        Message::Hello { .. } | Message::SyncRequest { .. } | Message::Batch { .. }
+    )
 }
 
 fn send_all<T: Transport>(transport: &T, out: Outgoing) {
@@ -64,8 +138,12 @@ pub(crate) async fn run<T: Transport>(
     shared: Arc<Shared>,
     mut transport: T,
     mut commands: mpsc::Receiver<Command>,
+    mut storage: Option<Box<dyn Storage>>,
 ) {
     let config = shared.lock().config.clone();
+    // With storage: messages that wait for the next commit.
+    let mut held: Outgoing = Vec::new();
+    let durable = storage.is_some();
     let mut tick = tokio::time::interval(config.batch_delay);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut shutdown: Option<(oneshot::Sender<()>, Instant)> = None;
@@ -74,8 +152,10 @@ pub(crate) async fn run<T: Transport>(
             biased;
             command = commands.recv(), if shutdown.is_none() => match command {
                 Some(Command::Shutdown(done)) => {
+                    commit(&shared, &mut storage).await;
                     let now = Instant::now();
-                    let out = shared.lock().take_batches(now);
+                    let mut out = std::mem::take(&mut held);
+                    out.extend(shared.lock().take_batches(now));
                     send_all(&transport, out);
                     shutdown = Some((done, now + config.shutdown_wait_max));
                 }
@@ -101,6 +181,14 @@ pub(crate) async fn run<T: Transport>(
                 };
                 shared.publish(&core);
                 drop(core);
+                let out = if durable {
+                    let (now, later): (Outgoing, Outgoing) =
+                        out.into_iter().partition(|(_, m)| leaves_now(m));
+                    held.extend(later);
+                    now
+                } else {
+                    out
+                };
                 send_all(&transport, out);
             }
             () = shared.wake.notified() => {
@@ -108,6 +196,12 @@ pub(crate) async fn run<T: Transport>(
                 send_all(&transport, out);
             }
             _ = tick.tick() => {
+                if durable {
+                    // Group commit: one commit for every write since the
+                    // last tick; then what it covers may leave.
+                    commit(&shared, &mut storage).await;
+                    send_all(&transport, std::mem::take(&mut held));
+                }
                 let now = Instant::now();
                 let mut core = shared.lock();
                 core.check_retransmit(now);
@@ -122,6 +216,10 @@ pub(crate) async fn run<T: Transport>(
             }
         }
         if let Some((_, deadline)) = &shutdown {
+            if durable {
+                commit(&shared, &mut storage).await;
+                send_all(&transport, std::mem::take(&mut held));
+            }
             let core = shared.lock();
             let flushed = core.flushed();
             let late = Instant::now() >= *deadline;

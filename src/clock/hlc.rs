@@ -306,6 +306,13 @@ impl Hlc {
         self.advance(|last| wall.max(last.max(remote).saturating_add(1)))
     }
 
+    /// Moves the clock to at least `high_water`, unclamped: a region
+    /// restarting from storage resumes above every stamp it gave out
+    /// before, even if its wall clock went back meanwhile.
+    pub fn resume_after(&self, high_water: Timestamp) {
+        self.last.fetch_max(high_water.0, Ordering::AcqRel);
+    }
+
     fn advance(&self, next: impl Fn(u64) -> u64) -> Timestamp {
         let mut last = self.last.load(Ordering::Acquire);
         loop {

@@ -72,10 +72,10 @@ impl<T: Clone> Default for LwwRegister<T> {
 
 impl<T: Clone> Crdt for LwwRegister<T> {
     fn merge(&mut self, other: &Self) {
-        if let Some((theirs, value)) = &other.entry {
-            if self.stamp().is_none_or(|mine| *theirs > mine) {
-                self.entry = Some((*theirs, value.clone()));
-            }
+        if let Some((theirs, value)) = &other.entry
+            && self.stamp().is_none_or(|mine| *theirs > mine)
+        {
+            self.entry = Some((*theirs, value.clone()));
         }
     }
 }

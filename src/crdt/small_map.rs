@@ -113,12 +113,13 @@ impl<K: Hash + Eq, V> SmallMap<K, V> {
 
     /// The value under `key`, inserting `make()` first if absent.
     pub(crate) fn get_or_insert_with(&mut self, key: K, make: impl FnOnce() -> V) -> &mut V {
-        if let SmallMap::Inline(v) = self {
-            if v.len() >= INLINE_MAX && !v.iter().any(|(k, _)| *k == key) {
-                let mut map = FastMap::with_capacity_and_hasher(INLINE_MAX * 2, ProcessHasher);
-                map.extend(v.drain(..));
-                *self = SmallMap::Heap(map);
-            }
+        if let SmallMap::Inline(v) = self
+            && v.len() >= INLINE_MAX
+            && !v.iter().any(|(k, _)| *k == key)
+        {
+            let mut map = FastMap::with_capacity_and_hasher(INLINE_MAX * 2, ProcessHasher);
+            map.extend(v.drain(..));
+            *self = SmallMap::Heap(map);
         }
         match self {
             SmallMap::Heap(m) => m.entry(key).or_insert_with(make),

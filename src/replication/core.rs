@@ -10,11 +10,14 @@ use tokio::time::Instant;
 
 use super::message::{self, Blob, Entries, Message};
 use super::outbox::{Append, Outbox};
-use super::store::{DIGEST_BUCKETS, TableStore, UndeclaredStore, stable_hash};
+use super::store::{
+    DIGEST_BUCKETS, TableStore, UndeclaredStore, pack_states, stable_hash, unpack_states,
+};
 use crate::clock::{Dot, Hlc, ReplicaId, Timestamp, VersionVector};
 use crate::hash::FastMap;
 use crate::region::{HandshakeRefusal, RegionConfig};
 use crate::session::SessionToken;
+use crate::storage::{Commit, Progress, Snapshot, StorageError};
 use crate::wire;
 
 /// Bucket digests on the wire: fixed 8 bytes each (varints would take 9).
@@ -220,6 +223,27 @@ pub(crate) struct Core {
     /// Bumped whenever `applied` grows: session reads wait on it.
     pub(crate) generation: u64,
     pub(crate) counters: Counters,
+    /// What is on disk, for a region with storage.
+    pub(crate) durable: Option<Durable>,
+}
+
+/// Where a region with storage stands with its disk.
+#[derive(Default)]
+pub(crate) struct Durable {
+    /// Local writes committed: only these leave for peers.
+    pub(crate) seq: u64,
+    /// The applied vector committed: what our hello claims.
+    pub(crate) applied: VersionVector,
+    /// The lowest sequence number appended to the outbox since the last
+    /// commit.
+    outbox_from: Option<u64>,
+    /// The outbox start the last commit stored.
+    outbox_start: u64,
+    /// Cursors changed since the last commit.
+    cursors: bool,
+    /// Keys of undeclared tables that received values since the last
+    /// commit.
+    undeclared: Vec<(String, Box<[u8]>)>,
 }
 
 /// Plain counters for stats and tests.
@@ -235,6 +259,10 @@ pub(crate) struct Counters {
     pub(crate) outbox_overflows: u64,
     pub(crate) syncs_completed: u64,
     pub(crate) sync_states_received: u64,
+    /// Commits to storage, and the local writes they covered.
+    pub(crate) commits: u64,
+    pub(crate) committed_writes: u64,
+    pub(crate) commit_failures: u64,
     /// Hellos refused (each distinct refusal of a connection once).
     pub(crate) refused_handshakes: u64,
     /// Frames ignored as coming from a peer's earlier incarnation, or
@@ -275,6 +303,153 @@ impl Core {
             answered_last: HashMap::new(),
             generation: 0,
             counters: Counters::default(),
+            durable: None,
+        }
+    }
+
+    /// Takes up what `snapshot` holds: progress, table states (merged into
+    /// each table when it is declared), outbox and cursors. From now on
+    /// every change is tracked for [`prepare_commit`](Core::prepare_commit).
+    pub(crate) fn restore(&mut self, snapshot: Snapshot, now: Instant) -> Result<(), StorageError> {
+        let corrupt =
+            |what: &str, e: wire::WireError| StorageError::Corrupt(format!("{what}: {e}"));
+        let Progress { seq, hlc, applied } = snapshot.progress;
+        if applied.get(self.replica) != seq {
+            return Err(StorageError::Corrupt(format!(
+                "applied vector names {} of our writes, progress {seq}",
+                applied.get(self.replica)
+            )));
+        }
+        self.seq = seq;
+        self.taken_seq = seq;
+        self.applied = applied.clone();
+        self.hlc.resume_after(hlc);
+        for (table, key, packed) in snapshot.states {
+            let values = unpack_states(&packed).map_err(|e| corrupt("stored states", e))?;
+            let store = self.undeclared.entry(table).or_default();
+            // Restored values do not count against the bound on values
+            // held for undeclared tables: they are ours already.
+            store
+                .values
+                .insert(key.into(), values.into_iter().map(<[u8]>::to_vec).collect());
+        }
+        for (first, bytes) in &snapshot.outbox {
+            if self.replicating {
+                self.outbox
+                    .restore(bytes)
+                    .map_err(|e| corrupt(&format!("outbox segment {first}"), e))?;
+            }
+        }
+        if self
+            .outbox
+            .start()
+            .is_some_and(|_| self.outbox.start().unwrap_or(0) + self.outbox.len() as u64 != seq + 1)
+        {
+            return Err(StorageError::Corrupt(
+                "stored outbox does not end at the last write".into(),
+            ));
+        }
+        for (peer, acked) in snapshot.cursors {
+            let state = self.peer(&peer, now);
+            state.acked = acked.min(seq);
+            state.sent = state.acked;
+        }
+        self.durable = Some(Durable {
+            seq,
+            applied,
+            outbox_from: None,
+            outbox_start: self.outbox.start().unwrap_or(seq + 1),
+            cursors: false,
+            undeclared: Vec::new(),
+        });
+        Ok(())
+    }
+
+    /// Local writes that may leave for peers: committed ones when the
+    /// region has storage.
+    fn sendable(&self) -> u64 {
+        self.durable.as_ref().map_or(self.seq, |d| d.seq)
+    }
+
+    /// Everything changed since the last commit, or `None` when nothing
+    /// did. Handed back to [`commit_done`](Core::commit_done).
+    pub(crate) fn prepare_commit(&mut self) -> Option<Commit> {
+        let durable = self.durable.as_mut()?;
+        let mut commit = Commit::default();
+        for slot in &mut self.tables {
+            for (key, state) in slot.store.take_changes() {
+                commit
+                    .states
+                    .push((slot.name.to_string(), key.into_vec(), state));
+            }
+        }
+        for (table, key) in durable.undeclared.drain(..) {
+            if let Some(values) = self.undeclared.get(&table).and_then(|u| u.values.get(&key)) {
+                let states = pack_states(values.iter().map(Vec::as_slice));
+                commit.states.push((table, key.into_vec(), states));
+            }
+        }
+        if let Some(from) = durable.outbox_from.take() {
+            commit.outbox_put = self.outbox.encode_from(from);
+        }
+        commit.outbox_keep_from = self.outbox.start().unwrap_or(self.seq + 1);
+        if std::mem::take(&mut durable.cursors) {
+            commit.cursors = self
+                .peers
+                .iter()
+                .map(|(name, p)| (name.clone(), p.acked))
+                .collect();
+        }
+        if self.seq != durable.seq
+            || self.applied != durable.applied
+            || !commit.states.is_empty()
+            || commit.outbox_keep_from != durable.outbox_start
+        {
+            commit.progress = Some(Progress {
+                seq: self.seq,
+                hlc: self.hlc.last(),
+                applied: self.applied.clone(),
+            });
+        }
+        (!commit.is_empty()).then_some(commit)
+    }
+
+    /// The outcome of committing `commit`: on success what it holds is
+    /// durable (and may leave for peers); on failure it is tracked again
+    /// for the next commit.
+    pub(crate) fn commit_done(&mut self, commit: &Commit, result: &Result<(), StorageError>) {
+        let Some(durable) = self.durable.as_mut() else {
+            return;
+        };
+        match result {
+            Ok(()) => {
+                if let Some(progress) = &commit.progress {
+                    debug_assert!(progress.seq >= durable.seq, "commits only move forward");
+                    self.counters.committed_writes += progress.seq - durable.seq;
+                    durable.seq = progress.seq;
+                    durable.applied = progress.applied.clone();
+                }
+                durable.outbox_start = commit.outbox_keep_from;
+                self.counters.commits += 1;
+            }
+            Err(error) => {
+                self.counters.commit_failures += 1;
+                tracing::error!(region = %self.name, %error, "storage: commit failed; writes stay in memory and are retried");
+                for (table, key, _) in &commit.states {
+                    match self.table_slots.get(table.as_str()) {
+                        Some(&slot) => self.tables[slot].store.mark_changed(key),
+                        None => durable
+                            .undeclared
+                            .push((table.clone(), key.clone().into_boxed_slice())),
+                    }
+                }
+                if let Some(&(first, _)) = commit.outbox_put.first() {
+                    durable.outbox_from = Some(durable.outbox_from.map_or(first, |f| f.min(first)));
+                }
+                if !commit.cursors.is_empty() {
+                    durable.cursors = true;
+                }
+            }
         }
     }
 
@@ -314,6 +489,11 @@ impl Core {
                 }
             }
         }
+        if self.durable.is_some() {
+            // What was merged above is stored already (restored, or held
+            // undeclared and committed as such).
+            slot.store.track_changes();
+        }
         let index = self.tables.len();
         self.tables.push(slot);
         self.table_slots.insert(name, index);
@@ -343,6 +523,9 @@ impl Core {
                 self.config.batch_len_max,
                 self.config.batch_bytes_max,
             );
+            if let Some(durable) = &mut self.durable {
+                durable.outbox_from.get_or_insert(self.seq);
+            }
             if self.outbox.len() > self.config.outbox_len_max
                 || self.outbox.bytes() > self.config.outbox_bytes_max
             {
@@ -377,6 +560,9 @@ impl Core {
     }
 
     fn truncate_log(&mut self) {
+        if let Some(durable) = &mut self.durable {
+            durable.cursors = true;
+        }
         let min_acked = self
             .peers
             .values()
@@ -433,8 +619,12 @@ impl Core {
             Message::Hello {
                 replica: self.replica,
                 incarnation: self.incarnation,
-                seq: self.seq,
-                applied: self.applied.clone(),
+                // With storage, only what a crash cannot take back.
+                seq: self.sendable(),
+                applied: self
+                    .durable
+                    .as_ref()
+                    .map_or_else(|| self.applied.clone(), |d| d.applied.clone()),
                 reply,
             },
         )
@@ -493,14 +683,15 @@ impl Core {
                     presented: incarnation,
                 });
             }
-            if let (Some(bound), Some(known)) = (peer.replica, peer.incarnation) {
-                if bound == replica && incarnation < known {
-                    return Some(HandshakeRefusal::StaleIncarnation {
-                        replica,
-                        known,
-                        presented: incarnation,
-                    });
-                }
+            if let (Some(bound), Some(known)) = (peer.replica, peer.incarnation)
+                && bound == replica
+                && incarnation < known
+            {
+                return Some(HandshakeRefusal::StaleIncarnation {
+                    replica,
+                    known,
+                    presented: incarnation,
+                });
             }
         }
         let same = self
@@ -619,6 +810,7 @@ impl Core {
         let log_start = self.outbox.start().unwrap_or(self.seq + 1);
         let names: Vec<String> = self.peers.keys().cloned().collect();
         let window = (self.config.batch_len_max as u64).saturating_mul(INFLIGHT_BATCHES_MAX);
+        let sendable = self.sendable();
         for name in names {
             let peer = self.peers.get_mut(&name).expect("listed");
             if peer.acked + 1 < log_start && !peer.needs_sync {
@@ -630,7 +822,7 @@ impl Core {
             }
             loop {
                 let peer = &self.peers[&name];
-                if !peer.connected || peer.needs_sync || peer.sent >= self.seq {
+                if !peer.connected || peer.needs_sync || peer.sent >= sendable {
                     break;
                 }
                 // Go-back-N within a window: at most this many writes in
@@ -639,10 +831,12 @@ impl Core {
                     break;
                 }
                 let from = peer.sent.max(log_start - 1);
-                if from >= self.seq {
+                if from >= sendable {
                     break;
                 }
-                let batch = self.outbox.batch(self.replica, from + 1, self.hlc.now());
+                let batch = self
+                    .outbox
+                    .batch(self.replica, from + 1, sendable, self.hlc.now());
                 let Some((last, message)) = batch else { break };
                 let peer = self.peers.get_mut(&name).expect("listed");
                 if peer.acked >= peer.sent {
@@ -738,19 +932,19 @@ impl Core {
             } => self.on_sync_request(from, session, applied, digests),
             Message::SyncDone { session } => {
                 let peer = self.peers.get_mut(from).expect("touched above");
-                if let Some((pushed, covered, _)) = peer.push_pending {
-                    if pushed == session {
-                        // It holds every write of ours up to the push.
-                        peer.push_pending = None;
-                        peer.needs_sync = false;
-                        if covered > peer.acked {
-                            peer.acked = covered;
-                            peer.sent = peer.sent.max(covered);
-                            peer.progress_at = now;
-                        }
-                        tracing::debug!(region = %self.name, peer = from, session, "anti-entropy: push confirmed");
-                        self.truncate_log();
+                if let Some((pushed, covered, _)) = peer.push_pending
+                    && pushed == session
+                {
+                    // It holds every write of ours up to the push.
+                    peer.push_pending = None;
+                    peer.needs_sync = false;
+                    if covered > peer.acked {
+                        peer.acked = covered;
+                        peer.sent = peer.sent.max(covered);
+                        peer.progress_at = now;
                     }
+                    tracing::debug!(region = %self.name, peer = from, session, "anti-entropy: push confirmed");
+                    self.truncate_log();
                 }
                 Vec::new()
             }
@@ -804,12 +998,12 @@ impl Core {
         // hello on this connection (it may be a new incarnation whose hello
         // is late) or of a replica id it had before (a late frame of its
         // previous process) is ignored, not refused: the origin resends.
-        if let Some(peer) = self.peers.get(from) {
-            if peer.unconfirmed() || peer.former.contains(&origin) {
-                tracing::debug!(region = %self.name, peer = from, ?origin, "ignored a batch from the peer's earlier incarnation or before its hello");
-                self.counters.stale_frames += 1;
-                return Vec::new();
-            }
+        if let Some(peer) = self.peers.get(from)
+            && (peer.unconfirmed() || peer.former.contains(&origin))
+        {
+            tracing::debug!(region = %self.name, peer = from, ?origin, "ignored a batch from the peer's earlier incarnation or before its hello");
+            self.counters.stale_frames += 1;
+            return Vec::new();
         }
         if self
             .peers
@@ -1035,6 +1229,9 @@ impl Core {
         }
         store.bytes += key.len() + value.len();
         values.push(value.to_vec());
+        if let Some(durable) = &mut self.durable {
+            durable.undeclared.push((table.to_owned(), key.into()));
+        }
         true
     }
 
@@ -1170,10 +1367,10 @@ impl Core {
         // vector: the reply is a consistent snapshot of this region.
         // A new exchange supersedes the one we answered before: drop what
         // we held of its push.
-        if let Some(old) = self.answered.insert(from.to_owned(), session) {
-            if old != session {
-                self.sync_inbox.remove(&(from.to_owned(), old, true));
-            }
+        if let Some(old) = self.answered.insert(from.to_owned(), session)
+            && old != session
+        {
+            self.sync_inbox.remove(&(from.to_owned(), old, true));
         }
         self.answered_last.insert(from.to_owned(), session);
         let applied = self.applied.clone();
@@ -1476,10 +1673,10 @@ impl Core {
     fn abort_sync(&mut self, from: &str, push: bool) {
         if push {
             self.answered.remove(from);
-        } else if self.syncs.remove(from).is_some() {
-            if let Some(peer) = self.peers.get_mut(from) {
-                peer.flag_repair();
-            }
+        } else if self.syncs.remove(from).is_some()
+            && let Some(peer) = self.peers.get_mut(from)
+        {
+            peer.flag_repair();
         }
     }
 

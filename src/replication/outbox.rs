@@ -16,8 +16,21 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+
 use super::message::{self, Blob, Message};
 use crate::clock::{ReplicaId, Timestamp, VersionVector};
+use crate::wire::{self, WireError};
+
+/// A segment as storage holds it.
+#[derive(Serialize, Deserialize)]
+struct StoredSegment {
+    first: u64,
+    len: u64,
+    deps: VersionVector,
+    tables: Vec<String>,
+    packed: Blob,
+}
 
 /// A run of consecutive local writes with the same dependencies.
 struct Segment {
@@ -131,31 +144,100 @@ impl Outbox {
     /// it, and the batch's last sequence number. A batch starting inside a
     /// segment (the segment grew since the last batch) finds its offset by
     /// skipping the entries before it: at most a segment's length.
+    ///
+    /// The batch stops at `last_max`: a region with storage sends only
+    /// committed writes.
     pub(crate) fn batch(
         &self,
         origin: ReplicaId,
         first: u64,
+        last_max: u64,
         sent_at: Timestamp,
     ) -> Option<(u64, Message)> {
         let i = self.segments.partition_point(|s| s.last() < first);
         let segment = self.segments.get(i)?;
-        if first < segment.first {
+        if first < segment.first || first > last_max {
             return None;
         }
+        let last = segment.last().min(last_max);
         // Our own bytes: only a bug could make them unreadable.
         let offset = message::entry_offset(&segment.packed, first - segment.first).ok()?;
+        let end = if last == segment.last() {
+            segment.packed.len()
+        } else {
+            offset + message::entry_offset(&segment.packed[offset..], last - first + 1).ok()?
+        };
         Some((
-            segment.last(),
+            last,
             Message::Batch {
                 origin,
                 first,
-                last: segment.last(),
+                last,
                 deps: segment.deps.clone(),
                 sent_at,
                 tables: segment.tables.iter().map(|(_, t)| t.to_string()).collect(),
-                entries: Blob(segment.packed[offset..].to_vec()),
+                entries: Blob(segment.packed[offset..end].to_vec()),
             },
         ))
+    }
+
+    /// The segments holding writes from `from` on, encoded for storage by
+    /// their first sequence number.
+    pub(crate) fn encode_from(&self, from: u64) -> Vec<(u64, Vec<u8>)> {
+        let i = self.segments.partition_point(|s| s.last() < from);
+        self.segments
+            .range(i..)
+            .filter_map(|s| {
+                let stored = StoredSegment {
+                    first: s.first,
+                    len: s.len,
+                    deps: s.deps.clone(),
+                    tables: s.tables.iter().map(|(_, t)| t.to_string()).collect(),
+                    packed: Blob(s.packed.clone()),
+                };
+                wire::encode(&stored).ok().map(|bytes| (s.first, bytes))
+            })
+            .collect()
+    }
+
+    /// Appends a segment loaded from storage. Segments must come in order
+    /// and follow each other; none is appended to afterwards.
+    pub(crate) fn restore(&mut self, bytes: &[u8]) -> Result<(), WireError> {
+        let stored: StoredSegment = wire::decode(bytes)?;
+        let entries = message::count_entries(&stored.packed.0, stored.tables.len())?;
+        if stored.len == 0 || entries != stored.len {
+            return Err(WireError::Malformed(format!(
+                "stored segment of {} writes holds {entries}",
+                stored.len
+            )));
+        }
+        if let Some(back) = self.segments.back()
+            && back.last() + 1 != stored.first
+        {
+            return Err(WireError::Malformed(format!(
+                "stored segment at {} does not follow {}",
+                stored.first,
+                back.last()
+            )));
+        }
+        let bytes = stored.packed.0.len() + SEGMENT_OVERHEAD;
+        self.segments.push_back(Segment {
+            first: stored.first,
+            len: stored.len,
+            deps: stored.deps,
+            // Never equal to a live generation: nothing is appended to it.
+            generation: u64::MAX,
+            tables: stored
+                .tables
+                .into_iter()
+                .map(|t| (usize::MAX, Arc::from(t)))
+                .collect(),
+            packed: stored.packed.0,
+            bytes,
+        });
+        self.len += stored.len as usize;
+        self.bytes += bytes;
+        Ok(())
     }
 
     /// Drops the writes up to `acked`, whole segments at a time.
@@ -223,17 +305,35 @@ mod tests {
         applied.raise(ReplicaId::new(2), 9); // another region's writes applied
         append(&mut outbox, 7, &applied, 1); // a new segment: new deps
         let at = Timestamp::new(1, 0);
-        let (last, batch) = outbox.batch(origin, 3, at).unwrap();
+        let (last, batch) = outbox.batch(origin, 3, u64::MAX, at).unwrap();
         assert_eq!((last, keys(&batch)), (4, vec![3, 4]));
-        let (last, batch) = outbox.batch(origin, 5, at).unwrap();
+        let (last, batch) = outbox.batch(origin, 5, u64::MAX, at).unwrap();
         assert_eq!((last, keys(&batch)), (6, vec![5, 6]));
-        let (last, batch) = outbox.batch(origin, 7, at).unwrap();
+        let (last, batch) = outbox.batch(origin, 7, u64::MAX, at).unwrap();
         assert_eq!((last, keys(&batch)), (7, vec![7]));
         let Message::Batch { deps, .. } = batch else {
             unreachable!()
         };
         assert_eq!(deps.get(ReplicaId::new(2)), 9);
-        assert!(outbox.batch(origin, 8, at).is_none());
+        assert!(outbox.batch(origin, 8, u64::MAX, at).is_none());
+
+        // Only committed writes leave a region with storage.
+        let (last, batch) = outbox.batch(origin, 1, 2, at).unwrap();
+        assert_eq!((last, keys(&batch)), (2, vec![1, 2]));
+        assert!(outbox.batch(origin, 3, 2, at).is_none());
+
+        // Stored and restored, segments batch alike.
+        let mut again = Outbox::default();
+        for (_, bytes) in outbox.encode_from(1) {
+            again.restore(&bytes).unwrap();
+        }
+        assert_eq!((again.len(), again.start()), (7, Some(1)));
+        let (last, batch) = again.batch(origin, 5, u64::MAX, at).unwrap();
+        assert_eq!((last, keys(&batch)), (6, vec![5, 6]));
+        assert!(
+            again.restore(&outbox.encode_from(7)[0].1).is_err(),
+            "out of order"
+        );
 
         // Acks drop whole segments only.
         outbox.truncate(5);

@@ -347,13 +347,13 @@ impl Sim {
                 };
                 // An origin's vector only grows: the past of the last write
                 // claimed covers the pasts of the earlier ones.
-                if let Some(last) = claimed.last() {
-                    if let Some((r, m)) = last.past.iter().find(|&(r, m)| core.applied.get(r) < m) {
-                        return Err(format!(
-                            "{name} claims {}:{n} but not its dependency {r:?}:{m} (applied {:?})",
-                            NAMES[origin], core.applied
-                        ));
-                    }
+                if let Some(last) = claimed.last()
+                    && let Some((r, m)) = last.past.iter().find(|&(r, m)| core.applied.get(r) < m)
+                {
+                    return Err(format!(
+                        "{name} claims {}:{n} but not its dependency {r:?}:{m} (applied {:?})",
+                        NAMES[origin], core.applied
+                    ));
                 }
                 for write in claimed {
                     expected[write.table * KEYS as usize + write.key as usize][origin] += 1;

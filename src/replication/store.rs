@@ -63,6 +63,33 @@ pub(crate) trait TableStore: Send {
     fn bucket_states(&self, bucket: usize) -> Vec<(Key, Vec<u8>)>;
     /// Number of keys.
     fn len(&self) -> usize;
+    /// From now on, remember which keys change (a region with storage).
+    fn track_changes(&mut self);
+    /// The keys changed since the last call, each with its state packed
+    /// as a stored list of one (see [`pack_states`]).
+    fn take_changes(&mut self) -> Vec<(Key, Vec<u8>)>;
+    /// Counts `key` as changed again (its commit failed).
+    fn mark_changed(&mut self, key: &[u8]);
+}
+
+/// Stored states of one key: length-prefixed encoded states, merged in
+/// order when loaded (a declared table stores one; a table held undeclared
+/// stores every value received).
+pub(crate) fn pack_states<'a>(states: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for state in states {
+        wire::put_bytes(&mut out, state);
+    }
+    out
+}
+
+/// The states of a stored list, or an error at the first malformed one.
+pub(crate) fn unpack_states(mut packed: &[u8]) -> Result<Vec<&[u8]>, WireError> {
+    let mut out = Vec::new();
+    while !packed.is_empty() {
+        out.push(wire::take_bytes(&mut packed)?);
+    }
+    Ok(out)
 }
 
 /// A table of CRDT values (resolver tables hold `VersionSet`s).
@@ -75,6 +102,9 @@ pub(crate) struct CrdtStore<V> {
     /// Values decoded by `stage`, and how many were committed.
     staged: Vec<V>,
     committed: usize,
+    /// Keys changed since the last commit to storage (regions with
+    /// storage only).
+    changed: Option<FastMap<Key, ()>>,
 }
 
 impl<V> CrdtStore<V>
@@ -90,6 +120,7 @@ where
             merger,
             staged: Vec::new(),
             committed: 0,
+            changed: None,
         }
     }
 
@@ -101,6 +132,11 @@ where
     pub(crate) fn entry(&mut self, key: &[u8]) -> &mut V {
         let bucket = bucket_of(key);
         self.dirty[bucket] = true;
+        if let Some(changed) = &mut self.changed
+            && !changed.contains_key(key)
+        {
+            changed.insert(key.into(), ());
+        }
         let map = &mut self.buckets[bucket];
         if !map.contains_key(key) {
             self.len += 1;
@@ -180,6 +216,33 @@ where
 
     fn len(&self) -> usize {
         self.len
+    }
+
+    fn track_changes(&mut self) {
+        self.changed.get_or_insert_with(FastMap::default);
+    }
+
+    fn take_changes(&mut self) -> Vec<(Key, Vec<u8>)> {
+        let Some(changed) = &mut self.changed else {
+            return Vec::new();
+        };
+        if changed.is_empty() {
+            return Vec::new();
+        }
+        let keys = std::mem::take(changed);
+        keys.into_keys()
+            .filter_map(|key| {
+                let value = self.buckets[bucket_of(&key)].get(&key)?;
+                let state = wire::with_bare(value, |state| pack_states([state])).ok()?;
+                Some((key, state))
+            })
+            .collect()
+    }
+
+    fn mark_changed(&mut self, key: &[u8]) {
+        if let Some(changed) = &mut self.changed {
+            changed.insert(key.into(), ());
+        }
     }
 }
 

@@ -76,10 +76,10 @@ impl ResolverRegistry {
                     requested: type_name::<T>(),
                 });
         }
-        if let Some(entry) = self.by_type.get(&TypeId::of::<T>()) {
-            if let Some(resolver) = entry.downcast_ref::<Arc<dyn Resolver<T>>>() {
-                return Ok(Arc::clone(resolver));
-            }
+        if let Some(entry) = self.by_type.get(&TypeId::of::<T>())
+            && let Some(resolver) = entry.downcast_ref::<Arc<dyn Resolver<T>>>()
+        {
+            return Ok(Arc::clone(resolver));
         }
         Ok(Arc::new(LastWriteWins))
     }
