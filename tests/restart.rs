@@ -11,8 +11,19 @@ use std::time::Duration;
 
 use archipelago::clock::ReplicaId;
 use archipelago::crdt::GCounter;
-use archipelago::region::{HandshakeRefusal, Region, RegionConfig};
+use archipelago::region::{AckLevel, HandshakeRefusal, Region, RegionConfig, RegionError};
+use archipelago::storage::{MemoryStorage, StorageError};
 use archipelago::transport::ChannelNetwork;
+
+fn durable(net: &ChannelNetwork, name: &str, disk: &MemoryStorage) -> Region {
+    Region::builder(name)
+        .transport(net.endpoint(name))
+        .storage(disk.clone())
+        .clock(common::TokioClock::new(0))
+        .config(RegionConfig::default())
+        .build()
+        .expect("inside a runtime")
+}
 
 fn region(net: &ChannelNetwork, name: &str) -> Region {
     Region::builder(name)
@@ -230,5 +241,263 @@ fn a_peer_presenting_another_peers_id_is_refused() {
             None,
             "the impostor's write was not merged"
         );
+    });
+}
+
+/// Guards against a restart with storage minting a new id (vectors and
+/// tokens growing per restart), losing acknowledged writes that had not
+/// replicated, or making the peer re-ship whole tables.
+#[test]
+fn a_region_restarted_with_storage_keeps_its_id_and_sends_what_it_had_not() {
+    common::paused_runtime().block_on(async {
+        let net = ChannelNetwork::new(8);
+        let disk = MemoryStorage::new();
+        let b = region(&net, "b");
+        let a = durable(&net, "a", &disk);
+        let id = a.replica();
+        for key in 0..1000u64 {
+            add(&a, "t", key, 1).await;
+        }
+        assert!(
+            visible(&b, "t", 999, 1, Duration::from_secs(2))
+                .await
+                .is_some()
+        );
+        net.partition("a", "b");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        {
+            let t = a.table::<GCounter>("t").unwrap().with_ack(AckLevel::Local);
+            for i in 0..20u64 {
+                t.update(&(5000 + i), |c, ctx| c.inc(ctx.replica(), 1))
+                    .await
+                    .unwrap();
+            }
+        }
+        // A crash: no shutdown, nothing flushed.
+        drop(a);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (states_before, syncs_before) = {
+            let stats = b.stats();
+            (stats.sync_states_received, stats.syncs_completed)
+        };
+
+        let a = durable(&net, "a", &disk);
+        assert_eq!(a.replica(), id, "the same replica");
+        assert_eq!(a.incarnation(), 2);
+        let t = a.table::<GCounter>("t").unwrap();
+        assert_eq!(t.len(), 1020, "its tables are back");
+        net.heal("a", "b");
+        for i in 0..20u64 {
+            let took = visible(&b, "t", 5000 + i, 1, Duration::from_secs(2)).await;
+            assert!(
+                took.is_some(),
+                "acknowledged write {i} reached b after the restart"
+            );
+        }
+        add(&a, "t", 9000, 1).await;
+        assert!(
+            visible(&b, "t", 9000, 1, Duration::from_secs(2))
+                .await
+                .is_some()
+        );
+        let stats = b.stats();
+        assert_eq!(stats.rejected_frames, 0);
+        assert_eq!(stats.refused_handshakes, 0);
+        add(&b, "t", 9001, 1).await;
+        let replicas: Vec<ReplicaId> = b.applied().iter().map(|(r, _)| r).collect();
+        let mut want = vec![id, b.replica()];
+        want.sort();
+        assert_eq!(replicas, want, "no new entry per restart");
+        let peer = stats.peers.iter().find(|p| p.name == "a").unwrap();
+        assert_eq!((peer.replica, peer.incarnation), (Some(id), Some(2)));
+        // Caught up from the outboxes: no anti-entropy, no table re-shipped.
+        assert_eq!(
+            stats.syncs_completed, syncs_before,
+            "no anti-entropy exchange"
+        );
+        assert_eq!(
+            stats.sync_states_received, states_before,
+            "no key state shipped"
+        );
+    });
+}
+
+/// Guards against an acknowledged `Local` write being lost by a crash of a
+/// region alone, and a restart reusing its sequence numbers or stamps.
+#[test]
+fn a_local_write_survives_a_crash_and_the_clock_resumes_above_it() {
+    common::paused_runtime().block_on(async {
+        let disk = MemoryStorage::new();
+        let build = || {
+            Region::builder("solo")
+                .storage(disk.clone())
+                .ack_level(AckLevel::Local)
+                .build()
+                .unwrap()
+        };
+        let a = build();
+        let t = a.table::<GCounter>("t").unwrap();
+        t.update(&1u64, |c, ctx| c.inc(ctx.replica(), 7))
+            .await
+            .unwrap();
+        let stamp = a.hlc().now();
+        let writes = a.stats().writes;
+        drop(t);
+        drop(a);
+        let a = build();
+        let t = a.table::<GCounter>("t").unwrap();
+        assert_eq!(t.read(&1u64).await.unwrap().map(|c| c.value()), Some(7));
+        assert_eq!(
+            a.stats().writes,
+            writes,
+            "the sequence resumes where it was"
+        );
+        assert!(a.hlc().now() > stamp, "no stamp at or below one given out");
+        assert!(disk.commits() >= 2);
+    });
+}
+
+/// Guards against a failed commit (a full disk) being acknowledged, or
+/// losing the write for good once the disk recovers.
+#[test]
+fn a_failed_commit_is_a_typed_error_and_is_retried() {
+    common::paused_runtime().block_on(async {
+        let disk = MemoryStorage::new();
+        let a = Region::builder("solo")
+            .storage(disk.clone())
+            .build()
+            .unwrap();
+        let t = a.table::<GCounter>("t").unwrap().with_ack(AckLevel::Local);
+        t.update(&1u64, |c, ctx| c.inc(ctx.replica(), 1))
+            .await
+            .unwrap();
+        disk.fail_commits(true);
+        let err = t.update(&2u64, |c, ctx| c.inc(ctx.replica(), 1)).await;
+        assert!(
+            matches!(err, Err(RegionError::Storage(StorageError::Io(_)))),
+            "{err:?}"
+        );
+        assert_eq!(
+            t.read(&2u64).await.unwrap().map(|c| c.value()),
+            Some(1),
+            "applied here"
+        );
+        assert!(a.stats().commit_failures >= 1);
+        disk.fail_commits(false);
+        t.update(&3u64, |c, ctx| c.inc(ctx.replica(), 1))
+            .await
+            .unwrap();
+        drop(t);
+        drop(a);
+        let a = Region::builder("solo")
+            .storage(disk.clone())
+            .build()
+            .unwrap();
+        let t = a.table::<GCounter>("t").unwrap();
+        for key in 1..=3u64 {
+            assert_eq!(
+                t.read(&key).await.unwrap().map(|c| c.value()),
+                Some(1),
+                "key {key}"
+            );
+        }
+        // Without storage, Local is refused rather than silently weakened.
+        let plain = Region::builder("plain").build().unwrap();
+        let t = plain
+            .table::<GCounter>("t")
+            .unwrap()
+            .with_ack(AckLevel::Local);
+        assert!(matches!(
+            t.update(&1u64, |c, ctx| c.inc(ctx.replica(), 1)).await,
+            Err(RegionError::NoStorage)
+        ));
+    });
+}
+
+/// Guards against a store of another region, a newer format, a corrupt
+/// file or a mismatched pinned id being used (or overwritten).
+#[test]
+fn bad_stores_are_typed_errors_at_build_and_are_left_untouched() {
+    common::paused_runtime().block_on(async {
+        let dir = std::env::temp_dir().join(format!("archipelago-bad-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        {
+            let a = Region::builder("a").data_dir(&dir).build().unwrap();
+            a.table::<GCounter>("t")
+                .unwrap()
+                .with_ack(AckLevel::Local)
+                .update(&1u64, |c, ctx| c.inc(ctx.replica(), 1))
+                .await
+                .unwrap();
+            a.shutdown().await;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let file = dir.join("region.redb");
+        let bytes = std::fs::read(&file).unwrap();
+        let other = Region::builder("b").data_dir(&dir).build();
+        assert!(
+            matches!(
+                other,
+                Err(RegionError::Storage(StorageError::OtherRegion { ref stored, .. })) if stored == "a"
+            ),
+            "{other:?}"
+        );
+        let pinned = Region::builder("a")
+            .replica_id(ReplicaId::new(1))
+            .data_dir(&dir)
+            .build();
+        assert!(matches!(pinned, Err(RegionError::PinnedReplicaId { .. })), "{pinned:?}");
+        {
+            // What was stored is intact (redb may rewrite its own
+            // bookkeeping pages on close; the data is what counts).
+            let a = Region::builder("a").data_dir(&dir).build().unwrap();
+            assert_eq!(a.incarnation(), 2, "refused builds committed nothing");
+            let t = a.table::<GCounter>("t").unwrap();
+            assert_eq!(t.read(&1u64).await.unwrap().map(|c| c.value()), Some(1));
+            a.shutdown().await;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+
+        // A newer format version.
+        let newer = dir.join("newer.redb");
+        std::fs::copy(&file, &newer).unwrap();
+        {
+            let db = redb::Database::create(&newer).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut meta = txn
+                    .open_table(redb::TableDefinition::<&str, &[u8]>::new("meta"))
+                    .unwrap();
+                meta.insert("format", &99u32.to_le_bytes()[..]).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let opened = archipelago::storage::RedbStorage::open(&newer).unwrap();
+        let newer_build = Region::builder("a").storage(opened).build();
+        assert!(
+            matches!(
+                newer_build,
+                Err(RegionError::Storage(StorageError::NewerFormat { found: 99, .. }))
+            ),
+            "{newer_build:?}"
+        );
+
+        // A truncated file, and one that is not a store at all.
+        for (name, content) in [
+            ("truncated.redb", bytes[..bytes.len() / 3].to_vec()),
+            ("garbage.redb", vec![0xA5; 8192]),
+        ] {
+            let path = dir.join(name);
+            std::fs::write(&path, &content).unwrap();
+            let built = archipelago::storage::RedbStorage::open(&path)
+                .map_err(RegionError::from)
+                .and_then(|s| Region::builder("a").storage(s).build());
+            assert!(
+                matches!(built, Err(RegionError::Storage(StorageError::Corrupt(_) | StorageError::Io(_)))),
+                "{name}: {built:?}"
+            );
+            assert!(std::fs::read(&path).unwrap() == content, "{name} left as it was");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     });
 }

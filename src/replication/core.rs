@@ -66,6 +66,9 @@ pub(crate) struct PeerState {
     pub(crate) incarnation: Option<u64>,
     /// Its hello arrived on the current connection.
     pub(crate) greeted: bool,
+    /// A hello of it arrived once (or it was restored from storage): on a
+    /// reconnect, the hellos decide whether anti-entropy is needed.
+    pub(crate) known: bool,
     /// When we last sent it our hello on the current connection.
     pub(crate) hello_at: Option<Instant>,
     /// Why its hello on the current connection was refused: its frames are
@@ -100,6 +103,7 @@ impl PeerState {
             push_pending: None,
             incarnation: None,
             greeted: false,
+            known: false,
             hello_at: None,
             refused: None,
             former: Vec::new(),
@@ -110,9 +114,16 @@ impl PeerState {
     /// connection yet: what it sends may still come from an incarnation we
     /// are about to replace.
     fn unconfirmed(&self) -> bool {
-        self.incarnation.is_some() && !self.greeted
+        self.known && !self.greeted
     }
 }
+
+/// How far above its last committed clock reading a region resumes after
+/// a restart: stamps given out after that commit (and not covered by a
+/// later one) are below it. A region commits its clock again once it moved
+/// half this far, so the margin holds; it is kept below the default
+/// `max_offset` (500 ms) so peers follow a restarted region's clock.
+pub(crate) const HLC_RESUME_MARGIN_MS: u64 = 250;
 
 /// Former replica ids kept per peer.
 const FORMER_IDS_MAX: usize = 16;
@@ -234,6 +245,8 @@ pub(crate) struct Durable {
     pub(crate) seq: u64,
     /// The applied vector committed: what our hello claims.
     pub(crate) applied: VersionVector,
+    /// The clock reading committed.
+    hlc: Timestamp,
     /// The lowest sequence number appended to the outbox since the last
     /// commit.
     outbox_from: Option<u64>,
@@ -323,7 +336,10 @@ impl Core {
         self.seq = seq;
         self.taken_seq = seq;
         self.applied = applied.clone();
-        self.hlc.resume_after(hlc);
+        self.hlc.resume_after(Timestamp::new(
+            hlc.physical_ms().saturating_add(HLC_RESUME_MARGIN_MS),
+            0,
+        ));
         for (table, key, packed) in snapshot.states {
             let values = unpack_states(&packed).map_err(|e| corrupt("stored states", e))?;
             let store = self.undeclared.entry(table).or_default();
@@ -353,10 +369,14 @@ impl Core {
             let state = self.peer(&peer, now);
             state.acked = acked.min(seq);
             state.sent = state.acked;
+            state.known = true;
+            // The periodic exchange keeps its rhythm across a restart.
+            state.last_sync = Some(now);
         }
         self.durable = Some(Durable {
             seq,
             applied,
+            hlc,
             outbox_from: None,
             outbox_start: self.outbox.start().unwrap_or(seq + 1),
             cursors: false,
@@ -400,14 +420,19 @@ impl Core {
                 .map(|(name, p)| (name.clone(), p.acked))
                 .collect();
         }
+        let clock_moved =
+            self.hlc.last().physical_ms() >= durable.hlc.physical_ms() + HLC_RESUME_MARGIN_MS / 2;
         if self.seq != durable.seq
             || self.applied != durable.applied
             || !commit.states.is_empty()
             || commit.outbox_keep_from != durable.outbox_start
+            || clock_moved
         {
             commit.progress = Some(Progress {
                 seq: self.seq,
-                hlc: self.hlc.last(),
+                // A fresh reading: above every stamp given out so far,
+                // even one never attached to a write.
+                hlc: self.hlc.now(),
                 applied: self.applied.clone(),
             });
         }
@@ -428,6 +453,7 @@ impl Core {
                     self.counters.committed_writes += progress.seq - durable.seq;
                     durable.seq = progress.seq;
                     durable.applied = progress.applied.clone();
+                    durable.hlc = progress.hlc;
                 }
                 durable.outbox_start = commit.outbox_keep_from;
                 self.counters.commits += 1;
@@ -598,9 +624,13 @@ impl Core {
         }
         // It may have restarted, numbering its exchanges from 1 again.
         self.answered_last.remove(name);
-        // One side starts the exchange (it repairs both): the one with the
-        // smaller name, or the one that knows the other needs repair.
-        let mut out = if self.initiates_sync(name) {
+        // A first contact is repaired by anti-entropy (one side starts the
+        // exchange, which repairs both: the one with the smaller name, or
+        // the one that knows the other needs repair). A peer known before
+        // is caught up by batches from the outboxes; the hellos say when
+        // more is needed.
+        let known = self.peers.get(name).is_some_and(|p| p.known);
+        let mut out = if !known && self.initiates_sync(name) {
             self.start_sync(name, now)
         } else {
             Vec::new()
@@ -774,6 +804,7 @@ impl Core {
         }
         peer.its_seq_seen = peer.its_seq_seen.max(seq);
         peer.greeted = true;
+        peer.known = true;
         if new_replica {
             // Batches of its former replica wait for writes nobody will send.
             let before = self.buffer.len();
@@ -784,11 +815,24 @@ impl Core {
             }
         }
         self.truncate_log();
-        if reply {
+        let mut out = if reply {
             Vec::new()
         } else {
             vec![self.hello(from, true, now)]
+        };
+        // Writes of other origins it lacks (a peer back from a partition or
+        // restarted without storage, whose writes of a former replica id
+        // count as another origin) come only from anti-entropy: its hello
+        // claims nothing we act on beyond starting one.
+        let lacks = self
+            .applied
+            .iter()
+            .any(|(r, n)| r != self.replica && r != replica && applied.get(r) < n);
+        if lacks && self.peers[from].connected && !self.syncs.contains_key(from) {
+            tracing::debug!(region = %self.name, peer = from, "the peer lacks writes of other regions: anti-entropy");
+            out.extend(self.start_sync(from, now));
         }
+        out
     }
 
     pub(crate) fn peer_down(&mut self, name: &str, now: Instant) {
