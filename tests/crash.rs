@@ -161,10 +161,10 @@ fn acknowledged_local_writes_survive_sigkill() {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if let Some(key) = line.strip_prefix("ack ") {
-                    if lines.send(key.parse::<u64>().unwrap()).is_err() {
-                        break;
-                    }
+                if let Some(key) = line.strip_prefix("ack ")
+                    && lines.send(key.parse::<u64>().unwrap()).is_err()
+                {
+                    break;
                 }
             }
         });
