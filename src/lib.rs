@@ -68,6 +68,7 @@
 //! | [`region`] | the engine: regions, CRDT and resolver tables, session reads, stats |
 //! | [`resolve`] | versioned plain values, resolvers, the conflict audit feed |
 //! | [`session`] | session tokens and the four session guarantees: read-your-writes across regions |
+//! | [`storage`] | the `Storage` seam, in memory and on redb: identity, tables, outbox, clock across restarts |
 //! | [`transport`] | the `Transport` trait; an in-process mesh with fault injection; TCP |
 //! | [`wire`] | the versioned codec every byte goes through |
 //! | `testing` | (feature `testing`) proptest law checks for your own CRDTs |
@@ -79,6 +80,18 @@
 //! that client's read ([`session`]). The [`region`] engine wires replicas
 //! together over a [`transport`]: in-process channels (with fault injection,
 //! for tests) or TCP between machines.
+//!
+//! ## Identity and restarts
+//!
+//! A region with [`storage`] keeps its replica id for good and counts its
+//! starts (its *incarnation*); its tables, unacknowledged writes and clock
+//! survive a crash, and [`AckLevel::Local`](region::AckLevel) writes return
+//! only once on disk. Regions greet each other with a handshake naming
+//! replica id and incarnation: a restarted peer is reset, not refused, and
+//! two peers with one replica id are refused
+//! ([`HandshakeRefusal`](region::HandshakeRefusal)). A region without
+//! storage loses on restart whatever it had not replicated, and comes back
+//! as a new replica.
 
 #![warn(missing_docs)]
 

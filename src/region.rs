@@ -70,6 +70,23 @@
 //!   stop replication from its origin.
 //! - [`Region::shutdown`] flushes what is queued and waits, bounded, for it
 //!   to be acknowledged.
+//!
+//! ## Restarts, identity and what is lost
+//! - **Without storage** a region lives in memory only: a restart (or a
+//!   crash) loses every write it had not replicated, and the region comes
+//!   back as a new replica with a fresh id. Its peers rebind its name to
+//!   the new id at the handshake, so its writes flow again at once; version
+//!   vectors and session tokens gain an entry per restart.
+//! - **With storage** ([`RegionBuilder::storage`], [`RegionBuilder::data_dir`])
+//!   it keeps its replica id, tables, unacknowledged writes and clock (see
+//!   [`storage`](crate::storage)); writes return at their [`AckLevel`].
+//! - **The handshake.** On every connection both sides send a hello: replica
+//!   id, incarnation, writes made and applied vector. A peer back with a new
+//!   incarnation (or id) has its binding, cursor and buffered batches reset;
+//!   frames of its former incarnation are ignored and counted in
+//!   [`RegionStats::stale_frames`]. Our own id, another peer's id, an older
+//!   incarnation, or fewer writes than we applied of the peer are refused
+//!   ([`HandshakeRefusal`]): nothing of such a peer is merged.
 
 use std::any::type_name;
 use std::fmt::Debug;
