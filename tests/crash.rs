@@ -161,8 +161,10 @@ fn acknowledged_local_writes_survive_sigkill() {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if let Some(key) = line.strip_prefix("ack ")
-                    && lines.send(key.parse::<u64>().unwrap()).is_err()
+                // libtest prints "test crash_child ... " without a line
+                // break before the child's first line.
+                if let Some(at) = line.find("ack ")
+                    && lines.send(line[at + 4..].parse::<u64>().unwrap()).is_err()
                 {
                     break;
                 }
