@@ -151,6 +151,8 @@ pub struct RegionConfig {
     pub shutdown_wait_max: Duration,
     /// Longest a [`AckLevel::Local`] write waits for its commit.
     pub commit_wait_max: Duration,
+    /// Longest a [`AckLevel::Replicated`] write waits for its peers.
+    pub replication_wait_max: Duration,
 }
 
 impl Default for RegionConfig {
@@ -171,6 +173,7 @@ impl Default for RegionConfig {
             session_wait_max: Duration::from_secs(5),
             shutdown_wait_max: Duration::from_secs(5),
             commit_wait_max: Duration::from_secs(5),
+            replication_wait_max: Duration::from_secs(5),
         }
     }
 }
@@ -211,6 +214,21 @@ pub enum RegionError {
     /// A write asked for [`AckLevel::Local`] on a region without storage.
     #[error("AckLevel::Local needs a region with storage")]
     NoStorage,
+    /// A [`AckLevel::Replicated`] write was not applied by enough peers
+    /// within `replication_wait_max`. It is applied here (and committed,
+    /// with storage) and will still replicate: this says only that the
+    /// wait ended.
+    #[error(
+        "write applied here and by {replicated} of {wanted} peers after {waited:?}; it is still local and will replicate"
+    )]
+    ReplicationTimeout {
+        /// Peers that had applied it.
+        replicated: usize,
+        /// Peers asked for.
+        wanted: usize,
+        /// How long it waited.
+        waited: Duration,
+    },
     /// A `Local` write's commit did not finish within `commit_wait_max`
     /// (the engine stopped, or the disk is that slow). The write is applied
     /// here and may still be committed.
@@ -325,9 +343,14 @@ impl Debug for WriteCtx<'_> {
 /// | --- | --- | --- |
 /// | `Memory` (default) | applied here, in memory | nothing: a crash before the next commit (or, without storage, any restart) loses it, and it reaches peers only if this process lives to send it |
 /// | `Local` | the commit that holds it is on this region's disk (group commit: one fsync covers every write waiting) | a crash or power loss of this region; it is then sent to peers after the restart |
+/// | `Replicated(n)` | `n` other regions have applied it (and, those with storage, committed it) | the loss of this region and of `n - 1` of those; with storage here, it is also `Local` |
 ///
 /// With storage, a write leaves for peers only once committed, whatever
 /// its level, so a peer never holds a write this region could lose.
+/// `Replicated(n)` waits up to `replication_wait_max` and then fails with
+/// [`RegionError::ReplicationTimeout`]: the write stays applied here and
+/// keeps replicating (Akka's `WriteTo(n)`, Cosmos DB's multi-region write
+/// acknowledgement).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum AckLevel {
     /// Applied in memory.
@@ -335,6 +358,8 @@ pub enum AckLevel {
     Memory,
     /// Committed to this region's storage.
     Local,
+    /// Applied by this many other regions.
+    Replicated(usize),
 }
 
 /// Builds a [`Region`].
@@ -522,6 +547,7 @@ impl RegionBuilder {
                 failed: None,
             })
             .0,
+            acks: watch::channel(0).0,
         });
         let (commands, receiver) = mpsc::channel(4);
         let engine = self.engine.or_else(|| {
@@ -896,10 +922,46 @@ impl Region {
             return Err(RegionError::NoStorage);
         }
         let (token, seq) = self.write(slot, key, apply)?;
-        if ack == AckLevel::Local {
-            self.wait_committed(seq).await?;
+        match ack {
+            AckLevel::Memory => {}
+            AckLevel::Local => self.wait_committed(seq).await?,
+            AckLevel::Replicated(n) => self.wait_replicated(seq, n).await?,
         }
         Ok(token)
+    }
+
+    /// Waits until `n` peers have acknowledged the local write `seq`, up to
+    /// `replication_wait_max`.
+    async fn wait_replicated(&self, seq: u64, n: usize) -> Result<(), RegionError> {
+        let started = Instant::now();
+        let deadline = started + self.inner.config.replication_wait_max;
+        let mut acks = self.inner.shared.acks.subscribe();
+        loop {
+            // Marked seen before counting: a change after the count wakes us.
+            acks.borrow_and_update();
+            let replicated = {
+                let core = self.inner.shared.lock();
+                // A peer marked for repair counts only once repaired: its
+                // cursor was moved past writes it may not have.
+                core.peers
+                    .values()
+                    .filter(|p| p.acked >= seq && !p.needs_sync)
+                    .count()
+            };
+            if replicated >= n {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, acks.changed())
+                .await
+                .is_err()
+            {
+                return Err(RegionError::ReplicationTimeout {
+                    replicated,
+                    wanted: n,
+                    waited: started.elapsed(),
+                });
+            }
+        }
     }
 
     /// Waits until the local write `seq` is committed, up to

@@ -42,6 +42,9 @@ pub(crate) struct Shared {
     pub(crate) applied: watch::Sender<u64>,
     /// What is on disk, for `Local` writes to wait on.
     pub(crate) durable: watch::Sender<DurableMark>,
+    /// Bumped when a peer acknowledges more of our writes, for
+    /// `Replicated` writes to wait on.
+    pub(crate) acks: watch::Sender<u64>,
 }
 
 impl Shared {
@@ -54,6 +57,13 @@ impl Shared {
     fn publish(&self, core: &Core) {
         if *self.applied.borrow() != core.generation {
             self.applied.send_replace(core.generation);
+        }
+        let acked = core
+            .peers
+            .values()
+            .fold(0u64, |sum, p| sum.wrapping_add(p.acked));
+        if *self.acks.borrow() != acked {
+            self.acks.send_replace(acked);
         }
     }
 }
@@ -82,13 +92,13 @@ pub(crate) enum Command {
 
 /// Commits what changed since the last commit, on tokio's blocking pool,
 /// and tells waiting writers. The engine waits for it: frames received
-/// meanwhile queue in the transport.
-async fn commit(shared: &Shared, storage: &mut Option<Box<dyn Storage>>) {
+/// meanwhile queue in the transport. True when everything is now on disk.
+async fn commit(shared: &Shared, storage: &mut Option<Box<dyn Storage>>) -> bool {
     let Some(commit) = shared.lock().prepare_commit() else {
-        return;
+        return true;
     };
     let Some(mut store) = storage.take() else {
-        return;
+        return false;
     };
     let covers = commit.progress.as_ref().map(|p| p.seq);
     let joined = tokio::task::spawn_blocking(move || {
@@ -98,8 +108,9 @@ async fn commit(shared: &Shared, storage: &mut Option<Box<dyn Storage>>) {
     .await;
     let Ok((store, commit, result)) = joined else {
         tracing::error!("storage: a commit panicked; the region stops committing");
-        return;
+        return false;
     };
+    let ok = result.is_ok();
     *storage = Some(store);
     let mut core = shared.lock();
     core.commit_done(&commit, &result);
@@ -112,6 +123,7 @@ async fn commit(shared: &Shared, storage: &mut Option<Box<dyn Storage>>) {
             Err(error) => Some((covers.unwrap_or(seq), error)),
         };
     });
+    ok
 }
 
 /// Whether a message may leave before the next commit: with storage,
@@ -122,6 +134,27 @@ fn leaves_now(message: &Message) -> bool {
         message,
         Message::Hello { .. } | Message::SyncRequest { .. } | Message::Batch { .. }
     )
+}
+
+/// Most messages held for the next commit before acknowledgements are
+/// compacted (while commits fail, batches keep arriving and being acked).
+const HELD_LEN_MAX: usize = 4096;
+
+/// Keeps, of the held acknowledgements, only the latest per peer and
+/// origin (they are cumulative); everything else stays, in order.
+fn compact_held(held: &mut Outgoing) {
+    let mut seen = std::collections::HashSet::new();
+    let mut kept: Outgoing = Vec::with_capacity(held.len());
+    for (peer, message) in held.drain(..).rev() {
+        if let Message::Ack { origin, .. } = &message
+            && !seen.insert((peer.clone(), *origin))
+        {
+            continue;
+        }
+        kept.push((peer, message));
+    }
+    kept.reverse();
+    *held = kept;
 }
 
 fn send_all<T: Transport>(transport: &T, out: Outgoing) {
@@ -152,9 +185,12 @@ pub(crate) async fn run<T: Transport>(
             biased;
             command = commands.recv(), if shutdown.is_none() => match command {
                 Some(Command::Shutdown(done)) => {
-                    commit(&shared, &mut storage).await;
+                    let mut out = if commit(&shared, &mut storage).await {
+                        std::mem::take(&mut held)
+                    } else {
+                        Vec::new()
+                    };
                     let now = Instant::now();
-                    let mut out = std::mem::take(&mut held);
                     out.extend(shared.lock().take_batches(now));
                     send_all(&transport, out);
                     shutdown = Some((done, now + config.shutdown_wait_max));
@@ -185,6 +221,9 @@ pub(crate) async fn run<T: Transport>(
                     let (now, later): (Outgoing, Outgoing) =
                         out.into_iter().partition(|(_, m)| leaves_now(m));
                     held.extend(later);
+                    if held.len() > HELD_LEN_MAX {
+                        compact_held(&mut held);
+                    }
                     now
                 } else {
                     out
@@ -199,8 +238,11 @@ pub(crate) async fn run<T: Transport>(
                 if durable {
                     // Group commit: one commit for every write since the
                     // last tick; then what it covers may leave.
-                    commit(&shared, &mut storage).await;
-                    send_all(&transport, std::mem::take(&mut held));
+                    // Acknowledgements vouch for the commit: held while it
+                    // fails (peers resend, and the commit is retried).
+                    if commit(&shared, &mut storage).await {
+                        send_all(&transport, std::mem::take(&mut held));
+                    }
                 }
                 let now = Instant::now();
                 let mut core = shared.lock();
@@ -216,8 +258,7 @@ pub(crate) async fn run<T: Transport>(
             }
         }
         if let Some((_, deadline)) = &shutdown {
-            if durable {
-                commit(&shared, &mut storage).await;
+            if durable && commit(&shared, &mut storage).await {
                 send_all(&transport, std::mem::take(&mut held));
             }
             let core = shared.lock();

@@ -501,3 +501,62 @@ fn bad_stores_are_typed_errors_at_build_and_are_left_untouched() {
         std::fs::remove_dir_all(&dir).unwrap();
     });
 }
+
+/// Guards against a peer with storage acknowledging a batch it has not
+/// committed (a crash there would take back a write the origin dropped),
+/// and `Replicated(n)` returning before `n` peers hold the write.
+#[test]
+fn peers_acknowledge_only_what_they_committed_and_replicated_waits_for_it() {
+    common::paused_runtime().block_on(async {
+        let net = ChannelNetwork::new(9);
+        let disk = MemoryStorage::new();
+        let a = region(&net, "a");
+        let b = durable(&net, "b", &disk);
+        let t = a
+            .table::<GCounter>("t")
+            .unwrap()
+            .with_ack(AckLevel::Replicated(1));
+        t.update(&1u64, |c, ctx| c.inc(ctx.replica(), 1))
+            .await
+            .unwrap();
+        disk.fail_commits(true);
+        let started = tokio::time::Instant::now();
+        let err = t.update(&2u64, |c, ctx| c.inc(ctx.replica(), 1)).await;
+        assert!(
+            matches!(
+                err,
+                Err(RegionError::ReplicationTimeout {
+                    replicated: 0,
+                    wanted: 1,
+                    ..
+                })
+            ),
+            "{err:?}"
+        );
+        assert!(started.elapsed() >= RegionConfig::default().replication_wait_max);
+        assert!(
+            visible(&b, "t", 2, 1, Duration::from_millis(10))
+                .await
+                .is_some(),
+            "b applied it in memory, but did not acknowledge it"
+        );
+        let peer = a.stats().peers.into_iter().find(|p| p.name == "b").unwrap();
+        assert!(peer.unacknowledged >= 1);
+        disk.fail_commits(false);
+        t.update(&3u64, |c, ctx| c.inc(ctx.replica(), 1))
+            .await
+            .unwrap();
+        let peer = a.stats().peers.into_iter().find(|p| p.name == "b").unwrap();
+        assert_eq!(peer.unacknowledged, 0, "acknowledged once committed");
+        // Two peers asked of a region with one: the wait ends, typed.
+        let t2 = t.clone().with_ack(AckLevel::Replicated(2));
+        assert!(matches!(
+            t2.update(&4u64, |c, ctx| c.inc(ctx.replica(), 1)).await,
+            Err(RegionError::ReplicationTimeout {
+                replicated: 1,
+                wanted: 2,
+                ..
+            })
+        ));
+    });
+}
