@@ -10,8 +10,9 @@
 //! a `GCounter` table at `a` (spread over 1000 keys, shared by `W` writer
 //! tasks) from the first until `b` has applied the last:
 //!
-//! - `memory/w1`: `AckLevel::Memory`, one writer (the baseline: the engine
-//!   still commits every tick, and ships only committed writes);
+//! - `memory/w1`, `memory/w64`: `AckLevel::Memory`, one and 64 writers
+//!   (the baselines: the engine still commits every tick, and ships only
+//!   committed writes);
 //! - `local/w1`: `AckLevel::Local`, one writer: every write waits for its
 //!   own commit (one fsync per write);
 //! - `local/w64`: `AckLevel::Local`, 64 writers: writes waiting at the same
@@ -22,7 +23,7 @@
 //! it, declaring the table and having every key back.
 //!
 //! After criterion's groups, a summary prints the median rates, their
-//! ratio to `memory/w1`, the p99 acknowledgement latency of `Local` writes
+//! ratio to `memory/w64`, the p99 acknowledgement latency of `Local` writes
 //! against the fsync latency, and the writes per commit.
 //!
 //! Run with `cargo bench --bench durability` (about two minutes).
@@ -51,11 +52,17 @@ struct Workload {
     n: u64,
 }
 
-const WORKLOADS: [Workload; 3] = [
+const WORKLOADS: [Workload; 4] = [
     Workload {
         name: "memory/w1",
         ack: AckLevel::Memory,
         writers: 1,
+        n: 100_000,
+    },
+    Workload {
+        name: "memory/w64",
+        ack: AckLevel::Memory,
+        writers: 64,
         n: 100_000,
     },
     Workload {
@@ -349,7 +356,7 @@ fn summary() {
         let p99 = percentile(lat.clone(), 0.99);
         let p50 = percentile(lat, 0.5);
         println!(
-            "{:<10} {:>10.0} updates/s end to end  ({:.3}x memory/w1)  writes/commit {:>7.1}  ack p50 {:?} p99 {:?} ({:.1} fsyncs)",
+            "{:<10} {:>10.0} updates/s end to end  ({:.3}x memory/w64)  writes/commit {:>7.1}  ack p50 {:?} p99 {:?} ({:.1} fsyncs)",
             w.name,
             rate,
             rate / memory.max(1.0),

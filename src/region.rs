@@ -521,6 +521,14 @@ impl RegionBuilder {
         let mut core = Core::new(self.name.clone(), replica, config.clone(), Arc::clone(&hlc));
         core.replicating = self.engine.is_some();
         core.incarnation = identity.incarnation;
+        // Exchanges are numbered apart per incarnation (by a random start
+        // without storage, whose incarnation is always 1): a late frame of
+        // an exchange of the previous process never matches one of ours.
+        core.sync_session = if storage.is_some() {
+            identity.incarnation << 32
+        } else {
+            u64::from(random_replica_id().get()) << 32
+        };
         let replicating = self.engine.is_some();
         let durable = storage.is_some();
         if let Some(snapshot) = snapshot {
@@ -967,6 +975,13 @@ impl Region {
     /// Waits until the local write `seq` is committed, up to
     /// `commit_wait_max`.
     async fn wait_committed(&self, seq: u64) -> Result<(), RegionError> {
+        {
+            let mut core = self.inner.shared.lock();
+            if core.durable.as_ref().is_some_and(|d| d.seq < seq) {
+                core.commit_requested = true;
+            }
+        }
+        self.inner.shared.wake.notify_one();
         let started = Instant::now();
         let deadline = started + self.inner.config.commit_wait_max;
         let mut marks = self.inner.shared.durable.subscribe();

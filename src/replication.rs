@@ -129,7 +129,7 @@ async fn commit(shared: &Shared, storage: &mut Option<Box<dyn Storage>>) -> bool
 /// Whether a message may leave before the next commit: with storage,
 /// acknowledgements and state transfers wait until what they vouch for is
 /// on disk (a crash must not take back what a peer was told we hold).
-fn leaves_now(message: &Message) -> bool {
+pub(crate) fn leaves_now(message: &Message) -> bool {
     matches!(
         message,
         Message::Hello { .. } | Message::SyncRequest { .. } | Message::Batch { .. }
@@ -202,8 +202,15 @@ pub(crate) async fn run<T: Transport>(
                 let now = Instant::now();
                 let mut core = shared.lock();
                 let out = match event {
-                    TransportEvent::Up(peer) => core.peer_up(&peer, now),
+                    // What was held for a peer belongs to the connection that
+                    // ended: its successor (maybe a new incarnation) must not
+                    // get a reply to an exchange it never started.
+                    TransportEvent::Up(peer) => {
+                        held.retain(|(to, _)| *to != peer);
+                        core.peer_up(&peer, now)
+                    }
                     TransportEvent::Down(peer) => {
+                        held.retain(|(to, _)| *to != peer);
                         core.peer_down(&peer, now);
                         Vec::new()
                     }
@@ -231,6 +238,15 @@ pub(crate) async fn run<T: Transport>(
                 send_all(&transport, out);
             }
             () = shared.wake.notified() => {
+                // `Local` writers waiting: commit now rather than on the
+                // tick, and again at once while more arrived meanwhile
+                // (group commit: each commit takes every write waiting).
+                while durable && std::mem::take(&mut shared.lock().commit_requested) {
+                    if !commit(&shared, &mut storage).await {
+                        break;
+                    }
+                    send_all(&transport, std::mem::take(&mut held));
+                }
                 let out = shared.lock().take_batches(Instant::now());
                 send_all(&transport, out);
             }
@@ -269,6 +285,9 @@ pub(crate) async fn run<T: Transport>(
                     tracing::warn!(region = %core.name, "shutdown: peers still had unacknowledged writes at the deadline");
                 }
                 drop(core);
+                // The store is closed before shutdown returns: the same
+                // directory can be opened again at once.
+                drop(storage.take());
                 if let Some((done, _)) = shutdown.take() {
                     let _ = done.send(());
                 }

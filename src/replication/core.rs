@@ -236,6 +236,9 @@ pub(crate) struct Core {
     pub(crate) counters: Counters,
     /// What is on disk, for a region with storage.
     pub(crate) durable: Option<Durable>,
+    /// A `Local` writer waits for a commit: the engine commits when woken
+    /// instead of on its tick.
+    pub(crate) commit_requested: bool,
 }
 
 /// Where a region with storage stands with its disk.
@@ -317,6 +320,7 @@ impl Core {
             generation: 0,
             counters: Counters::default(),
             durable: None,
+            commit_requested: false,
         }
     }
 
@@ -622,20 +626,25 @@ impl Core {
         if !was {
             tracing::info!(region = %self.name, peer = name, "peer connected");
         }
-        // It may have restarted, numbering its exchanges from 1 again.
-        self.answered_last.remove(name);
+        let known = self.peers.get(name).is_some_and(|p| p.known);
+        if !known {
+            // A peer that does not greet: it may have restarted, numbering
+            // its exchanges anew. A greeting peer's restart shows in its
+            // hello, which forgets its exchanges then; a request repeated
+            // across a reconnect of the same process stays answered once.
+            self.answered_last.remove(name);
+        }
+        // The hello leaves first: a peer that knew us ignores what we send
+        // before it (it may come from an incarnation it is about to reset).
+        let mut out = vec![self.hello(name, false, now)];
         // A first contact is repaired by anti-entropy (one side starts the
         // exchange, which repairs both: the one with the smaller name, or
         // the one that knows the other needs repair). A peer known before
         // is caught up by batches from the outboxes; the hellos say when
         // more is needed.
-        let known = self.peers.get(name).is_some_and(|p| p.known);
-        let mut out = if !known && self.initiates_sync(name) {
-            self.start_sync(name, now)
-        } else {
-            Vec::new()
-        };
-        out.push(self.hello(name, false, now));
+        if !known && self.initiates_sync(name) {
+            out.extend(self.start_sync(name, now));
+        }
         out
     }
 
@@ -774,6 +783,7 @@ impl Core {
         }
         let new_replica = peer.replica != Some(replica);
         let new_incarnation = new_replica || peer.incarnation != Some(incarnation);
+        let mut restarted = false;
         if new_incarnation {
             if new_replica {
                 if let Some(old) = peer.replica {
@@ -795,6 +805,7 @@ impl Core {
             if first {
                 tracing::debug!(region = %name, peer = from, %replica, incarnation, "peer identified");
             } else {
+                restarted = true;
                 tracing::info!(region = %name, peer = from, %replica, incarnation, holds_of_ours = ours, "peer restarted: its binding and cursor are reset");
             }
         } else {
@@ -805,6 +816,13 @@ impl Core {
         peer.its_seq_seen = peer.its_seq_seen.max(seq);
         peer.greeted = true;
         peer.known = true;
+        if restarted {
+            // Its former process's exchanges are over: what it asked and
+            // what it was sending are void.
+            self.answered_last.remove(from);
+            self.answered.remove(from);
+            self.sync_inbox.retain(|(peer, _, _), _| peer != from);
+        }
         if new_replica {
             // Batches of its former replica wait for writes nobody will send.
             let before = self.buffer.len();
@@ -924,7 +942,10 @@ impl Core {
         {
             return self.on_hello(from, replica, incarnation, seq, &applied, reply, now);
         }
-        if peer.refused.is_some() {
+        // A refused peer, or one that knew us and has not greeted on this
+        // connection yet (what it sends may come from an incarnation its
+        // hello will reset): ignored.
+        if peer.refused.is_some() || peer.unconfirmed() {
             self.counters.stale_frames += 1;
             return Vec::new();
         }

@@ -154,9 +154,19 @@ fn batch(
 }
 
 /// The messages of `out` addressed to `peer`.
+/// `peer_up` without the hello (see [`to`]).
+fn up(core: &mut Core, peer: &str, at: Instant) -> Outgoing {
+    core.peer_up(peer, at)
+        .into_iter()
+        .filter(|(_, m)| !matches!(m, Message::Hello { .. }))
+        .collect()
+}
+
+/// Hellos are left out: these cores never greet, so they keep the rules
+/// for peers that do not (the handshake has its own tests).
 fn to(out: &Outgoing, peer: &str) -> Vec<Message> {
     out.iter()
-        .filter(|(p, _)| p == peer)
+        .filter(|(p, m)| p == peer && !matches!(m, Message::Hello { .. }))
         .map(|(_, m)| m.clone())
         .collect()
 }
@@ -181,8 +191,8 @@ fn push_carries_every_bucket_changed_since_the_digests() {
     let mut a = core("a", 1, cfg.clone(), &["posts", "replies"]);
     let mut b = core("b", 2, cfg, &["posts", "replies"]);
     write(&mut b, "replies", 7); // that bucket will differ
-    b.peer_up("a", now());
-    let request = a.peer_up("b", now()); // a < b: a starts; its digests are taken now
+    up(&mut b, "a", now());
+    let request = up(&mut a, "b", now()); // a < b: a starts; its digests are taken now
     assert!(matches!(request[0].1, Message::SyncRequest { .. }));
     // Meanwhile a applies D's post, then C's reply to it: the post's bucket
     // was equal when a sent its digests.
@@ -218,9 +228,9 @@ fn a_lost_middle_chunk_raises_nothing() {
     };
     let mut a = core("a", 1, RegionConfig::default(), &["hits"]);
     let mut b = core("b", 2, small, &["hits"]);
-    b.peer_up("a", now());
+    up(&mut b, "a", now());
     let tokens: Vec<_> = (1..=3).map(|key| write(&mut b, "hits", key)).collect();
-    let request = a.peer_up("b", now());
+    let request = up(&mut a, "b", now());
     let reply = to(&b.on_message("a", request[0].1.clone(), now()), "a");
     assert_eq!(reply.len(), 3, "three chunks");
 
@@ -243,9 +253,9 @@ fn reordered_chunks_are_merged_once_all_have_arrived() {
     };
     let mut a = core("a", 1, RegionConfig::default(), &["hits"]);
     let mut b = core("b", 2, small, &["hits"]);
-    b.peer_up("a", now());
+    up(&mut b, "a", now());
     let tokens: Vec<_> = (1..=3).map(|key| write(&mut b, "hits", key)).collect();
-    let request = a.peer_up("b", now());
+    let request = up(&mut a, "b", now());
     let reply = to(&b.on_message("a", request[0].1.clone(), now()), "a");
     assert_eq!(reply.len(), 3);
 
@@ -270,11 +280,11 @@ fn an_incomplete_transfer_expires_and_its_late_chunk_is_ignored() {
     let mut a = core("a", 1, RegionConfig::default(), &["hits"]);
     let mut b = core("b", 2, small, &["hits"]);
     let t0 = now();
-    b.peer_up("a", t0);
+    up(&mut b, "a", t0);
     for key in 1..=3 {
         write(&mut b, "hits", key);
     }
-    let request = a.peer_up("b", t0);
+    let request = up(&mut a, "b", t0);
     let reply = to(&b.on_message("a", request[0].1.clone(), t0), "a");
     feed(&mut a, "b", vec![reply[0].clone(), reply[2].clone()], t0);
     assert_eq!(a.sync_inbox.len(), 1);
@@ -308,11 +318,11 @@ fn an_oversized_transfer_is_aborted_whole() {
     };
     let mut a = core("a", 1, tight, &["hits"]);
     let mut b = core("b", 2, small, &["hits"]);
-    b.peer_up("a", now());
+    up(&mut b, "a", now());
     for key in 1..=6 {
         write(&mut b, "hits", key);
     }
-    let request = a.peer_up("b", now());
+    let request = up(&mut a, "b", now());
     let reply = to(&b.on_message("a", request[0].1.clone(), now()), "a");
     assert_eq!(reply.len(), 6);
 
@@ -341,8 +351,8 @@ fn concurrent_exchanges_do_not_share_an_inbox() {
     for key in 11..=13 {
         write(&mut b, "hits", key);
     }
-    a.peer_up("b", now());
-    b.peer_up("a", now());
+    up(&mut a, "b", now());
+    up(&mut b, "a", now());
     // Both sides start an exchange (both need repair, say).
     let request_a = a.start_sync("b", now());
     let request_b = b.start_sync("a", now());
@@ -377,17 +387,17 @@ fn undeclared_table_values_are_shipped_in_transfers() {
     let mut a = core("a", 1, cfg.clone(), &["t"]);
     let mut b = core("b", 2, cfg.clone(), &[]); // has not declared "t" yet
     let mut c = core("c", 3, cfg, &["t"]);
-    c.peer_up("a", now());
-    c.peer_up("b", now());
+    up(&mut c, "a", now());
+    up(&mut c, "b", now());
     let token = write(&mut c, "t", 1);
     let batches = c.take_batches(now());
     // The copy to a is lost; b holds its copy undeclared and acks it.
     let acks = feed(&mut b, "c", to(&batches, "b"), now());
     feed(&mut c, "b", to(&acks, "c"), now());
     assert_eq!(b.applied.get(rid(3)), 1);
-    b.peer_up("a", now());
-    a.peer_up("c", now()); // a knows c but never got its batch
-    let request = a.peer_up("b", now());
+    up(&mut b, "a", now());
+    up(&mut a, "c", now()); // a knows c but never got its batch
+    let request = up(&mut a, "b", now());
 
     let reply = b.on_message("a", to(&request, "b")[0].clone(), now());
     let out = feed(&mut a, "b", to(&reply, "a"), now());
@@ -408,8 +418,8 @@ fn undeclared_values_do_not_pile_up_across_rounds() {
     for key in 0..100 {
         write(&mut y, "t", key);
     }
-    x.peer_up("y", now());
-    y.peer_up("x", now());
+    up(&mut x, "y", now());
+    up(&mut y, "x", now());
     let mut sizes = Vec::new();
     for _ in 0..5 {
         let request = x.start_sync("y", now());
@@ -539,8 +549,8 @@ fn a_vector_claiming_our_own_writes_beyond_our_counter_is_rejected() {
     let cfg = RegionConfig::default();
     let mut a = core("a", 1, cfg.clone(), &["hits"]);
     let mut b = core("b", 2, cfg.clone(), &["hits"]);
-    a.peer_up("b", now());
-    b.peer_up("a", now());
+    up(&mut a, "b", now());
+    up(&mut b, "a", now());
     for _ in 0..5 {
         write(&mut a, "hits", 1);
     }
@@ -550,8 +560,8 @@ fn a_vector_claiming_our_own_writes_beyond_our_counter_is_rejected() {
 
     // a restarts, in memory, with the same (pinned) id: its counter is 0.
     let mut a = core("a", 1, cfg, &["hits"]);
-    b.peer_up("a", now());
-    let request = a.peer_up("b", now());
+    up(&mut b, "a", now());
+    let request = up(&mut a, "b", now());
     let reply = b.on_message("a", request[0].1.clone(), now());
     let out = feed(&mut a, "b", to(&reply, "a"), now());
 
@@ -629,9 +639,9 @@ fn a_transfer_moves_the_clock_past_its_sender() {
     let cfg = RegionConfig::default();
     let mut a = core("a", 1, cfg.clone(), &["hits"]);
     let mut b = core_at("b", 2, cfg, &["hits"], WALL_MS + 300); // within the bound
-    b.peer_up("a", now());
+    up(&mut b, "a", now());
     write(&mut b, "hits", 1);
-    let request = a.peer_up("b", now());
+    let request = up(&mut a, "b", now());
     let reply = to(&b.on_message("a", request[0].1.clone(), now()), "a");
     let Message::SyncStates { sent_at, .. } = reply[0] else {
         unreachable!()
@@ -697,7 +707,7 @@ fn a_duplicate_batch_is_buffered_once() {
 #[test]
 fn a_peer_first_seen_after_the_log_was_truncated_is_marked_for_repair() {
     let mut a = core("a", 1, RegionConfig::default(), &["t"]);
-    a.peer_up("b", now());
+    up(&mut a, "b", now());
     for key in 1..=3 {
         write(&mut a, "t", key);
     }
@@ -709,7 +719,7 @@ fn a_peer_first_seen_after_the_log_was_truncated_is_marked_for_repair() {
     a.on_message("b", ack, now());
     assert!((a.outbox.len() == 0));
 
-    a.peer_up("c", now());
+    up(&mut a, "c", now());
     let out = a.take_batches(now());
 
     assert!(to(&out, "c").is_empty());
@@ -726,7 +736,7 @@ fn batches_in_flight_are_bounded_by_the_window() {
         ..RegionConfig::default()
     };
     let mut a = core("a", 1, cfg, &["t"]);
-    a.peer_up("b", now());
+    up(&mut a, "b", now());
     for key in 0..40 {
         write(&mut a, "t", key);
     }
@@ -751,8 +761,8 @@ fn flushed_waits_for_pending_repairs() {
     let mut a = core("a", 1, cfg, &["t"]);
     let mut b = core("b", 2, RegionConfig::default(), &["t"]);
     let t0 = now();
-    b.peer_up("a", t0);
-    a.peer_up("b", t0); // its exchange goes unanswered
+    up(&mut b, "a", t0);
+    up(&mut a, "b", t0); // its exchange goes unanswered
     write(&mut a, "t", 1); // over the outbox bound: dropped, b needs repair
     assert!((a.outbox.len() == 0) && a.peers["b"].needs_sync);
     assert_eq!(a.peers["b"].acked, a.seq, "every write counts as acked");
@@ -781,8 +791,8 @@ fn a_lost_repair_push_is_retried_within_the_exchange_timeout() {
     let mut a = core("a", 1, cfg, &["t"]);
     let mut b = core("b", 2, RegionConfig::default(), &["t"]);
     let t0 = now();
-    b.peer_up("a", t0);
-    a.peer_up("b", t0); // its first exchange goes unanswered
+    up(&mut b, "a", t0);
+    up(&mut a, "b", t0); // its first exchange goes unanswered
     for key in 1..=3 {
         write(&mut a, "t", key); // the third overflows: dropped
     }
@@ -844,7 +854,7 @@ fn equal_lww_maps_built_in_different_orders_are_not_reshipped() {
             b.named::<CrdtStore<Map>>("m").unwrap().get(&k(0))
         );
 
-        let request = a.peer_up("b", now());
+        let request = up(&mut a, "b", now());
         let reply = b.on_message("a", request[0].1.clone(), now());
 
         assert_eq!(reply.len(), 1);
@@ -876,8 +886,8 @@ fn values_already_held_undeclared_do_not_count_twice_against_the_bound() {
     for key in 0..34 {
         store.entry(&k(key)).set(stamp, "x".repeat(1 << 20));
     }
-    x.peer_up("y", now());
-    y.peer_up("x", now());
+    up(&mut x, "y", now());
+    up(&mut y, "x", now());
     for round in 1..=2 {
         let request = x.start_sync("y", now());
         let reply = y.on_message("x", request[0].1.clone(), now());
