@@ -211,6 +211,9 @@ pub enum RegionError {
         /// The id pinned.
         pinned: ReplicaId,
     },
+    /// [`Region::retire_peer`] was asked to retire this region itself.
+    #[error("a region cannot retire itself")]
+    RetireSelf,
     /// A write asked for [`AckLevel::Local`] on a region without storage.
     #[error("AckLevel::Local needs a region with storage")]
     NoStorage,
@@ -1008,6 +1011,47 @@ impl Region {
         }
     }
 
+    /// Removes the region `name` from this region's archipelago for good:
+    /// an operator's call once that region is decommissioned (or lost) and
+    /// will not come back under that name. Call it on every region. Returns
+    /// the replica ids `name` had (its current one and the earlier ones
+    /// this region saw); a region retired here before it was ever met is
+    /// remembered by name only.
+    ///
+    /// What changes, here (and, with storage, across restarts):
+    /// - **Frames and handshakes** from `name` are ignored and refused (a
+    ///   `warn` event, counted in [`RegionStats::refused_handshakes`]), and
+    ///   its replica ids are refused from any peer
+    ///   ([`HandshakeRefusal::IdOfAnotherPeer`] naming it).
+    /// - **The outbox** no longer waits for its acknowledgements: writes
+    ///   every remaining peer has are deleted.
+    /// - **Session tokens** that name writes of its replica ids this region
+    ///   has not applied no longer wait for them: a session read or write
+    ///   is served once everything else it needs is here. Those writes may
+    ///   never come (they were lost with the region), or may still arrive
+    ///   later from another region's anti-entropy.
+    /// - **Version vectors** keep its entries. Dropping an entry is sound
+    ///   only once every region agrees on the last write of that replica it
+    ///   holds (a stable cut); without that agreement a region that drops it
+    ///   would take a late copy of those writes for new ones and apply them
+    ///   out of causal order. That coordination round does not exist yet,
+    ///   so vectors and tokens carry one entry per retired replica id.
+    ///
+    /// # Errors
+    /// [`RegionError::RetireSelf`] for this region's own name.
+    pub fn retire_peer(&self, name: &str) -> Result<Vec<ReplicaId>, RegionError> {
+        if name == self.inner.name {
+            return Err(RegionError::RetireSelf);
+        }
+        let ids = self.inner.shared.lock().retire_peer(name);
+        // Session waits re-check what they still need.
+        self.inner
+            .shared
+            .applied
+            .send_modify(|g| *g = g.wrapping_add(1));
+        Ok(ids)
+    }
+
     /// Waits until this region has applied `token`, up to `session_wait_max`.
     async fn wait_for(&self, token: &SessionToken) -> Result<(), RegionError> {
         let started = Instant::now();
@@ -1019,7 +1063,16 @@ impl Region {
                 if token.covered_by(&core.applied) {
                     return Ok(());
                 }
-                token.missing(&core.applied).collect()
+                // Writes of retired regions are not waited for.
+                let retired: Vec<ReplicaId> = core.retired_ids().collect();
+                let missing: Vec<Missing> = token
+                    .missing(&core.applied)
+                    .filter(|m| !retired.contains(&m.replica))
+                    .collect();
+                if missing.is_empty() {
+                    return Ok(());
+                }
+                missing
             };
             match tokio::time::timeout_at(deadline, changes.changed()).await {
                 Ok(Ok(())) => continue,

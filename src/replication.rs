@@ -242,6 +242,9 @@ pub(crate) async fn run<T: Transport>(
                 // tick, and again at once while more arrived meanwhile
                 // (group commit: each commit takes every write waiting).
                 while durable && std::mem::take(&mut shared.lock().commit_requested) {
+                    // Writers woken by the last commit write again first:
+                    // one commit then takes them all.
+                    tokio::task::yield_now().await;
                     if !commit(&shared, &mut storage).await {
                         break;
                     }

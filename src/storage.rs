@@ -151,6 +151,8 @@ pub struct Snapshot {
     pub outbox: Vec<(u64, Vec<u8>)>,
     /// Per-peer cursors: our writes each peer acknowledged.
     pub cursors: Vec<(String, u64)>,
+    /// Peers retired for good, with their replica ids.
+    pub retired: Vec<(String, Vec<ReplicaId>)>,
 }
 
 /// One atomic change to a store.
@@ -169,6 +171,8 @@ pub struct Commit {
     pub outbox_keep_from: u64,
     /// Cursors to write.
     pub cursors: Vec<(String, u64)>,
+    /// The whole list of retired peers, when it changed.
+    pub retired: Option<Vec<(String, Vec<ReplicaId>)>>,
 }
 
 impl Commit {
@@ -179,6 +183,7 @@ impl Commit {
             && self.states.is_empty()
             && self.outbox_put.is_empty()
             && self.cursors.is_empty()
+            && self.retired.is_none()
     }
 }
 
@@ -263,6 +268,7 @@ struct MemoryInner {
     format: Option<[u8; 4]>,
     identity: Option<Vec<u8>>,
     progress: Option<Vec<u8>>,
+    retired: Option<Vec<u8>>,
     states: BTreeMap<(String, Vec<u8>), Vec<u8>>,
     outbox: BTreeMap<u64, Vec<u8>>,
     cursors: BTreeMap<String, u64>,
@@ -331,6 +337,12 @@ impl Storage for MemoryStorage {
                 .map(|b| decode_meta("progress", b))
                 .transpose()?
                 .unwrap_or_default(),
+            retired: inner
+                .retired
+                .as_deref()
+                .map(|b| decode_meta("retired peers", b))
+                .transpose()?
+                .unwrap_or_default(),
             states: inner
                 .states
                 .iter()
@@ -344,6 +356,7 @@ impl Storage for MemoryStorage {
     fn commit(&mut self, commit: &Commit) -> Result<(), StorageError> {
         let identity = commit.identity.as_ref().map(encode_meta).transpose()?;
         let progress = commit.progress.as_ref().map(encode_meta).transpose()?;
+        let retired = commit.retired.as_ref().map(encode_meta).transpose()?;
         let mut inner = self.lock();
         if inner.fail {
             return Err(StorageError::Io(
@@ -357,6 +370,9 @@ impl Storage for MemoryStorage {
         if let Some(progress) = progress {
             inner.progress = Some(progress);
         }
+        if let Some(retired) = retired {
+            inner.retired = Some(retired);
+        }
         for (table, key, states) in &commit.states {
             inner
                 .states
@@ -367,6 +383,11 @@ impl Storage for MemoryStorage {
         for (first, segment) in &commit.outbox_put {
             if *first >= commit.outbox_keep_from {
                 inner.outbox.insert(*first, segment.clone());
+            }
+        }
+        if let Some(retired) = &commit.retired {
+            for (peer, _) in retired {
+                inner.cursors.remove(peer);
             }
         }
         for (peer, acked) in &commit.cursors {

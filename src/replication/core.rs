@@ -239,6 +239,10 @@ pub(crate) struct Core {
     /// A `Local` writer waits for a commit: the engine commits when woken
     /// instead of on its tick.
     pub(crate) commit_requested: bool,
+    /// Peers an operator removed for good, with the replica ids they had:
+    /// their frames are ignored, their hellos refused, their ids never
+    /// accepted from anyone, and session waits stop waiting for them.
+    pub(crate) retired: BTreeMap<String, Vec<ReplicaId>>,
 }
 
 /// Where a region with storage stands with its disk.
@@ -257,6 +261,8 @@ pub(crate) struct Durable {
     outbox_start: u64,
     /// Cursors changed since the last commit.
     cursors: bool,
+    /// Retired peers changed since the last commit.
+    retired: bool,
     /// Keys of undeclared tables that received values since the last
     /// commit.
     undeclared: Vec<(String, Box<[u8]>)>,
@@ -321,6 +327,7 @@ impl Core {
             counters: Counters::default(),
             durable: None,
             commit_requested: false,
+            retired: BTreeMap::new(),
         }
     }
 
@@ -369,7 +376,11 @@ impl Core {
                 "stored outbox does not end at the last write".into(),
             ));
         }
+        self.retired = snapshot.retired.into_iter().collect();
         for (peer, acked) in snapshot.cursors {
+            if self.retired.contains_key(&peer) {
+                continue;
+            }
             let state = self.peer(&peer, now);
             state.acked = acked.min(seq);
             state.sent = state.acked;
@@ -384,6 +395,7 @@ impl Core {
             outbox_from: None,
             outbox_start: self.outbox.start().unwrap_or(seq + 1),
             cursors: false,
+            retired: false,
             undeclared: Vec::new(),
         });
         Ok(())
@@ -417,6 +429,14 @@ impl Core {
             commit.outbox_put = self.outbox.encode_from(from);
         }
         commit.outbox_keep_from = self.outbox.start().unwrap_or(self.seq + 1);
+        if std::mem::take(&mut durable.retired) {
+            commit.retired = Some(
+                self.retired
+                    .iter()
+                    .map(|(name, ids)| (name.clone(), ids.clone()))
+                    .collect(),
+            );
+        }
         if std::mem::take(&mut durable.cursors) {
             commit.cursors = self
                 .peers
@@ -478,6 +498,9 @@ impl Core {
                 }
                 if !commit.cursors.is_empty() {
                     durable.cursors = true;
+                }
+                if commit.retired.is_some() {
+                    durable.retired = true;
                 }
             }
         }
@@ -604,6 +627,38 @@ impl Core {
 
     // ----- peers ------------------------------------------------------------
 
+    /// Removes the peer `name` for good (see [`Region::retire_peer`]):
+    /// forgets its cursor (the log no longer waits for it), its exchanges
+    /// and its binding, and remembers its replica ids. Returns them.
+    ///
+    /// [`Region::retire_peer`]: crate::region::Region::retire_peer
+    pub(crate) fn retire_peer(&mut self, name: &str) -> Vec<ReplicaId> {
+        let mut ids = self.retired.remove(name).unwrap_or_default();
+        if let Some(peer) = self.peers.remove(name) {
+            ids.extend(peer.former);
+            ids.extend(peer.replica);
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        self.syncs.remove(name);
+        self.answered.remove(name);
+        self.answered_last.remove(name);
+        self.sync_inbox.retain(|(peer, _, _), _| peer != name);
+        self.retired.insert(name.to_owned(), ids.clone());
+        if let Some(durable) = &mut self.durable {
+            durable.retired = true;
+            durable.cursors = true;
+        }
+        tracing::warn!(region = %self.name, peer = name, replicas = ?ids, "peer retired for good");
+        self.truncate_log();
+        ids
+    }
+
+    /// Replica ids of retired peers.
+    pub(crate) fn retired_ids(&self) -> impl Iterator<Item = ReplicaId> + '_ {
+        self.retired.values().flatten().copied()
+    }
+
     fn peer(&mut self, name: &str, now: Instant) -> &mut PeerState {
         if !self.peers.contains_key(name) {
             self.peers.insert(name.to_owned(), PeerState::new(now));
@@ -612,6 +667,9 @@ impl Core {
     }
 
     pub(crate) fn peer_up(&mut self, name: &str, now: Instant) -> Outgoing {
+        if self.retired.contains_key(name) {
+            return Vec::new();
+        }
         let peer = self.peer(name, now);
         let was = peer.connected;
         peer.connected = true;
@@ -708,6 +766,12 @@ impl Core {
         if let Some((holder, _)) = self.peers.iter().find(|(name, p)| {
             name.as_str() != from && (p.replica == Some(replica) || p.former.contains(&replica))
         }) {
+            return Some(HandshakeRefusal::IdOfAnotherPeer {
+                replica,
+                holder: holder.clone(),
+            });
+        }
+        if let Some((holder, _)) = self.retired.iter().find(|(_, ids)| ids.contains(&replica)) {
             return Some(HandshakeRefusal::IdOfAnotherPeer {
                 replica,
                 holder: holder.clone(),
@@ -854,6 +918,9 @@ impl Core {
     }
 
     pub(crate) fn peer_down(&mut self, name: &str, now: Instant) {
+        if self.retired.contains_key(name) {
+            return;
+        }
         let peer = self.peer(name, now);
         let was = peer.connected;
         peer.connected = false;
@@ -930,6 +997,14 @@ impl Core {
     // ----- receiving ------------------------------------------------------------
 
     pub(crate) fn on_message(&mut self, from: &str, message: Message, now: Instant) -> Outgoing {
+        if self.retired.contains_key(from) {
+            if let Message::Hello { .. } = message {
+                self.counters.refused_handshakes += 1;
+                tracing::warn!(region = %self.name, peer = from, "rejected input: hello of a retired peer");
+            }
+            self.counters.stale_frames += 1;
+            return Vec::new();
+        }
         let peer = self.peer(from, now);
         peer.last_contact = Some(now);
         if let Message::Hello {

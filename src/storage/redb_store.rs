@@ -145,6 +145,10 @@ impl Storage for RedbStorage {
         snapshot.identity = get("identity")?
             .map(|b| decode_meta("identity", &b))
             .transpose()?;
+        snapshot.retired = get("retired")?
+            .map(|b| decode_meta("retired peers", &b))
+            .transpose()?
+            .unwrap_or_default();
         snapshot.progress = get("progress")?
             .map(|b| decode_meta("progress", &b))
             .transpose()?
@@ -190,6 +194,7 @@ impl Storage for RedbStorage {
     fn commit(&mut self, commit: &Commit) -> Result<(), StorageError> {
         let identity = commit.identity.as_ref().map(encode_meta).transpose()?;
         let progress = commit.progress.as_ref().map(encode_meta).transpose()?;
+        let retired = commit.retired.as_ref().map(encode_meta).transpose()?;
         let txn = self.db.begin_write().map_err(io)?;
         {
             let mut meta = txn.open_table(META).map_err(table)?;
@@ -201,6 +206,10 @@ impl Storage for RedbStorage {
             }
             if let Some(progress) = &progress {
                 meta.insert("progress", progress.as_slice())
+                    .map_err(storage)?;
+            }
+            if let Some(retired) = &retired {
+                meta.insert("retired", retired.as_slice())
                     .map_err(storage)?;
             }
             let mut states = txn.open_table(STATES).map_err(table)?;
@@ -219,6 +228,11 @@ impl Storage for RedbStorage {
                 }
             }
             let mut cursors = txn.open_table(CURSORS).map_err(table)?;
+            if let Some(retired) = &commit.retired {
+                for (peer, _) in retired {
+                    cursors.remove(peer.as_str()).map_err(storage)?;
+                }
+            }
             for (peer, acked) in &commit.cursors {
                 cursors.insert(peer.as_str(), *acked).map_err(storage)?;
             }
