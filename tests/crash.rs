@@ -8,6 +8,8 @@
 //! 20 kills by default; `CRASH_KILLS=200` for a deep run, `CRASH_SEED=n`
 //! to replay one schedule.
 
+#![cfg(feature = "redb")]
+
 mod common;
 
 use std::collections::BTreeSet;

@@ -416,6 +416,7 @@ fn a_failed_commit_is_a_typed_error_and_is_retried() {
 
 /// Guards against a store of another region, a newer format, a corrupt
 /// file or a mismatched pinned id being used (or overwritten).
+#[cfg(feature = "redb")]
 #[test]
 fn bad_stores_are_typed_errors_at_build_and_are_left_untouched() {
     common::paused_runtime().block_on(async {
