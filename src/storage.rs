@@ -261,6 +261,9 @@ pub(crate) fn decode_meta<T: serde::de::DeserializeOwned>(
 #[derive(Clone, Default)]
 pub struct MemoryStorage {
     inner: Arc<Mutex<MemoryInner>>,
+    /// Commits succeed only while this is the store's generation (see
+    /// [`crash`](MemoryStorage::crash)).
+    generation: u64,
 }
 
 #[derive(Default)]
@@ -274,6 +277,7 @@ struct MemoryInner {
     cursors: BTreeMap<String, u64>,
     fail: bool,
     commits: u64,
+    generation: u64,
 }
 
 impl std::fmt::Debug for MemoryStorage {
@@ -301,6 +305,19 @@ impl MemoryStorage {
     /// and changes nothing.
     pub fn fail_commits(&self, fail: bool) {
         self.lock().fail = fail;
+    }
+
+    /// A crash of the process using this store: every existing handle
+    /// (and its clones) can no longer commit, as a dead process writes
+    /// nothing more, even a commit it was in the middle of. Returns the
+    /// handle a restarted region opens.
+    pub fn crash(&self) -> MemoryStorage {
+        let mut inner = self.lock();
+        inner.generation += 1;
+        MemoryStorage {
+            inner: Arc::clone(&self.inner),
+            generation: inner.generation,
+        }
     }
 
     /// Commits applied so far.
@@ -361,6 +378,11 @@ impl Storage for MemoryStorage {
         if inner.fail {
             return Err(StorageError::Io(
                 "no space left on device (injected)".into(),
+            ));
+        }
+        if inner.generation != self.generation {
+            return Err(StorageError::Io(
+                "the process crashed (MemoryStorage::crash)".into(),
             ));
         }
         inner.format = Some(encode_format());

@@ -40,6 +40,13 @@ pub enum TransportEvent {
 /// Implementations never block in [`send`](Transport::send): a frame that
 /// cannot be sent now is dropped (and counted by the transport), as a
 /// network would drop it.
+///
+/// The engine's handshake binds a peer's name to its replica id and
+/// incarnation for the life of a connection (from its `Up` to its `Down`).
+/// So an implementation must deliver no frame of a connection after the
+/// `Up` of its successor: a frame of a peer's previous process arriving
+/// after its new process greeted could rebind the name to the dead one.
+/// `TcpTransport` and `ChannelNetwork` both guarantee it.
 pub trait Transport: Send + 'static {
     /// This region's name.
     fn local(&self) -> &str;

@@ -235,9 +235,11 @@ impl NetworkStats {
 /// - **Closing.** `recv` returns `None` once [`ChannelNetwork::shutdown`] has
 ///   been called, or once its queue is empty and every other handle (network
 ///   handles and endpoints) is dropped, so nothing could ever arrive. Dropping
-///   an endpoint discards its queue (counted as `frames_dropped_closed`) and
-///   its peers see `Down` for it; registering the name again is a restart and
-///   they see `Up`.
+///   an endpoint discards its queue and the frames it sent still in flight
+///   (both counted as `frames_dropped_closed`: its connections closed with
+///   it), and its peers see `Down` for it; registering the name again is a
+///   restart and they see `Up`, after which no frame of the dropped
+///   endpoint arrives (as over TCP).
 ///
 /// # Example
 ///
@@ -563,6 +565,7 @@ impl Drop for ChannelEndpoint {
         state.handles -= 1;
         state.transition(|state| {
             state.discard_queue(&self.name);
+            state.discard_sent_by(&self.name);
             if let Some(slot) = state.slots.get_mut(&self.name) {
                 slot.alive = false;
             }
@@ -795,6 +798,35 @@ impl State {
                     stats.frames_in_flight -= 1;
                     stats.frames_dropped_closed += 1;
                 }
+            }
+        }
+    }
+
+    /// Drops the frames `sender` sent that are still in flight: its
+    /// connections closed with it, so no frame of it reaches a peer after
+    /// the peer sees `Up` for its successor (as over TCP).
+    fn discard_sent_by(&mut self, sender: &str) {
+        for (receiver, slot) in &mut self.slots {
+            if receiver == sender {
+                continue;
+            }
+            let before = slot.queue.len();
+            let queue = std::mem::take(&mut slot.queue);
+            slot.queue = queue
+                .into_iter()
+                .filter(
+                    |q| !matches!(&q.event, TransportEvent::Frame { from, .. } if from == sender),
+                )
+                .collect();
+            let dropped = before - slot.queue.len();
+            if dropped == 0 {
+                continue;
+            }
+            slot.frames_queued -= dropped;
+            let link = self.links.get_mut(sender, receiver);
+            for stats in [&mut link.stats, &mut self.totals] {
+                stats.frames_in_flight -= dropped as u64;
+                stats.frames_dropped_closed += dropped as u64;
             }
         }
     }
