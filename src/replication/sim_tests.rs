@@ -701,15 +701,18 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
         .unwrap_or("a panic")
 }
 
-#[test]
-fn three_cores_converge_under_faults_with_causal_invariants() {
+/// Runs the seeds the environment names (`SIM_FROM`, `SIM_SEEDS`, with
+/// or without periodic anti-entropy, logged or not), durable cores or not;
+/// panics with the first failure and how to replay it (`test` names the
+/// test to replay).
+fn run_seeds(durable: bool, test: &str) {
     let from = env("SIM_FROM").unwrap_or(1);
     let seeds = env("SIM_SEEDS").unwrap_or(SEEDS);
     let periodic_sync = std::env::var_os("SIM_NO_PERIODIC_AE").is_none();
     let log = std::env::var_os("SIM_LOG").is_some();
     let failures: Vec<(u64, String)> = (from..from + seeds)
         .filter_map(|seed| {
-            std::panic::catch_unwind(|| run(seed, periodic_sync, log, false))
+            std::panic::catch_unwind(|| run(seed, periodic_sync, log, durable))
                 .unwrap_or_else(|panic| Err(format!("panicked: {}", panic_message(&*panic))))
                 .err()
                 .map(|error| (seed, error))
@@ -719,7 +722,7 @@ fn three_cores_converge_under_faults_with_causal_invariants() {
         let seeds_failed: Vec<u64> = failures.iter().map(|(seed, _)| *seed).collect();
         panic!(
             "{} of {seeds} seeds failed: {seeds_failed:?}\nseed {seed}: {error}\n\
-             replay: {}SIM_FROM={seed} SIM_SEEDS=1 SIM_LOG=1 cargo test --lib sim::three_cores",
+             replay: {}SIM_FROM={seed} SIM_SEEDS=1 SIM_LOG=1 cargo test --lib sim::{test}",
             failures.len(),
             if periodic_sync {
                 ""
@@ -728,6 +731,11 @@ fn three_cores_converge_under_faults_with_causal_invariants() {
             },
         );
     }
+}
+
+#[test]
+fn three_cores_converge_under_faults_with_causal_invariants() {
+    run_seeds(false, "three_cores");
 }
 
 /// Cores with storage that commit (30% of the commits between ticks fail,
@@ -742,26 +750,7 @@ fn three_cores_converge_under_faults_with_causal_invariants() {
 /// ```
 #[test]
 fn three_durable_cores_converge_through_crashes() {
-    let from = env("SIM_FROM").unwrap_or(1);
-    let seeds = env("SIM_SEEDS").unwrap_or(SEEDS);
-    let periodic_sync = std::env::var_os("SIM_NO_PERIODIC_AE").is_none();
-    let log = std::env::var_os("SIM_LOG").is_some();
-    let failures: Vec<(u64, String)> = (from..from + seeds)
-        .filter_map(|seed| {
-            std::panic::catch_unwind(|| run(seed, periodic_sync, log, true))
-                .unwrap_or_else(|panic| Err(format!("panicked: {}", panic_message(&*panic))))
-                .err()
-                .map(|error| (seed, error))
-        })
-        .collect();
-    if let Some((seed, error)) = failures.first() {
-        let seeds_failed: Vec<u64> = failures.iter().map(|(seed, _)| *seed).collect();
-        panic!(
-            "{} of {seeds} seeds failed: {seeds_failed:?}\nseed {seed}: {error}\n\
-             replay: SIM_FROM={seed} SIM_SEEDS=1 SIM_LOG=1 cargo test --lib sim::three_durable",
-            failures.len(),
-        );
-    }
+    run_seeds(true, "three_durable");
 }
 
 /// Guards against a repair ending on the confirmation of a push that left

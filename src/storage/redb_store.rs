@@ -100,6 +100,29 @@ fn split_state_key(bytes: &[u8]) -> Result<(String, Vec<u8>), StorageError> {
     Ok((table.to_owned(), rest.to_vec()))
 }
 
+/// Calls `f` with every row of `table`, in key order; a table not created
+/// yet has none.
+fn each<K, V>(
+    txn: &redb::ReadTransaction,
+    table: TableDefinition<K, V>,
+    mut f: impl FnMut(K::SelfType<'_>, V::SelfType<'_>) -> Result<(), StorageError>,
+) -> Result<(), StorageError>
+where
+    K: redb::Key + 'static,
+    V: redb::Value + 'static,
+{
+    let rows = match txn.open_table(table) {
+        Ok(rows) => rows,
+        Err(TableError::TableDoesNotExist(_)) => return Ok(()),
+        Err(e) => return Err(self::table(e)),
+    };
+    for row in rows.iter().map_err(storage)? {
+        let (key, value) = row.map_err(storage)?;
+        f(key.value(), value.value())?;
+    }
+    Ok(())
+}
+
 impl RedbStorage {
     /// Opens the store at `path`, creating the file if it does not exist.
     ///
@@ -153,41 +176,19 @@ impl Storage for RedbStorage {
             .map(|b| decode_meta("progress", &b))
             .transpose()?
             .unwrap_or_default();
-        match txn.open_table(STATES) {
-            Ok(states) => {
-                for entry in states.iter().map_err(storage)? {
-                    let (key, value) = entry.map_err(storage)?;
-                    let (table, key) = split_state_key(key.value())?;
-                    snapshot.states.push((table, key, value.value().to_vec()));
-                }
-            }
-            Err(TableError::TableDoesNotExist(_)) => {}
-            Err(e) => return Err(table(e)),
-        }
-        match txn.open_table(OUTBOX) {
-            Ok(outbox) => {
-                for entry in outbox.iter().map_err(storage)? {
-                    let (first, segment) = entry.map_err(storage)?;
-                    snapshot
-                        .outbox
-                        .push((first.value(), segment.value().to_vec()));
-                }
-            }
-            Err(TableError::TableDoesNotExist(_)) => {}
-            Err(e) => return Err(table(e)),
-        }
-        match txn.open_table(CURSORS) {
-            Ok(cursors) => {
-                for entry in cursors.iter().map_err(storage)? {
-                    let (peer, acked) = entry.map_err(storage)?;
-                    snapshot
-                        .cursors
-                        .push((peer.value().to_owned(), acked.value()));
-                }
-            }
-            Err(TableError::TableDoesNotExist(_)) => {}
-            Err(e) => return Err(table(e)),
-        }
+        each(&txn, STATES, |key, value| {
+            let (table, key) = split_state_key(key)?;
+            snapshot.states.push((table, key, value.to_vec()));
+            Ok(())
+        })?;
+        each(&txn, OUTBOX, |first, segment| {
+            snapshot.outbox.push((first, segment.to_vec()));
+            Ok(())
+        })?;
+        each(&txn, CURSORS, |peer, acked| {
+            snapshot.cursors.push((peer.to_owned(), acked));
+            Ok(())
+        })?;
         Ok(snapshot)
     }
 
