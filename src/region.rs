@@ -497,24 +497,27 @@ impl RegionBuilder {
                         incarnation: 1,
                     },
                 };
-                storage.commit(&Commit {
-                    identity: Some(identity.clone()),
-                    outbox_keep_from: 0,
-                    ..Commit::default()
-                })?;
                 (identity, Some(snapshot))
             }
             None => (
                 Identity {
                     region: self.name.clone(),
                     replica: self.replica.unwrap_or_else(random_replica_id),
-                    incarnation: 1,
+                    incarnation: 0, // the start time, below
                 },
                 None,
             ),
         };
         let replica = identity.replica;
         let clock: Box<dyn PhysicalClock> = self.clock.unwrap_or_else(|| Box::new(SystemClock));
+        let mut identity = identity;
+        if storage.is_none() {
+            // Without storage each start is told apart by its start time
+            // (ms): a restart under a pinned id presents a later
+            // incarnation, so its peers check it for regressed writes and
+            // refuse it, rather than take it for the old process.
+            identity.incarnation = clock.now_ms().max(1);
+        }
         let mut hlc = Hlc::with_clock(replica, BoxedClock(clock));
         if let Some(offset) = self.max_offset {
             hlc = hlc.with_max_offset(offset);
@@ -538,6 +541,15 @@ impl RegionBuilder {
             let keys = snapshot.states.len();
             let unacknowledged = snapshot.outbox.len();
             core.restore(snapshot, Instant::now())?;
+            // Only a store that restored is written to: the new incarnation
+            // is on disk before any hello names it.
+            if let Some(storage) = &mut storage {
+                storage.commit(&Commit {
+                    identity: Some(identity.clone()),
+                    outbox_keep_from: 0,
+                    ..Commit::default()
+                })?;
+            }
             tracing::info!(
                 region = %self.name,
                 %replica,
@@ -661,8 +673,9 @@ impl Region {
         self.inner.replica
     }
 
-    /// How many times this region's replica has started: 1 without
-    /// storage, and on the first start with a new store.
+    /// How many times this region's replica has started, with storage (1 on
+    /// the first start with a new store); without storage, the start time
+    /// in ms of its clock, which tells its restarts apart.
     pub fn incarnation(&self) -> u64 {
         self.inner.incarnation
     }
@@ -1386,7 +1399,7 @@ pub struct RegionStats {
     /// restarted peer's hello (the peer sends them again), and frames of a
     /// refused peer.
     pub stale_frames: u64,
-    /// Starts of this replica (1 without storage).
+    /// Starts of this replica with storage; without, its start time (ms).
     pub incarnation: u64,
     /// Local writes committed to storage (`None` without storage).
     pub committed: Option<u64>,

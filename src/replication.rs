@@ -58,10 +58,13 @@ impl Shared {
         if *self.applied.borrow() != core.generation {
             self.applied.send_replace(core.generation);
         }
-        let acked = core
-            .peers
-            .values()
-            .fold(0u64, |sum, p| sum.wrapping_add(p.acked));
+        // Acknowledged writes, and repairs pending: a confirmed repair
+        // counts for `Replicated` waits although it moves no cursor.
+        let acked = core.peers.values().fold(0u64, |sum, p| {
+            sum.wrapping_mul(31)
+                .wrapping_add(p.acked)
+                .wrapping_add(u64::from(p.needs_sync) << 48)
+        });
         if *self.acks.borrow() != acked {
             self.acks.send_replace(acked);
         }

@@ -149,7 +149,7 @@ fn a_partition_heal_keeps_the_peer_binding() {
         assert_eq!(stats.refused_handshakes, 0);
         let peer = stats.peers.iter().find(|p| p.name == "a").unwrap();
         assert_eq!(peer.replica, Some(a.replica()));
-        assert_eq!(peer.incarnation, Some(1));
+        assert_eq!(peer.incarnation, Some(a.incarnation()));
     });
 }
 

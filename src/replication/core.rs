@@ -243,6 +243,9 @@ pub(crate) struct Core {
     /// their frames are ignored, their hellos refused, their ids never
     /// accepted from anyone, and session waits stop waiting for them.
     pub(crate) retired: BTreeMap<String, Vec<ReplicaId>>,
+    /// Retired peers whose hello was refused on their current connection:
+    /// counted and logged once per connection.
+    retired_refused: HashSet<String>,
 }
 
 /// Where a region with storage stands with its disk.
@@ -328,6 +331,7 @@ impl Core {
             durable: None,
             commit_requested: false,
             retired: BTreeMap::new(),
+            retired_refused: HashSet::new(),
         }
     }
 
@@ -542,10 +546,19 @@ impl Core {
                 }
             }
         }
-        if self.durable.is_some() {
+        if let Some(durable) = &mut self.durable {
             // What was merged above is stored already (restored, or held
-            // undeclared and committed as such).
+            // undeclared and committed as such), except what arrived since
+            // the last commit: it is committed now under the table.
             slot.store.track_changes();
+            durable.undeclared.retain(|(table, key)| {
+                if **table == *name {
+                    slot.store.mark_changed(key);
+                    false
+                } else {
+                    true
+                }
+            });
         }
         let index = self.tables.len();
         self.tables.push(slot);
@@ -668,6 +681,7 @@ impl Core {
 
     pub(crate) fn peer_up(&mut self, name: &str, now: Instant) -> Outgoing {
         if self.retired.contains_key(name) {
+            self.retired_refused.remove(name);
             return Vec::new();
         }
         let peer = self.peer(name, now);
@@ -750,9 +764,7 @@ impl Core {
     }
 
     /// Why a hello presenting `replica`, `incarnation` and `seq` from
-    /// `from` must be refused, if it must. Regressed writes are checked
-    /// only for a new incarnation (or replica): an incarnation's writes
-    /// only grow, so a lower `seq` from the one we know is an old hello.
+    /// `from` must be refused, if it must.
     fn check_hello(
         &self,
         from: &str,
@@ -797,12 +809,16 @@ impl Core {
                 });
             }
         }
-        let same = self
-            .peers
-            .get(from)
-            .is_some_and(|p| p.replica == Some(replica) && p.incarnation == Some(incarnation));
+        // The same incarnation already greeted on this connection: a lower
+        // `seq` is a late copy of an earlier hello. Otherwise (a new
+        // incarnation, or the first hello of a connection) fewer writes
+        // than we applied mean it lost writes it had shipped; a false alarm
+        // (a late hello opening a connection) heals at its next hello.
+        let greeted_same = self.peers.get(from).is_some_and(|p| {
+            p.greeted && p.replica == Some(replica) && p.incarnation == Some(incarnation)
+        });
         let applied = self.applied.get(replica);
-        if !same && applied > seq {
+        if !greeted_same && applied > seq {
             return Some(HandshakeRefusal::WritesRegressed {
                 replica,
                 applied,
@@ -998,7 +1014,9 @@ impl Core {
 
     pub(crate) fn on_message(&mut self, from: &str, message: Message, now: Instant) -> Outgoing {
         if self.retired.contains_key(from) {
-            if let Message::Hello { .. } = message {
+            if let Message::Hello { .. } = message
+                && self.retired_refused.insert(from.to_owned())
+            {
                 self.counters.refused_handshakes += 1;
                 tracing::warn!(region = %self.name, peer = from, "rejected input: hello of a retired peer");
             }
