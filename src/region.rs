@@ -214,6 +214,10 @@ pub enum RegionError {
     /// [`Region::retire_peer`] was asked to retire this region itself.
     #[error("a region cannot retire itself")]
     RetireSelf,
+    /// A [`AckLevel::Local`] write after [`Region::shutdown`]: the engine
+    /// that commits has stopped. The write is applied in memory only.
+    #[error("the region was shut down: the write is applied in memory and will not be committed")]
+    Stopped,
     /// A write asked for [`AckLevel::Local`] on a region without storage.
     #[error("AckLevel::Local needs a region with storage")]
     NoStorage,
@@ -1012,6 +1016,14 @@ impl Region {
                 {
                     return Err(RegionError::Storage(error.clone()));
                 }
+            }
+            if self
+                .inner
+                .commands
+                .as_ref()
+                .is_none_or(mpsc::Sender::is_closed)
+            {
+                return Err(RegionError::Stopped);
             }
             match tokio::time::timeout_at(deadline, marks.changed()).await {
                 Ok(Ok(())) => continue,

@@ -157,6 +157,17 @@ fn compact_held(held: &mut Outgoing) {
         kept.push((peer, message));
     }
     kept.reverse();
+    if kept.len() > HELD_LEN_MAX {
+        // Still over while commits keep failing: state transfers and their
+        // confirmations go (those exchanges time out and are retried);
+        // the acknowledgements, one per peer and origin, stay.
+        let before = kept.len();
+        kept.retain(|(_, m)| matches!(m, Message::Ack { .. }));
+        tracing::warn!(
+            dropped = before - kept.len(),
+            "storage: commits keep failing; held anti-entropy transfers dropped"
+        );
+    }
     *held = kept;
 }
 

@@ -401,6 +401,17 @@ fn a_failed_commit_is_a_typed_error_and_is_retried() {
                 "key {key}"
             );
         }
+        // After shutdown nothing commits: refused at once, not after the
+        // commit wait.
+        a.shutdown().await;
+        let t = a.table::<GCounter>("t").unwrap().with_ack(AckLevel::Local);
+        let started = tokio::time::Instant::now();
+        assert!(matches!(
+            t.update(&4u64, |c, ctx| c.inc(ctx.replica(), 1)).await,
+            Err(RegionError::Stopped)
+        ));
+        assert!(started.elapsed() < Duration::from_millis(100));
+        drop(t);
         // Without storage, Local is refused rather than silently weakened.
         let plain = Region::builder("plain").build().unwrap();
         let t = plain
