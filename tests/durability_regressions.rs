@@ -14,32 +14,15 @@ use archipelago::storage::MemoryStorage;
 use archipelago::transport::ChannelNetwork;
 
 fn durable(net: &ChannelNetwork, name: &str, disk: &MemoryStorage) -> Region {
-    Region::builder(name)
-        .transport(net.endpoint(name))
-        .storage(disk.clone())
-        .clock(common::TokioClock::new(0))
-        .config(RegionConfig::default())
-        .build()
-        .expect("inside a runtime")
+    common::region_on(net, name, Some(disk), RegionConfig::default())
 }
 
 fn region_with(net: &ChannelNetwork, name: &str, config: RegionConfig) -> Region {
-    Region::builder(name)
-        .transport(net.endpoint(name))
-        .clock(common::TokioClock::new(0))
-        .config(config)
-        .build()
-        .expect("inside a runtime")
+    common::region_on(net, name, None, config)
 }
 
 async fn value(region: &Region, table: &str, key: u64) -> Option<u64> {
-    region
-        .table::<GCounter>(table)
-        .unwrap()
-        .read(&key)
-        .await
-        .unwrap()
-        .map(|c| c.value())
+    common::counter(region, table, key).await
 }
 
 /// A value received for a table this region has not declared yet, then the

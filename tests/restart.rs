@@ -16,22 +16,11 @@ use archipelago::storage::{MemoryStorage, StorageError};
 use archipelago::transport::ChannelNetwork;
 
 fn durable(net: &ChannelNetwork, name: &str, disk: &MemoryStorage) -> Region {
-    Region::builder(name)
-        .transport(net.endpoint(name))
-        .storage(disk.clone())
-        .clock(common::TokioClock::new(0))
-        .config(RegionConfig::default())
-        .build()
-        .expect("inside a runtime")
+    common::region_on(net, name, Some(disk), RegionConfig::default())
 }
 
 fn region(net: &ChannelNetwork, name: &str) -> Region {
-    Region::builder(name)
-        .transport(net.endpoint(name))
-        .clock(common::TokioClock::new(0))
-        .config(RegionConfig::default())
-        .build()
-        .expect("inside a runtime")
+    common::region_on(net, name, None, RegionConfig::default())
 }
 
 /// Polls until `table` at `region` holds `want` under `key`, at most
@@ -43,10 +32,9 @@ async fn visible(
     want: u64,
     within: Duration,
 ) -> Option<Duration> {
-    let t = region.table::<GCounter>(table).unwrap();
     let start = tokio::time::Instant::now();
     while start.elapsed() <= within {
-        if t.read(&key).await.unwrap().map(|c| c.value()) == Some(want) {
+        if common::counter(region, table, key).await == Some(want) {
             return Some(start.elapsed());
         }
         tokio::time::sleep(Duration::from_millis(5)).await;

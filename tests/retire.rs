@@ -13,14 +13,7 @@ use archipelago::storage::MemoryStorage;
 use archipelago::transport::ChannelNetwork;
 
 fn region(net: &ChannelNetwork, name: &str, disk: Option<&MemoryStorage>) -> Region {
-    let mut builder = Region::builder(name)
-        .transport(net.endpoint(name))
-        .clock(common::TokioClock::new(0))
-        .config(RegionConfig::default());
-    if let Some(disk) = disk {
-        builder = builder.storage(disk.clone());
-    }
-    builder.build().expect("inside a runtime")
+    common::region_on(net, name, disk, RegionConfig::default())
 }
 
 async fn add(region: &Region, key: u64) -> archipelago::session::SessionToken {

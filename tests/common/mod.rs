@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use archipelago::clock::PhysicalClock;
+use archipelago::crdt::GCounter;
 use archipelago::region::{Region, RegionConfig};
+use archipelago::storage::MemoryStorage;
 use archipelago::transport::ChannelNetwork;
 
 /// Wall-clock milliseconds that follow tokio's (paused) clock, so stamps
@@ -63,4 +65,33 @@ pub fn paused_runtime() -> tokio::runtime::Runtime {
         .start_paused(true)
         .build()
         .expect("runtime")
+}
+
+/// A region as a user builds it: a fresh replica id, `config`, the paused
+/// clock, and `disk` as its storage when given.
+pub fn region_on(
+    net: &ChannelNetwork,
+    name: &str,
+    disk: Option<&MemoryStorage>,
+    config: RegionConfig,
+) -> Region {
+    let mut builder = Region::builder(name)
+        .transport(net.endpoint(name))
+        .clock(TokioClock::new(0))
+        .config(config);
+    if let Some(disk) = disk {
+        builder = builder.storage(disk.clone());
+    }
+    builder.build().expect("inside a runtime")
+}
+
+/// The value of the `GCounter` under `key` in `table`, if any.
+pub async fn counter(region: &Region, table: &str, key: u64) -> Option<u64> {
+    region
+        .table::<GCounter>(table)
+        .unwrap()
+        .read(&key)
+        .await
+        .unwrap()
+        .map(|c| c.value())
 }
