@@ -12,7 +12,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use archipelago::crdt::{GCounter, OrSet};
-use archipelago::region::{Region, Table};
+use archipelago::region::{AckLevel, Region, Table};
+use archipelago::storage::MemoryStorage;
 use archipelago::transport::{TCP_MAGIC, TCP_PROTOCOL_VERSION, TcpHandle, TcpTransport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -246,6 +247,68 @@ async fn a_restarted_peer_reconnects_and_catches_up() {
         t.snapshot().await.0 == 1111
     })
     .await;
+    tokyo.shutdown().await;
+    frankfurt.shutdown().await;
+}
+
+/// Guards against a restart with storage over TCP being refused or
+/// repaired only by the periodic anti-entropy: on the default config, the
+/// restarted region keeps its id, its peer greets the new incarnation, and
+/// writes flow both ways by batches at once, none refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_restarted_from_storage_keeps_its_id_over_tcp() {
+    let (tokyo_tcp, frankfurt_tcp) = tokyo_and_frankfurt().await;
+    let tokyo_addr = tokyo_tcp.local_addr();
+    let frankfurt_addr = frankfurt_tcp.local_addr();
+    let disk = MemoryStorage::new();
+    let durable = |transport: TcpTransport, disk: &MemoryStorage| {
+        Region::builder(FRANKFURT)
+            .transport(transport)
+            .storage(disk.clone())
+            .ack_level(AckLevel::Local)
+            .build()
+            .unwrap()
+    };
+    let tokyo = Region::builder(TOKYO).transport(tokyo_tcp).build().unwrap();
+    let frankfurt = durable(frankfurt_tcp, &disk);
+    let id = frankfurt.replica();
+    let (t, f) = (Tables::of(&tokyo), Tables::of(&frankfurt));
+    f.hit(10).await;
+    eventually("the first replication", || converged(&t, &f)).await;
+    let syncs = tokyo.stats().syncs_completed;
+
+    // Frankfurt crashes (no shutdown) and comes back on its store.
+    drop((f, frankfurt));
+    let disk = disk.crash();
+    eventually("Tokyo to see Frankfurt down", || async {
+        tokyo.stats().peers.iter().all(|p| !p.connected)
+    })
+    .await;
+    let frankfurt_tcp = bind_retrying(FRANKFURT, frankfurt_addr).await;
+    frankfurt_tcp.add_peer(TOKYO, tokyo_addr);
+    let frankfurt = durable(frankfurt_tcp, &disk);
+    assert_eq!((frankfurt.replica(), frankfurt.incarnation()), (id, 2));
+    let f = Tables::of(&frankfurt);
+    assert_eq!(f.snapshot().await.0, 10, "its write is back from its store");
+    f.hit(100).await;
+    t.hit(1).await;
+    eventually("writes to flow both ways after the restart", || async {
+        t.snapshot().await.0 == 111 && f.snapshot().await.0 == 111
+    })
+    .await;
+    let stats = tokyo.stats();
+    let peer = stats.peers.iter().find(|p| p.name == FRANKFURT).unwrap();
+    assert_eq!((peer.replica, peer.incarnation), (Some(id), Some(2)));
+    assert_eq!(stats.rejected_frames + frankfurt.stats().rejected_frames, 0);
+    assert_eq!(
+        stats.refused_handshakes + frankfurt.stats().refused_handshakes,
+        0
+    );
+    assert_eq!(
+        stats.syncs_completed, syncs,
+        "caught up by batches, not anti-entropy"
+    );
+    assert_eq!(tokyo.applied().len(), 2, "no entry per restart");
     tokyo.shutdown().await;
     frankfurt.shutdown().await;
 }
