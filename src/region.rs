@@ -472,6 +472,7 @@ impl RegionBuilder {
     pub fn build(self) -> Result<Region, RegionError> {
         tokio::runtime::Handle::try_current().map_err(|_| RegionError::NoRuntime)?;
         let mut storage = self.storage.transpose()?;
+        let clock: Box<dyn PhysicalClock> = self.clock.unwrap_or_else(|| Box::new(SystemClock));
         let (identity, snapshot) = match &mut storage {
             Some(storage) => {
                 let snapshot = storage.load()?;
@@ -503,25 +504,20 @@ impl RegionBuilder {
                 };
                 (identity, Some(snapshot))
             }
+            // Without storage each start is told apart by its start time
+            // (ms): a restart under a pinned id presents a later
+            // incarnation, so its peers check it for regressed writes and
+            // refuse it, rather than take it for the old process.
             None => (
                 Identity {
                     region: self.name.clone(),
                     replica: self.replica.unwrap_or_else(random_replica_id),
-                    incarnation: 0, // the start time, below
+                    incarnation: clock.now_ms().max(1),
                 },
                 None,
             ),
         };
         let replica = identity.replica;
-        let clock: Box<dyn PhysicalClock> = self.clock.unwrap_or_else(|| Box::new(SystemClock));
-        let mut identity = identity;
-        if storage.is_none() {
-            // Without storage each start is told apart by its start time
-            // (ms): a restart under a pinned id presents a later
-            // incarnation, so its peers check it for regressed writes and
-            // refuse it, rather than take it for the old process.
-            identity.incarnation = clock.now_ms().max(1);
-        }
         let mut hlc = Hlc::with_clock(replica, BoxedClock(clock));
         if let Some(offset) = self.max_offset {
             hlc = hlc.with_max_offset(offset);
@@ -532,8 +528,9 @@ impl RegionBuilder {
         core.replicating = self.engine.is_some();
         core.incarnation = identity.incarnation;
         // Exchanges are numbered apart per incarnation (by a random start
-        // without storage, whose incarnation is always 1): a late frame of
-        // an exchange of the previous process never matches one of ours.
+        // without storage, whose incarnation, a time in ms, does not fit
+        // above 32 bits): a late frame of an exchange of the previous
+        // process never matches one of ours.
         core.sync_session = if storage.is_some() {
             identity.incarnation << 32
         } else {

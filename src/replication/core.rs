@@ -364,17 +364,16 @@ impl Core {
                 .values
                 .insert(key.into(), values.into_iter().map(<[u8]>::to_vec).collect());
         }
-        for (first, bytes) in &snapshot.outbox {
-            if self.replicating {
+        // A region without a transport keeps no outbox.
+        if self.replicating {
+            for (first, bytes) in &snapshot.outbox {
                 self.outbox
                     .restore(bytes)
                     .map_err(|e| corrupt(&format!("outbox segment {first}"), e))?;
             }
         }
-        if self
-            .outbox
-            .start()
-            .is_some_and(|_| self.outbox.start().unwrap_or(0) + self.outbox.len() as u64 != seq + 1)
+        if let Some(start) = self.outbox.start()
+            && start + self.outbox.len() as u64 != seq + 1
         {
             return Err(StorageError::Corrupt(
                 "stored outbox does not end at the last write".into(),
@@ -1067,11 +1066,7 @@ impl Core {
             ),
             Message::Hello { .. } => unreachable!("handled above"),
             Message::Ack { origin, applied } => {
-                // An ack before the peer's hello may come from an
-                // incarnation its hello is about to replace.
-                if self.peers[from].unconfirmed() {
-                    self.counters.stale_frames += 1;
-                } else if origin == self.replica {
+                if origin == self.replica {
                     let applied = applied.min(self.seq);
                     let peer = self.peers.get_mut(from).expect("touched above");
                     if applied > peer.acked {
@@ -1152,14 +1147,16 @@ impl Core {
             self.reject(from, &why);
             return Vec::new();
         }
-        // A peer speaks for one origin only: itself. A batch before its
-        // hello on this connection (it may be a new incarnation whose hello
-        // is late) or of a replica id it had before (a late frame of its
-        // previous process) is ignored, not refused: the origin resends.
-        if let Some(peer) = self.peers.get(from)
-            && (peer.unconfirmed() || peer.former.contains(&origin))
+        // A peer speaks for one origin only: itself. A batch of a replica
+        // id it had before (a late frame of its previous process) is
+        // ignored, not refused. (Frames before its hello on a connection
+        // never get here: `on_message` ignores them.)
+        if self
+            .peers
+            .get(from)
+            .is_some_and(|peer| peer.former.contains(&origin))
         {
-            tracing::debug!(region = %self.name, peer = from, ?origin, "ignored a batch from the peer's earlier incarnation or before its hello");
+            tracing::debug!(region = %self.name, peer = from, ?origin, "ignored a batch of the peer's earlier incarnation");
             self.counters.stale_frames += 1;
             return Vec::new();
         }
