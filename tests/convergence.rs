@@ -97,7 +97,7 @@ fn build(net: &ChannelNetwork, i: usize, disk: &MemoryStorage) -> Region {
     let mut builder = Region::builder(NAMES[i])
         .transport(net.endpoint(NAMES[i]))
         .clock(common::TokioClock::new([0, 180, -220][i]))
-        .config(common::test_config());
+        .config(archipelago::region::RegionConfig::default());
     if i == 0 {
         builder = builder.storage(disk.clone()).ack_level(AckLevel::Local);
     }
@@ -213,10 +213,12 @@ async fn run(seed: u64, steps: Vec<Step>) -> Result<(), TestCaseError> {
             Step::Sleep(ms) => tokio::time::sleep(Duration::from_millis(ms.into())).await,
         }
     }
-    // Heal everything and give retransmission and anti-entropy time.
+    // Heal everything and give retransmission and anti-entropy time, on
+    // the default timings: a repair whose request was lost is retried after
+    // `sync_timeout` (10 s), and the periodic exchange runs every 30 s.
     net.heal_all();
     net.set_faults_all(LinkFaults::new());
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(45)).await;
 
     if std::env::var_os("CONVERGENCE_DEBUG").is_some() {
         for r in &regions {
@@ -231,6 +233,14 @@ async fn run(seed: u64, steps: Vec<Step>) -> Result<(), TestCaseError> {
                 st.refused_handshakes,
                 st.stale_frames,
                 st.syncs_completed
+            );
+            eprintln!(
+                "   cart0 {:?}",
+                r.table::<OrSet<u64>>("carts")
+                    .unwrap()
+                    .read(&0u8)
+                    .await
+                    .unwrap()
             );
             for p in &st.peers {
                 eprintln!(
