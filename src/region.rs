@@ -87,6 +87,31 @@
 //!   [`RegionStats::stale_frames`]. Our own id, another peer's id, an older
 //!   incarnation, or fewer writes than we applied of the peer are refused
 //!   ([`HandshakeRefusal`]): nothing of such a peer is merged.
+//!
+//! ## What a peer is believed
+//! A peer may be authenticated and still wrong (a bug, an old copy of a
+//! store, a hostile process). Nothing it *claims* moves this region's state
+//! beyond data it actually sent:
+//! - **Its own writes**: a peer speaks for itself. Its hello, its batches
+//!   and the applied vector of its anti-entropy transfers say how many
+//!   writes it made.
+//! - **A third region's writes**: a transfer's applied vector is believed
+//!   about a region that is the current replica of one of our peers only
+//!   up to what that region told us itself; the rest is a hint that starts
+//!   an exchange with it, counted in [`RegionStats::untrusted_claims`]. A
+//!   replica no peer speaks for (a former id of a restarted region, a
+//!   retired one, one we never met) is believed: there is nobody else to
+//!   ask. So a region may hold more than its applied vector names, never
+//!   less: a session read may wait for a write it already shows.
+//! - **Our writes**: a vector claiming more of our writes than we made is
+//!   refused whole; an acknowledgement of writes of ours the peer was never
+//!   sent (nor announced by our hello, which a third region may pass on) is
+//!   refused and truncates nothing; a batch depending on writes of ours we
+//!   never made is refused, not buffered. Each counts in
+//!   [`RegionStats::rejected_frames`].
+//!
+//! `testing::Forger` (feature `testing`) makes a region lie in all these
+//! ways, for tests.
 
 use std::any::type_name;
 use std::fmt::Debug;
@@ -836,6 +861,7 @@ impl Region {
             sync_states_received: c.sync_states_received,
             refused_handshakes: c.refused_handshakes,
             stale_frames: c.stale_frames,
+            untrusted_claims: c.untrusted_claims,
             incarnation: core.incarnation,
             committed: core.durable.as_ref().map(|d| d.seq),
             commits: c.commits,
@@ -1408,6 +1434,13 @@ pub struct RegionStats {
     /// restarted peer's hello (the peer sends them again), and frames of a
     /// refused peer.
     pub stale_frames: u64,
+    /// Claims of a peer about a third region's writes beyond what that
+    /// region told us itself (in an anti-entropy transfer's applied vector,
+    /// or corrected at that region's hello): not believed, and each starts
+    /// an exchange with the region when it is connected. Honest peers cause
+    /// these too when a region's latest writes reached them first; a steady
+    /// climb with one peer points at a buggy one.
+    pub untrusted_claims: u64,
     /// Starts of this replica with storage; without, its start time (ms).
     pub incarnation: u64,
     /// Local writes committed to storage (`None` without storage).

@@ -24,6 +24,9 @@
 //!   equal in any case, read the same, and contain every delta ever made;
 //! - the state survives [`wire`](crate::wire) and JSON unchanged.
 //!
+//! [`Forger`] wraps a transport so that the region behind it lies about
+//! what it holds: for testing that honest regions do not believe it.
+//!
 //! ```
 //! use archipelago::clock::Stamp;
 //! use archipelago::crdt::GCounter;
@@ -44,6 +47,10 @@
 //!
 //! check_crdt_laws::<Hits>();
 //! ```
+
+mod forge;
+
+pub use forge::{Forger, Forgery};
 
 use std::fmt::Debug;
 

@@ -47,6 +47,12 @@ pub(crate) struct PeerState {
     pub(crate) acked: u64,
     /// Our writes sent to it (acknowledged or not).
     pub(crate) sent: u64,
+    /// The most of our writes it can hold by what this process told it:
+    /// writes batched or transferred to it, and the writes our hellos said
+    /// we made (a third region may pass those on). An acknowledgement
+    /// above this (or above what an earlier process of ours could have
+    /// sent) is forged.
+    pub(crate) shipped: u64,
     /// When `acked` last moved, or a send started from a fully acked state.
     pub(crate) progress_at: Instant,
     pub(crate) last_contact: Option<Instant>,
@@ -94,6 +100,7 @@ impl PeerState {
             connected: false,
             acked: 0,
             sent: 0,
+            shipped: 0,
             progress_at: now,
             last_contact: None,
             replica: None,
@@ -239,6 +246,14 @@ pub(crate) struct Core {
     /// A `Local` writer waits for a commit: the engine commits when woken
     /// instead of on its tick.
     pub(crate) commit_requested: bool,
+    /// The most writes each replica has presented to us itself (its
+    /// hellos, its batches, the applied vector of its own transfers):
+    /// what another peer claims about a replica is believed only up to
+    /// this. Restored from the applied vector at a restart.
+    pub(crate) issued: HashMap<ReplicaId, u64>,
+    /// Our writes made by earlier processes of this replica (restored from
+    /// storage): a peer may hold any of them.
+    start_seq: u64,
     /// Peers an operator removed for good, with the replica ids they had:
     /// their frames are ignored, their hellos refused, their ids never
     /// accepted from anyone, and session waits stop waiting for them.
@@ -293,6 +308,10 @@ pub(crate) struct Counters {
     /// Frames ignored as coming from a peer's earlier incarnation, or
     /// before its hello, or from a refused peer.
     pub(crate) stale_frames: u64,
+    /// Claims of a peer about a third region beyond what that region told
+    /// us itself: not believed (capped, or corrected at its hello), each
+    /// a hint that starts an exchange with it.
+    pub(crate) untrusted_claims: u64,
 }
 
 impl Core {
@@ -332,6 +351,8 @@ impl Core {
             commit_requested: false,
             retired: BTreeMap::new(),
             retired_refused: HashSet::new(),
+            issued: HashMap::new(),
+            start_seq: 0,
         }
     }
 
@@ -350,7 +371,11 @@ impl Core {
         }
         self.seq = seq;
         self.taken_seq = seq;
+        self.start_seq = seq;
         self.applied = applied.clone();
+        // What we applied before the restart counts as known: a replica
+        // back from an old copy of its store is still refused.
+        self.issued = applied.iter().filter(|&(r, _)| r != self.replica).collect();
         self.hlc.resume_after(Timestamp::new(
             hlc.physical_ms().saturating_add(HLC_RESUME_MARGIN_MS),
             0,
@@ -402,6 +427,12 @@ impl Core {
             undeclared: Vec::new(),
         });
         Ok(())
+    }
+
+    /// The most of our writes `peer` can hold: what this process shipped or
+    /// announced to it, or what an earlier process of ours could have.
+    fn ack_bound(&self, peer: &PeerState) -> u64 {
+        peer.shipped.max(self.start_seq).min(self.sendable())
     }
 
     /// Local writes that may leave for peers: committed ones when the
@@ -721,16 +752,19 @@ impl Core {
 
     /// Our hello to `peer`.
     fn hello(&mut self, peer: &str, reply: bool, now: Instant) -> (String, Message) {
+        // With storage, only what a crash cannot take back.
+        let seq = self.sendable();
+        let state = self.peer(peer, now);
         if !reply {
-            self.peer(peer, now).hello_at = Some(now);
+            state.hello_at = Some(now);
         }
+        state.shipped = state.shipped.max(seq);
         (
             peer.to_owned(),
             Message::Hello {
                 replica: self.replica,
                 incarnation: self.incarnation,
-                // With storage, only what a crash cannot take back.
-                seq: self.sendable(),
+                seq,
                 applied: self
                     .durable
                     .as_ref()
@@ -816,7 +850,14 @@ impl Core {
         let greeted_same = self.peers.get(from).is_some_and(|p| {
             p.greeted && p.replica == Some(replica) && p.incarnation == Some(incarnation)
         });
-        let applied = self.applied.get(replica);
+        // Only what it told us itself counts: what others claimed of it is
+        // corrected at its hello instead.
+        let applied = self
+            .issued
+            .get(&replica)
+            .copied()
+            .unwrap_or(0)
+            .min(self.applied.get(replica));
         if !greeted_same && applied > seq {
             return Some(HandshakeRefusal::WritesRegressed {
                 replica,
@@ -854,7 +895,12 @@ impl Core {
             }
             return Vec::new();
         }
-        let ours = applied.get(self.replica).min(self.seq);
+        // What it says it holds of ours, up to what it can hold.
+        let ours = applied.get(self.replica).min(
+            self.peers
+                .get(from)
+                .map_or(self.start_seq, |p| self.ack_bound(p)),
+        );
         let name = self.name.clone();
         let peer = self.peer(from, now);
         if peer.refused.take().is_some() {
@@ -895,6 +941,26 @@ impl Core {
         peer.its_seq_seen = peer.its_seq_seen.max(seq);
         peer.greeted = true;
         peer.known = true;
+        let issued = self.issued.entry(replica).or_default();
+        *issued = (*issued).max(seq);
+        // Writes of it that others claimed we hold and it never made: only
+        // hearsay put them in our applied vector (its own word would have
+        // refused it above). They cannot be taken back (writes of ours may
+        // depend on them), so they are reported, and an exchange with it
+        // repairs what its data can.
+        let mut correct = false;
+        if self.applied.get(replica) > seq {
+            tracing::warn!(
+                region = %self.name,
+                peer = from,
+                %replica,
+                claimed = self.applied.get(replica),
+                made = seq,
+                "rejected input: peers claimed writes of this region it never made"
+            );
+            self.counters.untrusted_claims += 1;
+            correct = true;
+        }
         if restarted {
             // Its former process's exchanges are over: what it asked and
             // what it was sending are void.
@@ -925,7 +991,7 @@ impl Core {
             .applied
             .iter()
             .any(|(r, n)| r != self.replica && r != replica && applied.get(r) < n);
-        if lacks && self.peers[from].connected && !self.syncs.contains_key(from) {
+        if (lacks || correct) && self.peers[from].connected && !self.syncs.contains_key(from) {
             tracing::debug!(region = %self.name, peer = from, "the peer lacks writes of other regions: anti-entropy");
             out.extend(self.start_sync(from, now));
         }
@@ -987,6 +1053,7 @@ impl Core {
                     peer.progress_at = now;
                 }
                 peer.sent = last;
+                peer.shipped = peer.shipped.max(last);
                 self.counters.batches_sent += 1;
                 out.push((name.clone(), message));
             }
@@ -1067,7 +1134,14 @@ impl Core {
             Message::Hello { .. } => unreachable!("handled above"),
             Message::Ack { origin, applied } => {
                 if origin == self.replica {
-                    let applied = applied.min(self.seq);
+                    let bound = self.ack_bound(&self.peers[from]);
+                    if applied > bound {
+                        // It cannot hold these: truncating our log on its
+                        // word would lose them for it (and for whoever
+                        // catches up from it).
+                        self.reject(from, "acknowledgement of writes of ours it was never sent");
+                        return Vec::new();
+                    }
                     let peer = self.peers.get_mut(from).expect("touched above");
                     if applied > peer.acked {
                         peer.acked = applied;
@@ -1173,9 +1247,16 @@ impl Core {
             self.reject(from, "batch for an origin that is not the sending peer");
             return Vec::new();
         }
+        if batch.deps.get(self.replica) > self.sendable() {
+            // It would wait for writes of ours that do not exist.
+            self.reject(from, "batch depending on writes of ours we never made");
+            return Vec::new();
+        }
         // Follow the sender's clock, within the offset bound: the data is
         // applied even when the sender's clock runs too far ahead.
         self.hlc.observe(sent_at);
+        let issued = self.issued.entry(origin).or_default();
+        *issued = (*issued).max(last);
         let peer = self.peer(from, now);
         peer.its_seq_seen = peer.its_seq_seen.max(last);
         peer.replica = Some(origin);
@@ -1453,6 +1534,10 @@ impl Core {
                     && (p.needs_sync
                         && p.push_pending
                             .is_none_or(|(_, _, at)| now.duration_since(at) >= self.config.sync_timeout)
+                        // An exchange that just failed (a transfer refused)
+                        // is not retried in a loop.
+                        && p.last_sync
+                            .is_none_or(|t| now.duration_since(t) >= self.config.ack_timeout)
                         || (self.name.as_str() < name.as_str()
                             && p.last_sync
                                 .is_none_or(|t| now.duration_since(t) >= interval)))
@@ -1529,7 +1614,17 @@ impl Core {
         }
         self.answered_last.insert(from.to_owned(), session);
         let applied = self.applied.clone();
+        self.shipped_transfer(from, &applied);
         self.states_chunks(from, session, false, buckets, applied, &HashSet::new())
+    }
+
+    /// A transfer to `to` claiming `applied` carries every write of ours
+    /// it names.
+    fn shipped_transfer(&mut self, to: &str, applied: &VersionVector) {
+        let ours = applied.get(self.replica);
+        if let Some(peer) = self.peers.get_mut(to) {
+            peer.shipped = peer.shipped.max(ours);
+        }
     }
 
     /// Our states for `buckets` (and every value held for undeclared
@@ -1749,13 +1844,19 @@ impl Core {
             self.abort_sync(from, push);
             return Vec::new();
         }
-        // We now hold everything their vector names.
+        // We now hold everything their vector names: of the sender's own
+        // writes, all of it; of a peer's, what that peer has told us it
+        // made; of any other replica (a former id, a retired region, one we
+        // never met), all of it. A claim beyond is a hint.
         let before = self.applied.clone();
-        self.applied.merge(&their_applied);
+        let hints = self.believe(from, &their_applied);
         self.generation += 1;
         self.remote_generation += 1;
         self.drain_buffer();
         let mut out: Outgoing = Vec::new();
+        for name in hints {
+            out.extend(self.start_sync(&name, now));
+        }
         // Tell origins whose writes we caught up on, so they stop resending.
         for (origin, n) in self.applied.iter() {
             if n > before.get(origin) && origin != self.replica {
@@ -1819,8 +1920,62 @@ impl Core {
             "anti-entropy: caught up; pushing back"
         );
         let applied = self.applied.clone();
+        self.shipped_transfer(from, &applied);
         out.extend(self.states_chunks(from, session, true, push_buckets, applied, &received));
         out
+    }
+
+    /// Raises `applied` by a transfer's vector from `from`, believing its
+    /// claims about third regions only up to what each told us itself.
+    /// Returns the connected peers to start an exchange with: regions it
+    /// claims more of than they told us (they may have written since; an
+    /// exchange with them settles it).
+    fn believe(&mut self, from: &str, claims: &VersionVector) -> Vec<String> {
+        let sender = self.peers.get(from).and_then(|p| p.replica);
+        let mut hinted = Vec::new();
+        for (r, n) in claims.iter() {
+            if r == self.replica {
+                continue; // checked against our own count
+            }
+            // Only a region that still speaks for itself (the current
+            // replica of a peer of ours) caps claims about it: a former id,
+            // a retired one or one we never met has no one else to ask.
+            let known = self
+                .peers
+                .values()
+                .any(|p| p.replica == Some(r))
+                .then(|| self.issued.get(&r).copied())
+                .flatten();
+            let believed = if Some(r) == sender {
+                let issued = self.issued.entry(r).or_default();
+                *issued = (*issued).max(n);
+                n
+            } else {
+                known.map_or(n, |k| k.min(n))
+            };
+            if believed < n && self.applied.get(r) < n {
+                hinted.push(r);
+            }
+            self.applied.raise(r, believed);
+        }
+        if hinted.is_empty() {
+            return Vec::new();
+        }
+        self.counters.untrusted_claims += hinted.len() as u64;
+        tracing::debug!(region = %self.name, peer = from, regions = ?hinted, "anti-entropy: claims about regions beyond what they told us; asking them");
+        let names: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|(name, p)| {
+                p.connected
+                    && !p.unconfirmed()
+                    && p.refused.is_none()
+                    && p.replica.is_some_and(|r| hinted.contains(&r))
+                    && !self.syncs.contains_key(*name)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        names
     }
 
     /// An exchange that cannot complete: forget it; the peer stays due for

@@ -1073,3 +1073,102 @@ fn a_duplicated_chunk_counts_once() {
 /// A randomized simulation of three cores on a faulty network.
 #[path = "sim_tests.rs"]
 mod sim;
+
+/// Guards against an acknowledgement truncating our log past what the peer
+/// was ever sent (its writes lost for it, and for whoever catches up from
+/// it).
+#[test]
+fn an_acknowledgement_beyond_what_the_peer_was_sent_is_rejected() {
+    let mut a = core("a", 1, RegionConfig::default(), &["hits"]);
+    up(&mut a, "b", now());
+    for key in 0..5 {
+        write(&mut a, "hits", key);
+    }
+    // Nothing was sent to b yet: it cannot hold any of the five.
+    let forged = Message::Ack {
+        origin: rid(1),
+        applied: 5,
+    };
+    a.on_message("b", forged.clone(), now());
+    assert_eq!(a.counters.rejected_frames, 1);
+    assert_eq!(a.peers["b"].acked, 0);
+    assert_eq!(a.outbox.len(), 5, "the log keeps the writes b lacks");
+    // Once sent, the same acknowledgement is true.
+    assert!(!to(&a.take_batches(now()), "b").is_empty());
+    a.on_message("b", forged, now());
+    assert_eq!(a.counters.rejected_frames, 1);
+    assert_eq!(a.peers["b"].acked, 5);
+}
+
+/// Guards against buffering for good a batch that waits for writes of ours
+/// that were never made.
+#[test]
+fn a_batch_depending_on_writes_of_ours_never_made_is_rejected() {
+    let mut b = core("b", 2, RegionConfig::default(), &["hits"]);
+    up(&mut b, "a", now());
+    write(&mut b, "hits", 1);
+    let forged = batch(1, 1, &[(2, 7)], "hits", &[(1, gc(1, 1))]);
+    let out = b.on_message("a", forged, now());
+    assert!(to(&out, "a").is_empty(), "not acknowledged: {out:?}");
+    assert_eq!(b.counters.rejected_frames, 1);
+    assert!(b.buffer.is_empty(), "not buffered");
+    assert_eq!(b.applied.get(rid(1)), 0);
+    // Depending on the write of ours that exists is fine.
+    let honest = batch(1, 1, &[(2, 1)], "hits", &[(1, gc(1, 1))]);
+    b.on_message("a", honest, now());
+    assert_eq!(b.applied.get(rid(1)), 1);
+}
+
+/// Guards against believing a peer's applied vector about a third region
+/// (one transfer claiming `u64::MAX` writes of `a` made every later batch
+/// of `a` look stale, and spread to every region syncing with us): a claim
+/// is believed up to what the region told us itself, and the rest starts
+/// an exchange with it.
+#[test]
+fn a_claim_about_a_third_region_is_believed_only_up_to_what_it_said() {
+    let mut c = core("c", 3, RegionConfig::default(), &["hits"]);
+    up(&mut c, "a", now());
+    up(&mut c, "b", now());
+    // a told c of its first two writes itself.
+    c.on_message(
+        "a",
+        batch(1, 1, &[], "hits", &[(1, gc(1, 1)), (1, gc(1, 2))]),
+        now(),
+    );
+    assert_eq!(c.applied.get(rid(1)), 2);
+    // b answers c's exchange, claiming every write of a, and five of its own.
+    let request = c.start_sync("b", now());
+    let Message::SyncRequest { session, .. } = request[0].1 else {
+        unreachable!()
+    };
+    let (tables, entries) = pack_entries("hits", vec![(k(2), gc(2, 5))]);
+    let out = c.on_message(
+        "b",
+        Message::SyncStates {
+            session,
+            push: false,
+            chunk: 0,
+            chunks: 1,
+            sent_at: Timestamp::new(WALL_MS, 0),
+            buckets: vec![],
+            tables,
+            entries,
+            applied: Some(vv(&[(1, u64::MAX), (2, 5)])),
+        },
+        now(),
+    );
+    assert_eq!(c.counters.rejected_frames, 0, "the data is merged");
+    assert_eq!(c.applied.get(rid(2)), 5, "b speaks for itself");
+    assert_eq!(c.applied.get(rid(1)), 2, "not for a");
+    assert_eq!(c.counters.untrusted_claims, 1);
+    assert!(
+        to(&out, "a")
+            .iter()
+            .any(|m| matches!(m, Message::SyncRequest { .. })),
+        "the claim is a hint: an exchange with a starts"
+    );
+    // a's next write is not stale.
+    c.on_message("a", batch(1, 3, &[], "hits", &[(1, gc(1, 3))]), now());
+    assert_eq!(c.applied.get(rid(1)), 3);
+    assert_eq!(count(&c, "hits", 1, 1), 3);
+}

@@ -1,0 +1,122 @@
+//! An authenticated peer that lies: what it claims about other regions'
+//! writes, its acknowledgements and its batches' dependencies move nothing
+//! of the honest regions' state beyond data they received. Default
+//! `RegionConfig` timings: nothing here waits for the periodic anti-entropy
+//! (30 s).
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use archipelago::crdt::GCounter;
+use archipelago::region::{Region, RegionConfig};
+use archipelago::testing::{Forger, Forgery};
+use archipelago::transport::ChannelNetwork;
+
+async fn add(region: &Region, key: u64) {
+    region
+        .table::<GCounter>("t")
+        .unwrap()
+        .update(&key, |c, ctx| c.inc(ctx.replica(), 1))
+        .await
+        .unwrap();
+}
+
+/// Guards against believing a peer's applied vector about third regions
+/// (one claim of `u64::MAX` writes of `a` made every later batch of `a`
+/// look stale at `b`, for good), truncating an outbox on a forged
+/// acknowledgement, and buffering forever a batch that depends on writes of
+/// ours that were never made.
+#[test]
+fn a_lying_peer_moves_nothing_and_the_honest_regions_keep_replicating() {
+    common::paused_runtime().block_on(async {
+        let net = ChannelNetwork::new(5);
+        let a = common::region_on(&net, "a", None, RegionConfig::default());
+        let b = common::region_on(&net, "b", None, RegionConfig::default());
+        let liar = Forger::new(
+            net.endpoint("f"),
+            vec![
+                Forgery::ClaimWrites {
+                    of: a.replica(),
+                    count: u64::MAX,
+                },
+                Forgery::AckWrites { count: u64::MAX },
+                Forgery::DependOn {
+                    of: b.replica(),
+                    count: u64::MAX,
+                },
+            ],
+        );
+        let forged = liar.forged_counter();
+        let f = Region::builder("f")
+            .transport(liar)
+            .clock(common::TokioClock::new(0))
+            .build()
+            .unwrap();
+        for key in 0..3 {
+            add(&a, key).await;
+            add(&b, key).await;
+            add(&f, key).await;
+        }
+        // The first contacts' exchanges (the liar's transfers among them)
+        // and the liar's acknowledgements and batches.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(forged.load(Ordering::Relaxed) > 0, "the liar lied");
+        let (syncs_a, syncs_b) = (a.stats().syncs_completed, b.stats().syncs_completed);
+
+        // Honest writes still flow by batches, at once.
+        add(&a, 10).await;
+        add(&b, 11).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(
+            common::counter(&b, "t", 10).await,
+            Some(1),
+            "b has a's write"
+        );
+        assert_eq!(
+            common::counter(&a, "t", 11).await,
+            Some(1),
+            "a has b's write"
+        );
+        let (sa, sb) = (a.stats(), b.stats());
+        assert_eq!(
+            sb.applied.get(a.replica()),
+            sa.writes,
+            "b's vector names a's writes, no more"
+        );
+        assert_eq!(
+            sa.applied.get(b.replica()),
+            sb.writes,
+            "a's vector names b's writes, no more"
+        );
+        assert_eq!(
+            (sa.syncs_completed, sb.syncs_completed),
+            (syncs_a, syncs_b),
+            "no anti-entropy did the work"
+        );
+        // The lies were seen for what they are.
+        eprintln!("{sa:#?}\n{sb:#?}\n{:#?}", f.stats());
+        assert!(
+            sa.rejected_frames > 0,
+            "a refused the forged acknowledgements"
+        );
+        assert!(
+            sb.rejected_frames > 0,
+            "b refused batches depending on writes it never made"
+        );
+        assert!(
+            sa.untrusted_claims + sb.untrusted_claims > 0,
+            "the claims about the other honest region were not believed"
+        );
+        // a kept its writes for b and f: the forged acknowledgements did
+        // not truncate its log past what f could hold.
+        for key in [0, 1, 2, 10, 11] {
+            assert_eq!(
+                common::counter(&a, "t", key).await,
+                common::counter(&b, "t", key).await,
+                "key {key}"
+            );
+        }
+    });
+}
