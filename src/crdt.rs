@@ -56,4 +56,18 @@ pub trait Crdt: Clone + Default {
     /// Joins `other` into `self`. Takes a reference: merging never forces
     /// the caller to clone.
     fn merge(&mut self, other: &Self);
+
+    /// The latest hybrid-logical-clock time stamped anywhere in this state,
+    /// for types that carry stamps (last-writer-wins types, resolver
+    /// version sets); `None` for the others, the default.
+    ///
+    /// A region refuses a value from a peer whose latest stamp is further
+    /// ahead of its own clock than the clock's max offset (the bound the
+    /// HLC keeps), so a region whose clock runs ahead cannot win every
+    /// last-writer-wins conflict: its writes land once the other clocks
+    /// have caught up to within the offset. A type with stamps that keeps
+    /// the default is not protected.
+    fn latest_stamp(&self) -> Option<crate::clock::Timestamp> {
+        None
+    }
 }

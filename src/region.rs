@@ -109,6 +109,18 @@
 //!   refused and truncates nothing; a batch depending on writes of ours we
 //!   never made is refused, not buffered. Each counts in
 //!   [`RegionStats::rejected_frames`].
+//! - **Its clock**: a batch's send time moves our clock at most the max
+//!   offset (500 ms by default) past our wall clock. A *value* stamped
+//!   later than that (a last-writer-wins register or map, a resolver
+//!   table's versions: [`Crdt::latest_stamp`]) is refused with the frame
+//!   that carries it, not clamped (clamping would change the value, and the
+//!   regions would diverge). Its writer sends it again, and it lands once
+//!   our clock is within the offset of its stamp; a write made here after
+//!   it landed stamps above it and wins. So a region whose clock runs
+//!   ahead delays its own writes elsewhere by the excess, and wins no
+//!   conflict it would not win with a correct clock by more than the
+//!   offset. Values held for a table before it was declared are not
+//!   checked again when it is.
 //!
 //! `testing::Forger` (feature `testing`) makes a region lie in all these
 //! ways, for tests.

@@ -282,6 +282,14 @@ impl Hlc {
         Ok(self.advance(|last| wall.max(last.max(remote.0) + 1)))
     }
 
+    /// The latest timestamp a remote may carry: the local wall clock plus
+    /// the max offset. Values stamped later come from a clock running too
+    /// far ahead.
+    pub fn offset_bound(&self) -> Timestamp {
+        let local_ms = self.clock.now_ms().min(PHYSICAL_MS_MAX);
+        Timestamp::new(local_ms.saturating_add(self.max_offset_ms), u16::MAX)
+    }
+
     /// Moves the clock past `remote` as far as the max offset allows and
     /// returns the new reading. Unlike [`update`](Hlc::update) it never
     /// refuses: a timestamp too far ahead is clamped to the local wall clock
@@ -291,7 +299,7 @@ impl Hlc {
     /// peer whose clock runs too far ahead.
     pub fn observe(&self, remote: Timestamp) -> Timestamp {
         let local_ms = self.clock.now_ms().min(PHYSICAL_MS_MAX);
-        let bound = Timestamp::new(local_ms.saturating_add(self.max_offset_ms), u16::MAX);
+        let bound = self.offset_bound();
         if remote > bound {
             tracing::warn!(
                 replica = %self.replica,

@@ -164,6 +164,10 @@ impl<K: Hash + Eq + Clone, V: Clone> Crdt for LwwMap<K, V> {
             self.merge_entry(key, theirs);
         }
     }
+
+    fn latest_stamp(&self) -> Option<crate::clock::Timestamp> {
+        self.entries.values().map(|entry| entry.stamp.time).max()
+    }
 }
 
 impl<K: Hash + Eq + Clone, V: Clone> Default for LwwMap<K, V> {

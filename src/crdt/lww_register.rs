@@ -71,6 +71,10 @@ impl<T: Clone> Default for LwwRegister<T> {
 }
 
 impl<T: Clone> Crdt for LwwRegister<T> {
+    fn latest_stamp(&self) -> Option<crate::clock::Timestamp> {
+        self.entry.as_ref().map(|(stamp, _)| stamp.time)
+    }
+
     fn merge(&mut self, other: &Self) {
         if let Some((theirs, value)) = &other.entry
             && self.stamp().is_none_or(|mine| *theirs > mine)

@@ -11,7 +11,8 @@ use tokio::time::Instant;
 use super::message::{self, Blob, Entries, Message};
 use super::outbox::{Append, Outbox};
 use super::store::{
-    DIGEST_BUCKETS, TableStore, UndeclaredStore, pack_states, stable_hash, unpack_states,
+    DIGEST_BUCKETS, StageError, TableStore, UndeclaredStore, pack_states, stable_hash,
+    unpack_states,
 };
 use crate::clock::{Dot, Hlc, ReplicaId, Timestamp, VersionVector};
 use crate::hash::FastMap;
@@ -567,7 +568,9 @@ impl Core {
             let at = self.hlc.last();
             for (key, values) in pending.values {
                 for value in values {
-                    match slot.store.stage(&value) {
+                    // Held or restored before the table was declared: its
+                    // stamps are not checked again.
+                    match slot.store.stage(&value, Timestamp::from_u64(u64::MAX)) {
                         Ok(()) => slot.store.commit(&key, at),
                         Err(error) => {
                             tracing::warn!(region = %self.name, table = %name, %error, "rejected a value held for an undeclared table");
@@ -1354,6 +1357,7 @@ impl Core {
     /// origin for good, since every resend fails alike.
     fn merge_entries(&mut self, from: &str, parts: &[(&[String], &[u8])]) -> bool {
         let at = self.hlc.last();
+        let stamps_max = self.hlc.offset_bound();
         let slots: Vec<Vec<Option<usize>>> = parts
             .iter()
             .map(|(tables, _)| tables.iter().map(|t| self.slot_of(t)).collect())
@@ -1380,10 +1384,20 @@ impl Core {
             };
             match slots[table] {
                 Some(slot) => {
-                    if let Err(error) = self.tables[slot].store.stage(value) {
-                        undecodable.push(index);
-                        first_error.get_or_insert_with(|| (tables[table].clone(), error));
-                        continue;
+                    match self.tables[slot].store.stage(value, stamps_max) {
+                        Ok(()) => {}
+                        Err(StageError::Undecodable(error)) => {
+                            undecodable.push(index);
+                            first_error.get_or_insert_with(|| (tables[table].clone(), error));
+                            continue;
+                        }
+                        Err(StageError::Ahead { stamp }) => {
+                            failed = Some(format!(
+                                "a value of table {} stamped {stamp}, past this clock's bound {stamps_max}: the writer's clock runs ahead (sent again, it lands once the clocks are within the max offset)",
+                                tables[table]
+                            ));
+                            break;
+                        }
                     }
                     if !staged.contains(&slot) {
                         staged.push(slot);

@@ -39,6 +39,17 @@ pub(crate) fn bucket_of(key: &[u8]) -> usize {
 /// audit the merge; CRDT tables just join.
 pub(crate) type Merger<V> = Arc<dyn Fn(&mut V, &V, &[u8], Timestamp) + Send + Sync>;
 
+/// Why a received value was not staged.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StageError {
+    /// It does not decode as the table's type.
+    #[error(transparent)]
+    Undecodable(WireError),
+    /// It carries a stamp past the bound: its writer's clock runs ahead.
+    #[error("a value stamped {stamp}, past this clock's bound")]
+    Ahead { stamp: Timestamp },
+}
+
 /// What the engine needs of any table, whatever its value type.
 ///
 /// Received values are merged in two steps, so that a message with one
@@ -51,7 +62,10 @@ pub(crate) trait TableStore: Send {
     fn as_any_mut(&mut self) -> &mut dyn Any;
     /// Decodes `value` (a delta or a full state) and holds it for
     /// [`commit`](TableStore::commit).
-    fn stage(&mut self, value: &[u8]) -> Result<(), WireError>;
+    ///
+    /// A value stamped later than `stamps_max` (the local clock plus its
+    /// max offset, for values from peers) is refused.
+    fn stage(&mut self, value: &[u8], stamps_max: Timestamp) -> Result<(), StageError>;
     /// Merges the next staged value under `key`.
     fn commit(&mut self, key: &[u8], at: Timestamp);
     /// Forgets every staged value not yet committed.
@@ -163,8 +177,14 @@ where
         self
     }
 
-    fn stage(&mut self, value: &[u8]) -> Result<(), WireError> {
-        self.staged.push(wire::decode_bare(value)?);
+    fn stage(&mut self, value: &[u8], stamps_max: Timestamp) -> Result<(), StageError> {
+        let value: V = wire::decode_bare(value).map_err(StageError::Undecodable)?;
+        if let Some(stamp) = value.latest_stamp()
+            && stamp > stamps_max
+        {
+            return Err(StageError::Ahead { stamp });
+        }
+        self.staged.push(value);
         Ok(())
     }
 

@@ -302,4 +302,9 @@ impl<T: Clone> Crdt for VersionSet<T> {
     fn merge(&mut self, other: &Self) {
         self.merge_changed(other);
     }
+
+    fn latest_stamp(&self) -> Option<crate::clock::Timestamp> {
+        // Sorted by stamp: the last is the latest.
+        self.versions.last().map(|v| v.stamp.time)
+    }
 }
