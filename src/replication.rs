@@ -132,6 +132,13 @@ async fn commit(shared: &Shared, storage: &mut Option<Box<dyn Storage>>) -> bool
 /// Whether a message may leave before the next commit: with storage,
 /// acknowledgements and state transfers wait until what they vouch for is
 /// on disk (a crash must not take back what a peer was told we hold).
+/// A transport event, its frame decoded.
+enum Received {
+    Frame(String, Result<Message, wire::WireError>),
+    Up(String),
+    Down(String),
+}
+
 pub(crate) fn leaves_now(message: &Message) -> bool {
     matches!(
         message,
@@ -214,27 +221,34 @@ pub(crate) async fn run<T: Transport>(
             event = transport.recv() => {
                 let Some(event) = event else { return };
                 let now = Instant::now();
+                // A frame is decoded before the lock that every local read
+                // and write takes (its values are decoded when merged).
+                let event = match event {
+                    TransportEvent::Frame { from, frame } => {
+                        Received::Frame(from, wire::decode::<Message>(&frame))
+                    }
+                    TransportEvent::Up(peer) => Received::Up(peer),
+                    TransportEvent::Down(peer) => Received::Down(peer),
+                };
                 let mut core = shared.lock();
                 let out = match event {
+                    Received::Frame(from, Ok(message)) => core.on_message(&from, message, now),
+                    Received::Frame(from, Err(error)) => {
+                        core.on_undecodable(&from, &error);
+                        Vec::new()
+                    }
                     // What was held for a peer belongs to the connection that
                     // ended: its successor (maybe a new incarnation) must not
                     // get a reply to an exchange it never started.
-                    TransportEvent::Up(peer) => {
+                    Received::Up(peer) => {
                         held.retain(|(to, _)| *to != peer);
                         core.peer_up(&peer, now)
                     }
-                    TransportEvent::Down(peer) => {
+                    Received::Down(peer) => {
                         held.retain(|(to, _)| *to != peer);
                         core.peer_down(&peer, now);
                         Vec::new()
                     }
-                    TransportEvent::Frame { from, frame } => match wire::decode::<Message>(&frame) {
-                        Ok(message) => core.on_message(&from, message, now),
-                        Err(error) => {
-                            core.on_undecodable(&from, &error);
-                            Vec::new()
-                        }
-                    },
                 };
                 shared.publish(&core);
                 drop(core);
