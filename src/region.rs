@@ -160,8 +160,10 @@ pub struct RegionConfig {
     /// How long a peer may leave sent writes unacknowledged before they are
     /// sent again.
     pub ack_timeout: Duration,
-    /// Most writes kept for peers that have not acknowledged them; past it
-    /// the outbox is dropped and anti-entropy repairs those peers.
+    /// Most writes kept for peers that have not acknowledged them. Past it
+    /// the peers furthest behind (a dead one first) lose their claim on the
+    /// outbox, until it fits: anti-entropy repairs them when they are back,
+    /// and the other peers keep receiving batches.
     pub outbox_len_max: usize,
     /// Most bytes kept in the outbox (same rule): keys and deltas, and
     /// about 200 bytes of bookkeeping per run of writes.

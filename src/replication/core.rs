@@ -96,6 +96,17 @@ impl PeerState {
         self.push_pending = None;
     }
 
+    /// Our writes from which on the log must be kept for it: a peer
+    /// waiting for repair by anti-entropy holds none until its repair's
+    /// push leaves (that covers everything), then what came after the push.
+    fn log_claim(&self, seq: u64) -> u64 {
+        match (self.needs_sync, self.push_pending) {
+            (false, _) => self.acked,
+            (true, None) => seq,
+            (true, Some((_, covered, _))) => covered.max(self.acked),
+        }
+    }
+
     fn new(now: Instant) -> Self {
         PeerState {
             connected: false,
@@ -628,7 +639,7 @@ impl Core {
             if self.outbox.len() > self.config.outbox_len_max
                 || self.outbox.bytes() > self.config.outbox_bytes_max
             {
-                self.drop_outbox();
+                self.shed_outbox();
             }
         }
         SessionToken::from_dot(Dot::new(self.replica, self.seq))
@@ -637,38 +648,66 @@ impl Core {
     /// The outbox outgrew its bound (a peer down for long): drop it; the
     /// peers that had not acknowledged everything are repaired by
     /// anti-entropy when they are back.
-    fn drop_outbox(&mut self) {
-        self.counters.outbox_overflows += 1;
-        let mut lagging = Vec::new();
-        for (name, peer) in &mut self.peers {
-            if peer.acked < self.seq {
-                peer.flag_repair();
-                peer.acked = self.seq;
-                peer.sent = self.seq;
-                lagging.push(name.clone());
-            }
+    /// The outbox is over its bounds: the peers furthest behind lose their
+    /// claim on it, slowest first, until it fits (but for the last segment,
+    /// at most a batch, while peers that keep up hold it). Each is repaired by anti-entropy
+    /// (now, or once it is back); the others keep receiving batches.
+    fn shed_outbox(&mut self) {
+        let before = self.outbox.len();
+        let mut shed: Vec<String> = Vec::new();
+        while self.outbox.len() > self.config.outbox_len_max
+            || self.outbox.bytes() > self.config.outbox_bytes_max
+        {
+            // Only a peer behind by more than half the log is shed: the
+            // slowest holds its start, so one always is, unless the log
+            // could not shrink (it is cut in segments of up to a batch) and
+            // what is left is held by peers that keep up.
+            let seq = self.seq;
+            let keeps_up = self.outbox.len() as u64 / 2;
+            let slowest = self
+                .peers
+                .iter()
+                .filter(|(_, p)| seq - p.log_claim(seq).min(seq) > keeps_up)
+                .min_by_key(|(_, p)| p.log_claim(seq))
+                .map(|(name, _)| name.clone());
+            let Some(name) = slowest else {
+                // What is left is held for no peer we know of (none has
+                // connected yet) or is the last segment.
+                self.truncate_log();
+                break;
+            };
+            let peer = self.peers.get_mut(&name).expect("listed");
+            peer.flag_repair();
+            peer.acked = self.seq;
+            peer.sent = self.seq;
+            shed.push(name);
+            self.truncate_log();
         }
+        if shed.is_empty() && self.outbox.len() == before {
+            return;
+        }
+        self.counters.outbox_overflows += 1;
         tracing::warn!(
             region = %self.name,
-            dropped = self.outbox.len(),
+            kept = self.outbox.len(),
             bytes = self.outbox.bytes(),
-            peers = ?lagging,
-            "outbox over its limit: dropped; anti-entropy will repair these peers"
+            peers = ?shed,
+            "outbox over its limit: the peers furthest behind lost their claim on it; anti-entropy will repair them"
         );
-        self.outbox.clear();
     }
 
     fn truncate_log(&mut self) {
         if let Some(durable) = &mut self.durable {
             durable.cursors = true;
         }
-        let min_acked = self
+        let seq = self.seq;
+        let min_claim = self
             .peers
             .values()
-            .map(|p| p.acked)
+            .map(|p| p.log_claim(seq))
             .min()
-            .unwrap_or(self.seq);
-        self.outbox.truncate(min_acked);
+            .unwrap_or(seq);
+        self.outbox.truncate(min_claim);
     }
 
     // ----- peers ------------------------------------------------------------

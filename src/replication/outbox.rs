@@ -252,12 +252,6 @@ impl Outbox {
         }
     }
 
-    /// Drops everything.
-    pub(crate) fn clear(&mut self) {
-        self.segments.clear();
-        self.len = 0;
-        self.bytes = 0;
-    }
 }
 
 #[cfg(test)]
