@@ -45,6 +45,8 @@
 //! check_crdt_laws::<Hits>();
 //! ```
 
+pub mod fuzz;
+
 use std::fmt::Debug;
 
 use proptest::prelude::*;
