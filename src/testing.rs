@@ -24,6 +24,9 @@
 //!   equal in any case, read the same, and contain every delta ever made;
 //! - the state survives [`wire`](crate::wire) and JSON unchanged.
 //!
+//! The [`fuzz`] submodule holds a seeded, stable-Rust fuzz harness for the
+//! decoders, with its corpus, mutators and a counting allocator for reuse.
+//!
 //! ```
 //! use archipelago::clock::Stamp;
 //! use archipelago::crdt::GCounter;

@@ -397,10 +397,15 @@ pub(crate) fn take_bytes<'a>(input: &mut &'a [u8]) -> Result<&'a [u8], WireError
     Ok(bytes)
 }
 
-/// Decodes a frame made by [`encode`].
+/// Decodes a frame made by [`encode`], treating it as hostile: within the
+/// memory budget the [module page](self) states, and checking the value
+/// against its type's rules.
 ///
 /// # Errors
-/// A [`WireError`] naming what is wrong with the frame; never panics.
+/// A [`WireError`] naming what is wrong with the frame: among them
+/// [`WireError::OverBudget`] for a body that would take more memory than
+/// its size allows and [`WireError::Invalid`] for a value that breaks a
+/// rule of its type. Never panics.
 pub fn decode<T: DeserializeOwned>(frame: &[u8]) -> Result<T, WireError> {
     let (&version, body) = frame.split_first().ok_or(WireError::Empty)?;
     if version != WIRE_VERSION {
