@@ -27,6 +27,9 @@
 //! [`Forger`] wraps a transport so that the region behind it lies about
 //! what it holds: for testing that honest regions do not believe it.
 //!
+//! The [`fuzz`] submodule holds a seeded, stable-Rust fuzz harness for the
+//! decoders, with its corpus, mutators and a counting allocator for reuse.
+//!
 //! ```
 //! use archipelago::clock::Stamp;
 //! use archipelago::crdt::GCounter;
@@ -49,6 +52,7 @@
 //! ```
 
 mod forge;
+pub mod fuzz;
 
 pub use forge::{Forger, Forgery};
 

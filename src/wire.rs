@@ -6,9 +6,34 @@
 //! a version byte, [`WIRE_VERSION`], so a future codec can be told apart.
 //!
 //! Decoding treats its input as hostile: it never panics, refuses frames
-//! longer than [`FRAME_BYTES_MAX`] before reading them, caps every
-//! allocation a length prefix asks for at that same limit, and reports a
-//! typed [`WireError`].
+//! longer than [`FRAME_BYTES_MAX`] before reading them, checks every value
+//! against the rules its join relies on (sorted, no repeated dot, no dot
+//! with counter 0, every dot inside its context, ...: a frame breaking one
+//! is [`WireError::Invalid`]), and reports a typed [`WireError`].
+//!
+//! # Memory: at most K bytes per frame byte
+//! A length prefix is a claim, not a fact, so no allocation is sized by one:
+//! a container reserves at most a few slots before its elements are read,
+//! and a string is checked against the bytes present before it is copied.
+//! What a decode may allocate is then bounded by a **budget** proportional
+//! to the frame: every decoded element of a sequence or map charges its
+//! inline size (`size_of` of its type, at least 1 byte), every string its
+//! length, and the decode fails with [`WireError::OverBudget`] past
+//!
+//! > `K × body bytes + DECODE_SLACK_BYTES`, with `K =`
+//! > [`DECODE_BYTES_PER_FRAME_BYTE`] `= 32`.
+//!
+//! 32 admits every value this crate encodes (the densest, a list of empty
+//! strings, needs 24 bytes of `String` per encoded byte) and refuses a
+//! frame whose values would be larger in memory, such as a list of a
+//! user enum whose one-byte variant is a kilobyte in memory. Containers
+//! grow by doubling and a value may be converted once after decoding, so
+//! the peak the allocator sees is a small multiple of the budget:
+//! `tests/wire_hostile.rs` measures it with a counting allocator, for
+//! hostile and valid frames of every type, against
+//! [`DECODE_PEAK_BYTES_PER_FRAME_BYTE`]. The budget also bounds the
+//! elements a frame can make the decoder visit, so a short frame claiming
+//! 2⁶⁴ zero-sized elements fails fast too.
 //!
 //! ```
 //! use archipelago::crdt::GCounter;
@@ -39,6 +64,35 @@ type Config = bincode::config::Configuration<
     bincode::config::Varint,
     bincode::config::Limit<FRAME_BYTES_MAX>,
 >;
+
+/// `K`: what a decode may allocate per byte of the body, in bytes,
+/// counted as the module page says (each element's inline size, each
+/// string's length). See the [module page](self).
+pub const DECODE_BYTES_PER_FRAME_BYTE: usize = 32;
+
+/// What any decode may allocate on top of `K` bytes per body byte, in
+/// bytes: room for the handful of small values a short frame holds.
+pub const DECODE_SLACK_BYTES: usize = 1024;
+
+/// The peak heap a decode may reach per byte of the frame, in bytes: the
+/// budget [`DECODE_BYTES_PER_FRAME_BYTE`] times the at most 4× by which
+/// containers outgrow what they hold (doubling, one conversion after
+/// decoding). Checked by `tests/wire_hostile.rs` and the fuzz harness.
+pub const DECODE_PEAK_BYTES_PER_FRAME_BYTE: usize = 4 * DECODE_BYTES_PER_FRAME_BYTE;
+
+/// The peak heap any decode may reach on top of
+/// [`DECODE_PEAK_BYTES_PER_FRAME_BYTE`] per frame byte, in bytes (error
+/// messages, the few slots a container reserves before reading).
+pub const DECODE_PEAK_SLACK_BYTES: usize = 16 * 1024;
+
+/// The budget of a decode of `body_bytes` bytes, in bytes.
+pub const fn decode_budget_bytes(body_bytes: usize) -> usize {
+    DECODE_BYTES_PER_FRAME_BYTE
+        .saturating_mul(body_bytes)
+        .saturating_add(DECODE_SLACK_BYTES)
+}
+
+mod budget;
 
 const fn config() -> Config {
     bincode::config::standard().with_limit::<FRAME_BYTES_MAX>()
@@ -72,6 +126,24 @@ pub enum WireError {
         /// How many.
         extra: usize,
     },
+    /// The body would decode to more memory than its size allows (see the
+    /// [module page](self)): refused before it is allocated.
+    #[error("a {body_bytes}-byte body needs more than its {budget_bytes}-byte decode budget")]
+    OverBudget {
+        /// The body's length.
+        body_bytes: usize,
+        /// What it could allocate: [`decode_budget_bytes`] of its length.
+        budget_bytes: usize,
+    },
+    /// The body decodes but breaks a rule of the type it encodes (one its
+    /// join relies on): no replica writes such a value.
+    #[error("invalid {ty}: {rule}")]
+    Invalid {
+        /// The type, e.g. `"MvRegister"`.
+        ty: &'static str,
+        /// The rule broken.
+        rule: InvalidRule,
+    },
     /// The value could not be encoded.
     #[error("cannot encode: {0}")]
     Encode(String),
@@ -79,6 +151,64 @@ pub enum WireError {
     /// too large for it (see [`encode_vector_fixed`]).
     #[error("fixed-layout vector: {0}")]
     Vector(#[from] FixedVectorError),
+}
+
+/// A rule a decoded value breaks ([`WireError::Invalid`]). Each is one that
+/// values made by replicas keep and that the type's join relies on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidRule {
+    /// Entries out of order or repeated where the encoding sorts them.
+    #[error("entries out of order or repeated")]
+    Unsorted,
+    /// A dot or counter of 0: counters start at 1.
+    #[error("a dot with counter 0")]
+    ZeroCounter,
+    /// A counter that overflows `u64`.
+    #[error("a counter overflows")]
+    CounterOverflow,
+    /// A dot the value's causal context does not hold.
+    #[error("a dot outside its causal context")]
+    OutsideContext,
+    /// The same dot twice.
+    #[error("the same dot twice")]
+    DuplicateDot,
+    /// A causal context whose cloud holds a dot its vector covers, or one
+    /// that would fold into it: not the form a context is kept in.
+    #[error("a cloud dot the vector covers or would absorb")]
+    NotCompact,
+    /// Two versions or siblings from one replica: a replica's writes are
+    /// ordered, so concurrent values number at most one per replica.
+    #[error("two concurrent values from one replica (more values than replicas)")]
+    ReplicaRepeated,
+    /// A version whose own write another version of the set has seen: the
+    /// set would not be an antichain.
+    #[error("a version another version of the set has seen")]
+    VersionSeen,
+    /// A version (of a set of several) whose vector lacks its own write.
+    #[error("a version whose vector lacks its own write")]
+    OwnWriteMissing,
+    /// A key repeated in a map.
+    #[error("a key repeated")]
+    KeyRepeated,
+}
+
+thread_local! {
+    /// The first rule a value being decoded on this thread broke: serde
+    /// carries errors as text, so the typed reason travels beside it.
+    static BROKEN_RULE: std::cell::Cell<Option<(&'static str, InvalidRule)>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// The error a `Deserialize` impl returns for a value of type `ty` breaking
+/// `rule`; [`decode`] reports it as [`WireError::Invalid`].
+pub(crate) fn invalid<E: serde::de::Error>(ty: &'static str, rule: InvalidRule) -> E {
+    BROKEN_RULE.with(|slot| {
+        if slot.get().is_none() {
+            slot.set(Some((ty, rule)));
+        }
+    });
+    E::custom(format_args!("invalid {ty}: {rule}"))
 }
 
 /// Encodes `value` into a frame: the version byte, then the body.
@@ -184,8 +314,26 @@ pub(crate) fn decode_bare<T: DeserializeOwned>(body: &[u8]) -> Result<T, WireErr
     if body.len() > FRAME_BYTES_MAX {
         return Err(WireError::TooLarge { len: body.len() });
     }
-    let (value, read) = bincode::serde::decode_from_slice::<T, _>(body, config())
-        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    let budget = budget::Budget::new(decode_budget_bytes(body.len()));
+    BROKEN_RULE.with(|slot| slot.set(None));
+    let decoded = bincode::serde::seed_decode_from_slice(
+        budget::BudgetedSeed::<T>::new(&budget),
+        body,
+        config(),
+    );
+    let broken = BROKEN_RULE.with(std::cell::Cell::take);
+    let (value, read) = decoded.map_err(|e| {
+        if budget.exceeded() {
+            WireError::OverBudget {
+                body_bytes: body.len(),
+                budget_bytes: decode_budget_bytes(body.len()),
+            }
+        } else if let Some((ty, rule)) = broken {
+            WireError::Invalid { ty, rule }
+        } else {
+            WireError::Malformed(e.to_string())
+        }
+    })?;
     if read != body.len() {
         return Err(WireError::TrailingBytes {
             extra: body.len() - read,
@@ -249,10 +397,15 @@ pub(crate) fn take_bytes<'a>(input: &mut &'a [u8]) -> Result<&'a [u8], WireError
     Ok(bytes)
 }
 
-/// Decodes a frame made by [`encode`].
+/// Decodes a frame made by [`encode`], treating it as hostile: within the
+/// memory budget the [module page](self) states, and checking the value
+/// against its type's rules.
 ///
 /// # Errors
-/// A [`WireError`] naming what is wrong with the frame; never panics.
+/// A [`WireError`] naming what is wrong with the frame: among them
+/// [`WireError::OverBudget`] for a body that would take more memory than
+/// its size allows and [`WireError::Invalid`] for a value that breaks a
+/// rule of its type. Never panics.
 pub fn decode<T: DeserializeOwned>(frame: &[u8]) -> Result<T, WireError> {
     let (&version, body) = frame.split_first().ok_or(WireError::Empty)?;
     if version != WIRE_VERSION {

@@ -2,6 +2,7 @@ use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
 use super::{Dot, ReplicaId, VersionVector};
+use crate::wire::{InvalidRule, invalid};
 
 /// The causal context of a delta CRDT: every dot a replica has seen.
 ///
@@ -21,8 +22,7 @@ use super::{Dot, ReplicaId, VersionVector};
 /// assert_eq!(ctx.vector().get(r), 2);
 /// assert_eq!(ctx.cloud().len(), 0);
 /// ```
-#[derive(Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "ContextRepr")]
+#[derive(Clone, Default, PartialEq, Eq, Hash, Serialize)]
 pub struct CausalContext {
     vv: VersionVector,
     /// Sorted, not covered by `vv`, never `vv[r] + 1` (that would fold).
@@ -31,27 +31,47 @@ pub struct CausalContext {
     cloud: SmallVec<[Dot; 1]>,
 }
 
+impl<'de> Deserialize<'de> for CausalContext {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let repr = ContextRepr::deserialize(deserializer)?;
+        CausalContext::try_from(repr).map_err(|(ty, rule)| invalid(ty, rule))
+    }
+}
+
 #[derive(Deserialize)]
 struct ContextRepr {
     vv: VersionVector,
     cloud: Vec<Dot>,
 }
 
+/// Accepts only the form a context is kept in (one pass over the cloud):
+/// cloud dots sorted without repeats, none with counter 0, none the vector
+/// covers or would absorb (`vv[r] + 1`). Anything else did not come from a
+/// replica, and two encodings of one context would compare unequal.
 impl TryFrom<ContextRepr> for CausalContext {
-    type Error = &'static str;
+    type Error = (&'static str, InvalidRule);
 
     fn try_from(repr: ContextRepr) -> Result<Self, Self::Error> {
-        if repr.cloud.iter().any(|d| d.counter == 0) {
-            return Err("causal context holds a dot with counter 0");
+        const TYPE_NAME: &str = "CausalContext";
+        let mut previous: Option<Dot> = None;
+        for dot in &repr.cloud {
+            if dot.counter == 0 {
+                return Err((TYPE_NAME, InvalidRule::ZeroCounter));
+            }
+            match previous {
+                Some(p) if p == *dot => return Err((TYPE_NAME, InvalidRule::DuplicateDot)),
+                Some(p) if p > *dot => return Err((TYPE_NAME, InvalidRule::Unsorted)),
+                _ => {}
+            }
+            if dot.counter <= repr.vv.get(dot.replica).saturating_add(1) {
+                return Err((TYPE_NAME, InvalidRule::NotCompact));
+            }
+            previous = Some(*dot);
         }
-        let mut ctx = CausalContext {
+        Ok(CausalContext {
             vv: repr.vv,
             cloud: repr.cloud.into(),
-        };
-        ctx.cloud.sort_unstable();
-        ctx.cloud.dedup();
-        ctx.compact();
-        Ok(ctx)
+        })
     }
 }
 

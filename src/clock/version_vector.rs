@@ -1,11 +1,11 @@
 use std::cmp::Ordering;
 use std::fmt;
 
-use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use smallvec::SmallVec;
 
 use super::{Dot, ReplicaId};
+use crate::wire::{InvalidRule, invalid};
 
 /// Entries stored inline before the vector spills to the heap: most
 /// deployments run a handful of regions.
@@ -301,26 +301,43 @@ impl Serialize for VersionVector {
 }
 
 /// Rejects entries that are unsorted, repeated or zero: what we encode is
-/// canonical, so anything else did not come from us.
+/// canonical, so anything else did not come from us. Reads the entries
+/// straight into the vector, checking each against the one before: one
+/// pass, no intermediate, and no room reserved past the inline entries
+/// whatever the length prefix claims.
 impl<'de> Deserialize<'de> for VersionVector {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let entries: SmallVec<[(ReplicaId, u64); INLINE_ENTRIES]> =
-            SmallVec::deserialize(deserializer)?;
-        let sorted = entries.windows(2).all(|w| w[0].0 < w[1].0);
-        if !sorted {
-            return Err(D::Error::custom(
-                "version vector entries must be sorted by replica without repeats",
-            ));
+        struct Entries;
+        impl<'de> serde::de::Visitor<'de> for Entries {
+            type Value = VersionVector;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a sequence of (replica, counter) pairs")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<VersionVector, A::Error> {
+                let mut vv = VersionVector::new();
+                while let Some((replica, counter)) = seq.next_element::<(ReplicaId, u64)>()? {
+                    if vv.ids.last().is_some_and(|last| *last >= replica) {
+                        return Err(invalid(TYPE_NAME, InvalidRule::Unsorted));
+                    }
+                    if counter == 0 {
+                        return Err(invalid(TYPE_NAME, InvalidRule::ZeroCounter));
+                    }
+                    vv.ids.push(replica);
+                    vv.counters.push(counter);
+                }
+                debug_assert_eq!(vv.ids.len(), vv.counters.len());
+                Ok(vv)
+            }
         }
-        if entries.iter().any(|e| e.1 == 0) {
-            return Err(D::Error::custom("version vector entry with counter 0"));
-        }
-        Ok(VersionVector {
-            ids: entries.iter().map(|e| e.0).collect(),
-            counters: entries.iter().map(|e| e.1).collect(),
-        })
+        deserializer.deserialize_seq(Entries)
     }
 }
+
+/// The name decode errors give the type.
+const TYPE_NAME: &str = "VersionVector";
 
 #[cfg(test)]
 mod tests {

@@ -25,7 +25,6 @@ use std::borrow::Borrow;
 use std::fmt;
 use std::hash::Hash;
 
-use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::Crdt;
@@ -236,7 +235,10 @@ where
         for (key, stamp, value) in rows {
             map.live += usize::from(value.is_some());
             if map.entries.insert(key, Entry { stamp, value }).is_some() {
-                return Err(D::Error::custom("LWW-Map key repeated"));
+                return Err(crate::wire::invalid(
+                    "LwwMap",
+                    crate::wire::InvalidRule::KeyRepeated,
+                ));
             }
         }
         Ok(map)

@@ -23,14 +23,14 @@ use serde::{Deserialize, Serialize};
 
 use super::Crdt;
 use crate::clock::{CausalContext, Dot, ReplicaId};
+use crate::wire::{InvalidRule, invalid};
 
 /// A register that keeps every concurrent write as a sibling.
 ///
 /// Each value carries the dot of its write; a write replaces exactly the
 /// siblings its replica had observed, so values written concurrently
 /// elsewhere survive it until someone writes having seen them.
-#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "Repr<T>", bound(deserialize = "T: Deserialize<'de>"))]
+#[derive(Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct MvRegister<T> {
     /// Sorted by dot; every dot in `ctx`.
     siblings: Vec<(Dot, T)>,
@@ -43,20 +43,45 @@ struct Repr<T> {
     ctx: CausalContext,
 }
 
+/// Accepts only what writes make, in one pass: siblings sorted by dot
+/// without repeats, no dot with counter 0 (the context "contains" every
+/// such dot, so a merge would drop the sibling: `⊥ ⊔ v ≠ v`), and every
+/// dot in the context. (Two siblings of one replica are allowed: a state
+/// fed deltas out of causal order can hold them until the delta that
+/// replaced the older one arrives.)
 impl<T> TryFrom<Repr<T>> for MvRegister<T> {
-    type Error = &'static str;
+    type Error = InvalidRule;
 
     fn try_from(repr: Repr<T>) -> Result<Self, Self::Error> {
-        if !repr.siblings.windows(2).all(|w| w[0].0 < w[1].0) {
-            return Err("MV-Register siblings must be sorted by dot without repeats");
-        }
-        if repr.siblings.iter().any(|(d, _)| !repr.ctx.contains(*d)) {
-            return Err("MV-Register sibling dot missing from its context");
+        let mut previous: Option<Dot> = None;
+        for (dot, _) in &repr.siblings {
+            if dot.counter == 0 {
+                return Err(InvalidRule::ZeroCounter);
+            }
+            if let Some(p) = previous {
+                if p == *dot {
+                    return Err(InvalidRule::DuplicateDot);
+                }
+                if p > *dot {
+                    return Err(InvalidRule::Unsorted);
+                }
+            }
+            if !repr.ctx.contains(*dot) {
+                return Err(InvalidRule::OutsideContext);
+            }
+            previous = Some(*dot);
         }
         Ok(MvRegister {
             siblings: repr.siblings,
             ctx: repr.ctx,
         })
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for MvRegister<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let repr = Repr::<T>::deserialize(deserializer)?;
+        MvRegister::try_from(repr).map_err(|rule| invalid("MvRegister", rule))
     }
 }
 

@@ -24,13 +24,13 @@ use std::borrow::Borrow;
 use std::fmt;
 use std::hash::Hash;
 
-use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use smallvec::{SmallVec, smallvec};
 
 use super::Crdt;
 use super::small_map::SmallMap;
 use crate::clock::{CausalContext, Dot, ReplicaId};
+use crate::wire::{InvalidRule, invalid};
 
 /// The dots that keep an element in the set: one per replica that added it
 /// concurrently, almost always exactly one. Sorted.
@@ -323,9 +323,12 @@ impl<T: Serialize> Serialize for OrSet<T> {
 }
 
 /// Rejects a set whose dots are not all in its context, repeat, or count
-/// from zero: none of those come from a real replica.
+/// from zero: none of those come from a real replica. One pass: groups are
+/// sorted by replica and counters grow within a group, so each element's
+/// dots arrive in order and no dot can appear twice.
 impl<'de, T: Deserialize<'de> + Hash + Eq + Clone> Deserialize<'de> for OrSet<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        const TYPE_NAME: &str = "OrSet";
         let repr = ReprIn::<T>::deserialize(deserializer)?;
         let element_count: usize = repr.groups.iter().map(|g| g.elements.len()).sum();
         let mut set = OrSet {
@@ -335,24 +338,29 @@ impl<'de, T: Deserialize<'de> + Hash + Eq + Clone> Deserialize<'de> for OrSet<T>
         let mut previous_replica = None;
         for group in repr.groups {
             if previous_replica.is_some_and(|p| p >= group.replica) {
-                return Err(D::Error::custom("OR-Set groups must be sorted by replica"));
+                return Err(invalid(TYPE_NAME, InvalidRule::Unsorted));
             }
             previous_replica = Some(group.replica);
             let mut counter = 0u64;
             for (gap, element) in group.elements {
                 if gap == 0 {
-                    return Err(D::Error::custom("OR-Set dot repeated or counting from 0"));
+                    let rule = if counter == 0 {
+                        InvalidRule::ZeroCounter
+                    } else {
+                        InvalidRule::DuplicateDot
+                    };
+                    return Err(invalid(TYPE_NAME, rule));
                 }
                 counter = counter
                     .checked_add(gap)
-                    .ok_or_else(|| D::Error::custom("OR-Set dot counter overflows"))?;
+                    .ok_or_else(|| invalid(TYPE_NAME, InvalidRule::CounterOverflow))?;
                 let dot = Dot::new(group.replica, counter);
                 if !set.ctx.contains(dot) {
-                    return Err(D::Error::custom("OR-Set dot missing from its context"));
+                    return Err(invalid(TYPE_NAME, InvalidRule::OutsideContext));
                 }
                 let dots = set.entries.get_or_insert_with(element, Dots::new);
+                debug_assert!(dots.last().is_none_or(|last| *last < dot));
                 dots.push(dot);
-                dots.sort_unstable();
             }
         }
         Ok(set)
