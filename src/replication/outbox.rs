@@ -251,7 +251,6 @@ impl Outbox {
             self.bytes -= front.bytes;
         }
     }
-
 }
 
 #[cfg(test)]
