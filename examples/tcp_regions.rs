@@ -44,8 +44,8 @@ async fn main() -> Result<(), Box<dyn Error>> {
 
 async fn both_here() -> Result<(), Box<dyn Error>> {
     let localhost: SocketAddr = "127.0.0.1:0".parse()?;
-    let tokyo_tcp = TcpTransport::bind(TOKYO, localhost).await?;
-    let frankfurt_tcp = TcpTransport::bind(FRANKFURT, localhost).await?;
+    let tokyo_tcp = TcpTransport::insecure_plaintext(TOKYO, localhost).await?;
+    let frankfurt_tcp = TcpTransport::insecure_plaintext(FRANKFURT, localhost).await?;
     tokyo_tcp.add_peer(FRANKFURT, frankfurt_tcp.local_addr());
     frankfurt_tcp.add_peer(TOKYO, tokyo_tcp.local_addr());
     println!(
@@ -94,7 +94,7 @@ async fn one_region(
     peer: &str,
     peer_addr: SocketAddr,
 ) -> Result<(), Box<dyn Error>> {
-    let tcp = TcpTransport::bind(name, listen).await?;
+    let tcp = TcpTransport::insecure_plaintext(name, listen).await?;
     tcp.add_peer(peer, peer_addr);
     let region = Region::builder(name).transport(tcp).build()?;
     let stock = region.table::<PnCounter>("stock")?;

@@ -113,7 +113,7 @@ fn cart(items: &[&str]) -> Vec<String> {
 async fn bind_retrying(name: &str, addr: SocketAddr) -> TcpTransport {
     let deadline = tokio::time::Instant::now() + WAIT_MAX;
     loop {
-        match TcpTransport::bind(name, addr).await {
+        match TcpTransport::insecure_plaintext(name, addr).await {
             Ok(transport) => return transport,
             Err(error) if tokio::time::Instant::now() < deadline => {
                 assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse, "{error}");
@@ -126,8 +126,12 @@ async fn bind_retrying(name: &str, addr: SocketAddr) -> TcpTransport {
 
 /// Tokyo and Frankfurt, peered over TCP.
 async fn tokyo_and_frankfurt() -> (TcpTransport, TcpTransport) {
-    let tokyo = TcpTransport::bind(TOKYO, localhost()).await.unwrap();
-    let frankfurt = TcpTransport::bind(FRANKFURT, localhost()).await.unwrap();
+    let tokyo = TcpTransport::insecure_plaintext(TOKYO, localhost())
+        .await
+        .unwrap();
+    let frankfurt = TcpTransport::insecure_plaintext(FRANKFURT, localhost())
+        .await
+        .unwrap();
     tokyo.add_peer(FRANKFURT, frankfurt.local_addr());
     frankfurt.add_peer(TOKYO, tokyo.local_addr());
     (tokyo, frankfurt)
@@ -468,7 +472,9 @@ async fn no_frame_of_a_replaced_connection_follows_the_new_up() {
 /// returns how many of its frames arrived after the new connection's `Up`.
 async fn replace_a_busy_connection() -> usize {
     use archipelago::transport::{Transport, TransportEvent};
-    let mut frankfurt = TcpTransport::bind(FRANKFURT, localhost()).await.unwrap();
+    let mut frankfurt = TcpTransport::insecure_plaintext(FRANKFURT, localhost())
+        .await
+        .unwrap();
     frankfurt.add_peer(GHOST, "127.0.0.1:9".parse().unwrap());
     let addr = frankfurt.local_addr();
     let handle = frankfurt.handle();
