@@ -16,7 +16,9 @@
 //! ```
 //!
 //! Each then writes a sale every second and prints the stock both have
-//! sold. The transport is not authenticated: keep it on a private network.
+//! sold. This example runs `TcpTransport::insecure_plaintext`: no
+//! authentication, no encryption, so keep it on a private network.
+//! `examples/tls_regions.rs` shows the default, mutual TLS.
 
 use std::error::Error;
 use std::net::SocketAddr;
