@@ -908,9 +908,14 @@ impl Shared {
             HandshakeError::Io(error) => {
                 tracing::debug!(region = %self.name, peer, %addr, %error, inbound, "handshake failed");
             }
-            HandshakeError::TimedOut => {
+            HandshakeError::TimedOut if inbound => {
                 Counters::bump(&c.handshakes_timed_out, 1);
                 tracing::warn!(region = %self.name, peer, %addr, inbound, reason = %error, "rejected input");
+            }
+            HandshakeError::TimedOut => {
+                // A peer that is down, most likely: the dialer retries.
+                Counters::bump(&c.handshakes_timed_out, 1);
+                tracing::debug!(region = %self.name, peer, %addr, inbound, reason = %error, "dial timed out");
             }
             HandshakeError::Refused(reason) => {
                 tracing::warn!(region = %self.name, peer, %addr, inbound, %reason, "rejected input");
