@@ -16,7 +16,9 @@
 //! ```
 //!
 //! Each then writes a sale every second and prints the stock both have
-//! sold. The transport is not authenticated: keep it on a private network.
+//! sold. This example runs `TcpTransport::insecure_plaintext`: no
+//! authentication, no encryption, so keep it on a private network.
+//! `examples/tls_regions.rs` shows the default, mutual TLS.
 
 use std::error::Error;
 use std::net::SocketAddr;
@@ -44,8 +46,8 @@ async fn main() -> Result<(), Box<dyn Error>> {
 
 async fn both_here() -> Result<(), Box<dyn Error>> {
     let localhost: SocketAddr = "127.0.0.1:0".parse()?;
-    let tokyo_tcp = TcpTransport::bind(TOKYO, localhost).await?;
-    let frankfurt_tcp = TcpTransport::bind(FRANKFURT, localhost).await?;
+    let tokyo_tcp = TcpTransport::insecure_plaintext(TOKYO, localhost).await?;
+    let frankfurt_tcp = TcpTransport::insecure_plaintext(FRANKFURT, localhost).await?;
     tokyo_tcp.add_peer(FRANKFURT, frankfurt_tcp.local_addr());
     frankfurt_tcp.add_peer(TOKYO, tokyo_tcp.local_addr());
     println!(
@@ -94,7 +96,7 @@ async fn one_region(
     peer: &str,
     peer_addr: SocketAddr,
 ) -> Result<(), Box<dyn Error>> {
-    let tcp = TcpTransport::bind(name, listen).await?;
+    let tcp = TcpTransport::insecure_plaintext(name, listen).await?;
     tcp.add_peer(peer, peer_addr);
     let region = Region::builder(name).transport(tcp).build()?;
     let stock = region.table::<PnCounter>("stock")?;

@@ -69,7 +69,7 @@
 //! | [`resolve`] | versioned plain values, resolvers, the conflict audit feed |
 //! | [`session`] | session tokens and the four session guarantees: read-your-writes across regions |
 //! | [`storage`] | the `Storage` seam, in memory and on redb: identity, tables, outbox, clock across restarts |
-//! | [`transport`] | the `Transport` trait; an in-process mesh with fault injection; TCP |
+//! | [`transport`] | the `Transport` trait; an in-process mesh with fault injection; TCP over mutual TLS (feature `tls`, default) or, by name, plaintext |
 //! | [`wire`] | the versioned codec every byte goes through |
 //! | `testing` | (feature `testing`) proptest law checks for your own CRDTs |
 //!
@@ -79,7 +79,7 @@
 //! a client has made or seen, so any region can tell whether it may serve
 //! that client's read ([`session`]). The [`region`] engine wires replicas
 //! together over a [`transport`]: in-process channels (with fault injection,
-//! for tests) or TCP between machines.
+//! for tests) or TCP between machines, authenticated by mutual TLS.
 //!
 //! ## Identity and restarts
 //!

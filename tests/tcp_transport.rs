@@ -14,7 +14,7 @@ use std::time::Duration;
 use archipelago::crdt::{GCounter, OrSet};
 use archipelago::region::{AckLevel, Region, Table};
 use archipelago::storage::MemoryStorage;
-use archipelago::transport::{TCP_MAGIC, TCP_PROTOCOL_VERSION, TcpHandle, TcpTransport};
+use archipelago::transport::{TCP_MAGIC, TCP_PROTOCOL_VERSION, TcpConfig, TcpHandle, TcpTransport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -113,7 +113,7 @@ fn cart(items: &[&str]) -> Vec<String> {
 async fn bind_retrying(name: &str, addr: SocketAddr) -> TcpTransport {
     let deadline = tokio::time::Instant::now() + WAIT_MAX;
     loop {
-        match TcpTransport::bind(name, addr).await {
+        match TcpTransport::insecure_plaintext(name, addr).await {
             Ok(transport) => return transport,
             Err(error) if tokio::time::Instant::now() < deadline => {
                 assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse, "{error}");
@@ -126,8 +126,12 @@ async fn bind_retrying(name: &str, addr: SocketAddr) -> TcpTransport {
 
 /// Tokyo and Frankfurt, peered over TCP.
 async fn tokyo_and_frankfurt() -> (TcpTransport, TcpTransport) {
-    let tokyo = TcpTransport::bind(TOKYO, localhost()).await.unwrap();
-    let frankfurt = TcpTransport::bind(FRANKFURT, localhost()).await.unwrap();
+    let tokyo = TcpTransport::insecure_plaintext(TOKYO, localhost())
+        .await
+        .unwrap();
+    let frankfurt = TcpTransport::insecure_plaintext(FRANKFURT, localhost())
+        .await
+        .unwrap();
     tokyo.add_peer(FRANKFURT, frankfurt.local_addr());
     frankfurt.add_peer(TOKYO, tokyo.local_addr());
     (tokyo, frankfurt)
@@ -468,7 +472,9 @@ async fn no_frame_of_a_replaced_connection_follows_the_new_up() {
 /// returns how many of its frames arrived after the new connection's `Up`.
 async fn replace_a_busy_connection() -> usize {
     use archipelago::transport::{Transport, TransportEvent};
-    let mut frankfurt = TcpTransport::bind(FRANKFURT, localhost()).await.unwrap();
+    let mut frankfurt = TcpTransport::insecure_plaintext(FRANKFURT, localhost())
+        .await
+        .unwrap();
     frankfurt.add_peer(GHOST, "127.0.0.1:9".parse().unwrap());
     let addr = frankfurt.local_addr();
     let handle = frankfurt.handle();
@@ -505,4 +511,99 @@ async fn replace_a_busy_connection() -> usize {
     assert_eq!(ups, 2);
     drop(old);
     old_after_new_up
+}
+
+/// Frankfurt alone, plaintext, with `config`, accepting the ghost; and the
+/// ghost's connection, past the handshake, with Frankfurt's `Up` taken.
+async fn frankfurt_and_ghost(config: TcpConfig) -> (TcpTransport, TcpStream) {
+    use archipelago::transport::{Transport, TransportEvent};
+    let mut frankfurt =
+        TcpTransport::insecure_plaintext_with_config(FRANKFURT, localhost(), config)
+            .await
+            .unwrap();
+    frankfurt.add_peer(GHOST, "127.0.0.1:9".parse().unwrap());
+    let ghost = handshake_as(frankfurt.local_addr(), GHOST).await;
+    let up = tokio::time::timeout(WAIT_MAX, frankfurt.recv())
+        .await
+        .unwrap();
+    assert_eq!(up, Some(TransportEvent::Up(GHOST.to_owned())));
+    (frankfurt, ghost)
+}
+
+const MIB: usize = 1 << 20;
+const FRAME_64K: usize = 64 * 1024;
+
+/// Guards against a peer that does not read growing our memory: the send
+/// queue holds at most `send_queue_bytes_max` bytes (it was 4096 frames of
+/// up to 64 MiB); what does not fit is dropped and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_peer_cannot_grow_the_send_queue_past_its_byte_bound() {
+    use archipelago::transport::Transport;
+    let config = TcpConfig {
+        send_queue_bytes_max: MIB,
+        ..TcpConfig::default()
+    };
+    let (frankfurt, ghost) = frankfurt_and_ghost(config).await;
+    // 400 frames of 64 KiB (25 MiB), to a peer that reads none: more than
+    // the sockets' buffers and the queue hold.
+    let mut high = 0;
+    for _ in 0..400 {
+        frankfurt.send(GHOST, vec![7; FRAME_64K]);
+        high = high.max(frankfurt.stats().send_queue_bytes);
+        tokio::task::yield_now().await;
+    }
+    let stats = frankfurt.stats();
+    assert!(high <= MIB as u64, "the send queue held {high} bytes");
+    assert!(stats.frames_dropped > 0, "{stats:?}");
+    assert_eq!(
+        stats.frames_dropped + stats.frames_sent + queued(&stats),
+        400,
+        "{stats:?}"
+    );
+    drop(ghost);
+}
+
+/// Frames still in the send queue, from its bytes (every frame 64 KiB).
+fn queued(stats: &archipelago::transport::TcpStats) -> u64 {
+    stats.send_queue_bytes / (FRAME_64K + TcpTransport::QUEUE_ENTRY_BYTES) as u64
+}
+
+/// Guards against frames nobody takes piling up in memory: a peer's frames
+/// waiting for `recv` hold at most `recv_queue_bytes_max` bytes (it was
+/// 1024 frames of up to 64 MiB); past it reading pauses, and every frame
+/// arrives once `recv` takes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_not_taken_fill_only_the_receive_byte_bound() {
+    use archipelago::transport::{Transport, TransportEvent};
+    let config = TcpConfig {
+        recv_queue_bytes_max: MIB,
+        ..TcpConfig::default()
+    };
+    let (mut frankfurt, mut ghost) = frankfurt_and_ghost(config).await;
+    let handle = frankfurt.handle();
+    let frame = vec![9; FRAME_64K];
+    let bytes = framed((0..100).map(|_| frame.as_slice()));
+    let writer = tokio::spawn(async move {
+        ghost.write_all(&bytes).await.unwrap();
+        ghost
+    });
+    let fits = (MIB / (FRAME_64K + TcpTransport::QUEUE_ENTRY_BYTES)) as u64;
+    eventually("the receive queue to fill", || async {
+        handle.stats().frames_received == fits
+    })
+    .await;
+    // A pause, not a bound: reading must stay paused.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(handle.stats().frames_received, fits, "{:?}", handle.stats());
+    for _ in 0..100 {
+        let event = tokio::time::timeout(WAIT_MAX, frankfurt.recv())
+            .await
+            .unwrap();
+        assert!(
+            matches!(event, Some(TransportEvent::Frame { frame, .. }) if frame.len() == FRAME_64K)
+        );
+    }
+    let ghost = writer.await.unwrap();
+    assert_eq!(handle.stats().frames_received, 100);
+    drop(ghost);
 }

@@ -1,10 +1,13 @@
-//! Regions on different machines, over TCP.
+//! Regions on different machines, over TCP: mutual TLS 1.3 by default,
+//! plaintext only when asked for by name.
 //!
-//! [`TcpTransport::bind`] listens on an address; [`TcpTransport::add_peer`]
-//! names a peer region and the address it listens on. Each pair of regions
-//! keeps one connection: the region whose name sorts lower dials, the other
-//! accepts. The dialer reconnects, with capped exponential backoff
-//! ([`TcpTransport::RECONNECT_DELAY_MIN`] doubling to
+//! [`TcpTransport::bind`] listens on an address as a region, with the
+//! region's [`TlsConfig`] (feature `tls`, on by default); its peers must
+//! present certificates from the same CA naming the regions they claim.
+//! [`TcpTransport::add_peer`] names a peer region and the address it listens
+//! on. Each pair of regions keeps one connection: the region whose name
+//! sorts lower dials, the other accepts. The dialer reconnects, with capped
+//! exponential backoff ([`TcpTransport::RECONNECT_DELAY_MIN`] doubling to
 //! [`TcpTransport::RECONNECT_DELAY_MAX`]), for as long as the transport
 //! lives.
 //!
@@ -13,8 +16,11 @@
 //!
 //! let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
 //! runtime.block_on(async {
-//!     let mut tokyo = TcpTransport::bind("ap-northeast", "127.0.0.1:0".parse().unwrap()).await?;
-//!     let mut frankfurt = TcpTransport::bind("eu-central", "127.0.0.1:0".parse().unwrap()).await?;
+//!     // Plaintext, for brevity: see `tests/tls.rs` and `examples/tls_regions.rs`
+//!     // for the same over mutual TLS (`TcpTransport::bind`).
+//!     let localhost = "127.0.0.1:0".parse().unwrap();
+//!     let mut tokyo = TcpTransport::insecure_plaintext("ap-northeast", localhost).await?;
+//!     let mut frankfurt = TcpTransport::insecure_plaintext("eu-central", localhost).await?;
 //!     frankfurt.add_peer("ap-northeast", tokyo.local_addr());
 //!     tokyo.add_peer("eu-central", frankfurt.local_addr()); // "ap-…" < "eu-…": Tokyo dials
 //!
@@ -35,24 +41,28 @@
 //!
 //! A [`TcpTransport`] handed to a [`Region`](crate::region::Region) is still
 //! reachable through a [`TcpHandle`] ([`TcpTransport::handle`]): to add
-//! peers later and to read the [`TcpStats`].
+//! peers later, to reload the TLS config and to read the [`TcpStats`].
 //!
-//! [`TcpTransport`] documents the protocol, the guarantees and the limits.
+//! [`TcpTransport`] documents the protocol, the guarantees and the limits;
+//! [`TlsConfig`]'s module page the identity rules and certificate rotation.
+//!
+//! [`TlsConfig`]: super::TlsConfig
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
+#[cfg(feature = "tls")]
+use super::tls::{self, TlsConfig, TlsError, TlsFailure};
 use super::{Transport, TransportEvent};
 use crate::wire::FRAME_BYTES_MAX;
 
@@ -66,9 +76,27 @@ pub const TCP_PROTOCOL_VERSION: u16 = 1;
 /// A region's transport over TCP: one connection per pair of regions,
 /// dialed by the region whose name sorts lower, redialed while it lives.
 ///
+/// # Security
+///
+/// [`TcpTransport::bind`] (feature `tls`) runs every connection over
+/// **mutual TLS 1.3**: a peer is accepted only if its certificate chains to
+/// the configured CA bundle and names the region it claims (see
+/// [`TlsConfig`](super::TlsConfig)). A peer that fails gets no frame through
+/// to the engine: its connection is closed before the engine hears of it
+/// (no [`TransportEvent::Up`]), counted in [`TcpStats::tls_refused`] by
+/// reason, and logged at `warn` ("rejected input") with the reason.
+///
+/// [`TcpTransport::insecure_plaintext`] runs the same protocol over plain
+/// TCP: **no authentication and no encryption**. Any host that can reach
+/// the port can claim a configured peer's name (its connection then
+/// replaces the real peer's until that one reconnects) and read or forge
+/// the traffic. Use it only on a private network you trust, or inside a
+/// tunnel (WireGuard, an mTLS sidecar).
+///
 /// # Protocol
 ///
-/// All integers are little-endian.
+/// All integers are little-endian. Under TLS, everything below runs inside
+/// the TLS session, which is established first.
 ///
 /// 1. **Handshake.** The dialer sends a hello: the magic bytes
 ///    [`TCP_MAGIC`], a `u16` protocol version ([`TCP_PROTOCOL_VERSION`]),
@@ -78,8 +106,9 @@ pub const TCP_PROTOCOL_VERSION: u16 = 1;
 ///    to. The acceptor refuses (closes the connection, counted in
 ///    [`TcpStats::connections_refused`] and logged at `warn` as "rejected
 ///    input") a wrong magic, a version it does not speak, a name that is not
-///    UTF-8, not a configured peer or not one that should dial it, and a
-///    hello not complete within [`TcpTransport::HANDSHAKE_TIMEOUT`].
+///    UTF-8, not a configured peer or not one that should dial it, under TLS
+///    a name the client's certificate does not carry, and a handshake (TCP,
+///    TLS and hellos) not complete within [`TcpConfig::handshake_timeout`].
 /// 2. **Frames**, each way: a `u32` length, then that many bytes. A length
 ///    of 0 or above [`wire::FRAME_BYTES_MAX`](crate::wire::FRAME_BYTES_MAX)
 ///    closes the connection (counted in [`TcpStats::frames_refused`]); the
@@ -94,61 +123,130 @@ pub const TCP_PROTOCOL_VERSION: u16 = 1;
 ///   replaces the old one: the engine sees `Down` for the old one, then `Up`
 ///   for the new one, never the other way round, and no frame of the old
 ///   one after that `Up` (what it had read but not delivered is dropped).
-/// - **`send` never waits.** Each connection has a queue of
-///   [`TcpTransport::SEND_QUEUE_FRAMES_MAX`] frames, drained by a writer that
-///   batches them into few writes (flushing when the queue is empty;
-///   `TCP_NODELAY` is set). A frame to a peer not connected, to a full
-///   queue, empty or longer than `FRAME_BYTES_MAX`, or left in the queue
-///   when the connection ends is dropped and counted in
-///   [`TcpStats::frames_dropped`]; the engine retransmits.
-/// - **Back-pressure on receive.** Frames wait in one channel of
-///   [`TcpTransport::EVENTS_LEN_MAX`] events for
-///   [`recv`](Transport::recv); when it is full, reading from the sockets
+/// - **`send` never waits; a full send queue drops.** Each connection has
+///   a queue of at most [`TcpConfig::send_queue_bytes_max`] bytes (each
+///   frame counted as its length plus [`TcpTransport::QUEUE_ENTRY_BYTES`]),
+///   drained by a writer that batches frames into few writes (flushing when
+///   the queue is empty; `TCP_NODELAY` is set). A frame that would take the
+///   queue past its bound is dropped, except into an empty queue (so one
+///   frame longer than the bound still goes). A frame to a peer not
+///   connected, to a full queue, empty or longer than `FRAME_BYTES_MAX`, or
+///   left in the queue when the connection ends is dropped and counted in
+///   [`TcpStats::frames_dropped`]; the engine retransmits, and past its own
+///   outbox bound falls back to anti-entropy. A slow peer therefore costs
+///   at most the bound, never more.
+/// - **A full receive queue pushes back.** Frames read from a peer and not
+///   yet taken by [`recv`](Transport::recv) hold at most
+///   [`TcpConfig::recv_queue_bytes_max`] bytes per peer (counted the same
+///   way; a frame longer than the bound waits until that peer has nothing
+///   else queued). When a peer's share is full, reading from its socket
 ///   pauses (TCP slows the sender down) rather than buffering without
-///   bound.
-/// - **Bounded handshakes.** At most [`TcpTransport::HANDSHAKES_PENDING_MAX`]
-///   inbound connections may be in their handshake at once; more are refused.
+///   bound; other peers go on. All peers' events also share one channel
+///   of [`TcpTransport::EVENTS_LEN_MAX`] events.
+/// - **Bounded handshakes.** At most [`TcpConfig::pending_handshakes_max`]
+///   inbound connections may be in their handshake at once; more are
+///   closed at once (counted in [`TcpStats::handshakes_over_limit`]). A
+///   handshake that takes longer than [`TcpConfig::handshake_timeout`] is
+///   closed (counted in [`TcpStats::handshakes_timed_out`]).
 /// - **Dropping** the transport (as a region's engine does when it stops)
 ///   stops every task it started: the listener, the dialers and the
 ///   connections, which the peers see close. A [`TcpHandle`] does not keep
 ///   them alive.
-/// - **No authentication or encryption.** Any host that can reach the port
-///   can claim a configured peer's name (its connection then replaces the
-///   real peer's until that one reconnects). Run it on a private network or
-///   inside a tunnel (WireGuard, mTLS sidecar).
 ///
 /// # Known limits
 ///
-/// - A host that holds all [`TcpTransport::HANDSHAKES_PENDING_MAX`]
-///   handshake slots with idle connections keeps real peers out (there is
-///   no per-address limit).
-/// - Memory held is bounded in frames, not bytes: up to
-///   [`TcpTransport::EVENTS_LEN_MAX`] received and
-///   [`TcpTransport::SEND_QUEUE_FRAMES_MAX`] queued frames per peer, each up
-///   to `FRAME_BYTES_MAX`.
+/// - A host that holds all [`TcpConfig::pending_handshakes_max`] handshake
+///   slots with idle connections keeps real peers out for up to
+///   [`TcpConfig::handshake_timeout`] at a time (there is no per-address
+///   limit).
+/// - Per peer, memory is bounded by the two queue bounds plus one frame
+///   being read and the 64 KiB read and write buffers (and, under TLS,
+///   rustls' record buffers).
 /// - A connection whose peer vanished without closing it is noticed only
 ///   when TCP gives up on a write (no keepalive, no idle timeout).
 /// - Dropping the transport stops its tasks the next time the runtime runs
 ///   them: the port is free once the runtime has polled the listener's task
 ///   again, not at the drop itself.
-/// - `frames_sent` counts frames handed to the socket's buffer; frames lost
-///   in it when a connection fails are not counted as dropped.
+/// - `frames_sent` counts frames handed to the socket's (or TLS session's)
+///   buffer; frames lost in it when a connection fails are not counted as
+///   dropped.
 pub struct TcpTransport {
     handle: TcpHandle,
-    events: mpsc::Receiver<TransportEvent>,
+    events: mpsc::Receiver<Event>,
     /// Never sent on: dropping it tells every task to stop.
     _shutdown: watch::Sender<()>,
 }
 
+/// The limits of a [`TcpTransport`], each with its unit in its name.
+/// [`TcpConfig::default`] is safe for regions on the open internet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TcpConfig {
+    /// How long a connection may take to connect and complete its
+    /// handshake (TCP, TLS and hellos), either way.
+    pub handshake_timeout: Duration,
+    /// Inbound connections that may be in their handshake at once; more
+    /// are closed at once.
+    pub pending_handshakes_max: usize,
+    /// Bytes one connection's send queue holds; a frame that does not fit
+    /// is dropped (see [`TcpTransport`]'s guarantees).
+    pub send_queue_bytes_max: usize,
+    /// Bytes of one peer's frames read and waiting for
+    /// [`recv`](Transport::recv); when full, reading from that peer pauses.
+    pub recv_queue_bytes_max: usize,
+}
+
+impl Default for TcpConfig {
+    fn default() -> Self {
+        TcpConfig {
+            handshake_timeout: Duration::from_secs(5),
+            pending_handshakes_max: 64,
+            send_queue_bytes_max: 16 << 20,
+            recv_queue_bytes_max: 16 << 20,
+        }
+    }
+}
+
+impl TcpConfig {
+    fn check(&self) -> io::Result<()> {
+        let invalid = |what: &str| {
+            Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("TcpConfig::{what} must be above 0"),
+            ))
+        };
+        if self.handshake_timeout.is_zero() {
+            return invalid("handshake_timeout");
+        }
+        if self.pending_handshakes_max == 0 {
+            return invalid("pending_handshakes_max");
+        }
+        if self.send_queue_bytes_max == 0 {
+            return invalid("send_queue_bytes_max");
+        }
+        if self.recv_queue_bytes_max == 0 {
+            return invalid("recv_queue_bytes_max");
+        }
+        Ok(())
+    }
+
+    /// The receive bound as semaphore permits (one per byte).
+    fn recv_permits(&self) -> u32 {
+        let max = self.recv_queue_bytes_max.min(Semaphore::MAX_PERMITS);
+        u32::try_from(max).unwrap_or(u32::MAX)
+    }
+}
+
 /// A handle on a [`TcpTransport`] that stays usable once the transport is
-/// handed to a region: add peers, read counters. Clones share the
-/// transport; a handle does not keep the transport's tasks running.
+/// handed to a region: add peers, reload the TLS config, read counters.
+/// Clones share the transport; a handle does not keep the transport's
+/// tasks running.
 #[derive(Clone)]
 pub struct TcpHandle {
     shared: Arc<Shared>,
 }
 
-/// Counters of a [`TcpTransport`], since it was bound.
+/// Counters of a [`TcpTransport`], since it was bound (but
+/// [`send_queue_bytes`](TcpStats::send_queue_bytes), a level).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TcpStats {
     /// Frames written to a connection.
@@ -169,8 +267,45 @@ pub struct TcpStats {
     pub connections_accepted: u64,
     /// Outbound connections whose handshake succeeded.
     pub connections_dialed: u64,
-    /// Inbound connections refused during the handshake.
+    /// Inbound connections refused or failed during the handshake, for
+    /// any reason (those below included).
     pub connections_refused: u64,
+    /// Handshakes (inbound or outbound) not complete within
+    /// [`TcpConfig::handshake_timeout`].
+    pub handshakes_timed_out: u64,
+    /// Inbound connections closed at once because
+    /// [`TcpConfig::pending_handshakes_max`] handshakes were under way.
+    pub handshakes_over_limit: u64,
+    /// Connections (inbound or outbound) this transport closed because the
+    /// peer's TLS identity failed its checks, by reason.
+    pub tls_refused: TlsRefusals,
+    /// Bytes queued to send, over all connections, now.
+    pub send_queue_bytes: u64,
+}
+
+/// Connections refused for their peer's TLS identity, by reason (see
+/// [`TcpStats::tls_refused`]). Always zero on a plaintext transport.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TlsRefusals {
+    /// The client presented no certificate.
+    pub no_certificate: u64,
+    /// The certificate does not chain to the CA bundle, or is expired, not
+    /// yet valid, badly signed or malformed.
+    pub untrusted_certificate: u64,
+    /// The certificate chains to the CA but does not name the region the
+    /// peer claims in its hello (as acceptor) or the region dialled (as
+    /// dialer).
+    pub wrong_name: u64,
+    /// Not a TLS 1.3 handshake this side can complete (plaintext or
+    /// garbage, an old protocol version, no common cipher suite).
+    pub handshake_failed: u64,
+}
+
+impl TlsRefusals {
+    /// All refusals, whatever the reason.
+    pub fn total(&self) -> u64 {
+        self.no_certificate + self.untrusted_certificate + self.wrong_name + self.handshake_failed
+    }
 }
 
 #[derive(Default)]
@@ -184,13 +319,35 @@ struct Counters {
     connections_accepted: AtomicU64,
     connections_dialed: AtomicU64,
     connections_refused: AtomicU64,
+    handshakes_timed_out: AtomicU64,
+    handshakes_over_limit: AtomicU64,
+    tls_no_certificate: AtomicU64,
+    tls_untrusted_certificate: AtomicU64,
+    tls_wrong_name: AtomicU64,
+    tls_handshake_failed: AtomicU64,
+}
+
+/// What the transport hands `recv`, with the receive-queue bytes it holds
+/// (released when `recv` takes it).
+struct Event {
+    event: TransportEvent,
+    _held: Option<OwnedSemaphorePermit>,
+}
+
+/// How connections are secured.
+enum Security {
+    Plaintext,
+    #[cfg(feature = "tls")]
+    Tls(Mutex<TlsConfig>),
 }
 
 struct Shared {
     name: String,
     local_addr: SocketAddr,
+    config: TcpConfig,
+    security: Security,
     runtime: tokio::runtime::Handle,
-    events: mpsc::Sender<TransportEvent>,
+    events: mpsc::Sender<Event>,
     shutdown: watch::Receiver<()>,
     handshakes: Arc<Semaphore>,
     peers: Mutex<BTreeMap<String, Peer>>,
@@ -209,28 +366,26 @@ struct Peer {
 /// The live connection to a peer.
 struct Connection {
     id: u64,
-    queue: mpsc::Sender<Vec<u8>>,
+    queue: mpsc::UnboundedSender<Vec<u8>>,
+    /// Bytes in `queue` (frames plus `QUEUE_ENTRY_BYTES` each).
+    queued_bytes: Arc<AtomicUsize>,
     /// Dropping it ends the connection's task (which then reports `Down`).
     kill: Option<oneshot::Sender<()>>,
 }
 
 impl TcpTransport {
-    /// Frames one connection's send queue holds; more are dropped.
-    pub const SEND_QUEUE_FRAMES_MAX: usize = 4096;
-
-    /// Events (mostly frames) waiting for [`recv`](Transport::recv); when
-    /// full, reading from the sockets pauses.
+    /// Events (mostly frames) of all peers waiting for
+    /// [`recv`](Transport::recv); when full, reading from the sockets
+    /// pauses.
     pub const EVENTS_LEN_MAX: usize = 1024;
+
+    /// Bytes a queued frame is charged beyond its length (its buffer's
+    /// header and the queue's slot), so that a flood of tiny frames is
+    /// bounded too.
+    pub const QUEUE_ENTRY_BYTES: usize = 64;
 
     /// The longest region name a hello carries, in bytes.
     pub const NAME_BYTES_MAX: usize = 255;
-
-    /// How long a connection may take to connect and complete its
-    /// handshake.
-    pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-
-    /// Inbound connections that may be in their handshake at once.
-    pub const HANDSHAKES_PENDING_MAX: usize = 64;
 
     /// The first wait before a dialer tries again.
     pub const RECONNECT_DELAY_MIN: Duration = Duration::from_millis(50);
@@ -238,9 +393,49 @@ impl TcpTransport {
     /// The longest wait between two attempts of a dialer.
     pub const RECONNECT_DELAY_MAX: Duration = Duration::from_secs(2);
 
-    /// Listens on `addr` (port 0 picks a free port) as the region `name`.
-    /// The listener and every connection run as tasks on the current tokio
+    /// Listens on `addr` (port 0 picks a free port) as the region `name`,
+    /// over mutual TLS 1.3 with `tls`, and the default [`TcpConfig`]. The
+    /// listener and every connection run as tasks on the current tokio
     /// runtime, until the transport is dropped.
+    ///
+    /// # Errors
+    /// The listener's I/O error, or [`io::ErrorKind::InvalidInput`] (its
+    /// source a [`TlsError`]) when `name` is empty, longer than
+    /// [`TcpTransport::NAME_BYTES_MAX`] bytes, not a DNS name, or not named
+    /// by `tls`'s certificate.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    #[cfg(feature = "tls")]
+    pub async fn bind(name: &str, addr: SocketAddr, tls: TlsConfig) -> io::Result<TcpTransport> {
+        Self::bind_with_config(name, addr, tls, TcpConfig::default()).await
+    }
+
+    /// [`TcpTransport::bind`] with other limits than the default ones.
+    ///
+    /// # Errors
+    /// As [`TcpTransport::bind`], and [`io::ErrorKind::InvalidInput`] for a
+    /// limit of 0.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    #[cfg(feature = "tls")]
+    pub async fn bind_with_config(
+        name: &str,
+        addr: SocketAddr,
+        tls: TlsConfig,
+        config: TcpConfig,
+    ) -> io::Result<TcpTransport> {
+        check_name(name)?;
+        tls.check_names(name).map_err(invalid_tls)?;
+        Self::start(name, addr, Security::Tls(Mutex::new(tls)), config).await
+    }
+
+    /// Listens on `addr` as the region `name` over **plain TCP: no
+    /// authentication, no encryption**. Any host that reaches the port can
+    /// claim to be a configured peer and read or forge what it carries:
+    /// only for a private network you trust, or inside a tunnel. The
+    /// default [`TcpConfig`]; otherwise as [`TcpTransport::bind`].
     ///
     /// # Errors
     /// The listener's I/O error, or [`io::ErrorKind::InvalidInput`] when
@@ -249,25 +444,59 @@ impl TcpTransport {
     ///
     /// # Panics
     /// Outside a tokio runtime.
-    pub async fn bind(name: &str, addr: SocketAddr) -> io::Result<TcpTransport> {
+    pub async fn insecure_plaintext(name: &str, addr: SocketAddr) -> io::Result<TcpTransport> {
+        Self::insecure_plaintext_with_config(name, addr, TcpConfig::default()).await
+    }
+
+    /// [`TcpTransport::insecure_plaintext`] with other limits than the
+    /// default ones.
+    ///
+    /// # Errors
+    /// As [`TcpTransport::insecure_plaintext`], and
+    /// [`io::ErrorKind::InvalidInput`] for a limit of 0.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    pub async fn insecure_plaintext_with_config(
+        name: &str,
+        addr: SocketAddr,
+        config: TcpConfig,
+    ) -> io::Result<TcpTransport> {
         check_name(name)?;
+        Self::start(name, addr, Security::Plaintext, config).await
+    }
+
+    async fn start(
+        name: &str,
+        addr: SocketAddr,
+        security: Security,
+        config: TcpConfig,
+    ) -> io::Result<TcpTransport> {
+        config.check()?;
         let listener = TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
         let (events_tx, events) = mpsc::channel(Self::EVENTS_LEN_MAX);
         let (shutdown_tx, shutdown) = watch::channel(());
+        let tls = !matches!(security, Security::Plaintext);
         let shared = Arc::new(Shared {
             name: name.to_owned(),
             local_addr,
+            handshakes: Arc::new(Semaphore::new(config.pending_handshakes_max)),
+            config,
+            security,
             runtime: tokio::runtime::Handle::current(),
             events: events_tx,
             shutdown,
-            handshakes: Arc::new(Semaphore::new(Self::HANDSHAKES_PENDING_MAX)),
             peers: Mutex::new(BTreeMap::new()),
             next_connection: AtomicU64::new(0),
             counters: Counters::default(),
         });
         shared.spawn(accept_loop(Arc::clone(&shared), listener));
-        tracing::info!(region = name, %local_addr, "tcp transport listening");
+        if tls {
+            tracing::info!(region = name, %local_addr, "tcp transport listening (mutual TLS)");
+        } else {
+            tracing::warn!(region = name, %local_addr, "tcp transport listening in insecure plaintext: no authentication, no encryption");
+        }
         Ok(TcpTransport {
             handle: TcpHandle { shared },
             events,
@@ -275,8 +504,8 @@ impl TcpTransport {
         })
     }
 
-    /// A handle to add peers and read counters once the transport is
-    /// handed to a region.
+    /// A handle to add peers, reload TLS and read counters once the
+    /// transport is handed to a region.
     pub fn handle(&self) -> TcpHandle {
         self.handle.clone()
     }
@@ -298,6 +527,11 @@ impl TcpTransport {
     }
 }
 
+#[cfg(feature = "tls")]
+fn invalid_tls(error: TlsError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, error)
+}
+
 impl TcpHandle {
     /// This region's name.
     pub fn name(&self) -> &str {
@@ -307,6 +541,37 @@ impl TcpHandle {
     /// The address the transport listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.shared.local_addr
+    }
+
+    /// The limits the transport runs with.
+    pub fn config(&self) -> &TcpConfig {
+        &self.shared.config
+    }
+
+    /// Whether connections run over mutual TLS (false for
+    /// [`TcpTransport::insecure_plaintext`]).
+    pub fn is_tls(&self) -> bool {
+        !matches!(self.shared.security, Security::Plaintext)
+    }
+
+    /// Replaces the TLS config (CA bundle, certificate and key) without a
+    /// restart. Connections that start afterwards, either way, use the new
+    /// one; established connections keep the identity they authenticated
+    /// with until they end.
+    ///
+    /// # Errors
+    /// [`TlsError::CertificateDoesNotName`] when the new certificate does
+    /// not name this region, [`TlsError::Plaintext`] on a plaintext
+    /// transport; the old config stays.
+    #[cfg(feature = "tls")]
+    pub fn reload_tls(&self, tls: TlsConfig) -> Result<(), TlsError> {
+        let Security::Tls(current) = &self.shared.security else {
+            return Err(TlsError::Plaintext);
+        };
+        tls.check_names(&self.shared.name)?;
+        *current.lock().unwrap_or_else(PoisonError::into_inner) = tls;
+        tracing::info!(region = %self.shared.name, "TLS config reloaded: applies to new connections");
+        Ok(())
     }
 
     /// Makes `name`, listening on `addr`, a peer: if `name` sorts above this
@@ -323,6 +588,10 @@ impl TcpHandle {
         }
         if let Err(error) = check_name(name) {
             tracing::warn!(region = %shared.name, peer = name, %error, "add_peer: the name cannot be sent in a hello");
+        }
+        #[cfg(feature = "tls")]
+        if let (Security::Tls(_), Err(error)) = (&shared.security, tls::server_name(name)) {
+            tracing::warn!(region = %shared.name, peer = name, %error, "add_peer: no certificate can name this peer");
         }
         let dials = shared.name.as_str() < name;
         let mut peers = shared.lock();
@@ -356,6 +625,13 @@ impl TcpHandle {
     pub fn stats(&self) -> TcpStats {
         let c = &self.shared.counters;
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let send_queue_bytes = self
+            .shared
+            .lock()
+            .values()
+            .filter_map(|p| p.connection.as_ref())
+            .map(|c| c.queued_bytes.load(Ordering::Relaxed) as u64)
+            .sum();
         TcpStats {
             frames_sent: get(&c.frames_sent),
             bytes_sent: get(&c.bytes_sent),
@@ -366,6 +642,15 @@ impl TcpHandle {
             connections_accepted: get(&c.connections_accepted),
             connections_dialed: get(&c.connections_dialed),
             connections_refused: get(&c.connections_refused),
+            handshakes_timed_out: get(&c.handshakes_timed_out),
+            handshakes_over_limit: get(&c.handshakes_over_limit),
+            tls_refused: TlsRefusals {
+                no_certificate: get(&c.tls_no_certificate),
+                untrusted_certificate: get(&c.tls_untrusted_certificate),
+                wrong_name: get(&c.tls_wrong_name),
+                handshake_failed: get(&c.tls_handshake_failed),
+            },
+            send_queue_bytes,
         }
     }
 }
@@ -387,11 +672,7 @@ impl Transport for TcpTransport {
         } else {
             match shared.lock().get(peer).and_then(|p| p.connection.as_ref()) {
                 None => Some("not connected"),
-                Some(connection) => match connection.queue.try_send(frame) {
-                    Ok(()) => None,
-                    Err(mpsc::error::TrySendError::Full(_)) => Some("send queue full"),
-                    Err(mpsc::error::TrySendError::Closed(_)) => Some("connection closing"),
-                },
+                Some(connection) => shared.enqueue(connection, frame),
             }
         };
         if let Some(cause) = dropped {
@@ -401,7 +682,9 @@ impl Transport for TcpTransport {
     }
 
     async fn recv(&mut self) -> Option<TransportEvent> {
-        self.events.recv().await
+        // Dropping the permit gives the frame's bytes back to its peer's
+        // receive queue.
+        self.events.recv().await.map(|event| event.event)
     }
 }
 
@@ -428,6 +711,7 @@ impl fmt::Debug for TcpHandle {
         f.debug_struct("TcpTransport")
             .field("local", &self.shared.name)
             .field("local_addr", &self.shared.local_addr)
+            .field("tls", &self.is_tls())
             .field("peers", &self.peers())
             .finish_non_exhaustive()
     }
@@ -453,6 +737,11 @@ impl Counters {
     }
 }
 
+/// The bytes a queued frame of `len` bytes is charged.
+fn charge(len: usize) -> usize {
+    len.saturating_add(TcpTransport::QUEUE_ENTRY_BYTES)
+}
+
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Peer>> {
         // Every mutation completes under the lock: poisoning is ignored.
@@ -471,14 +760,36 @@ impl Shared {
         });
     }
 
+    /// Queues `frame` on `connection` if it fits its byte bound (or the
+    /// queue is empty); else why it was dropped.
+    fn enqueue(&self, connection: &Connection, frame: Vec<u8>) -> Option<&'static str> {
+        let cost = charge(frame.len());
+        let max = self.config.send_queue_bytes_max;
+        let fits =
+            connection
+                .queued_bytes
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
+                    (queued == 0 || queued.saturating_add(cost) <= max).then(|| queued + cost)
+                });
+        if fits.is_err() {
+            return Some("send queue full");
+        }
+        if connection.queue.send(frame).is_err() {
+            connection.queued_bytes.fetch_sub(cost, Ordering::AcqRel);
+            return Some("connection closing");
+        }
+        None
+    }
+
     /// Makes the connection `id` the one to `peer` and reports it `Up`
-    /// (after `Down` for the connection it replaces). False when the
+    /// (after `Down` for the connection it replaces). `None` when the
     /// transport is closing or `peer` is no longer configured.
     async fn install(
         &self,
         peer: &str,
         id: u64,
-        queue: mpsc::Sender<Vec<u8>>,
+        queue: mpsc::UnboundedSender<Vec<u8>>,
+        queued_bytes: Arc<AtomicUsize>,
     ) -> Option<oneshot::Receiver<()>> {
         // Reserve before locking: the events are sent under the lock, so
         // that no other connection's events come between.
@@ -490,13 +801,20 @@ impl Shared {
         let connection = Connection {
             id,
             queue,
+            queued_bytes,
             kill: Some(kill),
         };
         if slot.connection.replace(connection).is_some() {
             tracing::info!(region = %self.name, peer, "connection replaced by a new one");
-            down.send(TransportEvent::Down(peer.to_owned()));
+            down.send(Event {
+                event: TransportEvent::Down(peer.to_owned()),
+                _held: None,
+            });
         }
-        up.send(TransportEvent::Up(peer.to_owned()));
+        up.send(Event {
+            event: TransportEvent::Up(peer.to_owned()),
+            _held: None,
+        });
         Some(killed)
     }
 
@@ -504,7 +822,13 @@ impl Shared {
     /// connection was replaced: the check and the send happen under the
     /// lock `install` reports under, so no frame of a replaced connection
     /// follows its successor's `Up`. False once it was replaced.
-    async fn deliver(&self, peer: &str, id: u64, frame: Vec<u8>) -> bool {
+    async fn deliver(
+        &self,
+        peer: &str,
+        id: u64,
+        frame: Vec<u8>,
+        held: OwnedSemaphorePermit,
+    ) -> bool {
         let Ok(permit) = self.events.reserve().await else {
             return false;
         };
@@ -512,9 +836,12 @@ impl Shared {
         if !is_current(&peers, peer, id) {
             return false;
         }
-        permit.send(TransportEvent::Frame {
-            from: peer.to_owned(),
-            frame,
+        permit.send(Event {
+            event: TransportEvent::Frame {
+                from: peer.to_owned(),
+                frame,
+            },
+            _held: Some(held),
         });
         true
     }
@@ -533,7 +860,10 @@ impl Shared {
             if let Some(slot) = peers.get_mut(peer) {
                 slot.connection = None;
             }
-            permit.send(TransportEvent::Down(peer.to_owned()));
+            permit.send(Event {
+                event: TransportEvent::Down(peer.to_owned()),
+                _held: None,
+            });
         }
     }
 
@@ -549,6 +879,63 @@ impl Shared {
             ))
         } else {
             None
+        }
+    }
+
+    /// The TLS config in force, if the transport runs TLS.
+    #[cfg(feature = "tls")]
+    fn tls(&self) -> Option<TlsConfig> {
+        match &self.security {
+            Security::Plaintext => None,
+            Security::Tls(tls) => Some(tls.lock().unwrap_or_else(PoisonError::into_inner).clone()),
+        }
+    }
+
+    /// Counts and logs a failed handshake (`inbound`: one we accepted).
+    fn handshake_failed(
+        &self,
+        error: &HandshakeError,
+        addr: SocketAddr,
+        peer: Option<&str>,
+        inbound: bool,
+    ) {
+        let c = &self.counters;
+        if inbound {
+            Counters::bump(&c.connections_refused, 1);
+        }
+        let peer = peer.unwrap_or("?");
+        match error {
+            HandshakeError::Io(error) => {
+                tracing::debug!(region = %self.name, peer, %addr, %error, inbound, "handshake failed");
+            }
+            HandshakeError::TimedOut if inbound => {
+                Counters::bump(&c.handshakes_timed_out, 1);
+                tracing::warn!(region = %self.name, peer, %addr, inbound, reason = %error, "rejected input");
+            }
+            HandshakeError::TimedOut => {
+                // A peer that is down, most likely: the dialer retries.
+                Counters::bump(&c.handshakes_timed_out, 1);
+                tracing::debug!(region = %self.name, peer, %addr, inbound, reason = %error, "dial timed out");
+            }
+            HandshakeError::Refused(reason) => {
+                tracing::warn!(region = %self.name, peer, %addr, inbound, %reason, "rejected input");
+            }
+            #[cfg(feature = "tls")]
+            HandshakeError::Tls { failure, detail } => {
+                let counter = match failure {
+                    TlsFailure::NoCertificate => Some(&c.tls_no_certificate),
+                    TlsFailure::Untrusted => Some(&c.tls_untrusted_certificate),
+                    TlsFailure::WrongName => Some(&c.tls_wrong_name),
+                    TlsFailure::Handshake => Some(&c.tls_handshake_failed),
+                    TlsFailure::PeerRefused => None, // counted on its side
+                };
+                if let Some(counter) = counter {
+                    Counters::bump(counter, 1);
+                    tracing::warn!(region = %self.name, peer, %addr, inbound, reason = %failure, %detail, "rejected input: TLS peer refused");
+                } else {
+                    tracing::warn!(region = %self.name, peer, %addr, inbound, reason = %failure, %detail, "TLS handshake refused by the peer");
+                }
+            }
         }
     }
 }
@@ -567,10 +954,23 @@ enum HandshakeError {
     /// The other side broke the protocol.
     Refused(String),
     TimedOut,
+    /// The peer's TLS identity failed (or it refused ours).
+    #[cfg(feature = "tls")]
+    Tls {
+        failure: TlsFailure,
+        detail: String,
+    },
 }
 
 impl From<io::Error> for HandshakeError {
     fn from(error: io::Error) -> Self {
+        #[cfg(feature = "tls")]
+        if let Some(failure) = TlsFailure::of(&error) {
+            return HandshakeError::Tls {
+                failure,
+                detail: error.to_string(),
+            };
+        }
         HandshakeError::Io(error)
     }
 }
@@ -580,11 +980,9 @@ impl fmt::Display for HandshakeError {
         match self {
             HandshakeError::Io(error) => write!(f, "{error}"),
             HandshakeError::Refused(reason) => f.write_str(reason),
-            HandshakeError::TimedOut => write!(
-                f,
-                "handshake not complete within {:?}",
-                TcpTransport::HANDSHAKE_TIMEOUT
-            ),
+            HandshakeError::TimedOut => f.write_str("handshake not complete within the timeout"),
+            #[cfg(feature = "tls")]
+            HandshakeError::Tls { failure, detail } => write!(f, "{failure}: {detail}"),
         }
     }
 }
@@ -632,6 +1030,37 @@ async fn read_hello<R: AsyncRead + Unpin>(reader: &mut R) -> Result<String, Hand
     String::from_utf8(name).map_err(|_| HandshakeError::Refused("region name is not UTF-8".into()))
 }
 
+/// A connection past its handshake.
+enum Established {
+    Plain(TcpStream),
+    #[cfg(feature = "tls")]
+    TlsServer(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    #[cfg(feature = "tls")]
+    TlsClient(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Established {
+    /// Runs the connection to `peer` until it ends or is replaced.
+    async fn run(self, shared: &Shared, peer: &str) {
+        match self {
+            Established::Plain(stream) => {
+                let (read, write) = stream.into_split();
+                run_connection(shared, peer, read, write).await;
+            }
+            #[cfg(feature = "tls")]
+            Established::TlsServer(stream) => {
+                let (read, write) = tokio::io::split(*stream);
+                run_connection(shared, peer, read, write).await;
+            }
+            #[cfg(feature = "tls")]
+            Established::TlsClient(stream) => {
+                let (read, write) = tokio::io::split(*stream);
+                run_connection(shared, peer, read, write).await;
+            }
+        }
+    }
+}
+
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     loop {
         match listener.accept().await {
@@ -641,13 +1070,15 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
                     shared.spawn(async move {
                         let peer = accept_one(&shared_for_task, stream, addr).await;
                         drop(permit);
-                        if let Some((peer, stream)) = peer {
-                            run_connection(&shared_for_task, &peer, stream).await;
+                        if let Some((peer, established)) = peer {
+                            established.run(&shared_for_task, &peer).await;
                         }
                     });
                 }
                 Err(_) => {
+                    drop(stream);
                     Counters::bump(&shared.counters.connections_refused, 1);
+                    Counters::bump(&shared.counters.handshakes_over_limit, 1);
                     tracing::warn!(region = %shared.name, %addr, reason = "too many pending handshakes", "rejected input");
                 }
             },
@@ -660,40 +1091,67 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     }
 }
 
-/// The handshake of an inbound connection: the peer's name, or `None` if
-/// it was refused.
+/// The handshake of an inbound connection: the peer's name and the
+/// connection, or `None` if it was refused.
 async fn accept_one(
     shared: &Shared,
-    mut stream: TcpStream,
+    stream: TcpStream,
     addr: SocketAddr,
-) -> Option<(String, TcpStream)> {
-    let handshake = async {
-        stream.set_nodelay(true)?;
+) -> Option<(String, Established)> {
+    let result = tokio::time::timeout(
+        shared.config.handshake_timeout,
+        accept_handshake(shared, stream),
+    )
+    .await
+    .unwrap_or(Err(HandshakeError::TimedOut));
+    match result {
+        Ok((name, established)) => {
+            Counters::bump(&shared.counters.connections_accepted, 1);
+            Some((name, established))
+        }
+        Err(error) => {
+            shared.handshake_failed(&error, addr, None, true);
+            None
+        }
+    }
+}
+
+async fn accept_handshake(
+    shared: &Shared,
+    mut stream: TcpStream,
+) -> Result<(String, Established), HandshakeError> {
+    stream.set_nodelay(true)?;
+    #[cfg(feature = "tls")]
+    if let Some(config) = shared.tls() {
+        let mut stream = tokio_rustls::TlsAcceptor::from(Arc::clone(&config.server))
+            .accept(stream)
+            .await?;
         let name = read_hello(&mut stream).await?;
+        // The chain was verified by rustls; now its name against the claim.
+        let names = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(<[_]>::first)
+            .is_some_and(|cert| tls::certificate_names(cert, &name));
+        if !names {
+            return Err(HandshakeError::Tls {
+                failure: TlsFailure::WrongName,
+                detail: format!("the client claims {name:?}, its certificate does not name it"),
+            });
+        }
         if let Some(reason) = shared.refusal(&name) {
             return Err(HandshakeError::Refused(reason));
         }
         write_hello(&mut stream, &shared.name).await?;
-        Ok(name)
-    };
-    let result = tokio::time::timeout(TcpTransport::HANDSHAKE_TIMEOUT, handshake)
-        .await
-        .unwrap_or(Err(HandshakeError::TimedOut));
-    match result {
-        Ok(name) => {
-            Counters::bump(&shared.counters.connections_accepted, 1);
-            Some((name, stream))
-        }
-        Err(error) => {
-            Counters::bump(&shared.counters.connections_refused, 1);
-            if let HandshakeError::Io(error) = &error {
-                tracing::debug!(region = %shared.name, %addr, %error, "inbound handshake failed");
-            } else {
-                tracing::warn!(region = %shared.name, %addr, reason = %error, "rejected input");
-            }
-            None
-        }
+        return Ok((name, Established::TlsServer(Box::new(stream))));
     }
+    let name = read_hello(&mut stream).await?;
+    if let Some(reason) = shared.refusal(&name) {
+        return Err(HandshakeError::Refused(reason));
+    }
+    write_hello(&mut stream, &shared.name).await?;
+    Ok((name, Established::Plain(stream)))
 }
 
 /// Keeps a connection to `peer` (which sorts above us) for as long as the
@@ -704,18 +1162,20 @@ async fn dial_loop(shared: Arc<Shared>, peer: String) {
         let Some(addr) = shared.lock().get(&peer).map(|p| p.addr) else {
             return;
         };
-        match dial(&shared, &peer, addr).await {
-            Ok(stream) => {
+        let result =
+            tokio::time::timeout(shared.config.handshake_timeout, dial(&shared, &peer, addr))
+                .await
+                .unwrap_or(Err(HandshakeError::TimedOut));
+        match result {
+            Ok(established) => {
                 Counters::bump(&shared.counters.connections_dialed, 1);
                 delay = TcpTransport::RECONNECT_DELAY_MIN;
-                run_connection(&shared, &peer, stream).await;
+                established.run(&shared, &peer).await;
             }
-            Err(error) => {
-                if let HandshakeError::Refused(reason) = &error {
-                    tracing::warn!(region = %shared.name, %peer, %addr, %reason, "rejected input");
-                }
+            Err(HandshakeError::Io(error)) => {
                 tracing::debug!(region = %shared.name, %peer, %addr, %error, retry_in = ?delay, "reconnect attempt failed");
             }
+            Err(error) => shared.handshake_failed(&error, addr, Some(&peer), false),
         }
         tokio::time::sleep(delay).await;
         delay = delay
@@ -724,41 +1184,68 @@ async fn dial_loop(shared: Arc<Shared>, peer: String) {
     }
 }
 
-async fn dial(shared: &Shared, peer: &str, addr: SocketAddr) -> Result<TcpStream, HandshakeError> {
-    let handshake = async {
-        let mut stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
-        write_hello(&mut stream, &shared.name).await?;
-        let name = read_hello(&mut stream).await?;
-        if name != peer {
-            return Err(HandshakeError::Refused(format!(
+async fn dial(
+    shared: &Shared,
+    peer: &str,
+    addr: SocketAddr,
+) -> Result<Established, HandshakeError> {
+    let check = |name: String| {
+        if name == peer {
+            Ok(())
+        } else {
+            Err(HandshakeError::Refused(format!(
                 "dialed {peer:?}, reached {name:?}"
-            )));
+            )))
         }
-        Ok(stream)
     };
-    tokio::time::timeout(TcpTransport::HANDSHAKE_TIMEOUT, handshake)
-        .await
-        .unwrap_or(Err(HandshakeError::TimedOut))
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    #[cfg(feature = "tls")]
+    if let Some(config) = shared.tls() {
+        // The server name is the peer's: rustls checks that the acceptor's
+        // certificate chains to our CA and names the region we dial.
+        let server_name = tls::server_name(peer).map_err(|error| HandshakeError::Tls {
+            failure: TlsFailure::WrongName,
+            detail: error.to_string(),
+        })?;
+        let mut stream = tokio_rustls::TlsConnector::from(Arc::clone(&config.client))
+            .connect(server_name, stream)
+            .await?;
+        write_hello(&mut stream, &shared.name).await?;
+        check(read_hello(&mut stream).await?)?;
+        return Ok(Established::TlsClient(Box::new(stream)));
+    }
+    let mut stream = stream;
+    write_hello(&mut stream, &shared.name).await?;
+    check(read_hello(&mut stream).await?)?;
+    Ok(Established::Plain(stream))
 }
 
 /// Runs an established connection to `peer` until it ends or is replaced.
-async fn run_connection(shared: &Shared, peer: &str, stream: TcpStream) {
+async fn run_connection<R, W>(shared: &Shared, peer: &str, read: R, write: W)
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
     let id = shared.next_connection.fetch_add(1, Ordering::Relaxed);
-    let (queue_tx, mut queue) = mpsc::channel(TcpTransport::SEND_QUEUE_FRAMES_MAX);
-    let Some(killed) = shared.install(peer, id, queue_tx).await else {
+    let (queue_tx, mut queue) = mpsc::unbounded_channel();
+    let queued_bytes = Arc::new(AtomicUsize::new(0));
+    let Some(killed) = shared
+        .install(peer, id, queue_tx, Arc::clone(&queued_bytes))
+        .await
+    else {
         return;
     };
-    tracing::info!(region = %shared.name, peer, "connected");
-    let (read, write) = stream.into_split();
+    tracing::info!(region = %shared.name, peer, tls = !matches!(shared.security, Security::Plaintext), "connected");
     let reason = tokio::select! {
         reason = read_frames(shared, peer, id, read) => reason,
-        reason = write_frames(shared, &mut queue, write) => reason,
+        reason = write_frames(shared, &mut queue, &queued_bytes, write) => reason,
         _ = killed => "replaced or closed locally".to_owned(),
     };
     queue.close();
     let mut left = 0;
-    while queue.try_recv().is_ok() {
+    while let Ok(frame) = queue.try_recv() {
+        queued_bytes.fetch_sub(charge(frame.len()), Ordering::AcqRel);
         left += 1;
     }
     Counters::bump(&shared.counters.frames_dropped, left);
@@ -767,9 +1254,16 @@ async fn run_connection(shared: &Shared, peer: &str, stream: TcpStream) {
 }
 
 /// Reads frames until the connection ends; returns why it did.
-async fn read_frames(shared: &Shared, peer: &str, id: u64, read: OwnedReadHalf) -> String {
+async fn read_frames<R: AsyncRead + Unpin>(
+    shared: &Shared,
+    peer: &str,
+    id: u64,
+    read: R,
+) -> String {
     const READ_BUFFER_BYTES: usize = 64 * 1024;
     let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, read);
+    let permits = shared.config.recv_permits();
+    let queue = Arc::new(Semaphore::new(permits as usize));
     loop {
         let mut len = [0; 4];
         if let Err(error) = reader.read_exact(&mut len).await {
@@ -788,6 +1282,13 @@ async fn read_frames(shared: &Shared, peer: &str, id: u64, read: OwnedReadHalf) 
             tracing::warn!(region = %shared.name, peer, len, reason = "frame length out of bounds", "rejected input");
             return format!("refused a frame length of {len}");
         };
+        // Room in this peer's receive queue before reading the body, so the
+        // frame being read counts too; a frame above the bound waits for an
+        // empty queue. Reading pauses meanwhile: TCP pushes back.
+        let cost = u32::try_from(charge(len)).unwrap_or(u32::MAX).min(permits);
+        let Ok(held) = Arc::clone(&queue).acquire_many_owned(cost).await else {
+            return "receive queue closed".to_owned();
+        };
         // Grow with what arrives, not with what the prefix claims.
         let mut frame = Vec::with_capacity(len.min(READ_BUFFER_BYTES));
         let limit = u64::try_from(len).unwrap_or(u64::MAX);
@@ -802,7 +1303,7 @@ async fn read_frames(shared: &Shared, peer: &str, id: u64, read: OwnedReadHalf) 
         }
         Counters::bump(&shared.counters.frames_received, 1);
         Counters::bump(&shared.counters.bytes_received, limit);
-        if !shared.deliver(peer, id, frame).await {
+        if !shared.deliver(peer, id, frame, held).await {
             return "replaced, or the transport closed".to_owned();
         }
     }
@@ -810,16 +1311,18 @@ async fn read_frames(shared: &Shared, peer: &str, id: u64, read: OwnedReadHalf) 
 
 /// Writes queued frames, flushing whenever the queue runs empty; returns
 /// why it stopped.
-async fn write_frames(
+async fn write_frames<W: AsyncWrite + Unpin>(
     shared: &Shared,
-    queue: &mut mpsc::Receiver<Vec<u8>>,
-    write: OwnedWriteHalf,
+    queue: &mut mpsc::UnboundedReceiver<Vec<u8>>,
+    queued_bytes: &AtomicUsize,
+    write: W,
 ) -> String {
     const WRITE_BUFFER_BYTES: usize = 64 * 1024;
     let mut writer = BufWriter::with_capacity(WRITE_BUFFER_BYTES, write);
     while let Some(frame) = queue.recv().await {
         let mut next = Some(frame);
         while let Some(frame) = next {
+            queued_bytes.fetch_sub(charge(frame.len()), Ordering::AcqRel);
             if let Err(error) = write_frame(shared, &mut writer, &frame).await {
                 Counters::bump(&shared.counters.frames_dropped, 1);
                 return error.to_string();
@@ -833,9 +1336,9 @@ async fn write_frames(
     "send queue closed".to_owned()
 }
 
-async fn write_frame(
+async fn write_frame<W: AsyncWrite + Unpin>(
     shared: &Shared,
-    writer: &mut BufWriter<OwnedWriteHalf>,
+    writer: &mut BufWriter<W>,
     frame: &[u8],
 ) -> io::Result<()> {
     // `send` only queues frames of 1..=FRAME_BYTES_MAX bytes.
