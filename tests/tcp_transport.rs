@@ -555,11 +555,10 @@ async fn a_slow_peer_cannot_grow_the_send_queue_past_its_byte_bound() {
     let stats = frankfurt.stats();
     assert!(high <= MIB as u64, "the send queue held {high} bytes");
     assert!(stats.frames_dropped > 0, "{stats:?}");
-    assert_eq!(
-        stats.frames_dropped + stats.frames_sent + queued(&stats),
-        400,
-        "{stats:?}"
-    );
+    // Every frame is accounted for, but the one the writer may hold
+    // between the queue and a full socket.
+    let accounted = stats.frames_dropped + stats.frames_sent + queued(&stats);
+    assert!((399..=400).contains(&accounted), "{accounted}: {stats:?}");
     drop(ghost);
 }
 
