@@ -43,12 +43,7 @@ async fn visible(
 }
 
 async fn add(region: &Region, table: &str, key: u64, n: u64) {
-    region
-        .table::<GCounter>(table)
-        .unwrap()
-        .update(&key, |c, ctx| c.inc(ctx.replica(), n))
-        .await
-        .unwrap();
+    common::add(region, table, key, n).await;
 }
 
 /// Guards against a region restarted without storage having its batches

@@ -17,12 +17,7 @@ fn region(net: &ChannelNetwork, name: &str, disk: Option<&MemoryStorage>) -> Reg
 }
 
 async fn add(region: &Region, key: u64) -> archipelago::session::SessionToken {
-    region
-        .table::<GCounter>("t")
-        .unwrap()
-        .update(&key, |c, ctx| c.inc(ctx.replica(), 1))
-        .await
-        .unwrap()
+    common::add(region, "t", key, 1).await
 }
 
 /// Guards against a session that saw a write of a region lost for good

@@ -7,8 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use archipelago::crdt::GCounter;
-use archipelago::region::{Region, RegionConfig};
+use archipelago::region::RegionConfig;
 use archipelago::transport::ChannelNetwork;
 
 const OUTBOX_LEN_MAX: usize = 500;
@@ -18,15 +17,6 @@ fn config() -> RegionConfig {
         outbox_len_max: OUTBOX_LEN_MAX,
         ..RegionConfig::default()
     }
-}
-
-async fn add(region: &Region, key: u64) {
-    region
-        .table::<GCounter>("t")
-        .unwrap()
-        .update(&key, |c, ctx| c.inc(ctx.replica(), 1))
-        .await
-        .unwrap();
 }
 
 /// Guards against the outbox overflow flagging every peer with
@@ -40,13 +30,13 @@ fn a_dead_peer_past_the_outbox_bound_does_not_push_healthy_peers_onto_anti_entro
         let a = common::region_on(&net, "a", None, config());
         let b = common::region_on(&net, "b", None, config());
         let c = common::region_on(&net, "c", None, config());
-        add(&a, 0).await;
+        common::add(&a, "t", 0, 1).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         let syncs_b = b.stats().syncs_completed;
         net.isolate("c");
         // Three times the bound, written while b keeps up.
         for i in 0..3 * OUTBOX_LEN_MAX as u64 {
-            add(&a, i % 16).await;
+            common::add(&a, "t", i % 16, 1).await;
             if i % 50 == 0 {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }

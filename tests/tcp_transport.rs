@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -24,28 +23,7 @@ const FRANKFURT: &str = "eu-central";
 /// accepts connections claiming to be it.
 const GHOST: &str = "af-south";
 
-const WAIT_MAX: Duration = Duration::from_secs(10);
-const POLL_EVERY: Duration = Duration::from_millis(5);
-
-fn localhost() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
-
-/// Polls `check` until it holds; panics after `WAIT_MAX`.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT_MAX;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {WAIT_MAX:?} waiting for {what}"
-        );
-        tokio::time::sleep(POLL_EVERY).await;
-    }
-}
+use common::{WAIT_MAX, eventually, localhost};
 
 fn region(name: &str, transport: TcpTransport) -> Region {
     Region::builder(name)

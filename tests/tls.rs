@@ -8,7 +8,8 @@
 //! Real time, real sockets: every wait polls a condition, bounded by
 //! `WAIT_MAX`. Every region runs on the default `RegionConfig`.
 
-use std::future::Future;
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,28 +33,7 @@ const FRANKFURT: &str = "eu-central";
 /// A real region of the same CA, configured in Frankfurt, never started.
 const GHOST: &str = "af-south";
 
-const WAIT_MAX: Duration = Duration::from_secs(10);
-const POLL_EVERY: Duration = Duration::from_millis(5);
-
-fn localhost() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
-
-/// Polls `check` until it holds; panics after `WAIT_MAX`.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT_MAX;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {WAIT_MAX:?} waiting for {what}"
-        );
-        tokio::time::sleep(POLL_EVERY).await;
-    }
-}
+use common::{WAIT_MAX, eventually, localhost};
 
 /// A test certificate authority.
 struct Ca {

@@ -9,19 +9,9 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use archipelago::crdt::GCounter;
 use archipelago::region::{Region, RegionConfig};
 use archipelago::testing::{Forger, Forgery};
 use archipelago::transport::ChannelNetwork;
-
-async fn add(region: &Region, key: u64) {
-    region
-        .table::<GCounter>("t")
-        .unwrap()
-        .update(&key, |c, ctx| c.inc(ctx.replica(), 1))
-        .await
-        .unwrap();
-}
 
 /// Guards against believing a peer's applied vector about third regions
 /// (one claim of `u64::MAX` writes of `a` made every later batch of `a`
@@ -55,9 +45,9 @@ fn a_lying_peer_moves_nothing_and_the_honest_regions_keep_replicating() {
             .build()
             .unwrap();
         for key in 0..3 {
-            add(&a, key).await;
-            add(&b, key).await;
-            add(&f, key).await;
+            common::add(&a, "t", key, 1).await;
+            common::add(&b, "t", key, 1).await;
+            common::add(&f, "t", key, 1).await;
         }
         // The first contacts' exchanges (the liar's transfers among them)
         // and the liar's acknowledgements and batches.
@@ -66,8 +56,8 @@ fn a_lying_peer_moves_nothing_and_the_honest_regions_keep_replicating() {
         let (syncs_a, syncs_b) = (a.stats().syncs_completed, b.stats().syncs_completed);
 
         // Honest writes still flow by batches, at once.
-        add(&a, 10).await;
-        add(&b, 11).await;
+        common::add(&a, "t", 10, 1).await;
+        common::add(&b, "t", 11, 1).await;
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(
             common::counter(&b, "t", 10).await,

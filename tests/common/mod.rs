@@ -1,11 +1,14 @@
 //! Shared set-up for the engine tests: regions on a paused tokio clock.
 #![allow(dead_code)]
 
+use std::future::Future;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use archipelago::clock::PhysicalClock;
 use archipelago::crdt::GCounter;
 use archipelago::region::{Region, RegionConfig};
+use archipelago::session::SessionToken;
 use archipelago::storage::MemoryStorage;
 use archipelago::transport::ChannelNetwork;
 
@@ -94,4 +97,41 @@ pub async fn counter(region: &Region, table: &str, key: u64) -> Option<u64> {
         .await
         .unwrap()
         .map(|c| c.value())
+}
+
+/// Adds `n` to the `GCounter` under `key` in `table`, at `Memory`
+/// acknowledgement: the write's token.
+pub async fn add(region: &Region, table: &str, key: u64, n: u64) -> SessionToken {
+    region
+        .table::<GCounter>(table)
+        .unwrap()
+        .update(&key, |c, ctx| c.inc(ctx.replica(), n))
+        .await
+        .unwrap()
+}
+
+/// How long a real-time test waits for a condition.
+pub const WAIT_MAX: Duration = Duration::from_secs(10);
+/// How often it checks.
+pub const POLL_EVERY: Duration = Duration::from_millis(5);
+
+/// Any free port on the loopback interface.
+pub fn localhost() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// Polls `check` until it holds; panics after `WAIT_MAX`.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT_MAX;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {WAIT_MAX:?} waiting for {what}"
+        );
+        tokio::time::sleep(POLL_EVERY).await;
+    }
 }
