@@ -112,11 +112,14 @@
 //! - **Its clock**: a batch's send time moves our clock at most the max
 //!   offset (500 ms by default) past our wall clock. A *value* stamped
 //!   later than that (a last-writer-wins register or map, a resolver
-//!   table's versions: [`Crdt::latest_stamp`]) is refused with the frame
-//!   that carries it, not clamped (clamping would change the value, and the
-//!   regions would diverge). Its writer sends it again, and it lands once
-//!   our clock is within the offset of its stamp; a write made here after
-//!   it landed stamps above it and wins. So a region whose clock runs
+//!   table's versions: [`Crdt::latest_stamp`]) is not merged, nor clamped
+//!   (clamping would change the value, and the regions would diverge): a
+//!   batch carrying it is refused and its origin sends it again; from an
+//!   anti-entropy transfer it is set aside, the rest merged and the
+//!   transfer's vector not believed, and a later exchange brings it. It
+//!   lands once our clock is within the offset of its stamp; a write made
+//!   here after it landed stamps above it and wins. Each counts in
+//!   [`RegionStats::values_ahead`]. So a region whose clock runs
 //!   ahead delays its own writes elsewhere by the excess, and wins no
 //!   conflict it would not win with a correct clock by more than the
 //!   offset. Values held for a table before it was declared are not
@@ -876,6 +879,7 @@ impl Region {
             refused_handshakes: c.refused_handshakes,
             stale_frames: c.stale_frames,
             untrusted_claims: c.untrusted_claims,
+            values_ahead: c.values_ahead,
             incarnation: core.incarnation,
             committed: core.durable.as_ref().map(|d| d.seq),
             commits: c.commits,
@@ -1455,6 +1459,12 @@ pub struct RegionStats {
     /// these too when a region's latest writes reached them first; a steady
     /// climb with one peer points at a buggy one.
     pub untrusted_claims: u64,
+    /// Values stamped later than this region's clock plus its max offset
+    /// (a region's clock runs ahead): refused with their batch (counted in
+    /// `rejected_frames` too, and resent by their origin), or set aside
+    /// from an anti-entropy transfer (whose vector is then not believed;
+    /// a later exchange brings them).
+    pub values_ahead: u64,
     /// Starts of this replica with storage; without, its start time (ms).
     pub incarnation: u64,
     /// Local writes committed to storage (`None` without storage).

@@ -147,6 +147,16 @@ pub(crate) const HLC_RESUME_MARGIN_MS: u64 = 250;
 /// Former replica ids kept per peer.
 const FORMER_IDS_MAX: usize = 16;
 
+/// What [`Core::merge_entries`] does with a value stamped past our clock's
+/// offset bound.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AheadValues {
+    /// Refuse the whole message (a batch: its origin resends it).
+    RefuseFrame,
+    /// Merge the rest (a transfer: state, not a step in a sequence).
+    SetAside,
+}
+
 /// A batch received before the writes it depends on.
 pub(crate) struct Buffered {
     from: String,
@@ -324,6 +334,8 @@ pub(crate) struct Counters {
     /// us itself: not believed (capped, or corrected at its hello), each
     /// a hint that starts an exchange with it.
     pub(crate) untrusted_claims: u64,
+    /// Values refused or set aside: stamped past our clock's offset bound.
+    pub(crate) values_ahead: u64,
 }
 
 impl Core {
@@ -1394,7 +1406,17 @@ impl Core {
     /// corrupt value) is dropped, counted and logged, and the rest is
     /// merged: refusing the message would stall replication from its
     /// origin for good, since every resend fails alike.
-    fn merge_entries(&mut self, from: &str, parts: &[(&[String], &[u8])]) -> bool {
+    ///
+    /// A value stamped past our clock's offset bound refuses a batch (its
+    /// origin sends it again, in order), and is set aside from a transfer
+    /// (the rest of which is merged). Returns how many were set aside, or
+    /// `None` when the message was refused.
+    fn merge_entries(
+        &mut self,
+        from: &str,
+        parts: &[(&[String], &[u8])],
+        ahead: AheadValues,
+    ) -> Option<usize> {
         let at = self.hlc.last();
         let stamps_max = self.hlc.offset_bound();
         let slots: Vec<Vec<Option<usize>>> = parts
@@ -1407,6 +1429,8 @@ impl Core {
         // Entries (by index) whose value did not decode, and the first error.
         let mut undecodable: Vec<usize> = Vec::new();
         let mut first_error = None;
+        // Entries set aside: stamped past our clock's bound.
+        let mut set_aside: Vec<usize> = Vec::new();
         let entries = parts
             .iter()
             .zip(&slots)
@@ -1430,7 +1454,12 @@ impl Core {
                             first_error.get_or_insert_with(|| (tables[table].clone(), error));
                             continue;
                         }
+                        Err(StageError::Ahead { .. }) if ahead == AheadValues::SetAside => {
+                            set_aside.push(index);
+                            continue;
+                        }
                         Err(StageError::Ahead { stamp }) => {
+                            self.counters.values_ahead += 1;
                             failed = Some(format!(
                                 "a value of table {} stamped {stamp}, past this clock's bound {stamps_max}: the writer's clock runs ahead (sent again, it lands once the clocks are within the max offset)",
                                 tables[table]
@@ -1464,7 +1493,17 @@ impl Core {
                 self.tables[slot].store.unstage();
             }
             self.reject(from, &why);
-            return false;
+            return None;
+        }
+        if !set_aside.is_empty() {
+            self.counters.values_ahead += set_aside.len() as u64;
+            tracing::warn!(
+                region = %self.name,
+                peer = from,
+                values = set_aside.len(),
+                bound = %stamps_max,
+                "rejected input: values stamped past this clock's bound were set aside from a transfer (a region's clock runs ahead); a later exchange brings them"
+            );
         }
         if let Some((table, error)) = first_error {
             self.counters.undecodable_values += undecodable.len() as u64;
@@ -1477,11 +1516,15 @@ impl Core {
                 "rejected input: values that do not decode as their table's type were dropped (is the table declared with the same type everywhere?)"
             );
         }
-        let mut undecodable = undecodable.into_iter().peekable();
+        let aside = set_aside.len();
+        let mut skipped: Vec<usize> = undecodable;
+        skipped.extend(set_aside);
+        skipped.sort_unstable();
+        let mut skipped = skipped.into_iter().peekable();
         let mut index = 0;
         for ((tables, packed), slots) in parts.iter().zip(&slots) {
             for (table, key, value) in Entries::new(packed, tables.len()).flatten() {
-                let skip = undecodable.next_if_eq(&index).is_some();
+                let skip = skipped.next_if_eq(&index).is_some();
                 index += 1;
                 match slots[table] {
                     Some(_) if skip => {}
@@ -1492,11 +1535,15 @@ impl Core {
                 }
             }
         }
-        true
+        Some(aside)
     }
 
     fn apply_batch(&mut self, batch: Buffered) {
-        if self.merge_entries(&batch.from, &[(&batch.tables, &batch.entries.0)]) {
+        let parts = [(batch.tables.as_slice(), batch.entries.0.as_slice())];
+        if self
+            .merge_entries(&batch.from, &parts, AheadValues::RefuseFrame)
+            .is_some()
+        {
             self.applied.raise(batch.origin, batch.last);
             self.generation += 1;
             self.remote_generation += 1;
@@ -1893,16 +1940,23 @@ impl Core {
         self.counters.sync_states_received += entries().count() as u64;
         // Every chunk is here: merge them all at once, so no reader sees
         // part of the transfer (a reply without its post).
-        if !self.merge_entries(from, &parts) {
+        let Some(set_aside) = self.merge_entries(from, &parts, AheadValues::SetAside) else {
             self.abort_sync(from, push);
             return Vec::new();
-        }
+        };
         // We now hold everything their vector names: of the sender's own
         // writes, all of it; of a peer's, what that peer has told us it
         // made; of any other replica (a former id, a retired region, one we
         // never met), all of it. A claim beyond is a hint.
         let before = self.applied.clone();
-        let hints = self.believe(from, &their_applied);
+        // With values set aside we hold less than the vector names: it is
+        // not believed at all (what we merged shows in reads; the next
+        // exchange brings the rest and the vector).
+        let hints = if set_aside == 0 {
+            self.believe(from, &their_applied)
+        } else {
+            Vec::new()
+        };
         self.generation += 1;
         self.remote_generation += 1;
         self.drain_buffer();
