@@ -331,8 +331,8 @@ pub(crate) struct Counters {
     /// before its hello, or from a refused peer.
     pub(crate) stale_frames: u64,
     /// Claims of a peer about a third region beyond what that region told
-    /// us itself: not believed (capped, or corrected at its hello), each
-    /// a hint that starts an exchange with it.
+    /// us itself: not believed (capped), or found out at its hello; each
+    /// starts an exchange with it.
     pub(crate) untrusted_claims: u64,
     /// Values refused or set aside: stamped past our clock's offset bound.
     pub(crate) values_ahead: u64,
@@ -451,6 +451,12 @@ impl Core {
             undeclared: Vec::new(),
         });
         Ok(())
+    }
+
+    /// `replica` told us itself it made `writes` (see `issued`).
+    fn heard_from(&mut self, replica: ReplicaId, writes: u64) {
+        let issued = self.issued.entry(replica).or_default();
+        *issued = (*issued).max(writes);
     }
 
     /// The most of our writes `peer` can hold: what this process shipped or
@@ -657,13 +663,11 @@ impl Core {
         SessionToken::from_dot(Dot::new(self.replica, self.seq))
     }
 
-    /// The outbox outgrew its bound (a peer down for long): drop it; the
-    /// peers that had not acknowledged everything are repaired by
-    /// anti-entropy when they are back.
     /// The outbox is over its bounds: the peers furthest behind lose their
     /// claim on it, slowest first, until it fits (but for the last segment,
-    /// at most a batch, while peers that keep up hold it). Each is repaired by anti-entropy
-    /// (now, or once it is back); the others keep receiving batches.
+    /// at most a batch, while peers that keep up hold it). Each is repaired
+    /// by anti-entropy (now, or once it is back); the others keep receiving
+    /// batches.
     fn shed_outbox(&mut self) {
         let before = self.outbox.len();
         let mut shed: Vec<String> = Vec::new();
@@ -679,7 +683,7 @@ impl Core {
             let slowest = self
                 .peers
                 .iter()
-                .filter(|(_, p)| seq - p.log_claim(seq).min(seq) > keeps_up)
+                .filter(|(_, p)| seq.saturating_sub(p.log_claim(seq)) > keeps_up)
                 .min_by_key(|(_, p)| p.log_claim(seq))
                 .map(|(name, _)| name.clone());
             let Some(name) = slowest else {
@@ -905,7 +909,7 @@ impl Core {
             p.greeted && p.replica == Some(replica) && p.incarnation == Some(incarnation)
         });
         // Only what it told us itself counts: what others claimed of it is
-        // corrected at its hello instead.
+        // reported below instead.
         let applied = self
             .issued
             .get(&replica)
@@ -995,15 +999,14 @@ impl Core {
         peer.its_seq_seen = peer.its_seq_seen.max(seq);
         peer.greeted = true;
         peer.known = true;
-        let issued = self.issued.entry(replica).or_default();
-        *issued = (*issued).max(seq);
+        self.heard_from(replica, seq);
         // Writes of it that others claimed we hold and it never made: only
         // hearsay put them in our applied vector (its own word would have
         // refused it above). They cannot be taken back (writes of ours may
         // depend on them), so they are reported, and an exchange with it
         // repairs what its data can.
-        let mut correct = false;
-        if self.applied.get(replica) > seq {
+        let overclaimed = self.applied.get(replica) > seq;
+        if overclaimed {
             tracing::warn!(
                 region = %self.name,
                 peer = from,
@@ -1013,7 +1016,6 @@ impl Core {
                 "rejected input: peers claimed writes of this region it never made"
             );
             self.counters.untrusted_claims += 1;
-            correct = true;
         }
         if restarted {
             // Its former process's exchanges are over: what it asked and
@@ -1045,7 +1047,7 @@ impl Core {
             .applied
             .iter()
             .any(|(r, n)| r != self.replica && r != replica && applied.get(r) < n);
-        if (lacks || correct) && self.peers[from].connected && !self.syncs.contains_key(from) {
+        if (lacks || overclaimed) && self.peers[from].connected && !self.syncs.contains_key(from) {
             tracing::debug!(region = %self.name, peer = from, "the peer lacks writes of other regions: anti-entropy");
             out.extend(self.start_sync(from, now));
         }
@@ -1309,8 +1311,7 @@ impl Core {
         // Follow the sender's clock, within the offset bound: the data is
         // applied even when the sender's clock runs too far ahead.
         self.hlc.observe(sent_at);
-        let issued = self.issued.entry(origin).or_default();
-        *issued = (*issued).max(last);
+        self.heard_from(origin, last);
         let peer = self.peer(from, now);
         peer.its_seq_seen = peer.its_seq_seen.max(last);
         peer.replica = Some(origin);
@@ -2054,8 +2055,7 @@ impl Core {
                 .then(|| self.issued.get(&r).copied())
                 .flatten();
             let believed = if Some(r) == sender {
-                let issued = self.issued.entry(r).or_default();
-                *issued = (*issued).max(n);
+                self.heard_from(r, n);
                 n
             } else {
                 known.map_or(n, |k| k.min(n))
@@ -2070,8 +2070,7 @@ impl Core {
         }
         self.counters.untrusted_claims += hinted.len() as u64;
         tracing::debug!(region = %self.name, peer = from, regions = ?hinted, "anti-entropy: claims about regions beyond what they told us; asking them");
-        let names: Vec<String> = self
-            .peers
+        self.peers
             .iter()
             .filter(|(name, p)| {
                 p.connected
@@ -2081,8 +2080,7 @@ impl Core {
                     && !self.syncs.contains_key(*name)
             })
             .map(|(name, _)| name.clone())
-            .collect();
-        names
+            .collect()
     }
 
     /// An exchange that cannot complete: forget it; the peer stays due for

@@ -1137,25 +1137,12 @@ fn a_claim_about_a_third_region_is_believed_only_up_to_what_it_said() {
     );
     assert_eq!(c.applied.get(rid(1)), 2);
     // b answers c's exchange, claiming every write of a, and five of its own.
-    let request = c.start_sync("b", now());
-    let Message::SyncRequest { session, .. } = request[0].1 else {
-        unreachable!()
-    };
-    let (tables, entries) = pack_entries("hits", vec![(k(2), gc(2, 5))]);
-    let out = c.on_message(
+    let out = answer(
+        &mut c,
         "b",
-        Message::SyncStates {
-            session,
-            push: false,
-            chunk: 0,
-            chunks: 1,
-            sent_at: Timestamp::new(WALL_MS, 0),
-            buckets: vec![],
-            tables,
-            entries,
-            applied: Some(vv(&[(1, u64::MAX), (2, 5)])),
-        },
-        now(),
+        "hits",
+        vec![(k(2), gc(2, 5))],
+        &[(1, u64::MAX), (2, 5)],
     );
     assert_eq!(c.counters.rejected_frames, 0, "the data is merged");
     assert_eq!(c.applied.get(rid(2)), 5, "b speaks for itself");
@@ -1173,7 +1160,7 @@ fn a_claim_about_a_third_region_is_believed_only_up_to_what_it_said() {
     assert_eq!(count(&c, "hits", 1, 1), 3);
 }
 
-// ----- review of the trust rules (branch `review`) ---------------------------
+// ----- known gaps of the trust rules (issue 9), from a review --------------
 
 /// A hello of `replica` as its region sends it.
 fn hello(replica: u32, seq: u64, applied: &[(u32, u64)]) -> Message {
