@@ -48,11 +48,11 @@ pub(crate) struct PeerState {
     pub(crate) acked: u64,
     /// Our writes sent to it (acknowledged or not).
     pub(crate) sent: u64,
-    /// The most of our writes it can hold by what this process told it:
-    /// writes batched or transferred to it, and the writes our hellos said
-    /// we made (a third region may pass those on). An acknowledgement
-    /// above this (or above what an earlier process of ours could have
-    /// sent) is forged.
+    /// The most of our writes it can hold first-hand from this process:
+    /// writes batched or transferred to it. (What a third region passes
+    /// on is only believed there, never acknowledged, see
+    /// `Core::believed`.) An acknowledgement above this (or above what an
+    /// earlier process of ours could have sent) is forged.
     pub(crate) shipped: u64,
     /// When `acked` last moved, or a send started from a fully acked state.
     pub(crate) progress_at: Instant,
@@ -166,6 +166,9 @@ pub(crate) struct Buffered {
     deps: VersionVector,
     tables: Vec<String>,
     entries: Blob,
+    /// When it arrived: one that waits too long on claims starts an
+    /// exchange with its sender.
+    arrived: Instant,
 }
 
 impl Buffered {
@@ -273,6 +276,16 @@ pub(crate) struct Core {
     /// what another peer claims about a replica is believed only up to
     /// this. Restored from the applied vector at a restart.
     pub(crate) issued: HashMap<ReplicaId, u64>,
+    /// What peers' transfers claim of third regions (uncapped): data we
+    /// may hold by their word only. It never moves `applied` (what we hold
+    /// first-hand: staleness, acks, hellos and session reads go by that);
+    /// it only lets buffered batches wait for no more than we may hold
+    /// (`ready`), and, capped at `issued`, names what our writes depend on
+    /// (`vouched`).
+    pub(crate) believed: VersionVector,
+    /// What our writes depend on, as vouched for (see [`Core::vouched`]),
+    /// and the `remote_generation` it was computed at.
+    vouched: (VersionVector, u64),
     /// Our writes made by earlier processes of this replica (restored from
     /// storage): a peer may hold any of them.
     start_seq: u64,
@@ -376,6 +389,8 @@ impl Core {
             retired: BTreeMap::new(),
             retired_refused: HashSet::new(),
             issued: HashMap::new(),
+            believed: VersionVector::new(),
+            vouched: (VersionVector::new(), u64::MAX),
             start_seq: 0,
         }
     }
@@ -456,7 +471,61 @@ impl Core {
     /// `replica` told us itself it made `writes` (see `issued`).
     fn heard_from(&mut self, replica: ReplicaId, writes: u64) {
         let issued = self.issued.entry(replica).or_default();
-        *issued = (*issued).max(writes);
+        if writes > *issued {
+            *issued = writes;
+            // What our writes may depend on changed.
+            self.remote_generation += 1;
+        }
+    }
+
+    /// What this region holds, as session reads and operators see it: what
+    /// it holds first-hand, and what peers passed on of replicas no peer
+    /// speaks for (a former id of a restarted region, a retired one, one we
+    /// never met): nobody will ever confirm those, so a peer's word is all
+    /// there is (and the vectors of regions that converged are equal). Of
+    /// a peer's current replica only its own batches and transfers count.
+    pub(crate) fn held(&self) -> std::borrow::Cow<'_, VersionVector> {
+        let unconfirmable = |r: ReplicaId, n: u64| {
+            n > self.applied.get(r) && !self.peers.values().any(|p| p.replica == Some(r))
+        };
+        if !self.believed.iter().any(|(r, n)| unconfirmable(r, n)) {
+            return std::borrow::Cow::Borrowed(&self.applied);
+        }
+        let mut held = self.applied.clone();
+        for (r, n) in self.believed.iter() {
+            if unconfirmable(r, n) {
+                held.raise(r, n);
+            }
+        }
+        std::borrow::Cow::Owned(held)
+    }
+
+    /// What our next write depends on: everything we hold first-hand
+    /// (`applied`), and of what we hold by a peer's word (`believed`) no
+    /// more than each replica told us itself it made (`issued`). A claim
+    /// about a third region can thus never make our batches wait, at a
+    /// region that knows better, for writes that do not exist. (A peer
+    /// inflating its own count in a transfer is believed, as only it can
+    /// speak for itself: a region that knows better holds our batches back
+    /// until an exchange with us, see [`due_syncs`](Core::due_syncs).)
+    /// Recomputed only when `remote_generation` moved.
+    fn vouched(&mut self) -> &VersionVector {
+        if self.vouched.1 != self.remote_generation {
+            let mut deps: VersionVector = self
+                .believed
+                .iter()
+                .filter(|&(r, _)| r != self.replica)
+                .map(|(r, n)| (r, n.min(self.issued.get(&r).copied().unwrap_or(0))))
+                .collect();
+            deps.merge(&self.applied);
+            debug_assert!(
+                deps.iter()
+                    .all(|(r, n)| n <= self.applied.get(r).max(self.believed.get(r))),
+                "deps name only what we may hold"
+            );
+            self.vouched = (deps, self.remote_generation);
+        }
+        &self.vouched.0
     }
 
     /// The most of our writes `peer` can hold: what this process shipped or
@@ -638,6 +707,7 @@ impl Core {
         self.applied.raise(self.replica, self.seq);
         self.generation += 1;
         if self.replicating {
+            self.vouched();
             self.outbox.append(
                 Append {
                     seq: self.seq,
@@ -646,7 +716,7 @@ impl Core {
                     key,
                     delta,
                 },
-                &self.applied,
+                &self.vouched.0,
                 self.remote_generation,
                 self.config.batch_len_max,
                 self.config.batch_bytes_max,
@@ -816,7 +886,6 @@ impl Core {
         if !reply {
             state.hello_at = Some(now);
         }
-        state.shipped = state.shipped.max(seq);
         (
             peer.to_owned(),
             Message::Hello {
@@ -1000,22 +1069,29 @@ impl Core {
         peer.greeted = true;
         peer.known = true;
         self.heard_from(replica, seq);
-        // Writes of it that others claimed we hold and it never made: only
-        // hearsay put them in our applied vector (its own word would have
-        // refused it above). They cannot be taken back (writes of ours may
-        // depend on them), so they are reported, and an exchange with it
-        // repairs what its data can.
-        let overclaimed = self.applied.get(replica) > seq;
+        // Writes of it that others claimed and it never made: hearsay,
+        // reported, and taken back (so no batch is let through for them);
+        // we never counted them as held, and our writes never depended on
+        // them (see `vouched`).
+        let claimed = self.applied.get(replica).max(self.believed.get(replica));
+        let overclaimed = claimed > seq;
         if overclaimed {
             tracing::warn!(
                 region = %self.name,
                 peer = from,
                 %replica,
-                claimed = self.applied.get(replica),
+                claimed,
                 made = seq,
                 "rejected input: peers claimed writes of this region it never made"
             );
             self.counters.untrusted_claims += 1;
+            if self.believed.get(replica) > seq {
+                self.believed = self
+                    .believed
+                    .iter()
+                    .map(|(r, n)| (r, if r == replica { seq } else { n }))
+                    .collect();
+            }
         }
         if restarted {
             // Its former process's exchanges are over: what it asked and
@@ -1044,7 +1120,7 @@ impl Core {
         // count as another origin) come only from anti-entropy: its hello
         // claims nothing we act on beyond starting one.
         let lacks = self
-            .applied
+            .transfer_claims()
             .iter()
             .any(|(r, n)| r != self.replica && r != replica && applied.get(r) < n);
         if (lacks || overclaimed) && self.peers[from].connected && !self.syncs.contains_key(from) {
@@ -1183,6 +1259,7 @@ impl Core {
                     deps,
                     tables,
                     entries,
+                    arrived: now,
                 },
                 sent_at,
                 now,
@@ -1343,13 +1420,34 @@ impl Core {
         )]
     }
 
-    /// True when every write `batch` depends on is applied here.
+    /// True when `batch` follows its origin's writes we hold first-hand and
+    /// every other write it depends on is here, first-hand or by a peer's
+    /// word (`believed`): a claim never makes a batch wait longer, at
+    /// worst (a false claim) it lets one through early; it never makes a
+    /// write look applied (that is `applied`'s alone).
     fn ready(&self, batch: &Buffered) -> bool {
         batch.first <= self.applied.get(batch.origin) + 1
-            && batch
-                .deps
-                .iter()
-                .all(|(r, n)| r == batch.origin || self.applied.get(r) >= n)
+            && batch.deps.iter().all(|(r, n)| {
+                r == batch.origin || self.applied.get(r) >= n || self.believed.get(r) >= n
+            })
+    }
+
+    /// True when a batch from `peer` has waited at least the ack timeout
+    /// for writes that their origin never told us of: the batch's deps are
+    /// the sender's claim (it may have believed a peer inflating its own
+    /// count, see [`vouched`](Core::vouched)), and an exchange with the
+    /// sender brings what it holds and lets the batch through.
+    fn waits_on_claims_of(&self, peer: &str, now: Instant) -> bool {
+        self.buffer.iter().any(|b| {
+            b.from == peer
+                && now.duration_since(b.arrived) >= self.config.ack_timeout
+                && b.deps.iter().any(|(r, n)| {
+                    r != b.origin
+                        && self.applied.get(r) < n
+                        && self.believed.get(r) < n
+                        && self.issued.get(&r).copied().unwrap_or(0) < n
+                })
+        })
     }
 
     /// Applies every buffered batch whose dependencies are now applied.
@@ -1641,7 +1739,10 @@ impl Core {
                             .is_none_or(|t| now.duration_since(t) >= self.config.ack_timeout)
                         || (self.name.as_str() < name.as_str()
                             && p.last_sync
-                                .is_none_or(|t| now.duration_since(t) >= interval)))
+                                .is_none_or(|t| now.duration_since(t) >= interval))
+                        || (self.waits_on_claims_of(name, now)
+                            && p.last_sync
+                                .is_none_or(|t| now.duration_since(t) >= self.config.ack_timeout)))
             })
             .map(|(name, _)| name.clone())
             .collect();
@@ -1714,9 +1815,19 @@ impl Core {
             self.sync_inbox.remove(&(from.to_owned(), old, true));
         }
         self.answered_last.insert(from.to_owned(), session);
-        let applied = self.applied.clone();
+        let applied = self.transfer_claims();
         self.shipped_transfer(from, &applied);
         self.states_chunks(from, session, false, buckets, applied, &HashSet::new())
+    }
+
+    /// What a transfer of our whole state claims we hold: what we hold
+    /// (see [`held`](Core::held)), and what we vouch for of the rest (see
+    /// [`vouched`](Core::vouched)); a false claim of a peer about a peer's
+    /// replica does not travel on with it.
+    fn transfer_claims(&mut self) -> VersionVector {
+        let mut claims = self.held().into_owned();
+        claims.merge(self.vouched());
+        claims
     }
 
     /// A transfer to `to` claiming `applied` carries every write of ours
@@ -2027,17 +2138,19 @@ impl Core {
             buckets = push_buckets.iter().map(|(_, b)| b.len()).sum::<usize>(),
             "anti-entropy: caught up; pushing back"
         );
-        let applied = self.applied.clone();
+        let applied = self.transfer_claims();
         self.shipped_transfer(from, &applied);
         out.extend(self.states_chunks(from, session, true, push_buckets, applied, &received));
         out
     }
 
-    /// Raises `applied` by a transfer's vector from `from`, believing its
-    /// claims about third regions only up to what each told us itself.
-    /// Returns the connected peers to start an exchange with: regions it
-    /// claims more of than they told us (they may have written since; an
-    /// exchange with them settles it).
+    /// Takes in a transfer's vector from `from`, whose states we merged:
+    /// its claim about its own writes raises `applied` (its data, which it
+    /// vouches for; were it false, only its own writes would suffer), every
+    /// other claim only `believed` (see there). Returns the connected
+    /// peers to start an exchange with: regions it claims more of than
+    /// they told us (they may have written since; an exchange with them
+    /// settles it).
     fn believe(&mut self, from: &str, claims: &VersionVector) -> Vec<String> {
         let sender = self.peers.get(from).and_then(|p| p.replica);
         let mut hinted = Vec::new();
@@ -2045,25 +2158,23 @@ impl Core {
             if r == self.replica {
                 continue; // checked against our own count
             }
+            if Some(r) == sender {
+                self.applied.raise(r, n);
+                continue;
+            }
             // Only a region that still speaks for itself (the current
-            // replica of a peer of ours) caps claims about it: a former id,
-            // a retired one or one we never met has no one else to ask.
+            // replica of a peer of ours) can be asked: a former id, a
+            // retired one or one we never met has no one to ask.
             let known = self
                 .peers
                 .values()
                 .any(|p| p.replica == Some(r))
                 .then(|| self.issued.get(&r).copied())
                 .flatten();
-            let believed = if Some(r) == sender {
-                self.heard_from(r, n);
-                n
-            } else {
-                known.map_or(n, |k| k.min(n))
-            };
-            if believed < n && self.applied.get(r) < n {
+            if known.is_some_and(|k| k < n) && self.applied.get(r) < n {
                 hinted.push(r);
             }
-            self.applied.raise(r, believed);
+            self.believed.raise(r, n);
         }
         if hinted.is_empty() {
             return Vec::new();
