@@ -1433,11 +1433,15 @@ impl Core {
     }
 
     /// True when a batch from `peer` has waited at least the ack timeout
-    /// for writes that their origin never told us of: the batch's deps are
-    /// the sender's claim (it may have believed a peer inflating its own
-    /// count, see [`vouched`](Core::vouched)), and an exchange with the
-    /// sender brings what it holds and lets the batch through.
-    fn waits_on_claims_of(&self, peer: &str, now: Instant) -> bool {
+    /// for writes nobody will send us by batch: writes their origin never
+    /// told us of (the batch's deps are the sender's claim; it may have
+    /// believed a peer inflating its own count, see
+    /// [`vouched`](Core::vouched)), or writes of an origin we are not
+    /// connected to (the link to it is cut while the sender's works). An
+    /// exchange with the sender brings what it holds, the writes the batch
+    /// depends on included, and lets the batch through: causal delivery
+    /// does not stall on one broken link until the periodic exchange.
+    fn waits_on_unsent(&self, peer: &str, now: Instant) -> bool {
         self.buffer.iter().any(|b| {
             b.from == peer
                 && now.duration_since(b.arrived) >= self.config.ack_timeout
@@ -1445,7 +1449,11 @@ impl Core {
                     r != b.origin
                         && self.applied.get(r) < n
                         && self.believed.get(r) < n
-                        && self.issued.get(&r).copied().unwrap_or(0) < n
+                        && (self.issued.get(&r).copied().unwrap_or(0) < n
+                            || !self
+                                .peers
+                                .values()
+                                .any(|p| p.connected && p.replica == Some(r)))
                 })
         })
     }
@@ -1740,7 +1748,7 @@ impl Core {
                         || (self.name.as_str() < name.as_str()
                             && p.last_sync
                                 .is_none_or(|t| now.duration_since(t) >= interval))
-                        || (self.waits_on_claims_of(name, now)
+                        || (self.waits_on_unsent(name, now)
                             && p.last_sync
                                 .is_none_or(|t| now.duration_since(t) >= self.config.ack_timeout)))
             })

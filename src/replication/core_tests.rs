@@ -202,8 +202,9 @@ fn up(core: &mut Core, peer: &str, at: Instant) -> Outgoing {
     out
 }
 
-/// The messages of `out` addressed to `peer`. Hellos are left out: these cores never greet, so they keep the rules
-/// for peers that do not (the handshake has its own tests).
+/// The messages of `out` addressed to `peer`. Hellos are left out: these
+/// cores never greet, so they keep the rules for peers that do not (the
+/// handshake has its own tests).
 fn to(out: &Outgoing, peer: &str) -> Vec<Message> {
     out.iter()
         .filter(|(p, m)| p == peer && !matches!(m, Message::Hello { .. }))
@@ -1524,4 +1525,29 @@ fn review_hostile_max_numbers_do_not_panic() {
         write(&mut c, "hits", 2);
     }
     c.take_batches(now());
+}
+
+/// Guards against a batch waiting until the periodic exchange for writes
+/// whose origin told us of them (its hello) but can no longer send them:
+/// with the origin's link down, an exchange with the batch's sender starts
+/// after the ack timeout; with it up, the origin's resend is awaited.
+#[test]
+fn a_batch_waiting_on_a_cut_off_origin_starts_an_exchange_with_its_sender() {
+    for cut in [true, false] {
+        let mut c = core("c", 3, RegionConfig::default(), &["hits"]);
+        up(&mut c, "a", now());
+        c.on_message("a", hello(1, 2, &[]), now());
+        if cut {
+            c.peer_down("a", now());
+        }
+        up(&mut c, "b", now());
+        c.on_message("b", hello(2, 0, &[]), now());
+        c.on_message("b", batch(2, 1, &[(1, 2)], "hits", &[(2, gc(2, 1))]), now());
+        assert_eq!(count(&c, "hits", 2, 2), 0, "waits for a's writes");
+        let later = now() + c.config.ack_timeout;
+        let asked = to(&c.due_syncs(later), "b")
+            .iter()
+            .any(|m| matches!(m, Message::SyncRequest { .. }));
+        assert_eq!(asked, cut, "link to a cut: {cut}");
+    }
 }
