@@ -196,6 +196,11 @@ pub(crate) struct SyncInbox {
     at: Instant,
 }
 
+/// Most replicas `Core::believed` names: claims about further replicas
+/// that neither we nor a peer of ours has met are ignored (a forger could
+/// otherwise grow every vector and session token without bound).
+pub(crate) const BELIEVED_REPLICAS_MAX: usize = 256;
+
 /// Batches a peer may have in flight unacknowledged.
 const INFLIGHT_BATCHES_MAX: u64 = 16;
 
@@ -2181,6 +2186,17 @@ impl Core {
                 .flatten();
             if known.is_some_and(|k| k < n) && self.applied.get(r) < n {
                 hinted.push(r);
+            }
+            // Replicas heard of only by claims are bounded: each grows
+            // every vector and session token we hand out.
+            if self.believed.get(r) == 0
+                && self.applied.get(r) == 0
+                && known.is_none()
+                && self.believed.len() >= BELIEVED_REPLICAS_MAX
+            {
+                self.counters.untrusted_claims += 1;
+                tracing::warn!(region = %self.name, peer = from, replica = %r, "rejected input: a claim about one replica too many heard of only by claims");
+                continue;
             }
             self.believed.raise(r, n);
         }

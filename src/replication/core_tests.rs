@@ -1551,3 +1551,22 @@ fn a_batch_waiting_on_a_cut_off_origin_starts_an_exchange_with_its_sender() {
         assert_eq!(asked, cut, "link to a cut: {cut}");
     }
 }
+
+/// Guards against a forger growing every vector and session token without
+/// bound by claiming writes of ever more replicas nobody met.
+#[test]
+fn claims_about_unmet_replicas_are_bounded() {
+    let mut c = core("c", 3, RegionConfig::default(), &["hits"]);
+    up(&mut c, "f", now());
+    c.on_message("f", hello(6, 0, &[]), now());
+    let claims: Vec<(u32, u64)> = (1000..1000 + 2 * BELIEVED_REPLICAS_MAX as u32)
+        .map(|r| (r, 1))
+        .collect();
+    answer(&mut c, "f", "hits", vec![], &claims);
+    assert_eq!(c.believed.len(), BELIEVED_REPLICAS_MAX);
+    assert!(c.held().len() <= BELIEVED_REPLICAS_MAX + 1);
+    assert_eq!(
+        c.counters.untrusted_claims, BELIEVED_REPLICAS_MAX as u64,
+        "each ignored claim counts"
+    );
+}
