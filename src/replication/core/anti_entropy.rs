@@ -246,8 +246,10 @@ impl Core {
             .collect()
     }
 
+    /// Checks one chunk of a transfer and files it; returns the whole
+    /// transfer once its last chunk is here.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn on_sync_states(
+    fn take_complete_transfer(
         &mut self,
         from: &str,
         session: u64,
@@ -259,17 +261,17 @@ impl Core {
         part: (Vec<String>, Blob),
         applied: Option<VersionVector>,
         now: Instant,
-    ) -> Outgoing {
+    ) -> Option<SyncInbox> {
         if chunks == 0 || chunk >= chunks || chunks as usize > SYNC_CHUNKS_MAX {
             self.reject(from, "sync states with a bad chunk index");
-            return Vec::new();
+            return None;
         }
         if buckets
             .iter()
             .any(|(_, list)| list.iter().any(|&b| b as usize >= DIGEST_BUCKETS))
         {
             self.reject(from, "sync states naming a bucket out of range");
-            return Vec::new();
+            return None;
         }
         for (_, list) in &mut buckets {
             list.sort_unstable();
@@ -284,7 +286,7 @@ impl Core {
         };
         if !expected {
             tracing::debug!(region = %self.name, peer = from, session, push, "anti-entropy: ignored a transfer nobody asked for");
-            return Vec::new();
+            return None;
         }
         self.peer(from, now).last_sync = Some(now);
         self.hlc.observe(sent_at);
@@ -293,7 +295,7 @@ impl Core {
                 from,
                 &format!("sync states with malformed entries: {error}"),
             );
-            return Vec::new();
+            return None;
         }
         // Every byte the chunk holds counts, table names included.
         let size = part.1.0.len()
@@ -316,11 +318,11 @@ impl Core {
         if inbox.chunks.len() != chunks as usize {
             self.sync_inbox.remove(&slot);
             self.reject(from, "sync states with an inconsistent chunk count");
-            return Vec::new();
+            return None;
         }
         inbox.at = now;
         if inbox.chunks[chunk as usize].is_some() {
-            return Vec::new(); // a duplicated frame
+            return None; // a duplicated frame
         }
         inbox.bytes += size;
         inbox.buckets.extend(buckets);
@@ -336,12 +338,36 @@ impl Core {
                 self.config.sync_transfer_bytes_max
             );
             self.reject(from, &why);
-            return Vec::new();
+            return None;
         }
         if inbox.chunks.iter().any(Option::is_none) {
-            return Vec::new(); // more to come
+            return None; // more to come
         }
-        let inbox = self.sync_inbox.remove(&slot).expect("present");
+        self.sync_inbox.remove(&slot)
+    }
+
+    /// One chunk of a transfer: once all are here, merges them at once,
+    /// takes in the transfer's vector (see [`believe`](Core::believe)) and,
+    /// for a reply to our exchange, pushes back what the peer lacks.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_sync_states(
+        &mut self,
+        from: &str,
+        session: u64,
+        push: bool,
+        chunk: u32,
+        chunks: u32,
+        sent_at: Timestamp,
+        buckets: Vec<(String, Vec<u32>)>,
+        part: (Vec<String>, Blob),
+        applied: Option<VersionVector>,
+        now: Instant,
+    ) -> Outgoing {
+        let Some(inbox) = self.take_complete_transfer(
+            from, session, push, chunk, chunks, sent_at, buckets, part, applied, now,
+        ) else {
+            return Vec::new();
+        };
         let Some(their_applied) = inbox.applied else {
             self.abort_sync(from, push);
             self.reject(from, "sync transfer without its applied vector");
