@@ -1299,6 +1299,8 @@ fn review_a_claim_about_a_region_not_met_yet_cuts_it_off() {
     c.on_message("a", batch(1, 1, &[], "hits", &[(1, gc(1, 1))]), now());
     assert_eq!(count(&c, "hits", 1, 1), 1, "a's batch is applied");
     assert_eq!(c.applied.get(rid(1)), 1, "applied[a] is what a made");
+    assert_eq!(c.believed.get(rid(1)), 1, "a's hello took the lie back");
+    assert_eq!(c.held().get(rid(1)), 1);
 }
 
 /// Review finding 2: `restore` sets `issued` from the applied vector, which

@@ -275,30 +275,7 @@ impl Core {
         peer.greeted = true;
         peer.known = true;
         self.heard_from(replica, seq);
-        // Writes of it that others claimed and it never made: hearsay,
-        // reported, and taken back (so no batch is let through for them);
-        // we never counted them as held, and our writes never depended on
-        // them (see `vouched`).
-        let claimed = self.applied.get(replica).max(self.believed.get(replica));
-        let overclaimed = claimed > seq;
-        if overclaimed {
-            tracing::warn!(
-                region = %self.name,
-                peer = from,
-                %replica,
-                claimed,
-                made = seq,
-                "rejected input: peers claimed writes of this region it never made"
-            );
-            self.counters.untrusted_claims += 1;
-            if self.believed.get(replica) > seq {
-                self.believed = self
-                    .believed
-                    .iter()
-                    .map(|(r, n)| (r, if r == replica { seq } else { n }))
-                    .collect();
-            }
-        }
+        let overclaimed = self.take_back_hearsay(from, replica, seq);
         if restarted {
             // Its former process's exchanges are over: what it asked and
             // what it was sending are void.
@@ -334,6 +311,35 @@ impl Core {
             out.extend(self.start_sync(from, now));
         }
         out
+    }
+
+    /// Writes of `replica` (greeting as `from`, having made `seq`) that
+    /// others claimed and it never made: hearsay, reported, and taken back
+    /// (so no batch is let through for them); we never counted them as
+    /// held, and our writes never depended on them (see `vouched`). True
+    /// when there were any.
+    fn take_back_hearsay(&mut self, from: &str, replica: ReplicaId, seq: u64) -> bool {
+        let claimed = self.applied.get(replica).max(self.believed.get(replica));
+        if claimed <= seq {
+            return false;
+        }
+        tracing::warn!(
+            region = %self.name,
+            peer = from,
+            %replica,
+            claimed,
+            made = seq,
+            "rejected input: peers claimed writes of this region it never made"
+        );
+        self.counters.untrusted_claims += 1;
+        if self.believed.get(replica) > seq {
+            self.believed = self
+                .believed
+                .iter()
+                .map(|(r, n)| (r, if r == replica { seq } else { n }))
+                .collect();
+        }
+        true
     }
 
     pub(crate) fn peer_down(&mut self, name: &str, now: Instant) {
