@@ -27,10 +27,11 @@
 //! // A partition: each region sells what it holds, and no more.
 //! let sold_tokyo = stock_tokyo.try_dec(tokyo, 2)?;
 //! let sold_frankfurt = stock_frankfurt.try_dec(frankfurt, 1)?;
+//! // Sold out here; Tokyo still holds 2 as far as Frankfurt knows.
 //! let refused = stock_frankfurt.try_dec(frankfurt, 1).unwrap_err();
 //! assert_eq!(
 //!     refused,
-//!     RightsError::Insufficient { replica: frankfurt, requested: 1, available_here: 0, available_total: 1 }
+//!     RightsError::Insufficient { replica: frankfurt, requested: 1, available_here: 0, available_total: 2 }
 //! );
 //! assert!(stock_tokyo.try_dec(tokyo, 1).is_err());
 //!
