@@ -571,3 +571,118 @@ impl Storage for RedbStorage {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ReplicaId;
+    use crate::storage::{Identity, Progress, STORAGE_FORMAT_VERSION};
+
+    fn commit(seq: u64, key: u8, value: u8) -> Commit {
+        Commit {
+            identity: (seq == 1).then(|| Identity {
+                region: "a".into(),
+                replica: ReplicaId::new(7),
+                incarnation: 1,
+            }),
+            progress: Some(Progress {
+                seq,
+                ..Progress::default()
+            }),
+            states: vec![("t".into(), vec![key], vec![value; 100])],
+            outbox_put: vec![(seq, vec![value; 10])],
+            outbox_keep_from: seq.saturating_sub(2),
+            cursors: vec![("b".into(), seq / 2)],
+            retired: None,
+        }
+    }
+
+    fn rows(store: &RedbStorage) -> u64 {
+        let txn = store.db.begin_read().unwrap();
+        txn.open_table(JOURNAL)
+            .map_or(0, |t| redb::ReadableTableMetadata::len(&t).unwrap())
+    }
+
+    #[test]
+    fn the_journal_is_folded_at_its_bound_and_loads_alike_either_side_of_a_fold() {
+        let backend = redb::backends::InMemoryBackend::new();
+        let mut store = RedbStorage::with_backend(backend)
+            .unwrap()
+            .journal_bytes_max(1000);
+        assert!(store.load().unwrap().identity.is_none());
+        let mut most_rows = 0;
+        let mut folds = 0;
+        for seq in 1..=40u64 {
+            let before = rows(&store);
+            store
+                .commit(&commit(seq, (seq % 5) as u8, seq as u8))
+                .unwrap();
+            let after = rows(&store);
+            most_rows = most_rows.max(after);
+            if after < before {
+                folds += 1;
+            }
+            let snapshot = store.load().unwrap();
+            assert_eq!(snapshot.progress.seq, seq);
+            assert_eq!(
+                snapshot.identity.as_ref().unwrap().replica,
+                ReplicaId::new(7)
+            );
+            assert_eq!(snapshot.states.len(), (seq.min(5)) as usize);
+            let latest = snapshot
+                .states
+                .iter()
+                .find(|(_, key, _)| key[0] == (seq % 5) as u8)
+                .unwrap();
+            assert_eq!(latest.2, vec![seq as u8; 100], "the latest state wins");
+            let firsts: Vec<u64> = snapshot.outbox.iter().map(|(f, _)| *f).collect();
+            let want: Vec<u64> = (seq.saturating_sub(2).max(1)..=seq).collect();
+            assert_eq!(firsts, want, "segments below the start are gone");
+            assert_eq!(snapshot.cursors, vec![("b".into(), seq / 2)]);
+        }
+        assert!(folds >= 3, "{folds} folds");
+        assert!(
+            most_rows <= 8,
+            "the journal stays near its bound: {most_rows} rows"
+        );
+    }
+
+    #[test]
+    fn a_version_1_store_loads_and_is_written_as_version_2() {
+        let backend = redb::backends::InMemoryBackend::new();
+        // A store as version 1 wrote it: the tables only (no journal).
+        let mut store = RedbStorage::with_backend(backend)
+            .unwrap()
+            .journal_bytes_max(0);
+        store.load().unwrap();
+        store.commit(&commit(1, 1, 1)).unwrap();
+        store.commit(&commit(2, 2, 2)).unwrap();
+        assert_eq!(rows(&store), 0);
+        let txn = store.db.begin_write().unwrap();
+        txn.open_table(META)
+            .unwrap()
+            .insert("format", &1u32.to_le_bytes()[..])
+            .unwrap();
+        txn.commit().unwrap();
+        // Opened again, as a new build opens a version 1 file.
+        let RedbStorage { db, .. } = store;
+        let mut v1 = RedbStorage::on(db);
+        let snapshot = v1.load().unwrap();
+        assert_eq!(snapshot.progress.seq, 2);
+        assert_eq!(snapshot.states.len(), 2);
+        v1.commit(&commit(3, 3, 3)).unwrap();
+        assert_eq!(rows(&v1), 1, "journaled from now on");
+        let txn = v1.db.begin_read().unwrap();
+        let format = txn
+            .open_table(META)
+            .unwrap()
+            .get("format")
+            .unwrap()
+            .unwrap()
+            .value()
+            .to_vec();
+        assert_eq!(format, STORAGE_FORMAT_VERSION.to_le_bytes());
+        drop(txn);
+        assert_eq!(v1.load().unwrap().states.len(), 3);
+    }
+}
