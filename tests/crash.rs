@@ -408,15 +408,17 @@ mod disk {
     }
 }
 
-/// What a store holds, comparable: states sorted.
-fn image(
-    snapshot: archipelago::storage::Snapshot,
-) -> (
+/// What a store holds, comparable: identity, progress and retired peers
+/// as text, then states (sorted), outbox and cursors.
+type Image = (
     String,
     Vec<(String, Vec<u8>, Vec<u8>)>,
     Vec<(u64, Vec<u8>)>,
     Vec<(String, u64)>,
-) {
+);
+
+/// What a store holds, comparable: states sorted.
+fn image(snapshot: archipelago::storage::Snapshot) -> Image {
     let mut states = snapshot.states;
     states.sort();
     let head = format!(
