@@ -54,7 +54,8 @@
 //!   commits, as a full disk would.
 //! - [`RedbStorage`] (feature `redb`, on by default): a [redb] file; one
 //!   commit is one redb write transaction with immediate durability (one
-//!   fsync).
+//!   fsync) that appends the commit to a journal, folded into the tables
+//!   every few megabytes.
 //!
 //! ## Bad storage
 //! Opening a store of another region ([`StorageError::OtherRegion`]), one
@@ -83,7 +84,12 @@ pub use redb_store::RedbStorage;
 
 /// The layout version of stored state this build writes and reads. A store
 /// written by a later version is refused ([`StorageError::NewerFormat`]).
-pub const STORAGE_FORMAT_VERSION: u32 = 1;
+///
+/// Version 2 added [`RedbStorage`]'s journal of commits not yet folded
+/// into its tables: a build that reads only version 1 would miss them, so
+/// it refuses the store. Version 1 stores are read as they are, and
+/// written as version 2 from their first commit on.
+pub const STORAGE_FORMAT_VERSION: u32 = 2;
 
 /// What went wrong with a region's storage.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

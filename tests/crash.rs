@@ -270,3 +270,306 @@ fn acknowledged_local_writes_survive_sigkill() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+// ----- lost unsynced writes, through redb's `StorageBackend` -------------
+
+mod disk {
+    //! A disk that forgets: writes since the last `sync_data` are each
+    //! kept or lost at random when it crashes, and it can be made to die
+    //! after a number of writes (a crash in the middle of a commit).
+
+    use std::sync::{Arc, Mutex};
+
+    use redb::StorageBackend;
+
+    enum Op {
+        Write(u64, Vec<u8>),
+        SetLen(u64),
+    }
+
+    #[derive(Default)]
+    struct State {
+        /// What a crash keeps for sure.
+        synced: Vec<u8>,
+        /// What the process reads: `synced` and every write since.
+        live: Vec<u8>,
+        /// Writes since the last sync, in order.
+        unsynced: Vec<Op>,
+        /// Writes (and syncs) left before the process dies.
+        fuel: Option<u64>,
+        dead: bool,
+    }
+
+    #[derive(Clone, Default)]
+    pub struct CrashDisk(Arc<Mutex<State>>);
+
+    impl std::fmt::Debug for CrashDisk {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("CrashDisk")
+        }
+    }
+
+    fn dead() -> std::io::Error {
+        std::io::Error::other("the process is dead (injected)")
+    }
+
+    fn apply(image: &mut Vec<u8>, op: &Op) {
+        match op {
+            Op::Write(offset, data) => {
+                let end = *offset as usize + data.len();
+                if image.len() < end {
+                    image.resize(end, 0);
+                }
+                image[*offset as usize..end].copy_from_slice(data);
+            }
+            Op::SetLen(len) => image.resize(*len as usize, 0),
+        }
+    }
+
+    impl CrashDisk {
+        /// The process dies after `writes` more writes or syncs.
+        pub fn die_after(&self, writes: u64) {
+            self.0.lock().unwrap().fuel = Some(writes);
+        }
+
+        /// Power lost: this disk is dead; the returned one holds what was
+        /// synced and, of each write since, a coin toss (`keep`).
+        pub fn crash(&self, mut keep: impl FnMut() -> bool) -> CrashDisk {
+            let mut state = self.0.lock().unwrap();
+            state.dead = true;
+            let mut image = state.synced.clone();
+            for op in &state.unsynced {
+                if keep() {
+                    apply(&mut image, op);
+                }
+            }
+            CrashDisk(Arc::new(Mutex::new(State {
+                synced: image.clone(),
+                live: image,
+                ..State::default()
+            })))
+        }
+
+        fn spend(state: &mut State) -> Result<(), std::io::Error> {
+            if state.dead {
+                return Err(dead());
+            }
+            if let Some(fuel) = &mut state.fuel {
+                if *fuel == 0 {
+                    state.dead = true;
+                    return Err(dead());
+                }
+                *fuel -= 1;
+            }
+            Ok(())
+        }
+    }
+
+    impl StorageBackend for CrashDisk {
+        fn len(&self) -> Result<u64, std::io::Error> {
+            Ok(self.0.lock().unwrap().live.len() as u64)
+        }
+
+        fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+            let state = self.0.lock().unwrap();
+            let end = offset as usize + out.len();
+            if end > state.live.len() {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+            }
+            out.copy_from_slice(&state.live[offset as usize..end]);
+            Ok(())
+        }
+
+        fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+            let mut state = self.0.lock().unwrap();
+            CrashDisk::spend(&mut state)?;
+            let op = Op::SetLen(len);
+            apply(&mut state.live, &op);
+            state.unsynced.push(op);
+            Ok(())
+        }
+
+        fn sync_data(&self) -> Result<(), std::io::Error> {
+            let mut state = self.0.lock().unwrap();
+            CrashDisk::spend(&mut state)?;
+            state.synced = state.live.clone();
+            state.unsynced.clear();
+            Ok(())
+        }
+
+        fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+            let mut state = self.0.lock().unwrap();
+            CrashDisk::spend(&mut state)?;
+            let op = Op::Write(offset, data.to_vec());
+            apply(&mut state.live, &op);
+            state.unsynced.push(op);
+            Ok(())
+        }
+    }
+}
+
+/// What a store holds, comparable: identity, progress and retired peers
+/// as text, then states (sorted), outbox and cursors.
+type Image = (
+    String,
+    Vec<(String, Vec<u8>, Vec<u8>)>,
+    Vec<(u64, Vec<u8>)>,
+    Vec<(String, u64)>,
+);
+
+/// What a store holds, comparable: states sorted.
+fn image(snapshot: archipelago::storage::Snapshot) -> Image {
+    let mut states = snapshot.states;
+    states.sort();
+    let head = format!(
+        "{:?} {:?} {:?}",
+        snapshot.identity, snapshot.progress, snapshot.retired
+    );
+    (head, states, snapshot.outbox, snapshot.cursors)
+}
+
+/// A random commit: a few states, outbox segments above a start that
+/// moves up, cursors, now and then an identity or the retired list.
+fn random_commit(
+    rng: &mut Rng,
+    seq: &mut u64,
+    keep_from: &mut u64,
+) -> archipelago::storage::Commit {
+    use archipelago::clock::ReplicaId;
+    use archipelago::storage::{Commit, Identity, Progress};
+    *seq += 1 + rng.below(40);
+    if rng.below(4) == 0 {
+        *keep_from += rng.below(30);
+    }
+    let mut commit = Commit {
+        progress: Some(Progress {
+            seq: *seq,
+            ..Progress::default()
+        }),
+        outbox_keep_from: *keep_from,
+        ..Commit::default()
+    };
+    if rng.below(20) == 0 {
+        commit.identity = Some(Identity {
+            region: "crashy".into(),
+            replica: ReplicaId::new(9),
+            incarnation: rng.below(100),
+        });
+    }
+    // Now and then a commit over the journal's bound: folded at once.
+    let states = if rng.below(10) == 0 {
+        200
+    } else {
+        rng.below(12)
+    };
+    for _ in 0..states {
+        let table = ["t", "u"][rng.below(2) as usize];
+        let key = rng.below(64).to_le_bytes()[..2].to_vec();
+        let len = 1 + rng.below(24) as usize;
+        commit
+            .states
+            .push((table.into(), key, vec![rng.below(256) as u8; len]));
+    }
+    for _ in 0..rng.below(3) {
+        let first = *keep_from + rng.below(60);
+        commit.outbox_put.push((
+            first,
+            vec![rng.below(256) as u8; 1 + rng.below(300) as usize],
+        ));
+    }
+    for _ in 0..rng.below(3) {
+        commit
+            .cursors
+            .push((format!("p{}", rng.below(4)), rng.below(1000)));
+    }
+    if rng.below(15) == 0 {
+        commit.retired = Some(vec![(
+            format!("p{}", rng.below(4)),
+            vec![ReplicaId::new(3)],
+        )]);
+    }
+    commit
+}
+
+/// Commits to a redb store on a disk that forgets unsynced writes, with a
+/// small journal (folded every few commits), crashing between commits and
+/// in the middle of them: after each crash the store loads exactly what
+/// was committed (a model `MemoryStorage` given the same commits), or, for
+/// the commit the crash interrupted, that commit or nothing. The schedule
+/// replays from `CRASH_SEED`.
+#[test]
+fn journaled_commits_survive_a_disk_that_loses_unsynced_writes() {
+    use archipelago::storage::{MemoryStorage, RedbStorage, Storage};
+    let seed: u64 = std::env::var("CRASH_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x5eed_1234_abcd)
+        | 1;
+    let steps: u64 = std::env::var("CRASH_STEPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let replay = format!("replay: CRASH_SEED={seed} cargo test --test crash journaled");
+    let mut rng = Rng(seed);
+    let open = |disk: &disk::CrashDisk| {
+        RedbStorage::with_backend(disk.clone())
+            .unwrap()
+            .journal_bytes_max(2048)
+    };
+    let mut disk = disk::CrashDisk::default();
+    let mut store = open(&disk);
+    store.load().unwrap();
+    // The model: every commit that returned Ok, applied in order.
+    let model = |commits: &[archipelago::storage::Commit]| {
+        let mut model = MemoryStorage::new();
+        for commit in commits {
+            model.commit(commit).unwrap();
+        }
+        image(model.load().unwrap())
+    };
+    let mut committed = Vec::new();
+    let (mut seq, mut keep_from) = (0, 0);
+    let (mut crashes, mut interrupted) = (0, 0);
+    for step in 0..steps {
+        let commit = random_commit(&mut rng, &mut seq, &mut keep_from);
+        let crash_in_commit = rng.below(12) == 0;
+        if crash_in_commit {
+            disk.die_after(rng.below(60));
+        }
+        let result = store.commit(&commit);
+        match &result {
+            Ok(()) => committed.push(commit.clone()),
+            Err(e) => assert!(crash_in_commit, "step {step}: {e}; {replay}"),
+        }
+        if crash_in_commit || rng.below(15) == 0 {
+            crashes += 1;
+            let mut coin = Rng(rng.below(u64::MAX) | 1);
+            disk = disk.crash(|| coin.below(2) == 0);
+            drop(std::mem::replace(&mut store, open(&disk)));
+            let found = image(
+                store
+                    .load()
+                    .unwrap_or_else(|e| panic!("step {step}: reopening: {e}; {replay}")),
+            );
+            if found != model(&committed) {
+                // Only the commit the crash interrupted may be there (its
+                // writer was never answered): then it is there whole.
+                assert!(
+                    result.is_err(),
+                    "step {step}: the store lost a commit that returned Ok; {replay}"
+                );
+                committed.push(commit);
+                assert_eq!(
+                    found,
+                    model(&committed),
+                    "step {step}: an interrupted commit is there in part; {replay}"
+                );
+                interrupted += 1;
+            }
+        }
+    }
+    assert!(crashes >= 10, "{crashes} crashes");
+    eprintln!(
+        "{steps} commits, {crashes} crashes, {interrupted} interrupted commits found whole; seed {seed}"
+    );
+}

@@ -181,21 +181,29 @@ impl Outbox {
         ))
     }
 
-    /// The segments holding writes from `from` on, encoded for storage by
-    /// their first sequence number.
+    /// The writes from `from` on, encoded for storage by the sequence
+    /// number of their first write: the part of the segment holding `from`
+    /// that starts there, then every later segment whole. A commit thus
+    /// appends what was written since the last one instead of writing the
+    /// open segment again; stored parts of one segment are restored as
+    /// segments of their own (same dependencies, smaller batches).
     pub(crate) fn encode_from(&self, from: u64) -> Vec<(u64, Vec<u8>)> {
         let i = self.segments.partition_point(|s| s.last() < from);
         self.segments
             .range(i..)
             .filter_map(|s| {
+                let first = from.max(s.first);
+                // Our own bytes: only a bug could make them unreadable.
+                let offset = message::entry_offset(&s.packed, first - s.first).ok()?;
                 let stored = StoredSegment {
-                    first: s.first,
-                    len: s.len,
+                    first,
+                    len: s.last() + 1 - first,
                     deps: s.deps.clone(),
                     tables: s.tables.iter().map(|(_, t)| t.to_string()).collect(),
-                    packed: Blob(s.packed.clone()),
+                    packed: Blob(s.packed[offset..].to_vec()),
                 };
-                wire::encode(&stored).ok().map(|bytes| (s.first, bytes))
+                debug_assert!(stored.len >= 1, "a part holds a write");
+                wire::encode(&stored).ok().map(|bytes| (first, bytes))
             })
             .collect()
     }
@@ -327,6 +335,38 @@ mod tests {
             again.restore(&outbox.encode_from(7)[0].1).is_err(),
             "out of order"
         );
+
+        // Stored in parts, as commits append them: restored alike.
+        let mut live = Outbox::default();
+        let mut stored = Vec::new();
+        let none = VersionVector::new();
+        for (from, to) in [(1, 2), (3, 3), (4, 6)] {
+            for seq in from..=to {
+                append(&mut live, seq, &none, 0); // 1..=4, 5..=6
+            }
+            stored.extend(live.encode_from(from));
+        }
+        let firsts: Vec<u64> = stored.iter().map(|(first, _)| *first).collect();
+        assert_eq!(firsts, [1, 3, 4, 5], "parts start where their commit did");
+        let mut parts = Outbox::default();
+        for (_, bytes) in &stored {
+            parts.restore(bytes).unwrap();
+        }
+        assert_eq!((parts.len(), parts.start()), (6, Some(1)));
+        let (last, batch) = parts.batch(origin, 2, u64::MAX, at).unwrap();
+        assert_eq!(
+            (last, keys(&batch)),
+            (2, vec![2]),
+            "a batch ends with its part"
+        );
+        let (last, batch) = parts.batch(origin, 3, u64::MAX, at).unwrap();
+        assert_eq!((last, keys(&batch)), (3, vec![3]));
+        let (last, batch) = parts.batch(origin, 5, u64::MAX, at).unwrap();
+        assert_eq!((last, keys(&batch)), (6, vec![5, 6]));
+        let Message::Batch { deps, .. } = again.batch(origin, 7, u64::MAX, at).unwrap().1 else {
+            unreachable!()
+        };
+        assert_eq!(deps.get(ReplicaId::new(2)), 9, "parts keep their deps");
 
         // Acks drop whole segments only.
         outbox.truncate(5);
