@@ -1535,6 +1535,17 @@ pub struct Table<V> {
     _values: PhantomData<fn() -> V>,
 }
 
+impl<V> Debug for Table<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Table")
+            .field("region", &self.region.inner.name)
+            .field("name", &self.name)
+            .field("value", &type_name::<V>())
+            .field("ack", &self.ack)
+            .finish()
+    }
+}
+
 impl<V> Clone for Table<V> {
     fn clone(&self) -> Self {
         Table {
@@ -1667,6 +1678,18 @@ pub struct ResolverTable<T: Clone> {
     ack: AckLevel,
     resolver: Arc<dyn Resolver<T>>,
     feed: ConflictFeed<T>,
+}
+
+impl<T: Clone> Debug for ResolverTable<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResolverTable")
+            .field("region", &self.region.inner.name)
+            .field("name", &self.name)
+            .field("value", &type_name::<T>())
+            .field("strategy", &self.resolver.strategy())
+            .field("ack", &self.ack)
+            .finish()
+    }
 }
 
 impl<T: Clone> Clone for ResolverTable<T> {
