@@ -1050,6 +1050,9 @@ impl Region {
 
     /// Peers, tables and counters, for operators.
     pub fn stats(&self) -> RegionStats {
+        if self.inner.shared.core.is_poisoned() {
+            self.inner.shared.fail(EngineFailure::Poisoned);
+        }
         let engine_failure = self.inner.shared.failure();
         let closed = self.inner.closed.load(Ordering::Acquire);
         let core = self.core_any();
