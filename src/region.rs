@@ -68,8 +68,22 @@
 //!   dropped and counted in [`RegionStats::undecodable_values`], with a
 //!   warning; the rest of its batch is applied, so one bad value does not
 //!   stop replication from its origin.
-//! - [`Region::shutdown`] flushes what is queued and waits, bounded, for it
-//!   to be acknowledged.
+//! - A write changes the stored value only by its delta: its closure
+//!   runs mutators on a copy through [`Mutation::apply`], and the region
+//!   joins the join of their deltas into the stored value once that delta
+//!   is encoded. What a write changes here is what it ships; a write that
+//!   fails (encoding, a panic in the closure) changes nothing.
+//! - [`Region::shutdown`] closes the region to writes
+//!   ([`RegionError::Closed`]), flushes what is queued, waits, bounded, for
+//!   it to be acknowledged, and returns a [`ShutdownReport`]: per peer, the
+//!   writes it did not acknowledge.
+//! - **A supervised engine.** If the engine stops without `shutdown` (a
+//!   panic in it or in a user resolver or merger it runs, a panic that left
+//!   the state locked and half-changed, a closed transport), every later
+//!   read and write returns [`RegionError::Engine`] and
+//!   [`RegionStats::engine_failure`] names it (logged at `error`): a region
+//!   never accepts a write it cannot replicate. A panic in an `update`
+//!   closure is the caller's: it reaches the caller and fails nothing.
 //!
 //! ## Restarts, identity and what is lost
 //! - **Without storage** a region lives in memory only: a restart (or a
@@ -1462,7 +1476,8 @@ impl Region {
     ///   so vectors and tokens carry one entry per retired replica id.
     ///
     /// # Errors
-    /// [`RegionError::RetireSelf`] for this region's own name.
+    /// [`RegionError::RetireSelf`] for this region's own name;
+    /// [`RegionError::Engine`] once the engine failed.
     pub fn retire_peer(&self, name: &str) -> Result<Vec<ReplicaId>, RegionError> {
         if name == self.inner.name {
             return Err(RegionError::RetireSelf);
@@ -1928,9 +1943,9 @@ pub struct PeerFlush {
     pub connected: bool,
     /// Our writes it acknowledged.
     pub acknowledged: u64,
-    /// Our writes it did not acknowledge: anti-entropy brings them once
-    /// this region runs again (with storage; without, they are lost unless
-    /// it had them).
+    /// Our writes it did not acknowledge (it may still have received
+    /// some). With storage they stay in the stored outbox and are sent
+    /// again after a restart; without, those it lacks are lost.
     pub unacknowledged: u64,
     /// It was waiting for a repair by anti-entropy (its outbox claim was
     /// dropped), which did not finish.
