@@ -12,7 +12,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use archipelago::clock::{ReplicaId, Stamp, Timestamp};
-use archipelago::crdt::{Crdt, GCounter, LwwMap, OrSet};
+use archipelago::crdt::{Crdt, GCounter, LwwMap, OrMap, OrSet};
 use archipelago::wire;
 use crdts::{CmRDT, CvRDT, LWWReg, Orswot};
 use criterion::{
@@ -35,6 +35,12 @@ const COUNTER_BATCH: BatchSize = BatchSize::NumIterations(32);
 type TheirSet = Orswot<u64, u32>;
 type TheirCounter = crdts::GCounter<u32>;
 type TheirLwwMap = BTreeMap<String, LWWReg<u64, u64>>;
+type TheirCounterMap = crdts::Map<u64, TheirCounter, u32>;
+type OurCounterMap = OrMap<u64, GCounter>;
+
+/// Distinct keys of the map-of-counters update workload: 100k updates, so
+/// each key is updated twice (a fresh key, then one that holds a value).
+const MAP_KEYS: u64 = N / 2;
 
 fn group<'a>(
     c: &'a mut Criterion,
@@ -367,6 +373,131 @@ fn lww_map_merge(c: &mut Criterion) {
     g.finish();
 }
 
+/// A map of counters built by `replica`: one increment per key of `keys`.
+fn ours_counter_map(replica: u32, keys: impl Iterator<Item = u64>) -> OurCounterMap {
+    let replica = ReplicaId::new(replica);
+    let mut map = OrMap::new();
+    for k in keys {
+        drop(map.update(replica, k, |c: &mut GCounter| c.inc(replica, 1)));
+    }
+    map
+}
+
+fn their_counter_map(actor: u32, keys: impl Iterator<Item = u64>) -> TheirCounterMap {
+    let mut map = TheirCounterMap::new();
+    for k in keys {
+        let ctx = map.read_ctx().derive_add_ctx(actor);
+        let op = map.update(k, ctx, |c, _| c.inc(actor));
+        map.apply(op);
+    }
+    map
+}
+
+/// The sum of every counter in each map, and the key count.
+fn counter_map_totals(theirs: &TheirCounterMap, ours: &OurCounterMap) -> [(u64, u64); 2] {
+    let their_sum: u64 = theirs
+        .iter()
+        .map(|e| e.val.1.read().to_string().parse::<u64>().unwrap())
+        .sum();
+    let our_sum: u64 = ours.iter().map(|(_, c)| c.value()).sum();
+    [
+        (theirs.len().val as u64, their_sum),
+        (ours.len() as u64, our_sum),
+    ]
+}
+
+/// 7. 100k updates (increment a counter) of `0..50k`, each key twice, into
+///    one empty map of G-Counters: `crdts::Map<u64, GCounter>` against
+///    `OrMap<u64, GCounter>`.
+fn or_map_update(c: &mut Criterion) {
+    let keys = || (0..N).map(|i| i % MAP_KEYS);
+    let [theirs, ours] =
+        counter_map_totals(&their_counter_map(1, keys()), &ours_counter_map(1, keys()));
+    assert_eq!(theirs, ours);
+    assert_eq!(ours, (MAP_KEYS, N));
+
+    let mut g = group(c, "or_map_update_100k");
+    g.throughput(Throughput::Elements(N));
+    g.bench_function("crdts", |b| {
+        b.iter_batched(
+            || (),
+            |()| their_counter_map(1, keys()),
+            BatchSize::PerIteration,
+        );
+    });
+    g.bench_function("archipelago", |b| {
+        b.iter_batched(
+            || (),
+            |()| ours_counter_map(1, keys()),
+            BatchSize::PerIteration,
+        );
+    });
+    g.finish();
+}
+
+/// 8. A (keys `0..100k`, replica 1) merges B (keys `50k..150k`, replica 2):
+///    the shared keys end with two concurrent counters each. Then the
+///    encoded size of A, both through `archipelago::wire`.
+fn or_map_merge(c: &mut Criterion) {
+    let (theirs_a, theirs_b) = (
+        their_counter_map(1, 0..N),
+        their_counter_map(2, B_START..MERGED),
+    );
+    let (ours_a, ours_b) = (
+        ours_counter_map(1, 0..N),
+        ours_counter_map(2, B_START..MERGED),
+    );
+    let mut t = theirs_a.clone();
+    t.merge(theirs_b.clone());
+    let mut o = ours_a.clone();
+    o.merge(&ours_b);
+    let [theirs, ours] = counter_map_totals(&t, &o);
+    assert_eq!(theirs, ours);
+    assert_eq!(ours, (MERGED, 2 * N));
+
+    let their_bytes = wire::encode(&theirs_a).expect("encode crdts");
+    let our_bytes = wire::encode(&ours_a).expect("encode ours");
+    assert_eq!(
+        wire::decode::<TheirCounterMap>(&their_bytes).expect("decode crdts"),
+        theirs_a
+    );
+    assert_eq!(
+        wire::decode::<OurCounterMap>(&our_bytes).expect("decode ours"),
+        ours_a
+    );
+    println!(
+        "or_map_codec_100k bytes/key: crdts {:.2} ({} B), archipelago {:.2} ({} B)",
+        their_bytes.len() as f64 / N as f64,
+        their_bytes.len(),
+        our_bytes.len() as f64 / N as f64,
+        our_bytes.len(),
+    );
+
+    let mut g = group(c, "or_map_merge_100k_100k_50pct_overlap");
+    g.throughput(Throughput::Elements(MERGED));
+    g.bench_function("crdts", |b| {
+        b.iter_batched(
+            || (theirs_a.clone(), theirs_b.clone()),
+            |(mut a, b)| {
+                a.merge(b);
+                a
+            },
+            BatchSize::PerIteration,
+        );
+    });
+    g.bench_function("archipelago", |b| {
+        b.iter_batched(
+            || ours_a.clone(),
+            |mut a| {
+                a.merge(&ours_b);
+                a
+            },
+            BatchSize::PerIteration,
+        );
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
     or_set_insert,
@@ -374,6 +505,8 @@ criterion_group!(
     or_set_remerge,
     or_set_codec,
     g_counter_merge,
-    lww_map_merge
+    lww_map_merge,
+    or_map_update,
+    or_map_merge
 );
 criterion_main!(benches);

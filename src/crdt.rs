@@ -14,11 +14,13 @@
 //! | type | for | reads |
 //! | --- | --- | --- |
 //! | [`GCounter`] | hits, likes: only grows | sum of per-replica counts |
-//! | [`PnCounter`] | stock, balances of votes | increments minus decrements |
+//! | [`PnCounter`] | balances of votes, anything that may go negative | increments minus decrements |
+//! | [`BoundedCounter`] | stock that must not oversell | never below its bound: decrements spend rights held locally |
 //! | [`OrSet`] | carts, tags, memberships | add-wins set |
 //! | [`LwwRegister`] | one value, latest write wins | the value with the highest [`Stamp`](crate::clock::Stamp) |
 //! | [`LwwMap`] | profiles, settings | per key, latest write (or delete) wins |
 //! | [`MvRegister`] | documents the app reconciles | every concurrent value |
+//! | [`OrMap`] | carts of quantities, nested documents | add-wins keys, each value a CRDT merged by its own join |
 //!
 //! All of them serialize with serde, through [`wire`](crate::wire) and
 //! through JSON alike (maps are sequences of pairs, so any key type works).
@@ -26,18 +28,22 @@
 //! Writing your own: implement [`Crdt`] and run
 //! `testing::check_crdt_laws` (feature `testing`) on it.
 
+mod bounded_counter;
 mod g_counter;
 mod lww_map;
 mod lww_register;
 mod mv_register;
+mod or_map;
 mod or_set;
 mod pn_counter;
 mod small_map;
 
+pub use bounded_counter::{BoundedCounter, RightsError};
 pub use g_counter::GCounter;
 pub use lww_map::LwwMap;
 pub use lww_register::LwwRegister;
 pub use mv_register::MvRegister;
+pub use or_map::OrMap;
 pub use or_set::OrSet;
 pub use pn_counter::PnCounter;
 

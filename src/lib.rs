@@ -98,10 +98,12 @@
 //! ## Trust
 //!
 //! Over TCP, mutual TLS says who a peer is; nothing says it is right. A
-//! peer speaks only for its own writes: what it claims of a third region is
-//! believed only up to what that region told us itself (the rest is a hint
-//! that starts an exchange with it), and acknowledgements, dependencies and
-//! vectors naming our writes beyond what exists or was sent are refused.
+//! peer speaks only for its own writes: what it claims of a third region
+//! never counts as held (staleness, acknowledgements and session reads go
+//! by what arrived first-hand); it only lets buffered batches through, and
+//! a claim beyond what that region told us itself is a hint that starts an
+//! exchange with it. Acknowledgements, dependencies and vectors naming our
+//! writes beyond what exists or was sent are refused.
 //! Values stamped past our clock plus its max offset wait until our clock
 //! catches up. Frames are decoded within a memory budget proportional to
 //! their size, and every type checks its own rules; see the

@@ -109,18 +109,32 @@
 //! - **Its own writes**: a peer speaks for itself. Its hello, its batches
 //!   and the applied vector of its anti-entropy transfers say how many
 //!   writes it made.
-//! - **A third region's writes**: a transfer's applied vector is believed
-//!   about a region that is the current replica of one of our peers only
-//!   up to what that region told us itself; the rest is a hint that starts
-//!   an exchange with it, counted in [`RegionStats::untrusted_claims`]. A
-//!   replica no peer speaks for (a former id of a restarted region, a
-//!   retired one, one we never met) is believed: there is nobody else to
-//!   ask. So a region may hold more than its applied vector names, never
-//!   less: a session read may wait for a write it already shows.
+//! - **A third region's writes**: a region keeps two accounts. What it
+//!   holds *first-hand* (each origin's batches, each peer's own writes in
+//!   its transfers) is its applied vector ([`Region::applied`]): it alone
+//!   decides which batches are stale, what is acknowledged to an origin
+//!   and what a session read waits for. What a transfer's vector claims of
+//!   a third region is *believed*: it lets a buffered batch that depends on
+//!   those writes through (the transfer brought them, if the claim is
+//!   true), and, up to what that region told us itself, it is named in the
+//!   dependencies of our own writes; it never counts as held. A claim about
+//!   a peer's replica beyond what that peer told us starts an exchange with
+//!   it, counted in [`RegionStats::untrusted_claims`], and its next hello
+//!   takes back what it never made. A batch held back for an ack timeout by
+//!   writes their origin never told us of (its sender believed a peer that
+//!   inflated its own count) starts an exchange with the sender, which lets
+//!   it through. So no claim makes a write look applied, a batch look stale
+//!   or a log truncate; a false one at worst lets a batch through early.
+//!   A region may hold more than its applied vector names, never less: a
+//!   session read may wait for a write it already shows, until the write's
+//!   origin (or a transfer of its own) confirms it. Only of a replica no
+//!   peer speaks for (a former id of a restarted region, a retired one,
+//!   one we never met) is a peer's word taken as held: nobody will ever
+//!   confirm it.
 //! - **Our writes**: a vector claiming more of our writes than we made is
 //!   refused whole; an acknowledgement of writes of ours the peer was never
-//!   sent (nor announced by our hello, which a third region may pass on) is
-//!   refused and truncates nothing; a batch depending on writes of ours we
+//!   sent (by batch or by a transfer of ours) is refused and truncates
+//!   nothing; a batch depending on writes of ours we
 //!   never made is refused, not buffered. Each counts in
 //!   [`RegionStats::rejected_frames`].
 //! - **Its clock**: a batch's send time moves our clock at most the max
@@ -882,9 +896,11 @@ impl Region {
         &self.inner.hlc
     }
 
-    /// Every write this region has applied, its own included.
+    /// Every write this region has applied first-hand, its own included
+    /// (what peers passed on of third regions may be held too, see "What a
+    /// peer is believed" above): what session reads wait for.
     pub fn applied(&self) -> VersionVector {
-        self.core_any().applied.clone()
+        self.core_any().held().into_owned()
     }
 
     /// The CRDT table `name` of values `V`, declared on first use. Every
@@ -1105,7 +1121,7 @@ impl Region {
         RegionStats {
             name: core.name.clone(),
             replica: core.replica,
-            applied: core.applied.clone(),
+            applied: core.held().into_owned(),
             writes: core.seq,
             outbox_len: core.outbox.len(),
             buffered_batches: core.buffer.len(),
@@ -1333,7 +1349,7 @@ impl Region {
                 .and_then(|s| s.get(key))
                 .cloned();
             if let Some(session) = session {
-                session.record_read(&SessionToken::from_vector(core.applied.clone()));
+                session.record_read(&SessionToken::from_vector(core.held().into_owned()));
             }
             Ok(value)
         })?
@@ -1499,13 +1515,14 @@ impl Region {
         loop {
             let missing: Vec<Missing> = {
                 let core = self.core()?;
-                if token.covered_by(&core.applied) {
+                let held = core.held();
+                if token.covered_by(&held) {
                     return Ok(());
                 }
                 // Writes of retired regions are not waited for.
                 let retired: Vec<ReplicaId> = core.retired_ids().collect();
                 let missing: Vec<Missing> = token
-                    .missing(&core.applied)
+                    .missing(&held)
                     .filter(|m| !retired.contains(&m.replica))
                     .collect();
                 if missing.is_empty() {
@@ -1863,8 +1880,8 @@ pub struct RegionStats {
     pub stale_frames: u64,
     /// Claims of a peer about a third region's writes beyond what that
     /// region told us itself (in an anti-entropy transfer's applied vector,
-    /// or corrected at that region's hello): not believed, and each starts
-    /// an exchange with the region when it is connected. Honest peers cause
+    /// or taken back at that region's hello): never counted as held, and
+    /// each starts an exchange with the region when it is connected. Honest peers cause
     /// these too when a region's latest writes reached them first; a steady
     /// climb with one peer points at a buggy one.
     pub untrusted_claims: u64,

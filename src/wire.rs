@@ -191,6 +191,13 @@ pub enum InvalidRule {
     /// A key repeated in a map.
     #[error("a key repeated")]
     KeyRepeated,
+    /// A bounded counter in which a replica gave away or spent more rights
+    /// than it received: merging it could take the value below its bound.
+    #[error("a replica spent more rights than it holds")]
+    RightsOverdrawn,
+    /// A map key kept by no dot: a key without a write that put it there.
+    #[error("a key without a dot")]
+    KeyWithoutDot,
 }
 
 thread_local! {

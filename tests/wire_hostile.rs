@@ -7,7 +7,9 @@
 //! peak heap is checked against `decode_peak_cap_bytes` of its frame.
 
 use archipelago::clock::{CausalContext, Dot, ReplicaId, Stamp, Timestamp, VersionVector};
-use archipelago::crdt::{Crdt, GCounter, LwwMap, LwwRegister, MvRegister, OrSet, PnCounter};
+use archipelago::crdt::{
+    BoundedCounter, Crdt, GCounter, LwwMap, LwwRegister, MvRegister, OrMap, OrSet, PnCounter,
+};
 use archipelago::resolve::{VersionSet, Versioned};
 use archipelago::testing::fuzz::{self, CountingAllocator, decode_peak_cap_bytes, measure};
 use archipelago::wire::{self, InvalidRule, WIRE_VERSION, WireError};
@@ -28,6 +30,8 @@ fn decode_all(frame: &[u8]) {
     let _ = wire::decode::<LwwRegister<String>>(frame);
     let _ = wire::decode::<LwwMap<String, Vec<u8>>>(frame);
     let _ = wire::decode::<MvRegister<String>>(frame);
+    let _ = wire::decode::<BoundedCounter>(frame);
+    let _ = wire::decode::<OrMap<u64, OrMap<String, PnCounter>>>(frame);
 }
 
 fn sample_set() -> OrSet<u64> {

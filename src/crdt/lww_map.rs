@@ -35,9 +35,15 @@ use crate::hash::{FastMap, ProcessHasher};
 /// highest [`Stamp`] wins.
 ///
 /// A delete leaves a tombstone (the key, the stamp, no value) so that an
-/// older write arriving later cannot bring the key back. Tombstones are kept:
-/// their collection once every replica has seen them (causal stability) is
-/// left to the region engine.
+/// older write arriving later cannot bring the key back. Tombstones are kept
+/// for good: nothing collects them yet (not the engine either), so a table
+/// of many short-lived keys grows by one small entry per deleted key
+/// ([`tombstones`](LwwMap::tombstones) counts them). Collecting one is safe
+/// only once every region has applied every write stamped before it
+/// (causal stability); dropping it earlier lets an older write, still in
+/// flight or held by a partitioned region, resurrect the key (Cassandra's
+/// `gc_grace` failure). The engine does not know every region's applied
+/// vector yet, so it does not collect them.
 pub struct LwwMap<K, V> {
     entries: FastMap<K, Entry<V>>,
     /// Entries holding a value (not tombstones).

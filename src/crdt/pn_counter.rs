@@ -27,7 +27,7 @@ use crate::clock::ReplicaId;
 ///
 /// It converges, but does not keep the value above zero: two regions can
 /// both sell the last item. Stock that must not oversell needs a bounded
-/// counter (escrow of rights), planned separately.
+/// counter (escrow of rights): [`BoundedCounter`](super::BoundedCounter).
 #[derive(Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PnCounter {
     p: GCounter,

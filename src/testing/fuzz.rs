@@ -48,7 +48,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::clock::{CausalContext, Dot, ReplicaId, Stamp, Timestamp, VersionVector};
-use crate::crdt::{Crdt, GCounter, LwwMap, LwwRegister, MvRegister, OrSet, PnCounter};
+use crate::crdt::{
+    BoundedCounter, Crdt, GCounter, LwwMap, LwwRegister, MvRegister, OrMap, OrSet, PnCounter,
+};
 use crate::id::{SnowflakeId, SnowflakeLayout};
 use crate::replication::message::{self, Blob, Message};
 use crate::resolve::{VersionSet, Versioned};
@@ -579,6 +581,62 @@ impl FuzzValue for MvRegister<String> {
     }
 }
 
+impl FuzzValue for BoundedCounter {
+    const NAME: &'static str = "BoundedCounter";
+    fn samples(rng: &mut FuzzRng) -> Vec<Self> {
+        let (a, b) = (ReplicaId::new(1), ReplicaId::new(2));
+        let mut c = BoundedCounter::new();
+        c.inc(a, 1 + rng.below(100) as u64);
+        let _ = c.transfer(a, b, 1);
+        let _ = c.try_dec(b, 1);
+        vec![BoundedCounter::new(), c]
+    }
+    fn mutate(&mut self, rng: &mut FuzzRng) {
+        let (here, there) = (rng.replica(), rng.replica());
+        let n = rng.edgy_u64();
+        let _ = match rng.below(3) {
+            0 => Ok(self.inc(here, n)),
+            1 => self.try_dec(here, n),
+            _ => self.transfer(here, there, n),
+        };
+    }
+    fn laws(&self) -> Result<(), String> {
+        crdt_laws(self)
+    }
+}
+
+impl FuzzValue for OrMap<u64, OrMap<String, PnCounter>> {
+    const NAME: &'static str = "OrMap<u64, OrMap<String, PnCounter>>";
+    fn samples(rng: &mut FuzzRng) -> Vec<Self> {
+        let mut carts = OrMap::new();
+        for cart in 0..6u64 {
+            let here = rng.replica();
+            let line = rng.text();
+            carts.update(here, cart, |lines: &mut OrMap<String, PnCounter>| {
+                lines.update(here, line, |q| q.inc(here, 2))
+            });
+        }
+        carts.remove(&2);
+        vec![OrMap::new(), carts]
+    }
+    fn mutate(&mut self, rng: &mut FuzzRng) {
+        let (here, cart, line) = (rng.replica(), rng.below(8) as u64, rng.text());
+        match rng.below(3) {
+            0 => drop(self.remove(&cart)),
+            1 => drop(self.update(here, cart, |lines| lines.remove(&line))),
+            _ => {
+                let n = rng.edgy_u64();
+                drop(self.update(here, cart, |lines| {
+                    lines.update(here, line, |q| q.dec(here, n))
+                }));
+            }
+        }
+    }
+    fn laws(&self) -> Result<(), String> {
+        crdt_laws(self)
+    }
+}
+
 impl FuzzValue for VersionSet<String> {
     const NAME: &'static str = "VersionSet<String>";
     fn samples(rng: &mut FuzzRng) -> Vec<Self> {
@@ -930,6 +988,8 @@ static TARGETS: &[&dyn Target] = targets!(
     LwwRegister<String>,
     LwwMap<String, Vec<u8>>,
     MvRegister<String>,
+    BoundedCounter,
+    OrMap<u64, OrMap<String, PnCounter>>,
     VersionSet<String>,
     Versioned<String>,
     SessionToken,

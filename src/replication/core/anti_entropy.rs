@@ -1,0 +1,583 @@
+//! Anti-entropy: digests, exchanges, chunked transfers, and what a
+//! transfer's vector is believed.
+
+use super::*;
+
+impl Core {
+    pub(super) fn digests(&mut self) -> Vec<(String, Vec<u64>)> {
+        let mut digests: Vec<(String, Vec<u64>)> = self
+            .tables
+            .iter_mut()
+            .map(|slot| (slot.name.to_string(), slot.store.digests()))
+            .collect();
+        digests.sort_by(|a, b| a.0.cmp(&b.0));
+        digests
+    }
+
+    /// Starts an anti-entropy exchange with `peer`: sends our digests.
+    pub(crate) fn start_sync(&mut self, peer: &str, now: Instant) -> Outgoing {
+        self.sync_session += 1;
+        let session = self.sync_session;
+        let digests = self.digests();
+        self.syncs.insert(
+            peer.to_owned(),
+            SyncState {
+                session,
+                digests: digests.clone(),
+            },
+        );
+        self.peer(peer, now).last_sync = Some(now);
+        tracing::debug!(region = %self.name, peer, session, "anti-entropy: digests sent");
+        vec![(
+            peer.to_owned(),
+            Message::SyncRequest {
+                session,
+                applied: self.applied.clone(),
+                digests: digests.into_iter().map(|(t, d)| (t, pack(&d))).collect(),
+            },
+        )]
+    }
+
+    pub(super) fn initiates_sync(&self, peer: &str) -> bool {
+        self.name.as_str() < peer || self.peers.get(peer).is_some_and(|p| p.needs_sync)
+    }
+
+    /// Peers due for anti-entropy: repairs pending, or the interval passed.
+    pub(crate) fn due_syncs(&mut self, now: Instant) -> Outgoing {
+        let interval = self.config.anti_entropy_interval;
+        let due: Vec<String> = self
+            .peers
+            .iter()
+            .filter(|(name, p)| {
+                p.connected
+                    && !self.syncs.contains_key(*name)
+                    // A repair whose push is on its way waits for it to be
+                    // confirmed, or for the exchange timeout.
+                    && (p.needs_sync
+                        && p.push_pending
+                            .is_none_or(|(_, _, at)| now.duration_since(at) >= self.config.sync_timeout)
+                        // An exchange that just failed (a transfer refused)
+                        // is not retried in a loop.
+                        && p.last_sync
+                            .is_none_or(|t| now.duration_since(t) >= self.config.ack_timeout)
+                        || (self.name.as_str() < name.as_str()
+                            && p.last_sync
+                                .is_none_or(|t| now.duration_since(t) >= interval))
+                        || (self.waits_on_unsent(name, now)
+                            && p.last_sync
+                                .is_none_or(|t| now.duration_since(t) >= self.config.ack_timeout)))
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        let mut out = Vec::new();
+        for name in due {
+            out.extend(self.start_sync(&name, now));
+        }
+        out
+    }
+
+    pub(super) fn on_sync_request(
+        &mut self,
+        from: &str,
+        session: u64,
+        _their_applied: VersionVector,
+        theirs: Vec<(String, Vec<u8>)>,
+    ) -> Outgoing {
+        if self
+            .answered_last
+            .get(from)
+            .is_some_and(|&last| session <= last)
+        {
+            tracing::debug!(region = %self.name, peer = from, session, "anti-entropy: ignored a repeated request");
+            return Vec::new();
+        }
+        let Some(theirs) = theirs
+            .into_iter()
+            .map(|(t, d)| unpack(&d).map(|d| (t, d)))
+            .collect::<Option<Vec<_>>>()
+        else {
+            self.reject(from, "sync request with malformed digests");
+            return Vec::new();
+        };
+        let mine = self.digests();
+        let mut buckets: Vec<(String, Vec<u32>)> = Vec::new();
+        for (table, their_digests) in &theirs {
+            let differing: Vec<u32> = match mine.iter().find(|(t, _)| t == table) {
+                Some((_, my_digests)) => (0..DIGEST_BUCKETS)
+                    .filter(|&b| my_digests[b] != their_digests[b])
+                    .map(|b| b as u32)
+                    .collect(),
+                None => (0..DIGEST_BUCKETS)
+                    .filter(|&b| their_digests[b] != 0)
+                    .map(|b| b as u32)
+                    .collect(),
+            };
+            if !differing.is_empty() {
+                buckets.push((table.clone(), differing));
+            }
+        }
+        // Tables they did not list: every non-empty bucket.
+        for (table, my_digests) in &mine {
+            if !theirs.iter().any(|(t, _)| t == table) {
+                let all: Vec<u32> = (0..DIGEST_BUCKETS)
+                    .filter(|&b| my_digests[b] != 0)
+                    .map(|b| b as u32)
+                    .collect();
+                if !all.is_empty() {
+                    buckets.push((table.clone(), all));
+                }
+            }
+        }
+        // Our digests and states are read under one lock with our applied
+        // vector: the reply is a consistent snapshot of this region.
+        // A new exchange supersedes the one we answered before: drop what
+        // we held of its push.
+        if let Some(old) = self.answered.insert(from.to_owned(), session)
+            && old != session
+        {
+            self.sync_inbox.remove(&(from.to_owned(), old, true));
+        }
+        self.answered_last.insert(from.to_owned(), session);
+        let applied = self.transfer_claims();
+        self.shipped_transfer(from, &applied);
+        self.states_chunks(from, session, false, buckets, applied, &HashSet::new())
+    }
+
+    /// What a transfer of our whole state claims we hold: what we hold
+    /// (see [`held`](Core::held)), and what we vouch for of the rest (see
+    /// [`vouched`](Core::vouched)); a false claim of a peer about a peer's
+    /// replica does not travel on with it.
+    pub(super) fn transfer_claims(&mut self) -> VersionVector {
+        let mut claims = self.held().into_owned();
+        claims.merge(self.vouched());
+        claims
+    }
+
+    /// A transfer to `to` claiming `applied` carries every write of ours
+    /// it names.
+    pub(super) fn shipped_transfer(&mut self, to: &str, applied: &VersionVector) {
+        let ours = applied.get(self.replica);
+        if let Some(peer) = self.peers.get_mut(to) {
+            peer.shipped = peer.shipped.max(ours);
+        }
+    }
+
+    /// Our states for `buckets` (and every value held for undeclared
+    /// tables), in chunks below the sync chunk limit; the first chunk names
+    /// the buckets, the last carries `applied`.
+    pub(super) fn states_chunks(
+        &self,
+        to: &str,
+        session: u64,
+        push: bool,
+        buckets: Vec<(String, Vec<u32>)>,
+        applied: VersionVector,
+        skip: &HashSet<u64>,
+    ) -> Outgoing {
+        // Each chunk: its table names and packed entries.
+        let mut chunks: Vec<(Vec<String>, Blob)> = vec![Default::default()];
+        let chunk_max = self.config.sync_chunk_bytes_max;
+        let mut add = |table: &str, key: &[u8], state: &[u8]| {
+            let last = chunks.last().expect("never empty");
+            if !last.1.0.is_empty() && last.1.0.len() + key.len() + state.len() > chunk_max {
+                chunks.push(Default::default());
+            }
+            let (tables, packed) = chunks.last_mut().expect("never empty");
+            let position = match tables.iter().position(|t| t == table) {
+                Some(p) => p,
+                None => {
+                    tables.push(table.to_owned());
+                    tables.len() - 1
+                }
+            };
+            message::push_entry(&mut packed.0, position, key, state);
+        };
+        for (table, list) in &buckets {
+            let Some(slot) = self.slot_of(table) else {
+                continue;
+            };
+            let store = &self.tables[slot].store;
+            for &bucket in list {
+                for (key, state) in store.bucket_states(bucket as usize) {
+                    if !skip.is_empty() && skip.contains(&entry_hash(table, &key, &state)) {
+                        continue;
+                    }
+                    add(table, &key, &state);
+                }
+            }
+        }
+        // Values of tables we hold but have not declared count in our
+        // applied vector too: ship them, or the peer would claim writes it
+        // does not have.
+        for (table, store) in &self.undeclared {
+            for (key, values) in &store.values {
+                for value in values {
+                    add(table, key, value);
+                }
+            }
+        }
+        let count = chunks.len() as u32;
+        let sent_at = self.hlc.now();
+        let mut buckets = Some(buckets);
+        chunks
+            .into_iter()
+            .enumerate()
+            .map(|(i, (tables, entries))| {
+                let i = i as u32;
+                (
+                    to.to_owned(),
+                    Message::SyncStates {
+                        session,
+                        push,
+                        chunk: i,
+                        chunks: count,
+                        sent_at,
+                        buckets: if i == 0 {
+                            buckets.take().unwrap_or_default()
+                        } else {
+                            Vec::new()
+                        },
+                        tables,
+                        entries,
+                        applied: (i + 1 == count).then(|| applied.clone()),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Checks one chunk of a transfer and files it; returns the whole
+    /// transfer once its last chunk is here.
+    #[allow(clippy::too_many_arguments)]
+    fn take_complete_transfer(
+        &mut self,
+        from: &str,
+        session: u64,
+        push: bool,
+        chunk: u32,
+        chunks: u32,
+        sent_at: Timestamp,
+        mut buckets: Vec<(String, Vec<u32>)>,
+        part: (Vec<String>, Blob),
+        applied: Option<VersionVector>,
+        now: Instant,
+    ) -> Option<SyncInbox> {
+        if chunks == 0 || chunk >= chunks || chunks as usize > SYNC_CHUNKS_MAX {
+            self.reject(from, "sync states with a bad chunk index");
+            return None;
+        }
+        if buckets
+            .iter()
+            .any(|(_, list)| list.iter().any(|&b| b as usize >= DIGEST_BUCKETS))
+        {
+            self.reject(from, "sync states naming a bucket out of range");
+            return None;
+        }
+        for (_, list) in &mut buckets {
+            list.sort_unstable();
+            list.dedup();
+        }
+        // Only transfers we asked for: a reply to our exchange, or a push
+        // answering the reply we sent.
+        let expected = if push {
+            self.answered.get(from) == Some(&session)
+        } else {
+            self.syncs.get(from).is_some_and(|s| s.session == session)
+        };
+        if !expected {
+            tracing::debug!(region = %self.name, peer = from, session, push, "anti-entropy: ignored a transfer nobody asked for");
+            return None;
+        }
+        self.peer(from, now).last_sync = Some(now);
+        self.hlc.observe(sent_at);
+        if let Err(error) = message::count_entries(&part.1.0, part.0.len()) {
+            self.reject(
+                from,
+                &format!("sync states with malformed entries: {error}"),
+            );
+            return None;
+        }
+        // Every byte the chunk holds counts, table names included.
+        let size = part.1.0.len()
+            + part.0.iter().map(String::len).sum::<usize>()
+            + buckets
+                .iter()
+                .map(|(t, list)| t.len() + 4 * list.len())
+                .sum::<usize>();
+        let slot = (from.to_owned(), session, push);
+        let inbox = self
+            .sync_inbox
+            .entry(slot.clone())
+            .or_insert_with(|| SyncInbox {
+                chunks: vec![None; chunks as usize],
+                buckets: Vec::new(),
+                applied: None,
+                bytes: 0,
+                at: now,
+            });
+        if inbox.chunks.len() != chunks as usize {
+            self.sync_inbox.remove(&slot);
+            self.reject(from, "sync states with an inconsistent chunk count");
+            return None;
+        }
+        inbox.at = now;
+        if inbox.chunks[chunk as usize].is_some() {
+            return None; // a duplicated frame
+        }
+        inbox.bytes += size;
+        inbox.buckets.extend(buckets);
+        if applied.is_some() {
+            inbox.applied = applied;
+        }
+        inbox.chunks[chunk as usize] = Some(part);
+        if inbox.bytes > self.config.sync_transfer_bytes_max {
+            self.sync_inbox.remove(&slot);
+            self.abort_sync(from, push);
+            let why = format!(
+                "anti-entropy transfer over sync_transfer_bytes_max ({} bytes): the peer stays behind until it is raised",
+                self.config.sync_transfer_bytes_max
+            );
+            self.reject(from, &why);
+            return None;
+        }
+        if inbox.chunks.iter().any(Option::is_none) {
+            return None; // more to come
+        }
+        self.sync_inbox.remove(&slot)
+    }
+
+    /// One chunk of a transfer: once all are here, merges them at once,
+    /// takes in the transfer's vector (see [`believe`](Core::believe)) and,
+    /// for a reply to our exchange, pushes back what the peer lacks.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_sync_states(
+        &mut self,
+        from: &str,
+        session: u64,
+        push: bool,
+        chunk: u32,
+        chunks: u32,
+        sent_at: Timestamp,
+        buckets: Vec<(String, Vec<u32>)>,
+        part: (Vec<String>, Blob),
+        applied: Option<VersionVector>,
+        now: Instant,
+    ) -> Outgoing {
+        let Some(inbox) = self.take_complete_transfer(
+            from, session, push, chunk, chunks, sent_at, buckets, part, applied, now,
+        ) else {
+            return Vec::new();
+        };
+        let Some(their_applied) = inbox.applied else {
+            self.abort_sync(from, push);
+            self.reject(from, "sync transfer without its applied vector");
+            return Vec::new();
+        };
+        if their_applied.get(self.replica) > self.seq {
+            // Writes of ours we never made: a forgery, or a previous process
+            // with our replica id. Believing it would make us skip our own
+            // next writes everywhere.
+            self.abort_sync(from, push);
+            self.reject(from, "sync transfer claims writes of ours we never made");
+            return Vec::new();
+        }
+        let all: Vec<(Vec<String>, Blob)> = inbox.chunks.into_iter().flatten().collect();
+        let parts: Vec<(&[String], &[u8])> = all
+            .iter()
+            .map(|(tables, packed)| (tables.as_slice(), packed.0.as_slice()))
+            .collect();
+        let entries = || {
+            parts.iter().flat_map(|(tables, packed)| {
+                Entries::new(packed, tables.len())
+                    .flatten()
+                    .map(move |(t, k, v)| (&tables[t], k, v))
+            })
+        };
+        let received: HashSet<u64> = if push {
+            HashSet::new()
+        } else {
+            entries().map(|(t, k, v)| entry_hash(t, k, v)).collect()
+        };
+        self.counters.sync_states_received += entries().count() as u64;
+        // Every chunk is here: merge them all at once, so no reader sees
+        // part of the transfer (a reply without its post).
+        let Some(set_aside) = self.merge_entries(from, &parts, AheadValues::SetAside) else {
+            self.abort_sync(from, push);
+            return Vec::new();
+        };
+        // We now hold everything their vector names: of the sender's own
+        // writes, all of it; of a peer's, what that peer has told us it
+        // made; of any other replica (a former id, a retired region, one we
+        // never met), all of it. A claim beyond is a hint.
+        let before = self.applied.clone();
+        // With values set aside we hold less than the vector names: it is
+        // not believed at all (what we merged shows in reads; the next
+        // exchange brings the rest and the vector).
+        let hints = if set_aside == 0 {
+            self.believe(from, &their_applied)
+        } else {
+            Vec::new()
+        };
+        self.generation += 1;
+        self.remote_generation += 1;
+        self.drain_buffer();
+        let mut out: Outgoing = Vec::new();
+        for name in hints {
+            out.extend(self.start_sync(&name, now));
+        }
+        // Tell origins whose writes we caught up on, so they stop resending.
+        for (origin, n) in self.applied.iter() {
+            if n > before.get(origin) && origin != self.replica {
+                let known = self.peers.iter().any(|(_, p)| p.replica == Some(origin));
+                for (name, p) in &self.peers {
+                    if p.connected && (p.replica == Some(origin) || !known) {
+                        out.push((name.clone(), Message::Ack { origin, applied: n }));
+                    }
+                }
+            }
+        }
+        if push {
+            self.answered.remove(from);
+            tracing::info!(region = %self.name, peer = from, session, "anti-entropy: caught up from the peer's push");
+            self.counters.syncs_completed += 1;
+            // The exchange's starter keeps its peer marked for repair until
+            // it hears this.
+            out.push((from.to_owned(), Message::SyncDone { session }));
+            return out;
+        }
+        let Some(sync) = self.syncs.remove(from) else {
+            return out;
+        };
+        let seq = self.seq;
+        self.peer(from, now).push_pending = Some((session, seq, now));
+        self.counters.syncs_completed += 1;
+        // Push back: the buckets that differed, and every bucket of ours
+        // that changed since we sent our digests (writes and batches applied
+        // meanwhile), with our current applied vector: the peer then holds
+        // our whole current state, which is causally closed.
+        let now_digests = self.digests();
+        let mut push_buckets = inbox.buckets;
+        for (table, digests) in &now_digests {
+            let before = sync
+                .digests
+                .iter()
+                .find(|(t, _)| t == table)
+                .map(|(_, d)| d);
+            let changed: Vec<u32> = (0..DIGEST_BUCKETS)
+                .filter(|&b| before.is_none_or(|d| d[b] != digests[b]))
+                .filter(|&b| before.is_some() || digests[b] != 0)
+                .map(|b| b as u32)
+                .collect();
+            if changed.is_empty() {
+                continue;
+            }
+            match push_buckets.iter_mut().find(|(t, _)| t == table) {
+                Some((_, list)) => {
+                    list.extend(changed);
+                    list.sort_unstable();
+                    list.dedup();
+                }
+                None => push_buckets.push((table.clone(), changed)),
+            }
+        }
+        tracing::info!(
+            region = %self.name,
+            peer = from,
+            session,
+            buckets = push_buckets.iter().map(|(_, b)| b.len()).sum::<usize>(),
+            "anti-entropy: caught up; pushing back"
+        );
+        let applied = self.transfer_claims();
+        self.shipped_transfer(from, &applied);
+        out.extend(self.states_chunks(from, session, true, push_buckets, applied, &received));
+        out
+    }
+
+    /// Takes in a transfer's vector from `from`, whose states we merged:
+    /// its claim about its own writes raises `applied` (its data, which it
+    /// vouches for; were it false, only its own writes would suffer), every
+    /// other claim only `believed` (see there). Returns the connected
+    /// peers to start an exchange with: regions it claims more of than
+    /// they told us (they may have written since; an exchange with them
+    /// settles it).
+    pub(super) fn believe(&mut self, from: &str, claims: &VersionVector) -> Vec<String> {
+        let sender = self.peers.get(from).and_then(|p| p.replica);
+        let mut hinted = Vec::new();
+        for (r, n) in claims.iter() {
+            if r == self.replica {
+                continue; // checked against our own count
+            }
+            if Some(r) == sender {
+                self.applied.raise(r, n);
+                continue;
+            }
+            // Only a region that still speaks for itself (the current
+            // replica of a peer of ours) can be asked: a former id, a
+            // retired one or one we never met has no one to ask.
+            let known = self
+                .peers
+                .values()
+                .any(|p| p.replica == Some(r))
+                .then(|| self.issued.get(&r).copied())
+                .flatten();
+            if known.is_some_and(|k| k < n) && self.applied.get(r) < n {
+                hinted.push(r);
+            }
+            // Replicas heard of only by claims are bounded: each grows
+            // every vector and session token we hand out.
+            if self.believed.get(r) == 0
+                && self.applied.get(r) == 0
+                && known.is_none()
+                && self.believed.len() >= BELIEVED_REPLICAS_MAX
+            {
+                self.counters.untrusted_claims += 1;
+                tracing::warn!(region = %self.name, peer = from, replica = %r, "rejected input: a claim about one replica too many heard of only by claims");
+                continue;
+            }
+            self.believed.raise(r, n);
+        }
+        if hinted.is_empty() {
+            return Vec::new();
+        }
+        self.counters.untrusted_claims += hinted.len() as u64;
+        tracing::debug!(region = %self.name, peer = from, regions = ?hinted, "anti-entropy: claims about regions beyond what they told us; asking them");
+        self.peers
+            .iter()
+            .filter(|(name, p)| {
+                p.connected
+                    && !p.unconfirmed()
+                    && p.refused.is_none()
+                    && p.replica.is_some_and(|r| hinted.contains(&r))
+                    && !self.syncs.contains_key(*name)
+            })
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// An exchange that cannot complete: forget it; the peer stays due for
+    /// repair.
+    pub(super) fn abort_sync(&mut self, from: &str, push: bool) {
+        if push {
+            self.answered.remove(from);
+        } else if self.syncs.remove(from).is_some()
+            && let Some(peer) = self.peers.get_mut(from)
+        {
+            peer.flag_repair();
+        }
+    }
+
+    /// Forgets exchanges and transfers that went quiet, so the next one can
+    /// start (the clock restarts with every chunk received).
+    pub(crate) fn expire_syncs(&mut self, now: Instant) {
+        let timeout = self.config.sync_timeout;
+        let peers = &self.peers;
+        self.syncs.retain(|name, _| {
+            peers
+                .get(name)
+                .and_then(|p| p.last_sync)
+                .is_some_and(|t| now.duration_since(t) < timeout)
+        });
+        self.sync_inbox
+            .retain(|_, inbox| now.duration_since(inbox.at) < timeout);
+    }
+}

@@ -1,0 +1,357 @@
+//! Peers coming and going: the handshake (hellos, and what a new
+//! incarnation resets), retiring a peer for good.
+
+use super::*;
+
+impl Core {
+    /// Removes the peer `name` for good (see [`Region::retire_peer`]):
+    /// forgets its cursor (the log no longer waits for it), its exchanges
+    /// and its binding, and remembers its replica ids. Returns them.
+    ///
+    /// [`Region::retire_peer`]: crate::region::Region::retire_peer
+    pub(crate) fn retire_peer(&mut self, name: &str) -> Vec<ReplicaId> {
+        let mut ids = self.retired.remove(name).unwrap_or_default();
+        if let Some(peer) = self.peers.remove(name) {
+            ids.extend(peer.former);
+            ids.extend(peer.replica);
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        self.syncs.remove(name);
+        self.answered.remove(name);
+        self.answered_last.remove(name);
+        self.sync_inbox.retain(|(peer, _, _), _| peer != name);
+        self.retired.insert(name.to_owned(), ids.clone());
+        if let Some(durable) = &mut self.durable {
+            durable.retired = true;
+            durable.cursors = true;
+        }
+        tracing::warn!(region = %self.name, peer = name, replicas = ?ids, "peer retired for good");
+        self.truncate_log();
+        ids
+    }
+
+    /// Replica ids of retired peers.
+    pub(crate) fn retired_ids(&self) -> impl Iterator<Item = ReplicaId> + '_ {
+        self.retired.values().flatten().copied()
+    }
+
+    pub(super) fn peer(&mut self, name: &str, now: Instant) -> &mut PeerState {
+        if !self.peers.contains_key(name) {
+            self.peers.insert(name.to_owned(), PeerState::new(now));
+        }
+        self.peers.get_mut(name).expect("inserted above")
+    }
+
+    pub(crate) fn peer_up(&mut self, name: &str, now: Instant) -> Outgoing {
+        if self.retired.contains_key(name) {
+            self.retired_refused.remove(name);
+            return Vec::new();
+        }
+        let peer = self.peer(name, now);
+        let was = peer.connected;
+        peer.connected = true;
+        peer.sent = peer.acked; // resend what was not acknowledged
+        peer.push_pending = None; // a push in flight may be lost
+        peer.progress_at = now;
+        peer.last_contact = Some(now);
+        // A new connection: the peer greets us again (it may be a new
+        // incarnation), and a refusal is reconsidered at its hello.
+        peer.greeted = false;
+        peer.refused = None;
+        if !was {
+            tracing::info!(region = %self.name, peer = name, "peer connected");
+        }
+        let known = self.peers.get(name).is_some_and(|p| p.known);
+        if !known {
+            // A peer that does not greet: it may have restarted, numbering
+            // its exchanges anew. A greeting peer's restart shows in its
+            // hello, which forgets its exchanges then; a request repeated
+            // across a reconnect of the same process stays answered once.
+            self.answered_last.remove(name);
+        }
+        // The hello leaves first: a peer that knew us ignores what we send
+        // before it (it may come from an incarnation it is about to reset).
+        let mut out = vec![self.hello(name, false, now)];
+        // A first contact is repaired by anti-entropy (one side starts the
+        // exchange, which repairs both: the one with the smaller name, or
+        // the one that knows the other needs repair). A peer known before
+        // is caught up by batches from the outboxes; the hellos say when
+        // more is needed.
+        if !known && self.initiates_sync(name) {
+            out.extend(self.start_sync(name, now));
+        }
+        out
+    }
+
+    /// Our hello to `peer`.
+    pub(super) fn hello(&mut self, peer: &str, reply: bool, now: Instant) -> (String, Message) {
+        // With storage, only what a crash cannot take back.
+        let seq = self.sendable();
+        let state = self.peer(peer, now);
+        if !reply {
+            state.hello_at = Some(now);
+        }
+        (
+            peer.to_owned(),
+            Message::Hello {
+                replica: self.replica,
+                incarnation: self.incarnation,
+                seq,
+                applied: self
+                    .durable
+                    .as_ref()
+                    .map_or_else(|| self.applied.clone(), |d| d.applied.clone()),
+                reply,
+            },
+        )
+    }
+
+    /// Our hello again to connected peers that have not greeted us within
+    /// `ack_timeout` of the last one (it or their answer was lost).
+    pub(crate) fn due_hellos(&mut self, now: Instant) -> Outgoing {
+        let timeout = self.config.ack_timeout;
+        let due: Vec<String> = self
+            .peers
+            .iter()
+            // A refused peer is asked again too: its answer is checked anew
+            // (a refusal for regressed writes may come from a hello that
+            // was overtaken by the peer's later writes).
+            .filter(|(_, p)| {
+                p.connected
+                    && !p.greeted
+                    && p.hello_at.is_none_or(|t| now.duration_since(t) >= timeout)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        due.into_iter()
+            .map(|name| self.hello(&name, false, now))
+            .collect()
+    }
+
+    /// Why a hello presenting `replica`, `incarnation` and `seq` from
+    /// `from` must be refused, if it must.
+    pub(super) fn check_hello(
+        &self,
+        from: &str,
+        replica: ReplicaId,
+        incarnation: u64,
+        seq: u64,
+    ) -> Option<HandshakeRefusal> {
+        if replica == self.replica {
+            return Some(HandshakeRefusal::OurReplicaId { replica });
+        }
+        if let Some((holder, _)) = self.peers.iter().find(|(name, p)| {
+            name.as_str() != from && (p.replica == Some(replica) || p.former.contains(&replica))
+        }) {
+            return Some(HandshakeRefusal::IdOfAnotherPeer {
+                replica,
+                holder: holder.clone(),
+            });
+        }
+        if let Some((holder, _)) = self.retired.iter().find(|(_, ids)| ids.contains(&replica)) {
+            return Some(HandshakeRefusal::IdOfAnotherPeer {
+                replica,
+                holder: holder.clone(),
+            });
+        }
+        if let Some(peer) = self.peers.get(from) {
+            if peer.former.contains(&replica) {
+                // An earlier incarnation of this peer, still running.
+                return Some(HandshakeRefusal::StaleIncarnation {
+                    replica,
+                    known: peer.incarnation.unwrap_or(0),
+                    presented: incarnation,
+                });
+            }
+            if let (Some(bound), Some(known)) = (peer.replica, peer.incarnation)
+                && bound == replica
+                && incarnation < known
+            {
+                return Some(HandshakeRefusal::StaleIncarnation {
+                    replica,
+                    known,
+                    presented: incarnation,
+                });
+            }
+        }
+        // The same incarnation already greeted on this connection: a lower
+        // `seq` is a late copy of an earlier hello. Otherwise (a new
+        // incarnation, or the first hello of a connection) fewer writes
+        // than we applied mean it lost writes it had shipped; a false alarm
+        // (a late hello opening a connection) heals at its next hello.
+        let greeted_same = self.peers.get(from).is_some_and(|p| {
+            p.greeted && p.replica == Some(replica) && p.incarnation == Some(incarnation)
+        });
+        // Only what it told us itself counts: what others claimed of it is
+        // reported below instead.
+        let applied = self
+            .issued
+            .get(&replica)
+            .copied()
+            .unwrap_or(0)
+            .min(self.applied.get(replica));
+        if !greeted_same && applied > seq {
+            return Some(HandshakeRefusal::WritesRegressed {
+                replica,
+                applied,
+                presented: seq,
+            });
+        }
+        None
+    }
+
+    /// A peer's hello: binds its name to its replica id and incarnation for
+    /// this connection. A new incarnation (a restart) or a new replica id
+    /// (a restart without storage) resets what we keep about the peer: its
+    /// binding, our cursor (to what it says it holds of ours, so what it
+    /// lacks is sent again at once) and batches buffered from its former
+    /// replica.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_hello(
+        &mut self,
+        from: &str,
+        replica: ReplicaId,
+        incarnation: u64,
+        seq: u64,
+        applied: &VersionVector,
+        reply: bool,
+        now: Instant,
+    ) -> Outgoing {
+        if let Some(refusal) = self.check_hello(from, replica, incarnation, seq) {
+            let peer = self.peer(from, now);
+            peer.greeted = false;
+            if peer.refused.as_ref() != Some(&refusal) {
+                peer.refused = Some(refusal.clone());
+                self.counters.refused_handshakes += 1;
+                tracing::warn!(region = %self.name, peer = from, %refusal, "rejected input: handshake refused");
+            }
+            return Vec::new();
+        }
+        // What it says it holds of ours, up to what it can hold.
+        let ours = applied.get(self.replica).min(
+            self.peers
+                .get(from)
+                .map_or(self.start_seq, |p| self.ack_bound(p)),
+        );
+        let name = self.name.clone();
+        let peer = self.peer(from, now);
+        if peer.refused.take().is_some() {
+            tracing::info!(region = %name, peer = from, "handshake accepted after an earlier refusal");
+        }
+        let new_replica = peer.replica != Some(replica);
+        let new_incarnation = new_replica || peer.incarnation != Some(incarnation);
+        let mut restarted = false;
+        if new_incarnation {
+            if new_replica {
+                if let Some(old) = peer.replica {
+                    if peer.former.len() == FORMER_IDS_MAX {
+                        peer.former.remove(0);
+                    }
+                    peer.former.push(old);
+                }
+                peer.its_seq_seen = 0;
+            }
+            let first = peer.incarnation.is_none() && peer.replica.is_none();
+            peer.replica = Some(replica);
+            peer.incarnation = Some(incarnation);
+            // Its cursor restarts from what it holds of ours.
+            peer.acked = ours;
+            peer.sent = ours;
+            peer.push_pending = None;
+            peer.progress_at = now;
+            if first {
+                tracing::debug!(region = %name, peer = from, %replica, incarnation, "peer identified");
+            } else {
+                restarted = true;
+                tracing::info!(region = %name, peer = from, %replica, incarnation, holds_of_ours = ours, "peer restarted: its binding and cursor are reset");
+            }
+        } else {
+            // The same incarnation reconnecting: resend what it lacks.
+            peer.acked = peer.acked.max(ours);
+            peer.sent = peer.acked;
+        }
+        peer.its_seq_seen = peer.its_seq_seen.max(seq);
+        peer.greeted = true;
+        peer.known = true;
+        self.heard_from(replica, seq);
+        let overclaimed = self.take_back_hearsay(from, replica, seq);
+        if restarted {
+            // Its former process's exchanges are over: what it asked and
+            // what it was sending are void.
+            self.answered_last.remove(from);
+            self.answered.remove(from);
+            self.sync_inbox.retain(|(peer, _, _), _| peer != from);
+        }
+        if new_replica {
+            // Batches of its former replica wait for writes nobody will send.
+            let before = self.buffer.len();
+            self.buffer
+                .retain(|b| b.from != from || b.origin == replica);
+            if self.buffer.len() != before {
+                self.buffer_bytes = self.buffer.iter().map(Buffered::size).sum();
+            }
+        }
+        self.truncate_log();
+        let mut out = if reply {
+            Vec::new()
+        } else {
+            vec![self.hello(from, true, now)]
+        };
+        // Writes of other origins it lacks (a peer back from a partition or
+        // restarted without storage, whose writes of a former replica id
+        // count as another origin) come only from anti-entropy: its hello
+        // claims nothing we act on beyond starting one.
+        let lacks = self
+            .transfer_claims()
+            .iter()
+            .any(|(r, n)| r != self.replica && r != replica && applied.get(r) < n);
+        if (lacks || overclaimed) && self.peers[from].connected && !self.syncs.contains_key(from) {
+            tracing::debug!(region = %self.name, peer = from, "the peer lacks writes of other regions: anti-entropy");
+            out.extend(self.start_sync(from, now));
+        }
+        out
+    }
+
+    /// Writes of `replica` (greeting as `from`, having made `seq`) that
+    /// others claimed and it never made: hearsay, reported, and taken back
+    /// (so no batch is let through for them); we never counted them as
+    /// held, and our writes never depended on them (see `vouched`). True
+    /// when there were any.
+    fn take_back_hearsay(&mut self, from: &str, replica: ReplicaId, seq: u64) -> bool {
+        let claimed = self.applied.get(replica).max(self.believed.get(replica));
+        if claimed <= seq {
+            return false;
+        }
+        tracing::warn!(
+            region = %self.name,
+            peer = from,
+            %replica,
+            claimed,
+            made = seq,
+            "rejected input: peers claimed writes of this region it never made"
+        );
+        self.counters.untrusted_claims += 1;
+        if self.believed.get(replica) > seq {
+            self.believed = self
+                .believed
+                .iter()
+                .map(|(r, n)| (r, if r == replica { seq } else { n }))
+                .collect();
+        }
+        true
+    }
+
+    pub(crate) fn peer_down(&mut self, name: &str, now: Instant) {
+        if self.retired.contains_key(name) {
+            return;
+        }
+        let peer = self.peer(name, now);
+        let was = peer.connected;
+        peer.connected = false;
+        peer.greeted = false;
+        if was {
+            tracing::info!(region = %self.name, peer = name, "peer disconnected");
+        }
+    }
+}

@@ -1,0 +1,483 @@
+//! Frames from peers: batches into the causal buffer, acknowledgements,
+//! merging entries into tables.
+
+use super::*;
+
+impl Core {
+    pub(crate) fn on_message(&mut self, from: &str, message: Message, now: Instant) -> Outgoing {
+        if self.retired.contains_key(from) {
+            if let Message::Hello { .. } = message
+                && self.retired_refused.insert(from.to_owned())
+            {
+                self.counters.refused_handshakes += 1;
+                tracing::warn!(region = %self.name, peer = from, "rejected input: hello of a retired peer");
+            }
+            self.counters.stale_frames += 1;
+            return Vec::new();
+        }
+        let peer = self.peer(from, now);
+        peer.last_contact = Some(now);
+        if let Message::Hello {
+            replica,
+            incarnation,
+            seq,
+            applied,
+            reply,
+        } = message
+        {
+            return self.on_hello(from, replica, incarnation, seq, &applied, reply, now);
+        }
+        // A refused peer, or one that knew us and has not greeted on this
+        // connection yet (what it sends may come from an incarnation its
+        // hello will reset): ignored.
+        if peer.refused.is_some() || peer.unconfirmed() {
+            self.counters.stale_frames += 1;
+            return Vec::new();
+        }
+        match message {
+            Message::Batch {
+                origin,
+                first,
+                last,
+                deps,
+                sent_at,
+                tables,
+                entries,
+            } => self.on_batch(
+                from,
+                Buffered {
+                    from: from.to_owned(),
+                    origin,
+                    first,
+                    last,
+                    deps,
+                    tables,
+                    entries,
+                    arrived: now,
+                },
+                sent_at,
+                now,
+            ),
+            Message::Hello { .. } => unreachable!("handled above"),
+            Message::Ack { origin, applied } => {
+                if origin == self.replica {
+                    let bound = self.ack_bound(&self.peers[from]);
+                    if applied > bound {
+                        // It cannot hold these: truncating our log on its
+                        // word would lose them for it (and for whoever
+                        // catches up from it).
+                        self.reject(from, "acknowledgement of writes of ours it was never sent");
+                        return Vec::new();
+                    }
+                    let peer = self.peers.get_mut(from).expect("touched above");
+                    if applied > peer.acked {
+                        peer.acked = applied;
+                        peer.sent = peer.sent.max(applied);
+                        peer.progress_at = now;
+                    }
+                    self.truncate_log();
+                }
+                Vec::new()
+            }
+            Message::SyncRequest {
+                session,
+                applied,
+                digests,
+            } => self.on_sync_request(from, session, applied, digests),
+            Message::SyncDone { session } => {
+                let peer = self.peers.get_mut(from).expect("touched above");
+                if let Some((pushed, covered, _)) = peer.push_pending
+                    && pushed == session
+                {
+                    // It holds every write of ours up to the push.
+                    peer.push_pending = None;
+                    peer.needs_sync = false;
+                    if covered > peer.acked {
+                        peer.acked = covered;
+                        peer.sent = peer.sent.max(covered);
+                        peer.progress_at = now;
+                    }
+                    tracing::debug!(region = %self.name, peer = from, session, "anti-entropy: push confirmed");
+                    self.truncate_log();
+                }
+                Vec::new()
+            }
+            Message::SyncStates {
+                session,
+                push,
+                chunk,
+                chunks,
+                sent_at,
+                buckets,
+                tables,
+                entries,
+                applied,
+            } => self.on_sync_states(
+                from,
+                session,
+                push,
+                chunk,
+                chunks,
+                sent_at,
+                buckets,
+                (tables, entries),
+                applied,
+                now,
+            ),
+        }
+    }
+
+    pub(super) fn on_batch(
+        &mut self,
+        from: &str,
+        batch: Buffered,
+        sent_at: Timestamp,
+        now: Instant,
+    ) -> Outgoing {
+        let (origin, first, last) = (batch.origin, batch.first, batch.last);
+        let entries = message::count_entries(&batch.entries.0, batch.tables.len());
+        if origin == self.replica
+            || first == 0
+            || last < first
+            || entries.as_ref().ok() != Some(&(last - first + 1))
+        {
+            let why = match entries {
+                Err(error) => format!("batch with malformed entries: {error}"),
+                Ok(_) => "batch with a bad origin, sequence range or entry count".to_owned(),
+            };
+            self.reject(from, &why);
+            return Vec::new();
+        }
+        // A peer speaks for one origin only: itself. A batch of a replica
+        // id it had before (a late frame of its previous process) is
+        // ignored, not refused. (Frames before its hello on a connection
+        // never get here: `on_message` ignores them.)
+        if self
+            .peers
+            .get(from)
+            .is_some_and(|peer| peer.former.contains(&origin))
+        {
+            tracing::debug!(region = %self.name, peer = from, ?origin, "ignored a batch of the peer's earlier incarnation");
+            self.counters.stale_frames += 1;
+            return Vec::new();
+        }
+        if self
+            .peers
+            .get(from)
+            .and_then(|p| p.replica)
+            .is_some_and(|r| r != origin)
+            || self
+                .peers
+                .iter()
+                .any(|(name, p)| name != from && p.replica == Some(origin))
+        {
+            self.reject(from, "batch for an origin that is not the sending peer");
+            return Vec::new();
+        }
+        if batch.deps.get(self.replica) > self.sendable() {
+            // It would wait for writes of ours that do not exist.
+            self.reject(from, "batch depending on writes of ours we never made");
+            return Vec::new();
+        }
+        // Follow the sender's clock, within the offset bound: the data is
+        // applied even when the sender's clock runs too far ahead.
+        self.hlc.observe(sent_at);
+        self.heard_from(origin, last);
+        let peer = self.peer(from, now);
+        peer.its_seq_seen = peer.its_seq_seen.max(last);
+        peer.replica = Some(origin);
+        if last > self.applied.get(origin) {
+            if self.buffer.is_empty() && self.ready(&batch) {
+                // The common case: in order, nothing waiting.
+                self.apply_batch(batch);
+            } else if !self.buffer.iter().any(|b| {
+                // Already held: the same writes or more, needing no more.
+                b.origin == origin
+                    && b.first <= first
+                    && b.last >= last
+                    && b.deps
+                        .iter()
+                        .all(|(r, n)| r == origin || batch.deps.get(r) >= n)
+            }) {
+                self.buffer_bytes += batch.size();
+                self.buffer.push(batch);
+                self.drain_buffer();
+                self.bound_buffer();
+            }
+        }
+        vec![(
+            from.to_owned(),
+            Message::Ack {
+                origin,
+                applied: self.applied.get(origin),
+            },
+        )]
+    }
+
+    /// True when `batch` follows its origin's writes we hold first-hand and
+    /// every other write it depends on is here, first-hand or by a peer's
+    /// word (`believed`): a claim never makes a batch wait longer, at
+    /// worst (a false claim) it lets one through early; it never makes a
+    /// write look applied (that is `applied`'s alone).
+    pub(super) fn ready(&self, batch: &Buffered) -> bool {
+        batch.first <= self.applied.get(batch.origin) + 1
+            && batch.deps.iter().all(|(r, n)| {
+                r == batch.origin || self.applied.get(r) >= n || self.believed.get(r) >= n
+            })
+    }
+
+    /// True when a batch from `peer` has waited at least the ack timeout
+    /// for writes nobody will send us by batch: writes their origin never
+    /// told us of (the batch's deps are the sender's claim; it may have
+    /// believed a peer inflating its own count, see
+    /// [`vouched`](Core::vouched)), or writes of an origin we are not
+    /// connected to (the link to it is cut while the sender's works). An
+    /// exchange with the sender brings what it holds, the writes the batch
+    /// depends on included, and lets the batch through: causal delivery
+    /// does not stall on one broken link until the periodic exchange.
+    pub(super) fn waits_on_unsent(&self, peer: &str, now: Instant) -> bool {
+        self.buffer.iter().any(|b| {
+            b.from == peer
+                && now.duration_since(b.arrived) >= self.config.ack_timeout
+                && b.deps.iter().any(|(r, n)| {
+                    r != b.origin
+                        && self.applied.get(r) < n
+                        && self.believed.get(r) < n
+                        && (self.issued.get(&r).copied().unwrap_or(0) < n
+                            || !self
+                                .peers
+                                .values()
+                                .any(|p| p.connected && p.replica == Some(r)))
+                })
+        })
+    }
+
+    /// Applies every buffered batch whose dependencies are now applied.
+    pub(super) fn drain_buffer(&mut self) {
+        loop {
+            let stale = self
+                .buffer
+                .iter()
+                .position(|b| b.last <= self.applied.get(b.origin));
+            if let Some(i) = stale {
+                let b = self.buffer.swap_remove(i);
+                self.buffer_bytes -= b.size();
+                continue;
+            }
+            let Some(i) = self.buffer.iter().position(|b| self.ready(b)) else {
+                break;
+            };
+            let batch = self.buffer.swap_remove(i);
+            self.buffer_bytes -= batch.size();
+            self.apply_batch(batch);
+        }
+        if !self.buffer.is_empty() {
+            self.counters.batches_buffered = self.buffer.len() as u64;
+        }
+    }
+
+    pub(super) fn bound_buffer(&mut self) {
+        while self.buffer.len() > self.config.causal_buffer_len_max
+            || self.buffer_bytes > self.config.causal_buffer_bytes_max
+        {
+            // Drop the batch furthest ahead: the origin retransmits it, or
+            // anti-entropy covers it.
+            let Some((i, _)) = self
+                .buffer
+                .iter()
+                .enumerate()
+                .max_by_key(|(_, b)| b.first.saturating_sub(self.applied.get(b.origin)))
+            else {
+                break;
+            };
+            let b = self.buffer.swap_remove(i);
+            self.buffer_bytes -= b.size();
+            self.counters.batches_dropped += 1;
+            tracing::debug!(region = %self.name, from = %b.from, first = b.first, "causal buffer full: dropped a batch");
+        }
+    }
+
+    /// Merges packed entries, each part naming its `tables`: checks every
+    /// entry and decodes every value first, then merges them all. Values of
+    /// undeclared tables are held encoded.
+    ///
+    /// A malformed entry rejects the whole message (false): nothing stored
+    /// is touched. A well-framed value that does not decode as its table's
+    /// type (two regions declaring a table with different types, or a
+    /// corrupt value) is dropped, counted and logged, and the rest is
+    /// merged: refusing the message would stall replication from its
+    /// origin for good, since every resend fails alike.
+    ///
+    /// A value stamped past our clock's offset bound refuses a batch (its
+    /// origin sends it again, in order), and is set aside from a transfer
+    /// (the rest of which is merged). Returns how many were set aside, or
+    /// `None` when the message was refused.
+    pub(super) fn merge_entries(
+        &mut self,
+        from: &str,
+        parts: &[(&[String], &[u8])],
+        ahead: AheadValues,
+    ) -> Option<usize> {
+        let at = self.hlc.last();
+        let stamps_max = self.hlc.offset_bound();
+        let slots: Vec<Vec<Option<usize>>> = parts
+            .iter()
+            .map(|(tables, _)| tables.iter().map(|t| self.slot_of(t)).collect())
+            .collect();
+        let mut staged: Vec<usize> = Vec::new();
+        let mut incoming = 0;
+        let mut failed = None;
+        // Entries (by index) whose value did not decode, and the first error.
+        let mut undecodable: Vec<usize> = Vec::new();
+        let mut first_error = None;
+        // Entries set aside: stamped past our clock's bound.
+        let mut set_aside: Vec<usize> = Vec::new();
+        let entries = parts
+            .iter()
+            .zip(&slots)
+            .flat_map(|((tables, packed), slots)| {
+                Entries::new(packed, tables.len()).map(move |e| (*tables, slots, e))
+            });
+        for (index, (tables, slots, entry)) in entries.enumerate() {
+            let (table, key, value) = match entry {
+                Ok(entry) => entry,
+                Err(error) => {
+                    failed = Some(format!("malformed entry: {error}"));
+                    break;
+                }
+            };
+            match slots[table] {
+                Some(slot) => {
+                    match self.tables[slot].store.stage(value, stamps_max) {
+                        Ok(()) => {}
+                        Err(StageError::Undecodable(error)) => {
+                            undecodable.push(index);
+                            first_error.get_or_insert_with(|| (tables[table].clone(), error));
+                            continue;
+                        }
+                        Err(StageError::Ahead { .. }) if ahead == AheadValues::SetAside => {
+                            set_aside.push(index);
+                            continue;
+                        }
+                        Err(StageError::Ahead { stamp }) => {
+                            self.counters.values_ahead += 1;
+                            failed = Some(format!(
+                                "a value of table {} stamped {stamp}, past this clock's bound {stamps_max}: the writer's clock runs ahead (sent again, it lands once the clocks are within the max offset)",
+                                tables[table]
+                            ));
+                            break;
+                        }
+                    }
+                    if !staged.contains(&slot) {
+                        staged.push(slot);
+                    }
+                }
+                // Only values not already held count: transfers re-ship them.
+                None => {
+                    let held = self
+                        .undeclared
+                        .get(&tables[table])
+                        .and_then(|u| u.values.get(key))
+                        .is_some_and(|held| held.iter().any(|v| v == value));
+                    if !held {
+                        incoming += key.len() + value.len();
+                    }
+                }
+            }
+        }
+        let total: usize = self.undeclared.values().map(|u| u.bytes).sum();
+        if failed.is_none() && total + incoming > UNDECLARED_BYTES_MAX {
+            failed = Some("values for undeclared tables over the limit".to_owned());
+        }
+        if let Some(why) = failed {
+            for slot in staged {
+                self.tables[slot].store.unstage();
+            }
+            self.reject(from, &why);
+            return None;
+        }
+        if !set_aside.is_empty() {
+            self.counters.values_ahead += set_aside.len() as u64;
+            tracing::warn!(
+                region = %self.name,
+                peer = from,
+                values = set_aside.len(),
+                bound = %stamps_max,
+                "rejected input: values stamped past this clock's bound were set aside from a transfer (a region's clock runs ahead); a later exchange brings them"
+            );
+        }
+        if let Some((table, error)) = first_error {
+            self.counters.undecodable_values += undecodable.len() as u64;
+            tracing::warn!(
+                region = %self.name,
+                peer = from,
+                %table,
+                values = undecodable.len(),
+                %error,
+                "rejected input: values that do not decode as their table's type were dropped (is the table declared with the same type everywhere?)"
+            );
+        }
+        let aside = set_aside.len();
+        let mut skipped: Vec<usize> = undecodable;
+        skipped.extend(set_aside);
+        skipped.sort_unstable();
+        let mut skipped = skipped.into_iter().peekable();
+        let mut index = 0;
+        for ((tables, packed), slots) in parts.iter().zip(&slots) {
+            for (table, key, value) in Entries::new(packed, tables.len()).flatten() {
+                let skip = skipped.next_if_eq(&index).is_some();
+                index += 1;
+                match slots[table] {
+                    Some(_) if skip => {}
+                    Some(slot) => self.tables[slot].store.commit(key, at),
+                    None => {
+                        self.hold_undeclared(&tables[table], key, value);
+                    }
+                }
+            }
+        }
+        Some(aside)
+    }
+
+    pub(super) fn apply_batch(&mut self, batch: Buffered) {
+        let parts = [(batch.tables.as_slice(), batch.entries.0.as_slice())];
+        if self
+            .merge_entries(&batch.from, &parts, AheadValues::RefuseFrame)
+            .is_some()
+        {
+            self.applied.raise(batch.origin, batch.last);
+            self.generation += 1;
+            self.remote_generation += 1;
+            self.counters.batches_applied += 1;
+        }
+    }
+
+    /// Holds a value of a table not declared here. Identical values are
+    /// kept once; false when the bound on held bytes is reached.
+    pub(super) fn hold_undeclared(&mut self, table: &str, key: &[u8], value: &[u8]) -> bool {
+        let total: usize = self.undeclared.values().map(|u| u.bytes).sum();
+        let store = self.undeclared.entry(table.to_owned()).or_default();
+        let values = store.values.entry(key.into()).or_default();
+        if values.iter().any(|v| v == value) {
+            return true;
+        }
+        if total + key.len() + value.len() > UNDECLARED_BYTES_MAX {
+            return false;
+        }
+        store.bytes += key.len() + value.len();
+        values.push(value.to_vec());
+        if let Some(durable) = &mut self.durable {
+            durable.undeclared.push((table.to_owned(), key.into()));
+        }
+        true
+    }
+
+    pub(super) fn reject(&mut self, from: &str, why: &str) {
+        self.counters.rejected_frames += 1;
+        tracing::warn!(region = %self.name, peer = from, reason = why, "rejected input");
+    }
+
+    pub(crate) fn on_undecodable(&mut self, from: &str, error: &wire::WireError) {
+        self.reject(from, &error.to_string());
+    }
+}
