@@ -194,7 +194,7 @@ async fn run(w: Workload) -> Run {
             while i < w.n {
                 let t = Instant::now();
                 last = table
-                    .update(&(i % KEYS), |c, ctx| c.inc(ctx.replica(), 1))
+                    .update(&(i % KEYS), |c, ctx| c.apply(|c| c.inc(ctx.replica(), 1)))
                     .await
                     .expect("write");
                 if w.ack == AckLevel::Local {
@@ -270,7 +270,7 @@ async fn build_restart_store(dir: &std::path::Path) {
         .expect("a");
     let t = a.table::<GCounter>(TABLE).expect("table");
     for key in 0..RESTART_KEYS {
-        t.update(&key, |c, ctx| c.inc(ctx.replica(), 1))
+        t.update(&key, |c, ctx| c.apply(|c| c.inc(ctx.replica(), 1)))
             .await
             .expect("write");
         if key % 4096 == 4095 {

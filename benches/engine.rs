@@ -193,7 +193,7 @@ async fn engine_run(n: u64, keys: Keys, yield_every: u64) -> EngineRun {
         let mut last = SessionToken::new();
         for i in 0..n {
             last = table_a
-                .update(&keys.key(i), |c, ctx| c.inc(ctx.replica(), 1))
+                .update(&keys.key(i), |c, ctx| c.apply(|c| c.inc(ctx.replica(), 1)))
                 .await
                 .expect("write");
             if i % yield_every == yield_every - 1 {
@@ -253,7 +253,7 @@ async fn local_run(n: u64, keys: Keys, yield_every: u64) -> Duration {
         let started = Instant::now();
         for i in 0..n {
             table
-                .update(&keys.key(i), |c, ctx| c.inc(ctx.replica(), 1))
+                .update(&keys.key(i), |c, ctx| c.apply(|c| c.inc(ctx.replica(), 1)))
                 .await
                 .expect("write");
             if i % yield_every == yield_every - 1 {

@@ -178,7 +178,7 @@ async fn replicate(security: &Security) -> Duration {
         let mut last = SessionToken::new();
         for i in 0..N {
             last = table_t
-                .update(&(i % KEYS), |c, ctx| c.inc(ctx.replica(), 1))
+                .update(&(i % KEYS), |c, ctx| c.apply(|c| c.inc(ctx.replica(), 1)))
                 .await
                 .expect("write");
             if i % YIELD_EVERY == YIELD_EVERY - 1 {

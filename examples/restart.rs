@@ -41,7 +41,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let stock = tokyo.table::<GCounter>("stock")?;
     for sku in 0..SKUS {
         stock
-            .update(&sku, |c, ctx| c.inc(ctx.replica(), 10))
+            .update(&sku, |c, ctx| c.apply(|c| c.inc(ctx.replica(), 10)))
             .await?;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -53,7 +53,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     net.partition("ap-northeast", "eu-central");
     for sku in 0..SKUS {
         // Each returns once on disk; none can reach Frankfurt now.
-        stock.update(&sku, |c, ctx| c.inc(ctx.replica(), 1)).await?;
+        stock
+            .update(&sku, |c, ctx| c.apply(|c| c.inc(ctx.replica(), 1)))
+            .await?;
     }
     let stats = tokyo.stats();
     println!(

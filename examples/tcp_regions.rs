@@ -63,11 +63,13 @@ async fn both_here() -> Result<(), Box<dyn Error>> {
     let stock_t = tokyo.table::<PnCounter>("stock")?;
     let stock_f = frankfurt.table::<PnCounter>("stock")?;
     stock_t
-        .update("matcha", |s, ctx| s.inc(ctx.replica(), 20))
+        .update("matcha", |s, ctx| s.apply(|s| s.inc(ctx.replica(), 20)))
         .await?;
     let mut session = Session::new();
     stock_t
-        .update_session("matcha", &mut session, |s, ctx| s.dec(ctx.replica(), 3))
+        .update_session("matcha", &mut session, |s, ctx| {
+            s.apply(|s| s.dec(ctx.replica(), 3))
+        })
         .await?;
     // The customer's next request lands in Frankfurt.
     let seen = stock_f.read_session("matcha", &mut session).await?;
@@ -76,7 +78,7 @@ async fn both_here() -> Result<(), Box<dyn Error>> {
         seen.map_or(0, |s| s.value())
     );
     stock_f
-        .update("matcha", |s, ctx| s.dec(ctx.replica(), 2))
+        .update("matcha", |s, ctx| s.apply(|s| s.dec(ctx.replica(), 2)))
         .await?;
     while tokyo.applied() != frankfurt.applied() {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -104,7 +106,7 @@ async fn one_region(
     loop {
         tick.tick().await;
         stock
-            .update("matcha", |s, ctx| s.dec(ctx.replica(), 1))
+            .update("matcha", |s, ctx| s.apply(|s| s.dec(ctx.replica(), 1)))
             .await?;
         let sold = stock.read("matcha").await?.map_or(0, |s| -s.value());
         let connected = region.stats().peers.iter().any(|p| p.connected);

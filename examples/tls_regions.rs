@@ -67,10 +67,10 @@ async fn run(dir: &Path) -> Result<(), Box<dyn Error>> {
     let stock_t = tokyo.table::<PnCounter>("stock")?;
     let stock_f = frankfurt.table::<PnCounter>("stock")?;
     stock_t
-        .update("matcha", |s, ctx| s.inc(ctx.replica(), 20))
+        .update("matcha", |s, ctx| s.apply(|s| s.inc(ctx.replica(), 20)))
         .await?;
     stock_f
-        .update("matcha", |s, ctx| s.dec(ctx.replica(), 3))
+        .update("matcha", |s, ctx| s.apply(|s| s.dec(ctx.replica(), 3)))
         .await?;
     wait_until("the regions to converge", || {
         tokyo.applied() == frankfurt.applied()

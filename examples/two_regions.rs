@@ -93,11 +93,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Tokyo stocks 20 tins of matcha; a cart holds tea.
     stock
         .0
-        .update("matcha", |s, ctx| s.inc(ctx.replica(), 20))
+        .update("matcha", |s, ctx| s.apply(|s| s.inc(ctx.replica(), 20)))
         .await?;
     carts
         .0
-        .update("cart:aiko", |c, ctx| c.insert(ctx.replica(), "tea".into()))
+        .update("cart:aiko", |c, ctx| {
+            c.apply(|c| c.insert(ctx.replica(), "tea".into()))
+        })
         .await?;
     profiles.0.put("user:42", "Aiko".to_string()).await?;
     let took = settle(&tokyo, &frankfurt).await;
@@ -108,20 +110,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("\n-- partition: both regions keep serving --");
     stock
         .0
-        .update("matcha", |s, ctx| s.dec(ctx.replica(), 3))
+        .update("matcha", |s, ctx| s.apply(|s| s.dec(ctx.replica(), 3)))
         .await?;
     stock
         .1
-        .update("matcha", |s, ctx| s.dec(ctx.replica(), 2))
-        .await?;
-    carts.0.update("cart:aiko", |c, _| c.remove("tea")).await?;
-    carts
-        .1
-        .update("cart:aiko", |c, ctx| c.insert(ctx.replica(), "tea".into()))
+        .update("matcha", |s, ctx| s.apply(|s| s.dec(ctx.replica(), 2)))
         .await?;
     carts
+        .0
+        .update("cart:aiko", |c, _| c.apply(|c| c.remove("tea")))
+        .await?;
+    carts
         .1
-        .update("cart:aiko", |c, ctx| c.insert(ctx.replica(), "yuzu".into()))
+        .update("cart:aiko", |c, ctx| {
+            c.apply(|c| c.insert(ctx.replica(), "tea".into()))
+        })
+        .await?;
+    carts
+        .1
+        .update("cart:aiko", |c, ctx| {
+            c.apply(|c| c.insert(ctx.replica(), "yuzu".into()))
+        })
         .await?;
     profiles.0.put("user:42", "Aiko Tanaka".to_string()).await?;
     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -142,7 +151,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     carts
         .0
         .update_session("cart:ben", &mut session, |c, ctx| {
-            c.insert(ctx.replica(), "sencha".into())
+            c.apply(|c| c.insert(ctx.replica(), "sencha".into()))
         })
         .await?;
     let started = Instant::now();

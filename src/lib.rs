@@ -28,8 +28,10 @@
 //!   every replica makes alike.
 //!
 //! A write, end to end: the [`Region`](region::Region) ticks its clock,
-//! applies the mutator to its local state (the write is now visible
-//! locally) and returns a session token; the delta joins a batch for each
+//! runs the write's mutators (each through
+//! [`Mutation::apply`](region::Mutation::apply), which joins its delta into
+//! the write's), joins that delta into its local state (the write is now
+//! visible locally, exactly as it ships) and returns a session token; the delta joins a batch for each
 //! peer, which applies it once it has applied everything the write depended
 //! on (causal delivery), and acknowledges it. What the network loses is
 //! sent again; what a long partition makes too much to keep, anti-entropy

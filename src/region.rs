@@ -28,7 +28,7 @@
 //!
 //! let carts = tokyo.table::<OrSet<String>>("carts")?;
 //! let mut session = Session::new();
-//! let token = carts.update(&"user-1", |cart, ctx| cart.insert(ctx.replica(), "matcha".into())).await?;
+//! let token = carts.update(&"user-1", |cart, ctx| cart.apply(|c| c.insert(ctx.replica(), "matcha".into()))).await?;
 //! session.record_write(&token);
 //!
 //! // The same user's next request lands in Frankfurt: the session read
@@ -68,8 +68,22 @@
 //!   dropped and counted in [`RegionStats::undecodable_values`], with a
 //!   warning; the rest of its batch is applied, so one bad value does not
 //!   stop replication from its origin.
-//! - [`Region::shutdown`] flushes what is queued and waits, bounded, for it
-//!   to be acknowledged.
+//! - A write changes the stored value only by its delta: its closure
+//!   runs mutators on a copy through [`Mutation::apply`], and the region
+//!   joins the join of their deltas into the stored value once that delta
+//!   is encoded. What a write changes here is what it ships; a write that
+//!   fails (encoding, a panic in the closure) changes nothing.
+//! - [`Region::shutdown`] closes the region to writes
+//!   ([`RegionError::Closed`]), flushes what is queued, waits, bounded, for
+//!   it to be acknowledged, and returns a [`ShutdownReport`]: per peer, the
+//!   writes it did not acknowledge.
+//! - **A supervised engine.** If the engine stops without `shutdown` (a
+//!   panic in it or in a user resolver or merger it runs, a panic that left
+//!   the state locked and half-changed, a closed transport), every later
+//!   read and write returns [`RegionError::Engine`] and
+//!   [`RegionStats::engine_failure`] names it (logged at `error`): a region
+//!   never accepts a write it cannot replicate. A panic in an `update`
+//!   closure is the caller's: it reaches the caller and fails nothing.
 //!
 //! ## Restarts, identity and what is lost
 //! - **Without storage** a region lives in memory only: a restart (or a
@@ -143,21 +157,24 @@
 //! ways, for tests.
 
 use std::any::type_name;
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
 use std::fmt::Debug;
 use std::marker::PhantomData;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::clock::{Hlc, PhysicalClock, ReplicaId, Stamp, SystemClock, VersionVector};
 use crate::crdt::Crdt;
 use crate::replication::core::{Core, TableSlot};
 use crate::replication::store::{CrdtStore, Merger};
-use crate::replication::{self, Command, DurableMark, Shared};
+use crate::replication::{self, Command, Shared};
 use crate::resolve::{ConflictFeed, Resolution, Resolver, VersionSet};
 use crate::session::{Missing, Session, SessionToken};
 use crate::storage::{Commit, Identity, Storage, StorageError};
@@ -270,10 +287,28 @@ pub enum RegionError {
     /// [`Region::retire_peer`] was asked to retire this region itself.
     #[error("a region cannot retire itself")]
     RetireSelf,
-    /// A [`AckLevel::Local`] write after [`Region::shutdown`]: the engine
-    /// that commits has stopped. The write is applied in memory only.
-    #[error("the region was shut down: the write is applied in memory and will not be committed")]
-    Stopped,
+    /// A write after [`Region::shutdown`] began: refused, nothing changed
+    /// (a shut-down region would never replicate or commit it). Reads
+    /// still work.
+    #[error("the region was shut down: writes are refused")]
+    Closed,
+    /// The region's engine failed (see [`EngineFailure`]): from then on
+    /// every read and write is refused, since nothing would replicate and
+    /// the state may be half-changed. Also in [`RegionStats::engine_failure`].
+    #[error("the region's engine failed: {0}")]
+    Engine(EngineFailure),
+    /// The table exists with another resolver (or as a CRDT table, or a
+    /// CRDT table was asked for a resolver table): a second handle would
+    /// merge with one resolver and read with another.
+    #[error("table {table:?} is settled by {registered}, not {requested}")]
+    ResolverMismatch {
+        /// The table.
+        table: String,
+        /// Its resolver's type (or that it has none).
+        registered: &'static str,
+        /// The resolver asked for (or that none was).
+        requested: &'static str,
+    },
     /// A write asked for [`AckLevel::Local`] on a region without storage.
     #[error("AckLevel::Local needs a region with storage")]
     NoStorage,
@@ -311,6 +346,32 @@ pub enum RegionError {
         /// What it still lacks, per replica.
         missing: Vec<Missing>,
     },
+}
+
+/// Why a region's engine stopped without [`Region::shutdown`]. Once it
+/// has, every read and write of the region returns
+/// [`RegionError::Engine`], [`RegionStats::engine_failure`] names it and it
+/// is logged at `error`: a region never accepts writes it cannot replicate.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EngineFailure {
+    /// The engine task panicked: a bug, or a user resolver or merger that
+    /// panicked while merging data from a peer (they run inside the engine).
+    #[error("the engine panicked: {message}")]
+    Panicked {
+        /// The panic's message.
+        message: String,
+    },
+    /// A panic while the region's state was locked (in the engine, or in a
+    /// user type's `merge` or `clone`): the state may be half-changed.
+    #[error("a panic while the region's state was locked")]
+    Poisoned,
+    /// The transport ended (it returns no more events): nothing reaches
+    /// the peers any more.
+    #[error("the transport closed")]
+    TransportClosed,
+    /// The engine task was cancelled (its tokio runtime shut down).
+    #[error("the engine task was cancelled")]
+    Cancelled,
 }
 
 /// Why a region refused a peer's handshake: the peer's frames are ignored
@@ -400,6 +461,84 @@ impl Debug for WriteCtx<'_> {
     }
 }
 
+/// One write's hold on the value it changes: read it through `Deref`,
+/// change it only through [`apply`](Mutation::apply).
+///
+/// There is no `&mut V` to the stored value: every change goes through a
+/// mutator whose delta `apply` joins into the write's, so a write that
+/// calls two mutators ships both. The closure works on a copy; the region
+/// installs *the stored value joined with the write's delta*, never the
+/// copy. So what a write changes here is exactly what it ships: a mutator
+/// whose delta is wrong (one `apply` closure that calls two mutators and
+/// returns one delta) loses that change here as well as everywhere else,
+/// visibly, and the regions never diverge.
+///
+/// ```
+/// use archipelago::crdt::OrSet;
+/// use archipelago::region::Region;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), archipelago::region::RegionError> {
+/// let region = Region::builder("ap-northeast").build()?;
+/// let carts = region.table::<OrSet<String>>("carts")?;
+/// // Two mutators, one write: both deltas are shipped.
+/// carts
+///     .update(&"user-1", |cart, ctx| {
+///         cart.apply(|c| c.insert(ctx.replica(), "matcha".into()));
+///         if cart.contains("matcha") {
+///             cart.apply(|c| c.remove("sencha"));
+///         }
+///     })
+///     .await?;
+/// # Ok(()) }
+/// ```
+pub struct Mutation<V> {
+    /// The value as this write's mutators left it.
+    working: V,
+    /// The join of their deltas; `None` until one ran.
+    delta: Option<V>,
+}
+
+impl<V: Crdt> Mutation<V> {
+    /// Runs `mutator` (`|cart| cart.insert(replica, sku)`) on the value and
+    /// joins the delta it returns into the write's delta. One mutator per
+    /// call: what `mutator` returns is all of its change that is kept.
+    pub fn apply(&mut self, mutator: impl FnOnce(&mut V) -> V) {
+        let delta = mutator(&mut self.working);
+        match &mut self.delta {
+            Some(joined) => joined.merge(&delta),
+            None => self.delta = Some(delta),
+        }
+    }
+
+    /// The value as the mutators applied so far left it.
+    pub fn value(&self) -> &V {
+        &self.working
+    }
+
+    /// True once a mutator ran: an update whose closure applies none is
+    /// no write (nothing is logged, shipped or waited for).
+    pub fn is_changed(&self) -> bool {
+        self.delta.is_some()
+    }
+}
+
+impl<V> std::ops::Deref for Mutation<V> {
+    type Target = V;
+    fn deref(&self) -> &V {
+        &self.working
+    }
+}
+
+impl<V: Debug> Debug for Mutation<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mutation")
+            .field("value", &self.working)
+            .field("delta", &self.delta)
+            .finish()
+    }
+}
+
 /// When a write returns: what it survives once acknowledged.
 ///
 /// | level | returns once | survives |
@@ -459,7 +598,7 @@ impl RegionBuilder {
     /// The transport to peers. Without one, the region serves alone.
     pub fn transport<T: Transport>(mut self, transport: T) -> Self {
         self.engine = Some(Box::new(move |shared, commands, storage| {
-            tokio::spawn(replication::run(shared, transport, commands, storage));
+            replication::spawn(shared, transport, commands, storage);
         }));
         self
     }
@@ -618,24 +757,14 @@ impl RegionBuilder {
             );
         }
         let durable_seq = core.seq;
-        let shared = Arc::new(Shared {
-            core: std::sync::Mutex::new(core),
-            wake: Notify::new(),
-            applied: watch::channel(0).0,
-            durable: watch::channel(DurableMark {
-                seq: durable_seq,
-                failed: None,
-            })
-            .0,
-            acks: watch::channel(0).0,
-        });
+        let shared = Arc::new(Shared::new(core, durable_seq));
         let (commands, receiver) = mpsc::channel(4);
         let engine = self.engine.or_else(|| {
             durable.then(|| {
                 let name = self.name.clone();
                 Box::new(move |shared, commands, storage| {
                     let detached = replication::Detached(name);
-                    tokio::spawn(replication::run(shared, detached, commands, storage));
+                    replication::spawn(shared, detached, commands, storage);
                 }) as Box<dyn FnOnce(_, _, _) + Send>
             })
         });
@@ -655,9 +784,16 @@ impl RegionBuilder {
                 config,
                 shared,
                 commands: running.then_some(commands),
+                closed: AtomicBool::new(false),
+                resolvers: Mutex::new(HashMap::new()),
             }),
         })
     }
+}
+
+/// The type of `value`, for comparing resolvers passed as `impl Resolver`.
+fn type_id_of<R: 'static>(_: &R) -> TypeId {
+    TypeId::of::<R>()
 }
 
 /// 32 random bits (from a ULID's random part), never 0.
@@ -688,7 +824,25 @@ struct Inner {
     config: RegionConfig,
     shared: Arc<Shared>,
     commands: Option<mpsc::Sender<Command>>,
+    /// Set (under the state's lock) when `shutdown` begins: writes are
+    /// refused from then on.
+    closed: AtomicBool,
+    /// The resolver and conflict feed of each resolver table, by name:
+    /// every handle on a table shares the ones its merges use. Locked
+    /// before the state, never while holding it.
+    resolvers: Mutex<HashMap<Arc<str>, ResolverSlot>>,
 }
+
+/// A resolver table's resolver and feed, kept for its later handles.
+struct ResolverSlot {
+    resolver_type: TypeId,
+    resolver_name: &'static str,
+    /// `(Arc<dyn Resolver<T>>, ConflictFeed<T>)` for the table's `T`.
+    shared: Box<dyn Any + Send + Sync>,
+}
+
+/// What [`RegionError::ResolverMismatch`] says of a CRDT table.
+const NO_RESOLVER: &str = "no resolver (a CRDT table)";
 
 /// One region: a replica of every table it declares. Clones share it.
 #[derive(Clone)]
@@ -746,20 +900,31 @@ impl Region {
     /// (what peers passed on of third regions may be held too, see "What a
     /// peer is believed" above): what session reads wait for.
     pub fn applied(&self) -> VersionVector {
-        self.inner.shared.lock().held().into_owned()
+        self.core_any().held().into_owned()
     }
 
-    /// The CRDT table `name` of values `V`, declared on first use.
+    /// The CRDT table `name` of values `V`, declared on first use. Every
+    /// handle on one table shares it.
     ///
     /// # Errors
-    /// [`RegionError::TableType`] when `name` holds another type.
+    /// [`RegionError::TableType`] when `name` holds another type;
+    /// [`RegionError::ResolverMismatch`] when it is a resolver table;
+    /// [`RegionError::Engine`] once the engine failed.
     pub fn table<V>(&self, name: &str) -> Result<Table<V>, RegionError>
     where
         V: Crdt + Serialize + DeserializeOwned + Send + Sync + 'static,
     {
+        let resolvers = self.resolvers();
         let merger: Merger<V> =
             Arc::new(|mine: &mut V, theirs: &V, _: &[u8], _| mine.merge(theirs));
         let (name, slot) = self.declare::<V>(name, merger, None)?;
+        if let Some(registered) = resolvers.get(&*name) {
+            return Err(RegionError::ResolverMismatch {
+                table: name.to_string(),
+                registered: registered.resolver_name,
+                requested: NO_RESOLVER,
+            });
+        }
         Ok(Table {
             region: self.clone(),
             name,
@@ -769,11 +934,20 @@ impl Region {
         })
     }
 
-    /// The resolver table `name` of plain values `T`, settled by `resolver`
-    /// (used when the table is first declared).
+    /// The resolver table `name` of plain values `T`, settled by `resolver`,
+    /// declared on first use.
+    ///
+    /// Every handle on one table shares the first handle's resolver and
+    /// conflict feed, the ones its merges use: a later call with a resolver
+    /// of the same type returns that table (its `resolver` argument is
+    /// dropped, so a resolver type with settings keeps the first call's),
+    /// and one with a resolver of another type is refused.
     ///
     /// # Errors
-    /// [`RegionError::TableType`] when `name` holds another type.
+    /// [`RegionError::TableType`] when `name` holds another type;
+    /// [`RegionError::ResolverMismatch`] when it is settled by a resolver
+    /// of another type, or is a CRDT table; [`RegionError::Engine`] once
+    /// the engine failed.
     pub fn table_with<T>(
         &self,
         name: &str,
@@ -782,6 +956,42 @@ impl Region {
     where
         T: Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static,
     {
+        let mut resolvers = self.resolvers();
+        let requested = std::any::type_name_of_val(&resolver);
+        let existing = {
+            let core = self.core()?;
+            Self::find::<VersionSet<T>>(&core, name)?
+        };
+        if let Some((table, slot)) = existing {
+            let Some(registered) = resolvers.get(&*table) else {
+                return Err(RegionError::ResolverMismatch {
+                    table: table.to_string(),
+                    registered: NO_RESOLVER,
+                    requested,
+                });
+            };
+            if registered.resolver_type != type_id_of(&resolver) {
+                return Err(RegionError::ResolverMismatch {
+                    table: table.to_string(),
+                    registered: registered.resolver_name,
+                    requested,
+                });
+            }
+            let (resolver, feed) = registered
+                .shared
+                .downcast_ref::<(Arc<dyn Resolver<T>>, ConflictFeed<T>)>()
+                .expect("the table's value type was checked")
+                .clone();
+            return Ok(ResolverTable {
+                region: self.clone(),
+                name: table,
+                slot,
+                ack: self.inner.ack,
+                resolver,
+                feed,
+            });
+        }
+        let resolver_type = type_id_of(&resolver);
         let feed = ConflictFeed::new(name, self.inner.replica);
         let resolver: Arc<dyn Resolver<T>> = Arc::new(resolver);
         let merger: Merger<VersionSet<T>> = {
@@ -801,6 +1011,14 @@ impl Region {
             Box::new(move || feed.stats().total) as Box<dyn Fn() -> u64 + Send>
         };
         let (table, slot) = self.declare::<VersionSet<T>>(name, merger, Some(counter))?;
+        resolvers.insert(
+            Arc::clone(&table),
+            ResolverSlot {
+                resolver_type,
+                resolver_name: requested,
+                shared: Box::new((Arc::clone(&resolver), feed.clone())),
+            },
+        );
         Ok(ResolverTable {
             region: self.clone(),
             name: table,
@@ -809,6 +1027,32 @@ impl Region {
             resolver,
             feed,
         })
+    }
+
+    /// The registry of resolver tables, locked (before the state).
+    fn resolvers(&self) -> MutexGuard<'_, HashMap<Arc<str>, ResolverSlot>> {
+        // Nothing panics while it is held but the state's lock, whose
+        // poisoning is noticed there.
+        self.inner
+            .resolvers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The table `name`, if declared, checked to hold values `V`.
+    fn find<V: 'static>(core: &Core, name: &str) -> Result<Option<(Arc<str>, usize)>, RegionError> {
+        let Some(index) = core.slot_of(name) else {
+            return Ok(None);
+        };
+        let slot = &core.tables[index];
+        if slot.store.as_any().downcast_ref::<CrdtStore<V>>().is_none() {
+            return Err(RegionError::TableType {
+                table: name.to_owned(),
+                registered: slot.type_name,
+                requested: type_name::<V>(),
+            });
+        }
+        Ok(Some((Arc::clone(&slot.name), index)))
     }
 
     fn declare<V>(
@@ -820,17 +1064,9 @@ impl Region {
     where
         V: Crdt + Serialize + DeserializeOwned + Send + 'static,
     {
-        let mut core = self.inner.shared.lock();
-        if let Some(index) = core.slot_of(name) {
-            let slot = &core.tables[index];
-            if slot.store.as_any().downcast_ref::<CrdtStore<V>>().is_none() {
-                return Err(RegionError::TableType {
-                    table: name.to_owned(),
-                    registered: slot.type_name,
-                    requested: type_name::<V>(),
-                });
-            }
-            return Ok((Arc::clone(&slot.name), index));
+        let mut core = self.core()?;
+        if let Some(found) = Self::find::<V>(&core, name)? {
+            return Ok(found);
         }
         let table: Arc<str> = name.into();
         let index = core.declare(TableSlot {
@@ -844,7 +1080,12 @@ impl Region {
 
     /// Peers, tables and counters, for operators.
     pub fn stats(&self) -> RegionStats {
-        let core = self.inner.shared.lock();
+        if self.inner.shared.core.is_poisoned() {
+            self.inner.shared.fail(EngineFailure::Poisoned);
+        }
+        let engine_failure = self.inner.shared.failure();
+        let closed = self.inner.closed.load(Ordering::Acquire);
+        let core = self.core_any();
         let now = Instant::now();
         let log_start = core.outbox.start().unwrap_or(core.seq + 1);
         let peers = core
@@ -901,34 +1142,126 @@ impl Region {
             commits: c.commits,
             committed_writes: c.committed_writes,
             commit_failures: c.commit_failures,
+            engine_failure,
+            closed,
             peers,
             tables,
         }
     }
 
-    /// Flushes every queued write to the peers and waits (up to
-    /// `shutdown_wait_max`) for them to be acknowledged, then stops the
-    /// engine. Reads and local writes still work afterwards; they are just
-    /// no longer replicated.
-    pub async fn shutdown(&self) {
-        let Some(commands) = &self.inner.commands else {
-            return;
-        };
-        let (done, wait) = oneshot::channel();
-        if commands.send(Command::Shutdown(done)).await.is_ok() {
-            let _ = wait.await;
+    /// Closes the region to writes, flushes every queued write to the peers
+    /// (and, with storage, commits it), waits up to `shutdown_wait_max` for
+    /// the connected peers to acknowledge them, then stops the engine and
+    /// closes the store. Returns what it flushed and what it could not.
+    ///
+    /// From the moment it is called, writes return [`RegionError::Closed`]
+    /// and change nothing; every write accepted before is in the flush.
+    /// Reads still work (session reads that need writes from elsewhere
+    /// time out: nothing arrives any more). A second call only reports.
+    pub async fn shutdown(&self) -> ShutdownReport {
+        let started = Instant::now();
+        {
+            // Under the lock writes check the flag under: a write is either
+            // recorded before this (and flushed) or refused.
+            let _core = self.core_any();
+            self.inner.closed.store(true, Ordering::Release);
         }
-        tracing::info!(region = %self.inner.name, "region shut down");
+        if let Some(commands) = &self.inner.commands
+            && self.inner.shared.failure().is_none()
+        {
+            let (done, wait) = oneshot::channel();
+            if commands.send(Command::Shutdown(done)).await.is_ok() && wait.await.is_err() {
+                // The engine ended without finishing the shutdown: its
+                // supervisor records why.
+                let mut failed = self.inner.shared.acks.subscribe();
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    while self.inner.shared.failure().is_none() {
+                        if failed.changed().await.is_err() {
+                            break;
+                        }
+                    }
+                })
+                .await;
+            }
+        }
+        let report = self.report(started.elapsed());
+        if report.is_complete() {
+            tracing::info!(region = %self.inner.name, writes = report.writes, "region shut down");
+        } else {
+            tracing::warn!(region = %self.inner.name, ?report, "region shut down with writes not flushed");
+        }
+        report
     }
 
-    /// Writes through `apply` (which returns the delta) to the table in
-    /// `slot`, logs the delta for the peers and returns the write's token.
+    /// Makes the engine task panic (outside the state's lock), to test
+    /// supervision: the failure then shows in [`Region::stats`] and on the
+    /// next read or write. Feature `testing` only.
+    #[cfg(any(test, feature = "testing"))]
+    #[doc(hidden)]
+    pub async fn inject_engine_panic(&self) {
+        if let Some(commands) = &self.inner.commands {
+            let _ = commands.send(Command::Panic).await;
+        }
+    }
+
+    /// What a shutdown leaves behind, now.
+    fn report(&self, waited: Duration) -> ShutdownReport {
+        let engine_failure = self.inner.shared.failure();
+        let core = self.core_any();
+        let peers = core
+            .peers
+            .iter()
+            .map(|(name, p)| PeerFlush {
+                name: name.clone(),
+                connected: p.connected,
+                acknowledged: p.acked.min(core.seq),
+                unacknowledged: core.seq.saturating_sub(p.acked),
+                repair_pending: p.needs_sync,
+            })
+            .collect();
+        ShutdownReport {
+            name: core.name.clone(),
+            writes: core.seq,
+            committed: core.durable.as_ref().map(|d| d.seq),
+            peers,
+            engine_failure,
+            waited,
+        }
+    }
+
+    /// The region's state, locked, unless its engine failed (or a panic
+    /// left the state half-changed, which counts as a failure from then on).
+    fn core(&self) -> Result<MutexGuard<'_, Core>, RegionError> {
+        let shared = &self.inner.shared;
+        if let Some(failure) = shared.failure() {
+            return Err(RegionError::Engine(failure));
+        }
+        shared.core.lock().map_err(|_| {
+            shared.fail(EngineFailure::Poisoned);
+            RegionError::Engine(shared.failure().unwrap_or(EngineFailure::Poisoned))
+        })
+    }
+
+    /// The region's state, locked, for what only reads it (stats, shutdown
+    /// reports): also after a failure.
+    fn core_any(&self) -> MutexGuard<'_, Core> {
+        self.inner.shared.lock()
+    }
+
+    /// Writes through `mutate` to the table in `slot`, logs the write's
+    /// delta for the peers and returns its token and sequence number;
+    /// `None` when `mutate` applied no mutator.
+    ///
+    /// `mutate` works on a copy; the stored value is joined with the
+    /// write's delta only once that delta is encoded: a write that fails
+    /// (an encoding error, a panic in `mutate`) changes nothing, and what
+    /// changes here is exactly what is shipped.
     fn write<V, K>(
         &self,
         slot: usize,
         key: &K,
-        apply: impl FnOnce(&mut V, &WriteCtx<'_>) -> V,
-    ) -> Result<(SessionToken, u64), RegionError>
+        mutate: impl FnOnce(&mut Mutation<V>, &WriteCtx<'_>),
+    ) -> Result<Option<(SessionToken, u64)>, RegionError>
     where
         V: Crdt + Serialize + DeserializeOwned + Send + 'static,
         K: Serialize + ?Sized,
@@ -941,15 +1274,46 @@ impl Region {
                 hlc: &self.inner.hlc,
                 stamp: std::cell::Cell::new(None),
             };
-            let mut core = shared.lock();
-            let store = core
-                .store_mut::<CrdtStore<V>>(slot)
-                .expect("declared by the handle");
-            let delta = apply(store.entry(key), &ctx);
+            let mut core = self.core()?;
+            // Checked under the lock that `shutdown` closes the region
+            // under: every write accepted is in the shutdown's flush.
+            if self.inner.closed.load(Ordering::Acquire) {
+                return Err(RegionError::Closed);
+            }
+            let stored = core
+                .store::<CrdtStore<V>>(slot)
+                .expect("declared by the handle")
+                .get(key);
+            let mut mutation = Mutation {
+                working: stored.cloned().unwrap_or_default(),
+                delta: None,
+            };
+            // A panic in the caller's closure unwinds after the lock is
+            // released: it touched only the copy, so the state is sound and
+            // the lock is not poisoned (a poisoned lock means the engine's
+            // own state may be half-changed).
+            if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                mutate(&mut mutation, &ctx)
+            })) {
+                drop(core);
+                std::panic::resume_unwind(panic);
+            }
+            let Some(delta) = mutation.delta else {
+                return Ok(None);
+            };
             let mut scratch = std::mem::take(&mut core.delta_scratch);
             scratch.clear();
             let encoded = wire::encode_bare_into(&delta, &mut scratch);
-            let token = encoded.map(|()| (core.record_write(slot, key, &scratch), core.seq));
+            if let Err(error) = encoded {
+                core.delta_scratch = scratch;
+                return Err(RegionError::Encode(error));
+            }
+            core.store_mut::<CrdtStore<V>>(slot)
+                .expect("declared by the handle")
+                .entry(key)
+                .merge(&delta);
+            let token = core.record_write(slot, key, &scratch);
+            let seq = core.seq;
             core.delta_scratch = scratch;
             // Batches leave on the engine's tick (`batch_delay`). Waking the
             // engine from here would queue it on this task's worker thread
@@ -961,7 +1325,7 @@ impl Region {
             if wake {
                 shared.wake.notify_one();
             }
-            Ok(token?)
+            Ok(Some((token, seq)))
         })?
     }
 
@@ -978,8 +1342,8 @@ impl Region {
         V: Crdt + Serialize + DeserializeOwned + Send + 'static,
         K: Serialize + ?Sized,
     {
-        Ok(wire::with_bare(key, |key| {
-            let core = self.inner.shared.lock();
+        wire::with_bare(key, |key| {
+            let core = self.core()?;
             let value: Option<V> = core
                 .store::<CrdtStore<V>>(slot)
                 .and_then(|s| s.get(key))
@@ -987,8 +1351,8 @@ impl Region {
             if let Some(session) = session {
                 session.record_read(&SessionToken::from_vector(core.held().into_owned()));
             }
-            value
-        })?)
+            Ok(value)
+        })?
     }
 
     /// Writes as [`write`](Region::write), then waits as `ack` asks.
@@ -997,7 +1361,7 @@ impl Region {
         slot: usize,
         key: &K,
         ack: AckLevel,
-        apply: impl FnOnce(&mut V, &WriteCtx<'_>) -> V,
+        mutate: impl FnOnce(&mut Mutation<V>, &WriteCtx<'_>),
     ) -> Result<SessionToken, RegionError>
     where
         V: Crdt + Serialize + DeserializeOwned + Send + 'static,
@@ -1006,7 +1370,9 @@ impl Region {
         if ack == AckLevel::Local && !self.inner.durable {
             return Err(RegionError::NoStorage);
         }
-        let (token, seq) = self.write(slot, key, apply)?;
+        let Some((token, seq)) = self.write(slot, key, mutate)? else {
+            return Ok(SessionToken::new());
+        };
         match ack {
             AckLevel::Memory => {}
             AckLevel::Local => self.wait_committed(seq).await?,
@@ -1025,7 +1391,7 @@ impl Region {
             // Marked seen before counting: a change after the count wakes us.
             acks.borrow_and_update();
             let replicated = {
-                let core = self.inner.shared.lock();
+                let core = self.core()?;
                 // A peer marked for repair counts only once repaired: its
                 // cursor was moved past writes it may not have.
                 core.peers
@@ -1053,7 +1419,7 @@ impl Region {
     /// `commit_wait_max`.
     async fn wait_committed(&self, seq: u64) -> Result<(), RegionError> {
         {
-            let mut core = self.inner.shared.lock();
+            let mut core = self.core()?;
             if core.durable.as_ref().is_some_and(|d| d.seq < seq) {
                 core.commit_requested = true;
             }
@@ -1074,13 +1440,19 @@ impl Region {
                     return Err(RegionError::Storage(error.clone()));
                 }
             }
+            if let Some(failure) = self.inner.shared.failure() {
+                return Err(RegionError::Engine(failure));
+            }
             if self
                 .inner
                 .commands
                 .as_ref()
                 .is_none_or(mpsc::Sender::is_closed)
             {
-                return Err(RegionError::Stopped);
+                // Shut down without committing it (that commit failed).
+                return Err(RegionError::CommitTimeout {
+                    waited: started.elapsed(),
+                });
             }
             match tokio::time::timeout_at(deadline, marks.changed()).await {
                 Ok(Ok(())) => continue,
@@ -1120,12 +1492,13 @@ impl Region {
     ///   so vectors and tokens carry one entry per retired replica id.
     ///
     /// # Errors
-    /// [`RegionError::RetireSelf`] for this region's own name.
+    /// [`RegionError::RetireSelf`] for this region's own name;
+    /// [`RegionError::Engine`] once the engine failed.
     pub fn retire_peer(&self, name: &str) -> Result<Vec<ReplicaId>, RegionError> {
         if name == self.inner.name {
             return Err(RegionError::RetireSelf);
         }
-        let ids = self.inner.shared.lock().retire_peer(name);
+        let ids = self.core()?.retire_peer(name);
         // Session waits re-check what they still need.
         self.inner
             .shared
@@ -1141,7 +1514,7 @@ impl Region {
         let mut changes = self.inner.shared.applied.subscribe();
         loop {
             let missing: Vec<Missing> = {
-                let core = self.inner.shared.lock();
+                let core = self.core()?;
                 let held = core.held();
                 if token.covered_by(&held) {
                     return Ok(());
@@ -1197,6 +1570,17 @@ pub struct Table<V> {
     _values: PhantomData<fn() -> V>,
 }
 
+impl<V> Debug for Table<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Table")
+            .field("region", &self.region.inner.name)
+            .field("name", &self.name)
+            .field("value", &type_name::<V>())
+            .field("ack", &self.ack)
+            .finish()
+    }
+}
+
 impl<V> Clone for Table<V> {
     fn clone(&self) -> Self {
         Table {
@@ -1230,23 +1614,36 @@ where
         self.ack
     }
 
-    /// Applies `mutate` to the value under `key` (created empty if absent)
-    /// here and now; `mutate` returns the delta, which is replicated.
-    /// Returns the write's session token, once the write is as durable as
-    /// the handle's [`AckLevel`] asks.
+    /// Changes the value under `key` (empty if absent) here and now through
+    /// `mutate`, which runs mutators on it with [`Mutation::apply`]
+    /// (`|cart, ctx| cart.apply(|c| c.insert(ctx.replica(), sku))`); the
+    /// join of their deltas is the write's delta, replicated. Returns the
+    /// write's session token, once the write is as durable as the handle's
+    /// [`AckLevel`] asks (an empty token, at once, when `mutate` applied no
+    /// mutator: that is no write).
+    ///
+    /// The write is all or nothing: `mutate` works on a copy of the value,
+    /// and the stored value is joined with the write's delta only once that
+    /// delta is encoded. An encoding error (or a panic in `mutate`) leaves
+    /// the table as it was and ships nothing, so this region never holds a
+    /// change its peers cannot receive. The copy costs a clone of the value
+    /// per update: keep values that are written often small (a cart per
+    /// key, not a catalogue).
     ///
     /// `mutate` runs while the region's state is locked: keep it short, and
     /// do not call back into the region from it (that would deadlock).
     ///
     /// # Errors
-    /// [`RegionError::Encode`] when the key or delta cannot be encoded;
-    /// for [`AckLevel::Local`], [`RegionError::NoStorage`],
+    /// [`RegionError::Encode`] when the key or delta cannot be encoded
+    /// (nothing changed); [`RegionError::Closed`] after
+    /// [`Region::shutdown`]; [`RegionError::Engine`] once the engine
+    /// failed; for [`AckLevel::Local`], [`RegionError::NoStorage`],
     /// [`RegionError::Storage`] when its commit failed and
     /// [`RegionError::CommitTimeout`] (the write is applied here in both).
     pub async fn update<K: Serialize + ?Sized>(
         &self,
         key: &K,
-        mutate: impl FnOnce(&mut V, &WriteCtx<'_>) -> V,
+        mutate: impl FnOnce(&mut Mutation<V>, &WriteCtx<'_>),
     ) -> Result<SessionToken, RegionError> {
         self.region
             .write_acked::<V, K>(self.slot, key, self.ack, mutate)
@@ -1264,7 +1661,7 @@ where
         &self,
         key: &K,
         session: &mut Session,
-        mutate: impl FnOnce(&mut V, &WriteCtx<'_>) -> V,
+        mutate: impl FnOnce(&mut Mutation<V>, &WriteCtx<'_>),
     ) -> Result<SessionToken, RegionError> {
         self.region.wait_for(session.write_requirement()).await?;
         let token = self.update(key, mutate).await?;
@@ -1298,7 +1695,7 @@ where
 
     /// Number of keys.
     pub fn len(&self) -> usize {
-        let core = self.region.inner.shared.lock();
+        let core = self.region.core_any();
         core.tables.get(self.slot).map_or(0, |s| s.store.len())
     }
 
@@ -1316,6 +1713,18 @@ pub struct ResolverTable<T: Clone> {
     ack: AckLevel,
     resolver: Arc<dyn Resolver<T>>,
     feed: ConflictFeed<T>,
+}
+
+impl<T: Clone> Debug for ResolverTable<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResolverTable")
+            .field("region", &self.region.inner.name)
+            .field("name", &self.name)
+            .field("value", &type_name::<T>())
+            .field("strategy", &self.resolver.strategy())
+            .field("ack", &self.ack)
+            .finish()
+    }
 }
 
 impl<T: Clone> Clone for ResolverTable<T> {
@@ -1361,7 +1770,7 @@ where
     ) -> Result<SessionToken, RegionError> {
         self.region
             .write_acked::<VersionSet<T>, K>(self.slot, key, self.ack, |set, ctx| {
-                set.write(ctx.stamp(), value)
+                set.apply(|s| s.write(ctx.stamp(), value));
             })
             .await
     }
@@ -1493,10 +1902,71 @@ pub struct RegionStats {
     pub committed_writes: u64,
     /// Commits that failed (and were retried).
     pub commit_failures: u64,
+    /// Why the engine failed, once it has: reads and writes then return
+    /// [`RegionError::Engine`].
+    pub engine_failure: Option<EngineFailure>,
+    /// True once [`Region::shutdown`] began: writes are refused.
+    pub closed: bool,
     /// Each peer.
     pub peers: Vec<PeerStats>,
     /// Each table.
     pub tables: Vec<TableStats>,
+}
+
+/// What [`Region::shutdown`] flushed and what it could not.
+#[derive(Clone, Debug)]
+pub struct ShutdownReport {
+    /// The region's name.
+    pub name: String,
+    /// Local writes made in this process's life (with storage, since the
+    /// store was created).
+    pub writes: u64,
+    /// With storage, local writes committed (`None` without): a write
+    /// above it is lost with this process.
+    pub committed: Option<u64>,
+    /// Each peer: what it acknowledged and what it did not (a peer that
+    /// was not connected is not waited for).
+    pub peers: Vec<PeerFlush>,
+    /// Why the engine had failed, if it had: nothing was flushed.
+    pub engine_failure: Option<EngineFailure>,
+    /// How long the shutdown took.
+    pub waited: Duration,
+}
+
+impl ShutdownReport {
+    /// True when every write is acknowledged by every peer (none needs a
+    /// repair) and, with storage, committed, and the engine had not failed.
+    pub fn is_complete(&self) -> bool {
+        self.engine_failure.is_none()
+            && self.committed.is_none_or(|c| c >= self.writes)
+            && self
+                .peers
+                .iter()
+                .all(|p| p.unacknowledged == 0 && !p.repair_pending)
+    }
+
+    /// Our writes not acknowledged, summed over the peers.
+    pub fn unacknowledged(&self) -> u64 {
+        self.peers.iter().map(|p| p.unacknowledged).sum()
+    }
+}
+
+/// One peer in a [`ShutdownReport`].
+#[derive(Clone, Debug)]
+pub struct PeerFlush {
+    /// The peer's name.
+    pub name: String,
+    /// Whether it was reachable at the end.
+    pub connected: bool,
+    /// Our writes it acknowledged.
+    pub acknowledged: u64,
+    /// Our writes it did not acknowledge (it may still have received
+    /// some). With storage they stay in the stored outbox and are sent
+    /// again after a restart; without, those it lacks are lost.
+    pub unacknowledged: u64,
+    /// It was waiting for a repair by anti-entropy (its outbox claim was
+    /// dropped), which did not finish.
+    pub repair_pending: bool,
 }
 
 /// One peer, as a region sees it.

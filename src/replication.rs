@@ -12,6 +12,7 @@ pub(crate) mod message;
 pub(crate) mod outbox;
 pub(crate) mod store;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::{Notify, mpsc, oneshot, watch};
@@ -19,6 +20,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use self::core::{Core, Outgoing};
 use self::message::Message;
+use crate::region::EngineFailure;
 use crate::storage::{Storage, StorageError};
 use crate::transport::{Transport, TransportEvent};
 use crate::wire;
@@ -45,13 +47,67 @@ pub(crate) struct Shared {
     /// Bumped when a peer acknowledges more of our writes, for
     /// `Replicated` writes to wait on.
     pub(crate) acks: watch::Sender<u64>,
+    /// Set once the engine failed: read on every operation, so a plain
+    /// flag in front of `failure`.
+    pub(crate) failed: AtomicBool,
+    /// Why the engine failed (set once, but for `Poisoned` made precise by
+    /// the panic that caused it).
+    pub(crate) failure: Mutex<Option<EngineFailure>>,
 }
 
 impl Shared {
+    pub(crate) fn new(core: Core, durable_seq: u64) -> Self {
+        Shared {
+            core: Mutex::new(core),
+            wake: Notify::new(),
+            applied: watch::channel(0).0,
+            durable: watch::channel(DurableMark {
+                seq: durable_seq,
+                failed: None,
+            })
+            .0,
+            acks: watch::channel(0).0,
+            failed: AtomicBool::new(false),
+            failure: Mutex::new(None),
+        }
+    }
+
+    /// The state, locked, whatever happened to it: for the engine (which
+    /// stops at the top of its loop once the lock is poisoned) and for
+    /// what only reads it. Region operations go through
+    /// `Region::core`, which refuses once the engine failed.
     pub(crate) fn lock(&self) -> MutexGuard<'_, Core> {
-        // A panic in a user closure while writing leaves a state that is
-        // still a valid CRDT state: carry on.
         self.core.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Why the engine failed, if it did.
+    pub(crate) fn failure(&self) -> Option<EngineFailure> {
+        if !self.failed.load(Ordering::Acquire) {
+            return None;
+        }
+        self.failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Records that the engine failed (the first cause is kept, but a
+    /// panic explains a poisoned lock better) and wakes every waiting read
+    /// and write, which then return the failure.
+    pub(crate) fn fail(&self, failure: EngineFailure) {
+        {
+            let mut slot = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
+            match (&*slot, &failure) {
+                (None, _) | (Some(EngineFailure::Poisoned), EngineFailure::Panicked { .. }) => {
+                    *slot = Some(failure);
+                }
+                _ => return,
+            }
+            self.failed.store(true, Ordering::Release);
+        }
+        self.applied.send_modify(|g| *g = g.wrapping_add(1));
+        self.acks.send_modify(|a| *a = a.wrapping_add(1));
+        self.durable.send_modify(|_| {});
     }
 
     fn publish(&self, core: &Core) {
@@ -91,6 +147,60 @@ impl Transport for Detached {
 pub(crate) enum Command {
     /// Flush everything queued, wait (bounded) for acknowledgements, stop.
     Shutdown(oneshot::Sender<()>),
+    /// Panic in the engine task, outside the state's lock (tests of
+    /// supervision).
+    #[cfg(any(test, feature = "testing"))]
+    Panic,
+}
+
+/// How the engine task ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Exit {
+    /// `shutdown` asked it to.
+    Shutdown,
+    /// Every region handle was dropped.
+    Dropped,
+    /// The transport returned no more events.
+    TransportClosed,
+    /// A panic left the state's lock poisoned.
+    Poisoned,
+}
+
+/// Starts the engine of `shared` on `transport` and a supervisor that
+/// records, in `shared`, why it ended if it was not asked to: a panic, a
+/// poisoned lock, a closed transport, a cancelled task. Reads and writes
+/// then return the failure ([`crate::region::RegionError::Engine`]).
+pub(crate) fn spawn<T: Transport>(
+    shared: Arc<Shared>,
+    transport: T,
+    commands: mpsc::Receiver<Command>,
+    storage: Option<Box<dyn Storage>>,
+) {
+    let engine = tokio::spawn(run(Arc::clone(&shared), transport, commands, storage));
+    tokio::spawn(async move {
+        let failure = match engine.await {
+            Ok(Exit::Shutdown | Exit::Dropped) => return,
+            Ok(Exit::TransportClosed) => EngineFailure::TransportClosed,
+            Ok(Exit::Poisoned) => EngineFailure::Poisoned,
+            Err(error) if error.is_panic() => EngineFailure::Panicked {
+                message: panic_message(error.into_panic()),
+            },
+            Err(_) => EngineFailure::Cancelled,
+        };
+        let region = shared.lock().name.clone();
+        tracing::error!(%region, %failure, "region engine failed: reads and writes are refused from now on");
+        shared.fail(failure);
+    });
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(message) => *message,
+        Err(payload) => match payload.downcast::<&'static str>() {
+            Ok(message) => (*message).to_owned(),
+            Err(_) => "a panic without a message".to_owned(),
+        },
+    }
 }
 
 /// Commits what changed since the last commit, on tokio's blocking pool,
@@ -193,7 +303,7 @@ pub(crate) async fn run<T: Transport>(
     mut transport: T,
     mut commands: mpsc::Receiver<Command>,
     mut storage: Option<Box<dyn Storage>>,
-) {
+) -> Exit {
     let config = shared.lock().config.clone();
     // With storage: messages that wait for the next commit.
     let mut held: Outgoing = Vec::new();
@@ -202,6 +312,11 @@ pub(crate) async fn run<T: Transport>(
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut shutdown: Option<(oneshot::Sender<()>, Instant)> = None;
     loop {
+        // A panic under the lock (here, or in a region call) may have left
+        // the state half-changed: stop rather than ship it.
+        if shared.core.is_poisoned() {
+            return Exit::Poisoned;
+        }
         tokio::select! {
             biased;
             command = commands.recv(), if shutdown.is_none() => match command {
@@ -216,10 +331,12 @@ pub(crate) async fn run<T: Transport>(
                     send_all(&transport, out);
                     shutdown = Some((done, now + config.shutdown_wait_max));
                 }
-                None => return,
+                #[cfg(any(test, feature = "testing"))]
+                Some(Command::Panic) => panic!("engine panic injected by a test"),
+                None => return Exit::Dropped,
             },
             event = transport.recv() => {
-                let Some(event) = event else { return };
+                let Some(event) = event else { return Exit::TransportClosed };
                 let now = Instant::now();
                 // A frame is decoded before the lock that every local read
                 // and write takes (its values are decoded when merged).
@@ -322,7 +439,7 @@ pub(crate) async fn run<T: Transport>(
                 if let Some((done, _)) = shutdown.take() {
                     let _ = done.send(());
                 }
-                return;
+                return Exit::Shutdown;
             }
         }
     }

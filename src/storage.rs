@@ -35,7 +35,7 @@
 //! let disk = MemoryStorage::new();
 //! let first = Region::builder("ap-northeast").storage(disk.clone()).build()?;
 //! let stock = first.table::<GCounter>("stock")?.with_ack(AckLevel::Local);
-//! stock.update(&"sku-1", |c, ctx| c.inc(ctx.replica(), 3)).await?;
+//! stock.update(&"sku-1", |c, ctx| c.apply(|c| c.inc(ctx.replica(), 3))).await?;
 //! first.shutdown().await;
 //! let id = first.replica();
 //! drop(first);

@@ -48,7 +48,7 @@ fn ten_differing_keys_of_100k_cost_under_5_percent_of_a_full_transfer() {
         // 100k keys, replicated by batches.
         let mut full_bytes = 0usize;
         for k in 0..KEYS {
-            hits_t.update(&k, |c, ctx| c.inc(ctx.replica(), 1)).await.unwrap();
+            hits_t.update(&k, |c, ctx| c.apply(|c| c.inc(ctx.replica(), 1))).await.unwrap();
         }
         for k in 0..KEYS {
             let state = hits_t.read(&k).await.unwrap().unwrap();
@@ -62,7 +62,7 @@ fn ten_differing_keys_of_100k_cost_under_5_percent_of_a_full_transfer() {
         // outbox), heal, and count every byte until Tokyo has them.
         net.partition("tokyo", "frankfurt");
         for k in 0..10u64 {
-            hits_f.update(&(k * 9_973), |c, ctx| c.inc(ctx.replica(), 1)).await.unwrap();
+            hits_f.update(&(k * 9_973), |c, ctx| c.apply(|c| c.inc(ctx.replica(), 1))).await.unwrap();
         }
         assert!(frankfurt.stats().outbox_overflows >= 1);
         let before = net.stats().bytes_delivered;
@@ -107,7 +107,7 @@ fn an_outbox_overflow_is_healed_by_anti_entropy() {
         net.isolate("frankfurt");
         for k in 0..50u64 {
             hits_t
-                .update(&k, |c, ctx| c.inc(ctx.replica(), 3))
+                .update(&k, |c, ctx| c.apply(|c| c.inc(ctx.replica(), 3)))
                 .await
                 .unwrap();
         }
@@ -122,7 +122,7 @@ fn an_outbox_overflow_is_healed_by_anti_entropy() {
         assert!(frankfurt.stats().syncs_completed >= 1);
         // Writes after the repair flow by batches again.
         hits_t
-            .update(&7u64, |c, ctx| c.inc(ctx.replica(), 1))
+            .update(&7u64, |c, ctx| c.apply(|c| c.inc(ctx.replica(), 1)))
             .await
             .unwrap();
         wait_until("the next batch", || tokyo.applied() == frankfurt.applied()).await;

@@ -37,7 +37,9 @@ async fn run(
     let replies_c = c.table::<OrSet<String>>("replies")?;
 
     posts_a
-        .update("thread-1", |t, ctx| t.insert(ctx.replica(), "post".into()))
+        .update("thread-1", |t, ctx| {
+            t.apply(|t| t.insert(ctx.replica(), "post".into()))
+        })
         .await?;
     // B replies as soon as it sees the post.
     loop {
@@ -51,7 +53,9 @@ async fn run(
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     replies_b
-        .update("thread-1", |t, ctx| t.insert(ctx.replica(), "reply".into()))
+        .update("thread-1", |t, ctx| {
+            t.apply(|t| t.insert(ctx.replica(), "reply".into()))
+        })
         .await?;
 
     // C, polled every millisecond, never shows the reply without the post.

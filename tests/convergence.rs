@@ -158,7 +158,9 @@ async fn run(seed: u64, steps: Vec<Step>) -> Result<(), TestCaseError> {
                 next_element += 1;
                 let e = next_element;
                 carts[r]
-                    .update(&k, |cart, ctx| cart.insert(ctx.replica(), e))
+                    .update(&k, |cart, ctx| {
+                        cart.apply(|cart| cart.insert(ctx.replica(), e))
+                    })
                     .await
                     .unwrap();
                 acked.added[k as usize].insert(e);
@@ -175,7 +177,7 @@ async fn run(seed: u64, steps: Vec<Step>) -> Result<(), TestCaseError> {
                 seen.sort_unstable();
                 let e = seen[i % seen.len()];
                 carts[r]
-                    .update(&k, |cart, _| cart.remove(&e))
+                    .update(&k, |cart, _| cart.apply(|cart| cart.remove(&e)))
                     .await
                     .unwrap();
                 acked.removed[k as usize].insert(e);
@@ -184,11 +186,13 @@ async fn run(seed: u64, steps: Vec<Step>) -> Result<(), TestCaseError> {
             Step::Stock(r, k, n) => {
                 stock[r]
                     .update(&k, |s, ctx| {
-                        if n >= 0 {
-                            s.inc(ctx.replica(), n as u64)
-                        } else {
-                            s.dec(ctx.replica(), n.unsigned_abs() as u64)
-                        }
+                        s.apply(|s| {
+                            if n >= 0 {
+                                s.inc(ctx.replica(), n as u64)
+                            } else {
+                                s.dec(ctx.replica(), n.unsigned_abs() as u64)
+                            }
+                        })
                     })
                     .await
                     .unwrap();

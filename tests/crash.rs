@@ -56,7 +56,7 @@ fn crash_child() {
                 for i in 0.. {
                     let key = from + i * WRITERS + w;
                     table
-                        .update(&key, |c, ctx| c.inc(ctx.replica(), 1))
+                        .update(&key, |c, ctx| c.apply(|c| c.inc(ctx.replica(), 1)))
                         .await
                         .unwrap();
                     println!("ack {key}");
@@ -227,7 +227,9 @@ fn acknowledged_local_writes_survive_sigkill() {
         let peer_table = peer.table::<GCounter>("t").unwrap();
         for key in 0..100u64 {
             peer_table
-                .update(&(u64::MAX - key), |c, ctx| c.inc(ctx.replica(), 1))
+                .update(&(u64::MAX - key), |c, ctx| {
+                    c.apply(|c| c.inc(ctx.replica(), 1))
+                })
                 .await
                 .unwrap();
         }

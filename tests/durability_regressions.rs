@@ -43,7 +43,7 @@ fn a_value_held_undeclared_then_declared_before_its_commit_survives_a_restart() 
         disk.fail_commits(true);
         a.table::<GCounter>("u")
             .unwrap()
-            .update(&1u64, |c, ctx| c.inc(ctx.replica(), 7))
+            .update(&1u64, |c, ctx| c.apply(|c| c.inc(ctx.replica(), 7)))
             .await
             .unwrap();
         let start = tokio::time::Instant::now();
@@ -100,7 +100,7 @@ fn a_replicated_write_covered_by_a_repair_returns_when_the_repair_is_confirmed()
         tokio::time::sleep(Duration::from_millis(10)).await;
         let t = a.table::<GCounter>("t").unwrap();
         for key in 0..8u64 {
-            t.update(&key, |c, ctx| c.inc(ctx.replica(), 1))
+            t.update(&key, |c, ctx| c.apply(|c| c.inc(ctx.replica(), 1)))
                 .await
                 .unwrap();
         }
@@ -109,7 +109,7 @@ fn a_replicated_write_covered_by_a_repair_returns_when_the_repair_is_confirmed()
         let started = tokio::time::Instant::now();
         let writer = tokio::spawn(async move {
             replicated
-                .update(&8u64, |c, ctx| c.inc(ctx.replica(), 1))
+                .update(&8u64, |c, ctx| c.apply(|c| c.inc(ctx.replica(), 1)))
                 .await
                 .map(|_| ())
         });
@@ -145,7 +145,7 @@ fn a_pinned_region_restarted_without_storage_is_refused_or_replicates() {
         for key in 0..5u64 {
             b.table::<GCounter>("t")
                 .unwrap()
-                .update(&key, |c, ctx| c.inc(ctx.replica(), 1))
+                .update(&key, |c, ctx| c.apply(|c| c.inc(ctx.replica(), 1)))
                 .await
                 .unwrap();
         }
@@ -158,7 +158,7 @@ fn a_pinned_region_restarted_without_storage_is_refused_or_replicates() {
         tokio::time::sleep(Duration::from_millis(200)).await;
         b.table::<GCounter>("t")
             .unwrap()
-            .update(&100u64, |c, ctx| c.inc(ctx.replica(), 1))
+            .update(&100u64, |c, ctx| c.apply(|c| c.inc(ctx.replica(), 1)))
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_secs(2)).await;

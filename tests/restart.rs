@@ -251,7 +251,7 @@ fn a_region_restarted_with_storage_keeps_its_id_and_sends_what_it_had_not() {
         {
             let t = a.table::<GCounter>("t").unwrap().with_ack(AckLevel::Local);
             for i in 0..20u64 {
-                t.update(&(5000 + i), |c, ctx| c.inc(ctx.replica(), 1))
+                t.update(&(5000 + i), |c, ctx| c.apply(|c| c.inc(ctx.replica(), 1)))
                     .await
                     .unwrap();
             }
@@ -320,7 +320,7 @@ fn a_local_write_survives_a_crash_and_the_clock_resumes_above_it() {
         };
         let a = build();
         let t = a.table::<GCounter>("t").unwrap();
-        t.update(&1u64, |c, ctx| c.inc(ctx.replica(), 7))
+        t.update(&1u64, |c, ctx| c.apply(|c| c.inc(ctx.replica(), 7)))
             .await
             .unwrap();
         let stamp = a.hlc().now();
@@ -351,11 +351,13 @@ fn a_failed_commit_is_a_typed_error_and_is_retried() {
             .build()
             .unwrap();
         let t = a.table::<GCounter>("t").unwrap().with_ack(AckLevel::Local);
-        t.update(&1u64, |c, ctx| c.inc(ctx.replica(), 1))
+        t.update(&1u64, |c, ctx| c.apply(|c| c.inc(ctx.replica(), 1)))
             .await
             .unwrap();
         disk.fail_commits(true);
-        let err = t.update(&2u64, |c, ctx| c.inc(ctx.replica(), 1)).await;
+        let err = t
+            .update(&2u64, |c, ctx| c.apply(|c| c.inc(ctx.replica(), 1)))
+            .await;
         assert!(
             matches!(err, Err(RegionError::Storage(StorageError::Io(_)))),
             "{err:?}"
@@ -367,7 +369,7 @@ fn a_failed_commit_is_a_typed_error_and_is_retried() {
         );
         assert!(a.stats().commit_failures >= 1);
         disk.fail_commits(false);
-        t.update(&3u64, |c, ctx| c.inc(ctx.replica(), 1))
+        t.update(&3u64, |c, ctx| c.apply(|c| c.inc(ctx.replica(), 1)))
             .await
             .unwrap();
         drop(t);
@@ -390,8 +392,9 @@ fn a_failed_commit_is_a_typed_error_and_is_retried() {
         let t = a.table::<GCounter>("t").unwrap().with_ack(AckLevel::Local);
         let started = tokio::time::Instant::now();
         assert!(matches!(
-            t.update(&4u64, |c, ctx| c.inc(ctx.replica(), 1)).await,
-            Err(RegionError::Stopped)
+            t.update(&4u64, |c, ctx| c.apply(|c| c.inc(ctx.replica(), 1)))
+                .await,
+            Err(RegionError::Closed)
         ));
         assert!(started.elapsed() < Duration::from_millis(100));
         drop(t);
@@ -402,7 +405,8 @@ fn a_failed_commit_is_a_typed_error_and_is_retried() {
             .unwrap()
             .with_ack(AckLevel::Local);
         assert!(matches!(
-            t.update(&1u64, |c, ctx| c.inc(ctx.replica(), 1)).await,
+            t.update(&1u64, |c, ctx| c.apply(|c| c.inc(ctx.replica(), 1)))
+                .await,
             Err(RegionError::NoStorage)
         ));
     });
@@ -421,7 +425,7 @@ fn bad_stores_are_typed_errors_at_build_and_are_left_untouched() {
             a.table::<GCounter>("t")
                 .unwrap()
                 .with_ack(AckLevel::Local)
-                .update(&1u64, |c, ctx| c.inc(ctx.replica(), 1))
+                .update(&1u64, |c, ctx| c.apply(|c| c.inc(ctx.replica(), 1)))
                 .await
                 .unwrap();
             a.shutdown().await;
@@ -511,12 +515,14 @@ fn peers_acknowledge_only_what_they_committed_and_replicated_waits_for_it() {
             .table::<GCounter>("t")
             .unwrap()
             .with_ack(AckLevel::Replicated(1));
-        t.update(&1u64, |c, ctx| c.inc(ctx.replica(), 1))
+        t.update(&1u64, |c, ctx| c.apply(|c| c.inc(ctx.replica(), 1)))
             .await
             .unwrap();
         disk.fail_commits(true);
         let started = tokio::time::Instant::now();
-        let err = t.update(&2u64, |c, ctx| c.inc(ctx.replica(), 1)).await;
+        let err = t
+            .update(&2u64, |c, ctx| c.apply(|c| c.inc(ctx.replica(), 1)))
+            .await;
         assert!(
             matches!(
                 err,
@@ -538,7 +544,7 @@ fn peers_acknowledge_only_what_they_committed_and_replicated_waits_for_it() {
         let peer = a.stats().peers.into_iter().find(|p| p.name == "b").unwrap();
         assert!(peer.unacknowledged >= 1);
         disk.fail_commits(false);
-        t.update(&3u64, |c, ctx| c.inc(ctx.replica(), 1))
+        t.update(&3u64, |c, ctx| c.apply(|c| c.inc(ctx.replica(), 1)))
             .await
             .unwrap();
         let peer = a.stats().peers.into_iter().find(|p| p.name == "b").unwrap();
@@ -546,7 +552,8 @@ fn peers_acknowledge_only_what_they_committed_and_replicated_waits_for_it() {
         // Two peers asked of a region with one: the wait ends, typed.
         let t2 = t.clone().with_ack(AckLevel::Replicated(2));
         assert!(matches!(
-            t2.update(&4u64, |c, ctx| c.inc(ctx.replica(), 1)).await,
+            t2.update(&4u64, |c, ctx| c.apply(|c| c.inc(ctx.replica(), 1)))
+                .await,
             Err(RegionError::ReplicationTimeout {
                 replicated: 1,
                 wanted: 2,

@@ -26,9 +26,11 @@ fn a_write_after_catch_up_stamps_above_what_it_caught_up_on() {
         let ra = a.table::<LwwRegister<String>>("profile").unwrap();
         let rb = b.table::<LwwRegister<String>>("profile").unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
-        ra.update(&1u64, |r, ctx| r.set(ctx.stamp(), "old (from a)".into()))
-            .await
-            .unwrap();
+        ra.update(&1u64, |r, ctx| {
+            r.apply(|r| r.set(ctx.stamp(), "old (from a)".into()))
+        })
+        .await
+        .unwrap();
         let mut caught_up = None;
         for _ in 0..2_000 {
             caught_up = rb.read(&1u64).await.unwrap().and_then(|r| r.get().cloned());
@@ -42,7 +44,9 @@ fn a_write_after_catch_up_stamps_above_what_it_caught_up_on() {
 
         // A user writes at b, later in real time, then reads at b.
         let token = rb
-            .update(&1u64, |r, ctx| r.set(ctx.stamp(), "new (user at b)".into()))
+            .update(&1u64, |r, ctx| {
+                r.apply(|r| r.set(ctx.stamp(), "new (user at b)".into()))
+            })
             .await
             .unwrap();
         let mut session = Session::new();
@@ -81,10 +85,10 @@ fn skew_relayed_through_a_hybrid_clock_does_not_block_an_in_bound_link() {
         let tc = c.table::<GCounter>("hits").unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
         for i in 0..100u64 {
-            ta.update(&0u64, |g, ctx| g.inc(ctx.replica(), 1))
+            ta.update(&0u64, |g, ctx| g.apply(|g| g.inc(ctx.replica(), 1)))
                 .await
                 .unwrap();
-            tb.update(&i, |g, ctx| g.inc(ctx.replica(), 1))
+            tb.update(&i, |g, ctx| g.apply(|g| g.inc(ctx.replica(), 1)))
                 .await
                 .unwrap();
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -95,7 +95,7 @@ async fn run(seed: u64, latency_ms: u64, loss: f64, ops: Vec<Op>) -> Result<(), 
                 let e = next;
                 let result = tables[r]
                     .update_session(&s, &mut sessions[s], |set, ctx| {
-                        set.insert(ctx.replica(), e)
+                        set.apply(|set| set.insert(ctx.replica(), e))
                     })
                     .await;
                 match result {
@@ -172,7 +172,9 @@ fn a_session_read_that_cannot_be_served_in_time_errors() {
         let carts_f = frankfurt.table::<OrSet<u64>>("carts").unwrap();
         let mut session = Session::new();
         carts_t
-            .update_session(&"u", &mut session, |c, ctx| c.insert(ctx.replica(), 7))
+            .update_session(&"u", &mut session, |c, ctx| {
+                c.apply(|c| c.insert(ctx.replica(), 7))
+            })
             .await
             .unwrap();
 

@@ -48,14 +48,16 @@ impl Tables {
 
     async fn hit(&self, n: u64) {
         self.hits
-            .update(&"page", |c, ctx| c.inc(ctx.replica(), n))
+            .update(&"page", |c, ctx| c.apply(|c| c.inc(ctx.replica(), n)))
             .await
             .unwrap();
     }
 
     async fn add(&self, item: &str) {
         self.carts
-            .update(&"user-1", |s, ctx| s.insert(ctx.replica(), item.to_owned()))
+            .update(&"user-1", |s, ctx| {
+                s.apply(|s| s.insert(ctx.replica(), item.to_owned()))
+            })
             .await
             .unwrap();
     }

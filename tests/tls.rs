@@ -111,7 +111,7 @@ async fn hit(region: &Region, n: u64) {
     region
         .table::<GCounter>("hits")
         .unwrap()
-        .update(&"page", |c, ctx| c.inc(ctx.replica(), n))
+        .update(&"page", |c, ctx| c.apply(|c| c.inc(ctx.replica(), n)))
         .await
         .unwrap();
 }

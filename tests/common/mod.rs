@@ -105,7 +105,7 @@ pub async fn add(region: &Region, table: &str, key: u64, n: u64) -> SessionToken
     region
         .table::<GCounter>(table)
         .unwrap()
-        .update(&key, |c, ctx| c.inc(ctx.replica(), n))
+        .update(&key, |c, ctx| c.apply(|c| c.inc(ctx.replica(), n)))
         .await
         .unwrap()
 }
