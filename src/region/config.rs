@@ -1,0 +1,73 @@
+//! [`RegionConfig`]: a region's limits and timings.
+
+use super::*;
+
+/// Limits and timings of a region, each with its unit in its name. The
+/// defaults are safe for a handful of regions on a WAN.
+#[derive(Clone, Debug)]
+pub struct RegionConfig {
+    /// Most writes in one batch.
+    pub batch_len_max: usize,
+    /// Most delta bytes in one batch.
+    pub batch_bytes_max: usize,
+    /// Longest a write waits for its batch to fill before it is sent.
+    pub batch_delay: Duration,
+    /// How long a peer may leave sent writes unacknowledged before they are
+    /// sent again.
+    pub ack_timeout: Duration,
+    /// Most writes kept for peers that have not acknowledged them. Past it
+    /// the peers furthest behind (a dead one first) lose their claim on the
+    /// outbox, until it fits: anti-entropy repairs them when they are back,
+    /// and the other peers keep receiving batches.
+    pub outbox_len_max: usize,
+    /// Most bytes kept in the outbox (same rule): keys and deltas, and
+    /// about 200 bytes of bookkeeping per run of writes.
+    pub outbox_bytes_max: usize,
+    /// Most batches held waiting for their dependencies.
+    pub causal_buffer_len_max: usize,
+    /// Most bytes held waiting for their dependencies.
+    pub causal_buffer_bytes_max: usize,
+    /// How often each peer is compared by anti-entropy besides reconnects.
+    pub anti_entropy_interval: Duration,
+    /// How long an anti-entropy exchange may go unanswered.
+    pub sync_timeout: Duration,
+    /// Most state bytes in one anti-entropy frame.
+    pub sync_chunk_bytes_max: usize,
+    /// Most bytes of one anti-entropy transfer held until its last chunk
+    /// arrives (a transfer is merged all at once, so that no reader sees
+    /// part of it). A larger transfer is refused and logged, and the peer
+    /// stays behind: raise this for regions whose catch-up can be larger
+    /// (a new region joining a large data set).
+    pub sync_transfer_bytes_max: usize,
+    /// Longest a session read or write waits for this region to catch up.
+    pub session_wait_max: Duration,
+    /// Longest [`Region::shutdown`] waits for acknowledgements.
+    pub shutdown_wait_max: Duration,
+    /// Longest a [`AckLevel::Local`] write waits for its commit.
+    pub commit_wait_max: Duration,
+    /// Longest a [`AckLevel::Replicated`] write waits for its peers.
+    pub replication_wait_max: Duration,
+}
+
+impl Default for RegionConfig {
+    fn default() -> Self {
+        RegionConfig {
+            batch_len_max: 1024,
+            batch_bytes_max: 1 << 20,
+            batch_delay: Duration::from_millis(2),
+            ack_timeout: Duration::from_millis(500),
+            outbox_len_max: 1 << 20,
+            outbox_bytes_max: 256 << 20,
+            causal_buffer_len_max: 4096,
+            causal_buffer_bytes_max: 256 << 20,
+            anti_entropy_interval: Duration::from_secs(30),
+            sync_timeout: Duration::from_secs(10),
+            sync_chunk_bytes_max: 4 << 20,
+            sync_transfer_bytes_max: 1 << 30,
+            session_wait_max: Duration::from_secs(5),
+            shutdown_wait_max: Duration::from_secs(5),
+            commit_wait_max: Duration::from_secs(5),
+            replication_wait_max: Duration::from_secs(5),
+        }
+    }
+}

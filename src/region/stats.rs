@@ -1,0 +1,170 @@
+//! What a region tells operators: [`RegionStats`] and the
+//! [`ShutdownReport`].
+
+use super::*;
+
+/// A region's state, for operators.
+#[derive(Clone, Debug)]
+pub struct RegionStats {
+    /// The region's name.
+    pub name: String,
+    /// Its replica id.
+    pub replica: ReplicaId,
+    /// Every write applied here.
+    pub applied: VersionVector,
+    /// Local writes made.
+    pub writes: u64,
+    /// Local writes kept for peers that have not acknowledged them.
+    pub outbox_len: usize,
+    /// Batches waiting for their dependencies.
+    pub buffered_batches: usize,
+    /// Batches sent, retransmissions included.
+    pub batches_sent: u64,
+    /// Batches applied.
+    pub batches_applied: u64,
+    /// Batches dropped from a full causal buffer.
+    pub batches_dropped: u64,
+    /// Frames refused as malformed or out of bounds.
+    pub rejected_frames: u64,
+    /// Values from peers dropped because they do not decode as their
+    /// table's value type (a table declared with different types in two
+    /// regions, or corruption); the rest of their batch was applied.
+    pub undecodable_values: u64,
+    /// Times the outbox outgrew its bound and was dropped.
+    pub outbox_overflows: u64,
+    /// Anti-entropy exchanges completed.
+    pub syncs_completed: u64,
+    /// Key states received through anti-entropy.
+    pub sync_states_received: u64,
+    /// Peer handshakes refused (see [`HandshakeRefusal`]).
+    pub refused_handshakes: u64,
+    /// Frames ignored, not refused: late frames of a peer's earlier
+    /// incarnation, acknowledgements and batches that arrived before a
+    /// restarted peer's hello (the peer sends them again), and frames of a
+    /// refused peer.
+    pub stale_frames: u64,
+    /// Claims of a peer about a third region's writes beyond what that
+    /// region told us itself (in an anti-entropy transfer's applied vector,
+    /// or taken back at that region's hello): never counted as held, and
+    /// each starts an exchange with the region when it is connected. Honest peers cause
+    /// these too when a region's latest writes reached them first; a steady
+    /// climb with one peer points at a buggy one.
+    pub untrusted_claims: u64,
+    /// Values stamped later than this region's clock plus its max offset
+    /// (a region's clock runs ahead): refused with their batch (counted in
+    /// `rejected_frames` too, and resent by their origin), or set aside
+    /// from an anti-entropy transfer (whose vector is then not believed;
+    /// a later exchange brings them).
+    pub values_ahead: u64,
+    /// Starts of this replica with storage; without, its start time (ms).
+    pub incarnation: u64,
+    /// Local writes committed to storage (`None` without storage).
+    pub committed: Option<u64>,
+    /// Commits to storage.
+    pub commits: u64,
+    /// Local writes those commits covered: `committed_writes / commits` is
+    /// the writes per commit (fsync) of group commit.
+    pub committed_writes: u64,
+    /// Commits that failed (and were retried).
+    pub commit_failures: u64,
+    /// Why the engine failed, once it has: reads and writes then return
+    /// [`RegionError::Engine`].
+    pub engine_failure: Option<EngineFailure>,
+    /// True once [`Region::shutdown`] began: writes are refused.
+    pub closed: bool,
+    /// Each peer.
+    pub peers: Vec<PeerStats>,
+    /// Each table.
+    pub tables: Vec<TableStats>,
+}
+
+/// What [`Region::shutdown`] flushed and what it could not.
+#[derive(Clone, Debug)]
+pub struct ShutdownReport {
+    /// The region's name.
+    pub name: String,
+    /// Local writes made in this process's life (with storage, since the
+    /// store was created).
+    pub writes: u64,
+    /// With storage, local writes committed (`None` without): a write
+    /// above it is lost with this process.
+    pub committed: Option<u64>,
+    /// Each peer: what it acknowledged and what it did not (a peer that
+    /// was not connected is not waited for).
+    pub peers: Vec<PeerFlush>,
+    /// Why the engine had failed, if it had: nothing was flushed.
+    pub engine_failure: Option<EngineFailure>,
+    /// How long the shutdown took.
+    pub waited: Duration,
+}
+
+impl ShutdownReport {
+    /// True when every write is acknowledged by every peer (none needs a
+    /// repair) and, with storage, committed, and the engine had not failed.
+    pub fn is_complete(&self) -> bool {
+        self.engine_failure.is_none()
+            && self.committed.is_none_or(|c| c >= self.writes)
+            && self
+                .peers
+                .iter()
+                .all(|p| p.unacknowledged == 0 && !p.repair_pending)
+    }
+
+    /// Our writes not acknowledged, summed over the peers.
+    pub fn unacknowledged(&self) -> u64 {
+        self.peers.iter().map(|p| p.unacknowledged).sum()
+    }
+}
+
+/// One peer in a [`ShutdownReport`].
+#[derive(Clone, Debug)]
+pub struct PeerFlush {
+    /// The peer's name.
+    pub name: String,
+    /// Whether it was reachable at the end.
+    pub connected: bool,
+    /// Our writes it acknowledged.
+    pub acknowledged: u64,
+    /// Our writes it did not acknowledge (it may still have received
+    /// some). With storage they stay in the stored outbox and are sent
+    /// again after a restart; without, those it lacks are lost.
+    pub unacknowledged: u64,
+    /// It was waiting for a repair by anti-entropy (its outbox claim was
+    /// dropped), which did not finish.
+    pub repair_pending: bool,
+}
+
+/// One peer, as a region sees it.
+#[derive(Clone, Debug)]
+pub struct PeerStats {
+    /// The peer's name.
+    pub name: String,
+    /// Whether the transport reports it reachable.
+    pub connected: bool,
+    /// The replica id its handshake (or, before one, its first batch)
+    /// presented.
+    pub replica: Option<ReplicaId>,
+    /// The incarnation its last accepted handshake presented.
+    pub incarnation: Option<u64>,
+    /// Why its handshake on the current connection was refused.
+    pub refused: Option<HandshakeRefusal>,
+    /// Our writes it has not acknowledged.
+    pub unacknowledged: u64,
+    /// Its writes we know of and have not applied.
+    pub behind: u64,
+    /// Time since we last heard from it.
+    pub since_contact: Option<Duration>,
+    /// Our writes queued for it in the outbox.
+    pub outbox_len: u64,
+}
+
+/// One table, as a region holds it.
+#[derive(Clone, Debug)]
+pub struct TableStats {
+    /// The table's name.
+    pub name: String,
+    /// Keys held.
+    pub keys: usize,
+    /// Conflicts resolved here (resolver tables).
+    pub conflicts: u64,
+}
