@@ -490,6 +490,11 @@ impl Core {
         }
     }
 
+    /// The peer whose current replica `r` is: the one that speaks for it.
+    fn peer_of(&self, r: ReplicaId) -> Option<&PeerState> {
+        self.peers.values().find(|p| p.replica == Some(r))
+    }
+
     /// What this region holds, as session reads and operators see it: what
     /// it holds first-hand, and what peers passed on of replicas no peer
     /// speaks for (a former id of a restarted region, a retired one, one we
@@ -497,9 +502,8 @@ impl Core {
     /// there is (and the vectors of regions that converged are equal). Of
     /// a peer's current replica only its own batches and transfers count.
     pub(crate) fn held(&self) -> std::borrow::Cow<'_, VersionVector> {
-        let unconfirmable = |r: ReplicaId, n: u64| {
-            n > self.applied.get(r) && !self.peers.values().any(|p| p.replica == Some(r))
-        };
+        let unconfirmable =
+            |r: ReplicaId, n: u64| n > self.applied.get(r) && self.peer_of(r).is_none();
         if !self.believed.iter().any(|(r, n)| unconfirmable(r, n)) {
             return std::borrow::Cow::Borrowed(&self.applied);
         }

@@ -514,12 +514,7 @@ impl Core {
             // Only a region that still speaks for itself (the current
             // replica of a peer of ours) can be asked: a former id, a
             // retired one or one we never met has no one to ask.
-            let known = self
-                .peers
-                .values()
-                .any(|p| p.replica == Some(r))
-                .then(|| self.issued.get(&r).copied())
-                .flatten();
+            let known = self.peer_of(r).and_then(|_| self.issued.get(&r).copied());
             if known.is_some_and(|k| k < n) && self.applied.get(r) < n {
                 hinted.push(r);
             }

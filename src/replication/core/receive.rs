@@ -244,10 +244,7 @@ impl Core {
                         && self.applied.get(r) < n
                         && self.believed.get(r) < n
                         && (self.issued.get(&r).copied().unwrap_or(0) < n
-                            || !self
-                                .peers
-                                .values()
-                                .any(|p| p.connected && p.replica == Some(r)))
+                            || !self.peer_of(r).is_some_and(|p| p.connected))
                 })
         })
     }
