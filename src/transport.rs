@@ -9,17 +9,19 @@
 //! - [`ChannelNetwork`]: an in-process mesh over tokio channels, with
 //!   per-link fault injection (latency, jitter, loss, duplication,
 //!   reordering, one-way and two-way partitions), deterministic from a seed.
-//! - [`TcpTransport`]: regions on different machines, over TCP: mutual
+//! - [`TcpTransport`] (feature `tcp`, on by default): regions on different machines, over TCP: mutual
 //!   TLS 1.3 with [`TlsConfig`] (feature `tls`, on by default), or plain
 //!   TCP for private networks when asked for by name
 //!   ([`TcpTransport::insecure_plaintext`]).
 
 mod channel;
+#[cfg(feature = "tcp")]
 mod tcp;
 #[cfg(feature = "tls")]
 mod tls;
 
 pub use channel::{ChannelEndpoint, ChannelNetwork, LinkFaults, NetworkStats};
+#[cfg(feature = "tcp")]
 pub use tcp::{
     TCP_MAGIC, TCP_PROTOCOL_VERSION, TcpConfig, TcpHandle, TcpStats, TcpTransport, TlsRefusals,
 };
