@@ -120,6 +120,7 @@ pub(crate) mod replication;
 pub mod resolve;
 pub mod session;
 pub mod storage;
+pub mod stream;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod transport;

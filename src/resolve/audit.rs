@@ -1,3 +1,4 @@
+use crate::stream::{Feed, Subscription};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
@@ -84,6 +85,7 @@ struct Inner<T> {
     replica: ReplicaId,
     clock: Box<dyn PhysicalClock>,
     subscribers: Mutex<Vec<SyncSender<Arc<ConflictRecord<T>>>>>,
+    streams: Feed<Arc<ConflictRecord<T>>>,
     total: AtomicU64,
     dropped: AtomicU64,
     window: Mutex<RateWindow>,
@@ -125,6 +127,7 @@ impl<T> ConflictFeed<T> {
                 replica,
                 clock: Box::new(clock),
                 subscribers: Mutex::new(Vec::new()),
+                streams: Feed::new(),
                 total: AtomicU64::new(0),
                 dropped: AtomicU64::new(0),
                 window: Mutex::new(RateWindow::default()),
@@ -155,6 +158,34 @@ impl<T> ConflictFeed<T> {
         ConflictSubscription { rx }
     }
 
+    /// A new async subscriber: a [`Subscription`] (a `Stream`) of every
+    /// record from now on, queuing up to `capacity` records (clamped to
+    /// `1..=`[`SUBSCRIPTION_CAPACITY_MAX`](crate::stream::SUBSCRIPTION_CAPACITY_MAX)).
+    /// Recording never waits for it: a subscriber that falls behind
+    /// receives [`Lagged`](crate::stream::Lagged) naming how many records
+    /// it missed (counted in [`ConflictStats::dropped`] too). The stream
+    /// ends once every handle on the feed (its region's included) is gone.
+    ///
+    /// ```
+    /// # use archipelago::clock::{Hlc, ReplicaId};
+    /// # use archipelago::resolve::{ConflictFeed, LastWriteWins, VersionSet};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// # let (tokyo, frankfurt) = (Hlc::new(ReplicaId::new(1)), Hlc::new(ReplicaId::new(2)));
+    /// let feed = ConflictFeed::new("profiles", tokyo.replica());
+    /// let mut conflicts = feed.stream(64);
+    /// # let mut here = VersionSet::new();
+    /// # here.write(tokyo.stamp(), "Aiko");
+    /// # let theirs = VersionSet::new().write(frankfurt.stamp(), "Aiko T.");
+    /// here.merge_audited(&theirs, &LastWriteWins, &feed, &"user:42", tokyo.now());
+    /// let record = conflicts.next().await.unwrap().unwrap();
+    /// assert_eq!(record.losers.len(), 1);
+    /// # }
+    /// ```
+    pub fn stream(&self, capacity: usize) -> Subscription<Arc<ConflictRecord<T>>> {
+        self.inner.streams.subscribe(capacity)
+    }
+
     /// Records a conflict: counts it, logs it, offers it to every
     /// subscriber without waiting. Returns the shared record.
     pub fn record(&self, record: ConflictRecord<T>) -> Arc<ConflictRecord<T>> {
@@ -181,6 +212,7 @@ impl<T> ConflictFeed<T> {
             }
             Err(TrySendError::Disconnected(_)) => false,
         });
+        dropped += inner.streams.publish(|| Arc::clone(&record));
         if dropped > 0 {
             inner.dropped.fetch_add(dropped, Ordering::Relaxed);
             tracing::warn!(
