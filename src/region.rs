@@ -184,10 +184,12 @@ use crate::wire::{self, WireError};
 mod config;
 mod error;
 mod stats;
+pub mod watch;
 
 pub use config::RegionConfig;
 pub use error::{EngineFailure, HandshakeRefusal, RegionError};
 pub use stats::{PeerFlush, PeerStats, RegionStats, ShutdownReport, TableStats};
+pub use watch::{Change, ChangeSource, ChangeStream};
 
 /// What a mutator knows about the write it makes.
 #[derive(Clone)]
@@ -1077,8 +1079,7 @@ impl Region {
             }
             core.store_mut::<CrdtStore<V>>(slot)
                 .expect("declared by the handle")
-                .entry(key)
-                .merge(&delta);
+                .merge_local(key, &delta);
             let token = core.record_write(slot, key, &scratch);
             let seq = core.seq;
             core.delta_scratch = scratch;

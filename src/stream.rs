@@ -48,6 +48,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
 
@@ -79,6 +80,10 @@ struct Queue<T> {
 
 type Shared<T> = Arc<Mutex<Queue<T>>>;
 
+/// A subscriber as its feed holds it: its queue (gone once it is dropped)
+/// and its filter.
+type Entry<T, F> = (Weak<Mutex<Queue<T>>>, F);
+
 fn lock<T>(queue: &Mutex<Queue<T>>) -> MutexGuard<'_, Queue<T>> {
     // Nothing panics while a queue is locked: its state is always whole.
     queue.lock().unwrap_or_else(PoisonError::into_inner)
@@ -90,13 +95,17 @@ fn lock<T>(queue: &Mutex<Queue<T>>) -> MutexGuard<'_, Queue<T>> {
 /// Each subscriber may carry a filter `F` (a key, for a table's `watch`)
 /// that [`publish_where`](Feed::publish_where) consults.
 pub struct Feed<T, F = ()> {
-    subscribers: Mutex<Vec<(Weak<Mutex<Queue<T>>>, F)>>,
+    subscribers: Mutex<Vec<Entry<T, F>>>,
+    /// Entries in `subscribers` (dropped ones until the next publish
+    /// prunes them): a publish with none takes no lock.
+    entries: AtomicUsize,
 }
 
 impl<T, F> Default for Feed<T, F> {
     fn default() -> Self {
         Feed {
             subscribers: Mutex::new(Vec::new()),
+            entries: AtomicUsize::new(0),
         }
     }
 }
@@ -133,7 +142,7 @@ impl<T, F> Feed<T, F> {
         Self::default()
     }
 
-    fn subscribers(&self) -> MutexGuard<'_, Vec<(Weak<Mutex<Queue<T>>>, F)>> {
+    fn subscribers(&self) -> MutexGuard<'_, Vec<Entry<T, F>>> {
         self.subscribers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -152,13 +161,24 @@ impl<T, F> Feed<T, F> {
             waker: None,
             closed: false,
         }));
-        self.subscribers().push((Arc::downgrade(&queue), filter));
+        let mut subscribers = self.subscribers();
+        subscribers.push((Arc::downgrade(&queue), filter));
+        self.entries.store(subscribers.len(), Ordering::Release);
         Subscription { queue }
     }
 
     /// True when someone subscribes (an event built now has a reader).
     pub fn is_subscribed(&self) -> bool {
         !self.subscribers().is_empty()
+    }
+
+    /// True when a live subscriber's filter passes `wants` (no lock when
+    /// nobody subscribes).
+    pub fn wants(&self, wants: impl Fn(&F) -> bool) -> bool {
+        if self.entries.load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        (self.subscribers().iter()).any(|(queue, filter)| queue.strong_count() > 0 && wants(filter))
     }
 
     /// Offers the event `make` builds (only if a subscriber wants it) to
@@ -168,8 +188,12 @@ impl<T, F> Feed<T, F> {
     where
         T: Clone,
     {
+        if self.entries.load(Ordering::Acquire) == 0 {
+            return 0;
+        }
         let mut subscribers = self.subscribers();
         subscribers.retain(|(queue, _)| queue.strong_count() > 0);
+        self.entries.store(subscribers.len(), Ordering::Release);
         let readers: Vec<_> = (subscribers.iter())
             .filter(|(_, filter)| wants(filter))
             .filter_map(|(queue, _)| queue.upgrade())

@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use crate::clock::Timestamp;
 use crate::crdt::Crdt;
 use crate::hash::FastMap;
+use crate::stream::{Feed, Subscription};
 use crate::wire::{self, WireError};
 
 /// Buckets a table's keys are spread over for anti-entropy digests: with
@@ -106,6 +107,34 @@ pub(crate) fn unpack_states(mut packed: &[u8]) -> Result<Vec<&[u8]>, WireError> 
     Ok(out)
 }
 
+/// Where a change to a key came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChangeSource {
+    /// A write made in this region.
+    Local,
+    /// A peer's write, from its batch or an anti-entropy transfer.
+    Replicated,
+}
+
+/// One change to a key as the store publishes it: the key's encoding and
+/// its state after the change (cloned per subscriber: `V` need not be
+/// `Sync`).
+#[derive(Clone)]
+pub(crate) struct RawChange<V> {
+    pub(crate) key: Key,
+    pub(crate) state: V,
+    pub(crate) source: ChangeSource,
+}
+
+/// The changes a table publishes; a subscriber's filter is the one key it
+/// watches, or none for every key.
+pub(crate) type ChangeFeed<V> = Feed<RawChange<V>, Option<Key>>;
+
+/// Whether a subscriber with filter `watched` wants changes of `key`.
+fn watches(watched: &Option<Key>, key: &[u8]) -> bool {
+    watched.as_deref().is_none_or(|k| k == key)
+}
+
 /// A table of CRDT values (resolver tables hold `VersionSet`s).
 pub(crate) struct CrdtStore<V> {
     buckets: Vec<FastMap<Key, V>>,
@@ -119,6 +148,8 @@ pub(crate) struct CrdtStore<V> {
     /// Keys changed since the last commit to storage (regions with
     /// storage only).
     changed: Option<FastMap<Key, ()>>,
+    /// Subscribers to its changes (`Table::subscribe`, `Table::watch`).
+    changes: ChangeFeed<V>,
 }
 
 impl<V> CrdtStore<V>
@@ -135,7 +166,59 @@ where
             staged: Vec::new(),
             committed: 0,
             changed: None,
+            changes: Feed::new(),
         }
+    }
+
+    /// A subscriber to changes of `key` (every key when `None`).
+    pub(crate) fn subscribe(
+        &self,
+        key: Option<Key>,
+        capacity: usize,
+    ) -> Subscription<RawChange<V>> {
+        self.changes.subscribe_where(capacity, key)
+    }
+
+    /// The encoding of the value under `key` when a subscriber watches it
+    /// (to tell after a merge whether it changed), else `None`.
+    fn watched_state(&self, key: &[u8]) -> Option<Vec<u8>> {
+        if !self.changes.wants(|watched| watches(watched, key)) {
+            return None;
+        }
+        let state = self.get(key).map(|v| wire::with_bare(v, <[u8]>::to_vec));
+        Some(state.and_then(Result::ok).unwrap_or_default())
+    }
+
+    /// Offers the state of `key` to its subscribers when it differs from
+    /// `before` (a merge that changed nothing is no change).
+    fn publish(&self, key: &[u8], before: Option<Vec<u8>>, source: ChangeSource) {
+        let Some(before) = before else {
+            return;
+        };
+        let Some(value) = self.get(key) else {
+            return;
+        };
+        if wire::with_bare(value, |after| after == before.as_slice()).unwrap_or(false) {
+            return;
+        }
+        let dropped = self.changes.publish_where(
+            |watched| watches(watched, key),
+            || RawChange {
+                key: key.into(),
+                state: value.clone(),
+                source,
+            },
+        );
+        if dropped > 0 {
+            tracing::debug!(dropped, "change subscriber behind: change dropped for it");
+        }
+    }
+
+    /// Joins a local write's `delta` into the value under `key`.
+    pub(crate) fn merge_local(&mut self, key: &[u8], delta: &V) {
+        let before = self.watched_state(key);
+        self.entry(key).merge(delta);
+        self.publish(key, before, ChangeSource::Local);
     }
 
     pub(crate) fn get(&self, key: &[u8]) -> Option<&V> {
@@ -160,8 +243,10 @@ where
     }
 
     pub(crate) fn merge_value(&mut self, key: &[u8], value: &V, at: Timestamp) {
+        let before = self.watched_state(key);
         let merger = Arc::clone(&self.merger);
         merger(self.entry(key), value, key, at);
+        self.publish(key, before, ChangeSource::Replicated);
     }
 }
 
