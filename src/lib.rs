@@ -71,7 +71,8 @@
 //! | [`resolve`] | versioned plain values, resolvers, the conflict audit feed |
 //! | [`session`] | session tokens and the four session guarantees: read-your-writes across regions |
 //! | [`storage`] | the `Storage` seam, in memory and on redb: identity, tables, outbox, clock across restarts |
-//! | [`transport`] | the `Transport` trait; an in-process mesh with fault injection; TCP over mutual TLS (feature `tls`, default) or, by name, plaintext |
+//! | [`stream`] | bounded, never-blocking event streams: table changes, the async conflict feed |
+//! | [`transport`] | the `Transport` trait; an in-process mesh with fault injection; TCP (feature `tcp`) over mutual TLS (feature `tls`) or, by name, plaintext |
 //! | [`wire`] | the versioned codec every byte goes through |
 //! | `testing` | (feature `testing`) proptest law checks for your own CRDTs |
 //!
@@ -82,6 +83,21 @@
 //! that client's read ([`session`]). The [`region`] engine wires replicas
 //! together over a [`transport`]: in-process channels (with fault injection,
 //! for tests) or TCP between machines, authenticated by mutual TLS.
+//!
+//! ## Cargo features
+//!
+//! | feature | default | gives |
+//! | --- | --- | --- |
+//! | `tcp` | on | `TcpTransport`: regions on different machines (tokio's sockets) |
+//! | `tls` | on | mutual TLS 1.3 for `TcpTransport` (rustls, `ring`); implies `tcp` |
+//! | `redb` | on | `RedbStorage` and `RegionBuilder::data_dir`: durable regions |
+//! | `metrics` | off | the `metrics` facade: replication lag, peer status, bytes, conflicts... |
+//! | `testing` | off | law checkers for your own CRDTs and resolvers, the decoder fuzz harness |
+//!
+//! `tls` is on by default so that the secure transport is the short path:
+//! without it, TCP offers only `TcpTransport::insecure_plaintext`. With no
+//! features, the crate is the data types and the engine on in-process
+//! channels (tests, simulations, one-process deployments).
 //!
 //! ## Identity and restarts
 //!
