@@ -238,4 +238,107 @@ mod tests {
         assert!(count_entries(&[0x80; 20], 2).is_err());
         assert!(entry_offset(&packed, 3).is_err());
     }
+
+    /// One message of each kind, as a region of wire version 1 sends it.
+    fn golden_messages() -> Vec<(&'static str, Message)> {
+        use crate::crdt::GCounter;
+        let (tokyo, frankfurt) = (ReplicaId::new(0x7000_0001), ReplicaId::new(0x7000_0002));
+        let mut deps = VersionVector::new();
+        deps.raise(frankfurt, 7);
+        let mut applied = deps.clone();
+        applied.raise(tokyo, 12);
+        let sent_at = Timestamp::new(1_764_000_000_000, 3);
+        let mut delta = GCounter::new();
+        let delta = delta.inc(tokyo, 2);
+        let value = wire::with_bare(&delta, <[u8]>::to_vec).unwrap();
+        let key = wire::with_bare(&"post-1", <[u8]>::to_vec).unwrap();
+        let mut entries = Vec::new();
+        push_entry(&mut entries, 0, &key, &value);
+        push_entry(&mut entries, 1, &key, &value);
+        let tables = vec!["likes".to_string(), "views".to_string()];
+        vec![
+            (
+                "batch",
+                Message::Batch {
+                    origin: tokyo,
+                    first: 11,
+                    last: 12,
+                    deps: deps.clone(),
+                    sent_at,
+                    tables: tables.clone(),
+                    entries: Blob(entries.clone()),
+                },
+            ),
+            (
+                "ack",
+                Message::Ack {
+                    origin: tokyo,
+                    applied: 12,
+                },
+            ),
+            (
+                "sync_request",
+                Message::SyncRequest {
+                    session: 9,
+                    applied: applied.clone(),
+                    digests: vec![("likes".to_string(), vec![0xAB; 16])],
+                },
+            ),
+            (
+                "sync_states",
+                Message::SyncStates {
+                    session: 9,
+                    push: false,
+                    chunk: 0,
+                    chunks: 1,
+                    sent_at,
+                    buckets: vec![("likes".to_string(), vec![3, 700])],
+                    tables,
+                    entries: Blob(entries),
+                    applied: Some(applied.clone()),
+                },
+            ),
+            ("sync_done", Message::SyncDone { session: 9 }),
+            (
+                "hello",
+                Message::Hello {
+                    replica: tokyo,
+                    incarnation: 4,
+                    seq: 12,
+                    applied,
+                    reply: true,
+                },
+            ),
+        ]
+    }
+
+    /// The frames of wire version 1, committed under
+    /// `tests/fixtures/frames/v1/`, decode into the messages they were made
+    /// from, and today's code encodes those messages to the same bytes (see
+    /// `tests/golden_fixtures.rs` for the rules: a format change bumps the
+    /// version and adds a fixture set, never rewrites one).
+    #[test]
+    fn frames_of_wire_version_1_decode() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/frames/v1");
+        for (name, message) in golden_messages() {
+            let made = wire::encode(&message).unwrap();
+            let file = dir.join(format!("{name}.bin"));
+            if !file.exists() {
+                assert!(
+                    std::env::var_os("ARCHIPELAGO_BLESS_FIXTURES").is_some(),
+                    "fixture frames/v1/{name}.bin is missing: ARCHIPELAGO_BLESS_FIXTURES=1 writes it"
+                );
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(&file, &made).unwrap();
+            }
+            let committed = std::fs::read(&file).unwrap();
+            let decoded: Message = wire::decode(&committed)
+                .unwrap_or_else(|e| panic!("frame {name} of version 1 no longer decodes: {e}"));
+            assert_eq!(decoded, message, "frame {name} decodes to another message");
+            assert!(
+                made == committed,
+                "the encoding of frame {name} changed: bump WIRE_VERSION"
+            );
+        }
+    }
 }

@@ -1,0 +1,231 @@
+//! Golden fixtures: today's encodings, committed under `tests/fixtures/`,
+//! must decode forever.
+//!
+//! Each fixture is checked two ways:
+//! - **it decodes** into the value it was made from: this check stays for
+//!   every fixture ever committed, so an old region's bytes keep working;
+//! - **today's code encodes that value to the same bytes**: when this
+//!   fails, the format changed. Either undo the change, or bump the format
+//!   version (`wire::WIRE_VERSION`, the storage format), keep a decoder for
+//!   the old one, and commit a new fixture set beside the old (never
+//!   rewrite an old fixture).
+//!
+//! `ARCHIPELAGO_BLESS_FIXTURES=1 cargo test --test golden_fixtures` writes
+//! fixtures that are missing (never overwrites one).
+//!
+//! The engine's frames (hello, batch, acknowledgement, anti-entropy) are
+//! checked the same way inside the crate (`replication::message`), from
+//! `tests/fixtures/frames/`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use archipelago::clock::{ReplicaId, Stamp, Timestamp, VersionVector};
+use archipelago::crdt::{
+    BoundedCounter, GCounter, LwwMap, LwwRegister, MvRegister, OrMap, OrSet, PnCounter,
+};
+use archipelago::resolve::VersionSet;
+use archipelago::session::SessionToken;
+use archipelago::wire;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+const TOKYO: ReplicaId = ReplicaId::new(0x7000_0001);
+const FRANKFURT: ReplicaId = ReplicaId::new(0x7000_0002);
+
+fn stamp(ms: u64, replica: ReplicaId) -> Stamp {
+    Stamp::new(Timestamp::new(1_764_000_000_000 + ms, 0), replica)
+}
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn blessing() -> bool {
+    std::env::var_os("ARCHIPELAGO_BLESS_FIXTURES").is_some()
+}
+
+/// The committed bytes of fixture `path`, written from `made` first when
+/// blessing and missing.
+fn golden(path: &str, made: &[u8]) -> Vec<u8> {
+    let file = fixtures().join(path);
+    if !file.exists() {
+        assert!(
+            blessing(),
+            "fixture {path} is missing: ARCHIPELAGO_BLESS_FIXTURES=1 writes it"
+        );
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, made).unwrap();
+    }
+    std::fs::read(&file).unwrap()
+}
+
+/// `value`'s fixture decodes into `value`, and `value` encodes to it.
+fn check<T>(path: &str, value: &T)
+where
+    T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug,
+{
+    let made = wire::encode(value).unwrap();
+    let committed = golden(path, &made);
+    let decoded: T = wire::decode(&committed)
+        .unwrap_or_else(|e| panic!("fixture {path} no longer decodes: {e}"));
+    assert_eq!(&decoded, value, "fixture {path} decodes to another value");
+    assert!(
+        made == committed,
+        "the encoding of {path} changed: bump the format version and add a new \
+         fixture set (see this file's page); never rewrite a committed fixture"
+    );
+}
+
+#[test]
+fn every_crdt_state_of_format_1_decodes() {
+    let mut g = GCounter::new();
+    g.inc(TOKYO, 3);
+    g.inc(FRANKFURT, 4);
+    check("states/v1/g_counter.bin", &g);
+
+    let mut pn = PnCounter::new();
+    pn.inc(TOKYO, 10);
+    pn.dec(FRANKFURT, 3);
+    check("states/v1/pn_counter.bin", &pn);
+
+    let mut set = OrSet::new();
+    set.insert(TOKYO, "matcha".to_string());
+    set.insert(FRANKFURT, "pretzel".to_string());
+    set.remove("pretzel");
+    check("states/v1/or_set.bin", &set);
+
+    let mut reg = LwwRegister::new();
+    reg.set(stamp(5, TOKYO), "Aiko".to_string());
+    check("states/v1/lww_register.bin", &reg);
+
+    let mut map = LwwMap::new();
+    map.insert(stamp(1, TOKYO), "colour".to_string(), "blue".to_string());
+    map.insert(stamp(2, FRANKFURT), "size".to_string(), "M".to_string());
+    map.remove(stamp(3, TOKYO), "size".to_string());
+    check("states/v1/lww_map.bin", &map);
+
+    let mut mv = MvRegister::new();
+    mv.write(TOKYO, 1u64);
+    let mut other = MvRegister::new();
+    other.write(FRANKFURT, 2u64);
+    archipelago::crdt::Crdt::merge(&mut mv, &other);
+    check("states/v1/mv_register.bin", &mv);
+
+    let mut stock: BoundedCounter = BoundedCounter::new();
+    stock.inc(TOKYO, 100);
+    stock.transfer(TOKYO, FRANKFURT, 30).unwrap();
+    stock.try_dec(FRANKFURT, 5).unwrap();
+    check("states/v1/bounded_counter.bin", &stock);
+
+    let mut cart: OrMap<String, GCounter> = OrMap::new();
+    cart.update(TOKYO, "sku-1".into(), |q| q.inc(TOKYO, 2));
+    cart.update(FRANKFURT, "sku-2".into(), |q| q.inc(FRANKFURT, 1));
+    cart.remove("sku-2");
+    check("states/v1/or_map.bin", &cart);
+
+    let mut versions = VersionSet::new();
+    versions.write(stamp(7, TOKYO), "Aiko".to_string());
+    let mut theirs = VersionSet::new();
+    theirs.write(stamp(8, FRANKFURT), "Aiko T.".to_string());
+    archipelago::crdt::Crdt::merge(&mut versions, &theirs);
+    check("states/v1/version_set.bin", &versions);
+
+    let mut vector = VersionVector::new();
+    vector.raise(TOKYO, 12);
+    vector.raise(FRANKFURT, 7);
+    check("states/v1/version_vector.bin", &vector);
+}
+
+#[test]
+fn session_tokens_of_format_1_parse() {
+    let mut vector = VersionVector::new();
+    vector.raise(TOKYO, 12);
+    vector.raise(FRANKFURT, 7);
+    let token = SessionToken::from_vector(vector);
+    let text = token.to_string();
+    let committed = golden("tokens/v1/token.txt", text.as_bytes());
+    let committed = String::from_utf8(committed).unwrap();
+    let parsed: SessionToken = committed
+        .trim()
+        .parse()
+        .expect("a token of format 1 parses");
+    assert_eq!(parsed, token);
+    assert_eq!(text, committed.trim(), "the token text format changed");
+}
+
+/// A region's store of storage format 2 (redb): made once by a region that
+/// wrote two tables and shut down; today's code must open it as that
+/// region, restarted, with its data.
+#[cfg(feature = "redb")]
+#[test]
+fn a_redb_store_of_format_2_opens_with_its_identity_and_tables() {
+    use archipelago::region::{AckLevel, Region};
+    use archipelago::resolve::LastWriteWins;
+
+    let runtime = common::paused_runtime();
+    let committed = fixtures().join("storage/v2/ap-northeast");
+    if !committed.exists() {
+        assert!(
+            blessing(),
+            "fixture storage/v2 is missing: ARCHIPELAGO_BLESS_FIXTURES=1 writes it"
+        );
+        runtime.block_on(async {
+            let region = Region::builder("ap-northeast")
+                .data_dir(&committed)
+                .clock(common::TokioClock::new(0))
+                .build()
+                .unwrap();
+            let likes = region
+                .table::<GCounter>("likes")
+                .unwrap()
+                .with_ack(AckLevel::Local);
+            likes
+                .update(&"post-1", |c, ctx| c.apply(|c| c.inc(ctx.replica(), 3)))
+                .await
+                .unwrap();
+            let profiles = region
+                .table_with::<String>("profiles", LastWriteWins)
+                .unwrap()
+                .with_ack(AckLevel::Local);
+            profiles.put(&42u64, "Aiko".to_string()).await.unwrap();
+            std::fs::write(committed.join("replica.txt"), region.replica().to_string()).unwrap();
+            region.shutdown().await;
+        });
+    }
+    // Open a copy: the committed fixture is never written.
+    let dir = std::env::temp_dir().join(format!("archipelago-golden-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(&committed).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+    }
+    runtime.block_on(async {
+        let region = Region::builder("ap-northeast")
+            .data_dir(&dir)
+            .clock(common::TokioClock::new(0))
+            .build()
+            .expect("a store of format 2 opens");
+        let replica = std::fs::read_to_string(dir.join("replica.txt")).unwrap();
+        assert_eq!(
+            region.replica().to_string(),
+            replica.trim(),
+            "the same replica"
+        );
+        assert_eq!(region.incarnation(), 2, "its second start");
+        let likes = region.table::<GCounter>("likes").unwrap();
+        assert_eq!(
+            likes.read(&"post-1").await.unwrap().map(|c| c.value()),
+            Some(3)
+        );
+        let profiles = region
+            .table_with::<String>("profiles", LastWriteWins)
+            .unwrap();
+        let profile = profiles.read(&42u64).await.unwrap().expect("the profile");
+        assert_eq!(profile.value().map(String::as_str), Some("Aiko"));
+        region.shutdown().await;
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
