@@ -101,6 +101,14 @@
 //!   [`RegionStats::stale_frames`]. Our own id, another peer's id, an older
 //!   incarnation, or fewer writes than we applied of the peer are refused
 //!   ([`HandshakeRefusal`]): nothing of such a peer is merged.
+//! - **Protocol versions.** Before its hello, each side announces the
+//!   engine protocol versions it speaks ([`PROTOCOL_VERSION_MIN`] to
+//!   [`RegionConfig::protocol_version_max`], by default
+//!   [`PROTOCOL_VERSION`]); a peer whose range does not meet ours is
+//!   refused ([`HandshakeRefusal::Protocol`], naming both ranges), and the
+//!   connection speaks the newest both know ([`PeerStats::protocol`]). A
+//!   peer that announces nothing speaks protocol 1, the frames of
+//!   `tests/fixtures/frames/v1`, which every build must keep decoding.
 //!
 //! ## What a peer is believed
 //! A peer may be authenticated and still wrong (a bug, an old copy of a
@@ -186,7 +194,7 @@ mod error;
 mod stats;
 pub mod watch;
 
-pub use config::RegionConfig;
+pub use config::{PROTOCOL_VERSION, PROTOCOL_VERSION_MIN, RegionConfig};
 pub use error::{EngineFailure, HandshakeRefusal, RegionError};
 pub use stats::{PeerFlush, PeerStats, RegionStats, ShutdownReport, TableStats};
 pub use watch::{Change, ChangeSource, ChangeStream};
@@ -865,7 +873,8 @@ impl Region {
                 connected: p.connected,
                 replica: p.replica,
                 incarnation: p.incarnation,
-                refused: p.refused.clone(),
+                refused: p.protocol_refused.clone().or_else(|| p.refused.clone()),
+                protocol: p.protocol,
                 unacknowledged: core.seq.saturating_sub(p.acked),
                 behind: p
                     .replica

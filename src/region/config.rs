@@ -2,6 +2,19 @@
 
 use super::*;
 
+/// The newest engine protocol this build speaks.
+///
+/// - **1**: the frames of `tests/fixtures/frames/v1` (hello, batch,
+///   acknowledgement, anti-entropy), no version announced.
+/// - **2**: protocol 1, and each side announces the range of versions it
+///   speaks before its hello on every connection; a peer whose range does
+///   not meet ours is refused ([`HandshakeRefusal::Protocol`]).
+pub const PROTOCOL_VERSION: u16 = 2;
+
+/// The oldest engine protocol this build still speaks: a peer announcing
+/// nothing speaks 1.
+pub const PROTOCOL_VERSION_MIN: u16 = 1;
+
 /// Limits and timings of a region, each with its unit in its name. The
 /// defaults are safe for a handful of regions on a WAN.
 #[derive(Clone, Debug)]
@@ -47,6 +60,14 @@ pub struct RegionConfig {
     pub commit_wait_max: Duration,
     /// Longest a [`AckLevel::Replicated`] write waits for its peers.
     pub replication_wait_max: Duration,
+    /// The newest engine protocol this region speaks, from
+    /// [`PROTOCOL_VERSION_MIN`] to [`PROTOCOL_VERSION`] (the default).
+    /// During a rolling upgrade that introduces a protocol, keep the new
+    /// build at the old version until every region runs it, then raise it
+    /// (as Kafka's `inter.broker.protocol.version`). At 1 a region speaks
+    /// as builds of protocol 1 did: it announces no version and counts a
+    /// peer's announcement as a frame it cannot read.
+    pub protocol_version_max: u16,
 }
 
 impl Default for RegionConfig {
@@ -68,6 +89,7 @@ impl Default for RegionConfig {
             shutdown_wait_max: Duration::from_secs(5),
             commit_wait_max: Duration::from_secs(5),
             replication_wait_max: Duration::from_secs(5),
+            protocol_version_max: PROTOCOL_VERSION,
         }
     }
 }

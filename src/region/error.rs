@@ -131,6 +131,16 @@ pub enum EngineFailure {
 /// [`PeerStats::refused`] and logged at `warn`.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum HandshakeRefusal {
+    /// The peer speaks no engine protocol version we speak (see
+    /// [`PROTOCOL_VERSION`](crate::region::PROTOCOL_VERSION)): nothing it
+    /// sends is read until it reconnects with a range that meets ours.
+    #[error("peer speaks protocol versions {theirs:?}; this region speaks {ours:?}")]
+    Protocol {
+        /// The versions we speak: (oldest, newest).
+        ours: (u16, u16),
+        /// The versions it announced: (oldest, newest).
+        theirs: (u16, u16),
+    },
     /// The peer presented this region's own replica id: two replicas with
     /// one id would mint the same dots for different writes.
     #[error("peer presents our own replica id {replica}")]

@@ -148,6 +148,10 @@ pub struct PeerStats {
     pub incarnation: Option<u64>,
     /// Why its handshake on the current connection was refused.
     pub refused: Option<HandshakeRefusal>,
+    /// The engine protocol of the current connection: the newest both
+    /// sides speak ([`PROTOCOL_VERSION`](crate::region::PROTOCOL_VERSION)),
+    /// 1 with a peer that announces none.
+    pub protocol: u16,
     /// Our writes it has not acknowledged.
     pub unacknowledged: u64,
     /// Its writes we know of and have not applied.

@@ -19,7 +19,7 @@ use super::store::{
 };
 use crate::clock::{Dot, Hlc, ReplicaId, Timestamp, VersionVector};
 use crate::hash::FastMap;
-use crate::region::{HandshakeRefusal, RegionConfig};
+use crate::region::{HandshakeRefusal, PROTOCOL_VERSION_MIN, RegionConfig};
 use crate::session::SessionToken;
 use crate::storage::{Commit, Progress, Snapshot, StorageError};
 use crate::wire;
@@ -88,6 +88,14 @@ pub(crate) struct PeerState {
     /// Why its hello on the current connection was refused: its frames are
     /// ignored until it connects again.
     pub(crate) refused: Option<HandshakeRefusal>,
+    /// Why its protocol announcement on the current connection was
+    /// refused (its versions do not meet ours): its frames are ignored
+    /// until it connects again.
+    pub(crate) protocol_refused: Option<HandshakeRefusal>,
+    /// The engine protocol of the current connection: the newest both
+    /// speak (1 until its announcement arrives; a peer of protocol 1 sends
+    /// none).
+    pub(crate) protocol: u16,
     /// Replica ids its earlier incarnations had (newest last, at most
     /// [`FORMER_IDS_MAX`]): their late frames are ignored, not refused, and
     /// no other peer may present them.
@@ -132,6 +140,8 @@ impl PeerState {
             known: false,
             hello_at: None,
             refused: None,
+            protocol_refused: None,
+            protocol: PROTOCOL_VERSION_MIN,
             former: Vec::new(),
         }
     }

@@ -7,6 +7,7 @@ use serde::de::DeserializeOwned;
 use super::*;
 use crate::clock::{ManualClock, Stamp};
 use crate::crdt::{Crdt, GCounter, LwwMap};
+use crate::region::PROTOCOL_VERSION;
 use crate::replication::message::Blob;
 use crate::replication::store::{CrdtStore, Key, Merger};
 
@@ -188,7 +189,7 @@ fn up(core: &mut Core, peer: &str, at: Instant) -> Outgoing {
     let out = core
         .peer_up(peer, at)
         .into_iter()
-        .filter(|(_, m)| !matches!(m, Message::Hello { .. }))
+        .filter(|(_, m)| !matches!(m, Message::Hello { .. } | Message::Protocol { .. }))
         .collect();
     if let Some(id) = id_of(peer).map(rid)
         && id != core.replica
@@ -207,7 +208,9 @@ fn up(core: &mut Core, peer: &str, at: Instant) -> Outgoing {
 /// handshake has its own tests).
 fn to(out: &Outgoing, peer: &str) -> Vec<Message> {
     out.iter()
-        .filter(|(p, m)| p == peer && !matches!(m, Message::Hello { .. }))
+        .filter(|(p, m)| {
+            p == peer && !matches!(m, Message::Hello { .. } | Message::Protocol { .. })
+        })
         .map(|(_, m)| m.clone())
         .collect()
 }
@@ -1571,4 +1574,80 @@ fn claims_about_unmet_replicas_are_bounded() {
         c.counters.untrusted_claims, BELIEVED_REPLICAS_MAX as u64,
         "each ignored claim counts"
     );
+}
+
+/// A peer announcing protocol versions that do not meet ours is refused
+/// with both ranges named, and nothing it sends is read until it
+/// reconnects; a range that meets ours agrees on the newest both speak.
+#[test]
+fn a_peer_outside_our_protocol_range_is_refused_until_it_reconnects() {
+    let mut a = core("a", 1, RegionConfig::default(), &["hits"]);
+    let out = a.peer_up("b", now());
+    assert!(
+        matches!(
+            out.first(),
+            Some((
+                _,
+                Message::Protocol {
+                    min: 1,
+                    max: PROTOCOL_VERSION
+                }
+            ))
+        ),
+        "the announcement leaves before the hello: {out:?}"
+    );
+    a.on_message("b", Message::Protocol { min: 7, max: 9 }, now());
+    assert_eq!(
+        a.peers["b"].protocol_refused,
+        Some(HandshakeRefusal::Protocol {
+            ours: (1, PROTOCOL_VERSION),
+            theirs: (7, 9)
+        })
+    );
+    assert_eq!(a.counters.refused_handshakes, 1);
+    let hello = Message::Hello {
+        replica: rid(2),
+        incarnation: 1,
+        seq: 1,
+        applied: VersionVector::new(),
+        reply: false,
+    };
+    assert!(
+        a.on_message("b", hello.clone(), now()).is_empty(),
+        "its hello is not answered"
+    );
+    a.on_message("b", batch(2, 1, &[], "hits", &[(1, gc(2, 1))]), now());
+    assert_eq!(a.applied.get(rid(2)), 0, "nothing it sends is merged");
+    assert_eq!(a.peers["b"].replica, None, "nor bound");
+    // Back with a build that speaks ours.
+    a.peer_down("b", now());
+    a.peer_up("b", now());
+    a.on_message("b", Message::Protocol { min: 1, max: 5 }, now());
+    assert_eq!(a.peers["b"].protocol_refused, None);
+    assert_eq!(
+        a.peers["b"].protocol, PROTOCOL_VERSION,
+        "the newest both speak"
+    );
+    a.on_message("b", hello, now());
+    assert_eq!(a.peers["b"].replica, Some(rid(2)));
+    assert_eq!(a.counters.refused_handshakes, 1);
+}
+
+/// A region pinned to protocol 1 speaks as builds of protocol 1 did: no
+/// announcement, and a peer's announcement is a frame it cannot read.
+#[test]
+fn a_region_pinned_to_protocol_1_announces_nothing() {
+    let config = RegionConfig {
+        protocol_version_max: 1,
+        ..RegionConfig::default()
+    };
+    let mut old = core("a", 1, config, &["hits"]);
+    let out = old.peer_up("b", now());
+    assert!(
+        out.iter()
+            .all(|(_, m)| !matches!(m, Message::Protocol { .. }))
+    );
+    old.on_message("b", Message::Protocol { min: 1, max: 2 }, now());
+    assert_eq!(old.counters.rejected_frames, 1);
+    assert_eq!(old.peers["b"].protocol, 1);
 }

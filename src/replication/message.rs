@@ -202,6 +202,11 @@ pub(crate) enum Message {
         /// True for the answer to a hello: no answer is due.
         reply: bool,
     },
+    /// The engine protocol versions the sender speaks, `min..=max`, sent
+    /// before its hello on every connection (protocol 2 on; a peer that
+    /// sends none speaks 1). Last of the variants, so that builds of
+    /// protocol 1 decode every other frame as before.
+    Protocol { min: u16, max: u16 },
 }
 
 #[cfg(test)]
@@ -299,6 +304,7 @@ mod tests {
                 },
             ),
             ("sync_done", Message::SyncDone { session: 9 }),
+            ("protocol", Message::Protocol { min: 1, max: 2 }),
             (
                 "hello",
                 Message::Hello {

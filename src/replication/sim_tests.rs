@@ -696,6 +696,7 @@ fn describe(message: &Message) -> String {
             reply,
             ..
         } => format!("Hello {replica:?} #{incarnation} seq {seq} reply {reply}"),
+        Message::Protocol { min, max } => format!("Protocol {min}..={max}"),
     }
 }
 
@@ -950,6 +951,10 @@ fn lie(message: &mut Message, rng: &mut Rng) {
             2 => *seq = number(rng),
             _ => applied.raise(replica(rng), number(rng)),
         },
+        Message::Protocol { min, max } => {
+            *min = number(rng) as u16;
+            *max = number(rng) as u16;
+        }
     }
 }
 

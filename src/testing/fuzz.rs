@@ -814,6 +814,7 @@ impl FuzzValue for Message {
                 applied: vector(rng, 2),
                 reply: false,
             },
+            Message::Protocol { min: 1, max: 2 },
         ]
     }
     fn mutate(&mut self, rng: &mut FuzzRng) {
@@ -876,6 +877,10 @@ impl FuzzValue for Message {
                 3 => applied.raise(rng.replica(), rng.edgy_u64()),
                 _ => *reply = !*reply,
             },
+            Message::Protocol { min, max } => {
+                *min = rng.next_u64() as u16;
+                *max = rng.next_u64() as u16;
+            }
         }
     }
     fn inner(&self) {

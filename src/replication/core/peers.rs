@@ -59,6 +59,8 @@ impl Core {
         // incarnation), and a refusal is reconsidered at its hello.
         peer.greeted = false;
         peer.refused = None;
+        peer.protocol_refused = None;
+        peer.protocol = PROTOCOL_VERSION_MIN;
         if !was {
             tracing::info!(region = %self.name, peer = name, "peer connected");
         }
@@ -72,7 +74,7 @@ impl Core {
         }
         // The hello leaves first: a peer that knew us ignores what we send
         // before it (it may come from an incarnation it is about to reset).
-        let mut out = vec![self.hello(name, false, now)];
+        let mut out = self.greeting(name, now);
         // A first contact is repaired by anti-entropy (one side starts the
         // exchange, which repairs both: the one with the smaller name, or
         // the one that knows the other needs repair). A peer known before
@@ -82,6 +84,48 @@ impl Core {
             out.extend(self.start_sync(name, now));
         }
         out
+    }
+
+    /// What opens a conversation with `peer`: the protocol versions we
+    /// speak (from protocol 2 on), then our hello.
+    pub(super) fn greeting(&mut self, peer: &str, now: Instant) -> Outgoing {
+        let mut out = Vec::with_capacity(2);
+        let max = self.config.protocol_version_max;
+        if max >= 2 {
+            let min = PROTOCOL_VERSION_MIN;
+            out.push((peer.to_owned(), Message::Protocol { min, max }));
+        }
+        out.push(self.hello(peer, false, now));
+        out
+    }
+
+    /// A peer's announcement of the protocol versions it speaks: refused
+    /// when the range does not meet ours (nothing it sends is read until it
+    /// reconnects), else the newest both speak is the connection's.
+    pub(super) fn on_protocol(&mut self, from: &str, min: u16, max: u16, now: Instant) {
+        let ours_max = self.config.protocol_version_max;
+        if ours_max < 2 {
+            // As a build of protocol 1: a frame it cannot read.
+            self.reject(from, "unknown message (protocol 1 announces no version)");
+            return;
+        }
+        let name = self.name.clone();
+        let peer = self.peer(from, now);
+        if min > max || max < PROTOCOL_VERSION_MIN || min > ours_max {
+            let refusal = HandshakeRefusal::Protocol {
+                ours: (PROTOCOL_VERSION_MIN, ours_max),
+                theirs: (min, max),
+            };
+            if peer.protocol_refused.as_ref() != Some(&refusal) {
+                tracing::warn!(region = %name, peer = from, %refusal, "rejected input: handshake refused");
+                peer.protocol_refused = Some(refusal);
+                peer.greeted = false;
+                self.counters.refused_handshakes += 1;
+            }
+            return;
+        }
+        peer.protocol = max.min(ours_max);
+        tracing::debug!(region = %name, peer = from, protocol = peer.protocol, "protocol agreed");
     }
 
     /// Our hello to `peer`.
@@ -125,7 +169,7 @@ impl Core {
             .map(|(name, _)| name.clone())
             .collect();
         due.into_iter()
-            .map(|name| self.hello(&name, false, now))
+            .flat_map(|name| self.greeting(&name, now))
             .collect()
     }
 
@@ -218,6 +262,14 @@ impl Core {
         reply: bool,
         now: Instant,
     ) -> Outgoing {
+        if self
+            .peers
+            .get(from)
+            .is_some_and(|p| p.protocol_refused.is_some())
+        {
+            self.counters.stale_frames += 1;
+            return Vec::new();
+        }
         if let Some(refusal) = self.check_hello(from, replica, incarnation, seq) {
             let peer = self.peer(from, now);
             peer.greeted = false;

@@ -17,6 +17,11 @@ impl Core {
         }
         let peer = self.peer(from, now);
         peer.last_contact = Some(now);
+        if let Message::Protocol { min, max } = message {
+            self.on_protocol(from, min, max, now);
+            return Vec::new();
+        }
+        let peer = self.peer(from, now);
         if let Message::Hello {
             replica,
             incarnation,
@@ -30,7 +35,7 @@ impl Core {
         // A refused peer, or one that knew us and has not greeted on this
         // connection yet (what it sends may come from an incarnation its
         // hello will reset): ignored.
-        if peer.refused.is_some() || peer.unconfirmed() {
+        if peer.refused.is_some() || peer.protocol_refused.is_some() || peer.unconfirmed() {
             self.counters.stale_frames += 1;
             return Vec::new();
         }
@@ -58,7 +63,7 @@ impl Core {
                 sent_at,
                 now,
             ),
-            Message::Hello { .. } => unreachable!("handled above"),
+            Message::Hello { .. } | Message::Protocol { .. } => unreachable!("handled above"),
             Message::Ack { origin, applied } => {
                 if origin == self.replica {
                     let bound = self.ack_bound(&self.peers[from]);

@@ -1,0 +1,92 @@
+//! Regions on different builds during a rolling upgrade: one speaks the
+//! current engine protocol, one is pinned to the previous one (as a build
+//! of protocol 1 speaks); both replicate both ways, and once both speak
+//! the current one they agree on it.
+
+mod common;
+
+use std::time::Duration;
+
+use archipelago::crdt::GCounter;
+use archipelago::region::{PROTOCOL_VERSION, Region, RegionConfig};
+use archipelago::transport::ChannelNetwork;
+use common::{paused_runtime, region_on};
+
+async fn add(region: &Region, key: u64, n: u64) {
+    region
+        .table::<GCounter>("likes")
+        .unwrap()
+        .update(&key, |c, ctx| c.apply(|c| c.inc(ctx.replica(), n)))
+        .await
+        .unwrap();
+}
+
+async fn value(region: &Region, key: u64) -> u64 {
+    let table = region.table::<GCounter>("likes").unwrap();
+    table.read(&key).await.unwrap().map_or(0, |c| c.value())
+}
+
+fn protocol_with(region: &Region, peer: &str) -> u16 {
+    region
+        .stats()
+        .peers
+        .iter()
+        .find(|p| p.name == peer)
+        .unwrap()
+        .protocol
+}
+
+#[test]
+fn a_new_build_and_an_old_one_replicate_both_ways_then_agree_on_the_new_protocol() {
+    paused_runtime().block_on(async {
+        let net = ChannelNetwork::new(11);
+        let new = region_on(&net, "ap-northeast", None, RegionConfig::default());
+        let old_config = RegionConfig {
+            protocol_version_max: 1,
+            ..RegionConfig::default()
+        };
+        let old = region_on(&net, "eu-central", None, old_config);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let syncs = (new.stats().syncs_completed, old.stats().syncs_completed);
+        for round in 1..=5 {
+            add(&new, 1, 1).await;
+            add(&old, 2, 10).await;
+            // Batches, not a repair: within a few batch delays.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert_eq!(value(&old, 1).await, round, "new -> old");
+            assert_eq!(value(&new, 2).await, 10 * round, "old -> new");
+        }
+        assert_eq!(
+            (new.stats().syncs_completed, old.stats().syncs_completed),
+            syncs,
+            "no anti-entropy was needed"
+        );
+        assert_eq!(
+            protocol_with(&new, "eu-central"),
+            1,
+            "the newest both speak"
+        );
+        assert_eq!(new.stats().rejected_frames, 0);
+        assert_eq!(new.stats().refused_handshakes, 0);
+        // The old build cannot read the new one's announcement (counted,
+        // as a build of protocol 1 counts any frame it cannot decode).
+        assert!(old.stats().rejected_frames >= 1);
+        assert_eq!(old.stats().refused_handshakes, 0);
+
+        // The old region is upgraded: a new build, default config.
+        old.shutdown().await;
+        drop(old);
+        net.heal_all();
+        let upgraded = region_on(&net, "eu-central", None, RegionConfig::default());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(protocol_with(&new, "eu-central"), PROTOCOL_VERSION);
+        assert_eq!(protocol_with(&upgraded, "ap-northeast"), PROTOCOL_VERSION);
+        add(&upgraded, 3, 1).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(value(&new, 3).await, 1);
+        assert_eq!(upgraded.stats().rejected_frames, 0);
+        assert_eq!(new.stats().rejected_frames, 0);
+        new.shutdown().await;
+        upgraded.shutdown().await;
+    });
+}
