@@ -47,6 +47,13 @@ pub struct RegionConfig {
     pub commit_wait_max: Duration,
     /// Longest a [`AckLevel::Replicated`] write waits for its peers.
     pub replication_wait_max: Duration,
+    /// Most keys one scan of a table copies ([`Table::keys`],
+    /// [`Table::iter`], [`Table::range`] and their resolver-table
+    /// forms): a scan copies every key (and value) of the table while it
+    /// holds the region's state lock, so this bounds how long it holds it
+    /// and what it allocates. A larger table's scan is refused with
+    /// [`RegionError::ScanTooLarge`].
+    pub scan_keys_max: usize,
 }
 
 impl Default for RegionConfig {
@@ -68,6 +75,7 @@ impl Default for RegionConfig {
             shutdown_wait_max: Duration::from_secs(5),
             commit_wait_max: Duration::from_secs(5),
             replication_wait_max: Duration::from_secs(5),
+            scan_keys_max: 1 << 20,
         }
     }
 }
