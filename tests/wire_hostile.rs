@@ -505,8 +505,10 @@ fn sample_version_set() -> VersionSet<String> {
 
 #[test]
 fn version_set_rules() {
-    let decode =
-        |versions: Vec<Versioned<String>>| wire::decode::<VersionSet<String>>(&frame_of(&versions));
+    // Encoded as (versions, delete context).
+    let decode = |versions: Vec<Versioned<String>>| {
+        wire::decode::<VersionSet<String>>(&frame_of(&(versions, VersionVector::new())))
+    };
     let ty = "VersionSet";
     let set = sample_version_set();
     assert_eq!(decode(set.versions().to_vec()).unwrap(), set);
@@ -538,6 +540,22 @@ fn version_set_rules() {
         ]),
         Err(invalid(ty, InvalidRule::OwnWriteMissing))
     );
+    // A version its own delete context covers: deleted, yet kept.
+    let removed: VersionVector = [(ReplicaId::new(1), 2), (ReplicaId::new(2), 1)]
+        .into_iter()
+        .collect();
+    assert_eq!(
+        wire::decode::<VersionSet<String>>(&frame_of(&(
+            vec![versioned("a", &[(1, 2), (2, 1)], 10, 1)],
+            removed.clone()
+        ))),
+        Err(invalid(ty, InvalidRule::VersionRemoved))
+    );
+    // A tombstone alone decodes, and reads as nothing.
+    let tombstone =
+        wire::decode::<VersionSet<String>>(&frame_of(&(Vec::<Versioned<String>>::new(), removed)))
+            .unwrap();
+    assert!(tombstone.is_empty() && !tombstone.removed().is_empty());
 }
 
 #[test]

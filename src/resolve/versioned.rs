@@ -94,6 +94,17 @@ impl<T> Resolution<T> {
 /// seen it; at most one version per replica can be concurrent, so the set
 /// never holds more versions than there are replicas.
 ///
+/// **Deletes** are observed-removes: [`remove`](VersionSet::remove) drops
+/// every version this replica has seen and keeps their joined vector as
+/// the set's *delete context* (its tombstone). A merge drops every version
+/// the context covers, wherever it comes from, so a copy of a deleted
+/// version (a late batch, an anti-entropy transfer from a region that had
+/// not seen the delete) never comes back; a version the delete had not
+/// seen (a concurrent write elsewhere) is not covered and survives
+/// (add-wins). A later write has seen the context (it is part of
+/// [`version`](VersionSet::version)), so it is never covered. The context
+/// is one vector, at most an entry per replica, and stays with the key.
+///
 /// ```
 /// use archipelago::clock::{Hlc, ManualClock, ReplicaId};
 /// use archipelago::crdt::Crdt;
@@ -114,11 +125,19 @@ impl<T> Resolution<T> {
 /// assert!(a.is_conflicted());
 /// assert_eq!(a.resolve(&LastWriteWins).unwrap().value(), Some(&"Aiko Tanaka"));
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(into = "Vec<Versioned<T>>")]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct VersionSet<T: Clone> {
-    /// Pairwise concurrent, sorted by stamp.
+    /// Pairwise concurrent, sorted by stamp, none covered by `removed`.
     versions: SmallVec<[Versioned<T>; 1]>,
+    /// The delete context: every version deletes here had seen.
+    removed: VersionVector,
+}
+
+/// Encoded as `(versions, delete context)`.
+impl<T: Clone + Serialize> Serialize for VersionSet<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        (&self.versions[..], &self.removed).serialize(serializer)
+    }
 }
 
 /// Accepts only an antichain that writes make, in `O(n log n + e log n)`
@@ -147,6 +166,7 @@ impl<T: Clone> TryFrom<Vec<Versioned<T>>> for VersionSet<T> {
         }
         Ok(VersionSet {
             versions: versions.into(),
+            removed: VersionVector::new(),
         })
     }
 }
@@ -182,8 +202,13 @@ fn check_antichain<T>(versions: &[Versioned<T>]) -> Result<(), InvalidRule> {
 
 impl<'de, T: Clone + Deserialize<'de>> Deserialize<'de> for VersionSet<T> {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let versions = Vec::<Versioned<T>>::deserialize(deserializer)?;
-        VersionSet::try_from(versions).map_err(|rule| invalid("VersionSet", rule))
+        let (versions, removed) = <(Vec<Versioned<T>>, VersionVector)>::deserialize(deserializer)?;
+        let mut set = VersionSet::try_from(versions).map_err(|rule| invalid("VersionSet", rule))?;
+        if set.versions.iter().any(|v| removed.dominates(&v.version)) {
+            return Err(invalid("VersionSet", InvalidRule::VersionRemoved));
+        }
+        set.removed = removed;
+        Ok(set)
     }
 }
 
@@ -198,6 +223,7 @@ impl<T: Clone> VersionSet<T> {
     pub fn new() -> Self {
         VersionSet {
             versions: SmallVec::new(),
+            removed: VersionVector::new(),
         }
     }
 
@@ -205,6 +231,7 @@ impl<T: Clone> VersionSet<T> {
     pub fn from_version(version: Versioned<T>) -> Self {
         VersionSet {
             versions: smallvec::smallvec![version],
+            removed: VersionVector::new(),
         }
     }
 
@@ -219,6 +246,26 @@ impl<T: Clone> VersionSet<T> {
         VersionSet::from_version(written)
     }
 
+    /// Deletes every version this replica has seen (an observed-remove);
+    /// returns the delta, which carries only the delete context. The set
+    /// then reads as nothing until a write, here or one the delete had not
+    /// seen elsewhere.
+    pub fn remove(&mut self) -> Self {
+        let seen = self.version();
+        self.versions.clear();
+        self.removed = seen.clone();
+        VersionSet {
+            versions: SmallVec::new(),
+            removed: seen,
+        }
+    }
+
+    /// The delete context: every version deletes of this set had seen
+    /// (empty when never deleted).
+    pub fn removed(&self) -> &VersionVector {
+        &self.removed
+    }
+
     /// The concurrent versions, in stamp order (one when no conflict).
     pub fn versions(&self) -> &[Versioned<T>] {
         &self.versions
@@ -229,14 +276,15 @@ impl<T: Clone> VersionSet<T> {
         self.versions.len() > 1
     }
 
-    /// True when never written.
+    /// True when it reads as nothing: never written, or deleted since.
     pub fn is_empty(&self) -> bool {
         self.versions.is_empty()
     }
 
-    /// Every write the versions have seen: the join of their vectors.
+    /// Every write the versions and deletes have seen: the join of their
+    /// vectors and the delete context.
     pub fn version(&self) -> VersionVector {
-        let mut joined = VersionVector::new();
+        let mut joined = self.removed.clone();
         for v in &self.versions {
             joined.merge(&v.version);
         }
@@ -304,6 +352,9 @@ impl<T: Clone> VersionSet<T> {
 
     /// Adds one version; true when the set changed.
     fn absorb(&mut self, theirs: &Versioned<T>) -> bool {
+        if self.removed.dominates(&theirs.version) {
+            return false; // deleted here
+        }
         for (i, mine) in self.versions.iter().enumerate() {
             match mine.version.partial_cmp(&theirs.version) {
                 Some(Ordering::Greater) => return false,
@@ -329,6 +380,14 @@ impl<T: Clone> VersionSet<T> {
 
     fn merge_changed(&mut self, other: &Self) -> bool {
         let mut changed = false;
+        if !self.removed.dominates(&other.removed) {
+            self.removed.merge(&other.removed);
+            let before = self.versions.len();
+            let removed = &self.removed;
+            self.versions.retain(|v| !removed.dominates(&v.version));
+            // A conflict is audited only when the versions change.
+            changed |= self.versions.len() != before;
+        }
         for theirs in &other.versions {
             changed |= self.absorb(theirs);
         }
