@@ -62,6 +62,49 @@
 //! differently (another serde shape) would read and write other keys:
 //! pass `&K` for such types.
 //!
+//! ## Scans
+//! [`Table::keys`], [`Table::iter`] and [`Table::range`] (and their
+//! [`ResolverTable`] forms, which yield the resolver's verdict as `read`
+//! does) read a consistent snapshot of the table at this region. Under the
+//! region's state lock they copy every key of the table (and, but for
+//! `keys`, clone every value) in one pass, then release the lock and decode
+//! the keys outside it. So the lock is held for one copy of the table,
+//! O(keys), never while the caller iterates; writes that land meanwhile are
+//! not in the snapshot, which costs memory for a copy of the table until
+//! the [`Scan`] is dropped. A table of more keys than
+//! [`RegionConfig::scan_keys_max`] is not scanned
+//! ([`RegionError::ScanTooLarge`]). `keys` and `iter` come in no particular
+//! order; `range` filters and sorts the snapshot by key outside the lock
+//! (keys are stored by hash, not in order). Keys that do not decode as `K`
+//! (a peer declared the table with another key type) are skipped with a
+//! `warn` event and counted in [`Scan::skipped`] and
+//! [`TableStats::undecodable_keys`].
+//!
+//! ## Deletes
+//! [`ResolverTable::delete`] and [`Table::delete`] (for values that are
+//! [`Reset`](crate::crdt::Reset)) are observed-removes, replicated as
+//! writes with a session token:
+//! - **What they remove**: what this region has observed of the key, no
+//!   more. A write made concurrently elsewhere, that the delete had not
+//!   seen, survives it (add-wins) and the key reads as that write
+//!   everywhere; a write made after the delete is seen has seen it and is
+//!   kept.
+//! - **What stays behind** (the tombstone): the key, with the context of
+//!   what was deleted: for a resolver table the joined version vector of
+//!   the removed versions ([`VersionSet::removed`], at most an entry per
+//!   replica), which reads as `None`; for a CRDT table the empty value with
+//!   the removed dots in its causal context, which reads as that empty
+//!   value. [`Region::stats`] and `len` count tombstones as keys. They are
+//!   not collected: dropping one is sound only once every region has
+//!   applied the delete (a stable cut, the round `retire_peer` lacks too).
+//! - **No resurrection**: a late copy of a deleted write (a retransmitted
+//!   batch, an anti-entropy transfer from a region partitioned during the
+//!   delete) is covered by the tombstone's context and stays deleted,
+//!   since the tombstone is part of the key's state that merges and
+//!   anti-entropy ship.
+//! - Deleting a key not held here (or already deleted) writes nothing and
+//!   returns an empty token.
+//!
 //! ## Guarantees
 //! - Local reads and writes never wait for another region.
 //! - A region applies a peer's batch only after every write it depends on
@@ -208,7 +251,7 @@ pub use config::RegionConfig;
 pub use error::{EngineFailure, HandshakeRefusal, RegionError};
 pub use stats::{PeerFlush, PeerStats, RegionStats, ShutdownReport, TableStats};
 use table::Declared;
-pub use table::{ResolverTable, Table};
+pub use table::{ResolverTable, Scan, Table};
 
 /// What a mutator knows about the write it makes.
 #[derive(Clone)]
@@ -285,6 +328,9 @@ pub struct Mutation<V> {
     working: V,
     /// The join of their deltas; `None` until one ran.
     delta: Option<V>,
+    /// True when the key was held before this write (deletes skip the
+    /// others).
+    held: bool,
 }
 
 impl<V: Crdt> Mutation<V> {
@@ -938,6 +984,7 @@ impl Region {
             .map(|slot| TableStats {
                 name: slot.name.to_string(),
                 keys: slot.store.len(),
+                undecodable_keys: slot.undecodable_keys.load(Ordering::Relaxed),
                 conflicts: slot.conflicts.as_ref().map_or(0, |count| count()),
             })
             .collect();
@@ -1110,6 +1157,7 @@ impl Region {
                 .expect("declared by the handle")
                 .get(key);
             let mut mutation = Mutation {
+                held: stored.is_some(),
                 working: stored.cloned().unwrap_or_default(),
                 delta: None,
             };
