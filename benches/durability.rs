@@ -177,8 +177,11 @@ async fn run(w: Workload) -> Run {
         .config(config())
         .build()
         .expect("b");
-    let table_a = a.table::<GCounter>(TABLE).expect("table").with_ack(w.ack);
-    let table_b = b.table::<GCounter>(TABLE).expect("table");
+    let table_a = a
+        .table::<u64, GCounter>(TABLE)
+        .expect("table")
+        .with_ack(w.ack);
+    let table_b = b.table::<u64, GCounter>(TABLE).expect("table");
     connected(&a, &b).await;
     let before = a.stats();
     let started = Instant::now();
@@ -268,7 +271,7 @@ async fn build_restart_store(dir: &std::path::Path) {
         .config(config())
         .build()
         .expect("a");
-    let t = a.table::<GCounter>(TABLE).expect("table");
+    let t = a.table::<u64, GCounter>(TABLE).expect("table");
     for key in 0..RESTART_KEYS {
         t.update(&key, |c, ctx| c.apply(|c| c.inc(ctx.replica(), 1)))
             .await
@@ -287,7 +290,7 @@ async fn restart_once(dir: &std::path::Path) -> Duration {
         .config(config())
         .build()
         .expect("a");
-    let table = a.table::<GCounter>(TABLE).expect("table");
+    let table = a.table::<u64, GCounter>(TABLE).expect("table");
     let elapsed = t.elapsed();
     assert_eq!(table.len() as u64, RESTART_KEYS, "every key back");
     a.shutdown().await;

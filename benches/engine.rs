@@ -182,8 +182,8 @@ async fn engine_run(n: u64, keys: Keys, yield_every: u64) -> EngineRun {
     let net = ChannelNetwork::new(1);
     let a = region(&net, "a");
     let b = region(&net, "b");
-    let table_a = a.table::<GCounter>(TABLE).expect("table");
-    let table_b = b.table::<GCounter>(TABLE).expect("table");
+    let table_a = a.table::<u64, GCounter>(TABLE).expect("table");
+    let table_b = b.table::<u64, GCounter>(TABLE).expect("table");
     connected(&a, &b).await;
     let a_to_b_before = net.link_stats("a", "b");
     let b_to_a_before = net.link_stats("b", "a");
@@ -248,7 +248,7 @@ async fn local_run(n: u64, keys: Keys, yield_every: u64) -> Duration {
         .config(config)
         .build()
         .expect("inside a runtime");
-    let table = a.table::<GCounter>(TABLE).expect("table");
+    let table = a.table::<u64, GCounter>(TABLE).expect("table");
     let writer = tokio::spawn(async move {
         let started = Instant::now();
         for i in 0..n {

@@ -170,8 +170,8 @@ async fn replicate(security: &Security) -> Duration {
     };
     let tokyo = build(TOKYO, tokyo_tcp);
     let frankfurt = build(FRANKFURT, frankfurt_tcp);
-    let table_t = tokyo.table::<GCounter>(TABLE).unwrap();
-    let table_f = frankfurt.table::<GCounter>(TABLE).unwrap();
+    let table_t = tokyo.table::<u64, GCounter>(TABLE).unwrap();
+    let table_f = frankfurt.table::<u64, GCounter>(TABLE).unwrap();
     connected(&tokyo, &frankfurt).await;
     let writer = tokio::spawn(async move {
         let started = Instant::now();

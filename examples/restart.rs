@@ -38,7 +38,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tokyo.incarnation(),
         dir.display()
     );
-    let stock = tokyo.table::<GCounter>("stock")?;
+    let stock = tokyo.table::<u64, GCounter>("stock")?;
     for sku in 0..SKUS {
         stock
             .update(&sku, |c, ctx| c.apply(|c| c.inc(ctx.replica(), 10)))
@@ -47,7 +47,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tokio::time::sleep(Duration::from_millis(200)).await;
     println!(
         "frankfurt sees {} skus before the partition",
-        frankfurt.table::<GCounter>("stock")?.len()
+        frankfurt.table::<u64, GCounter>("stock")?.len()
     );
 
     net.partition("ap-northeast", "eu-central");
@@ -71,7 +71,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .data_dir(&dir)
         .build()?;
     assert_eq!(tokyo.replica(), id, "the same replica");
-    let stock = tokyo.table::<GCounter>("stock")?;
+    let stock = tokyo.table::<u64, GCounter>("stock")?;
     println!(
         "tokyo reopened: replica {}, incarnation {}, {} skus, sku 0 = {:?}",
         tokyo.replica(),
@@ -81,7 +81,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     net.heal("ap-northeast", "eu-central");
-    let stock_fra = frankfurt.table::<GCounter>("stock")?;
+    let stock_fra = frankfurt.table::<u64, GCounter>("stock")?;
     let started = tokio::time::Instant::now();
     loop {
         let mut done = true;

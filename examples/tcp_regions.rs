@@ -60,8 +60,8 @@ async fn both_here() -> Result<(), Box<dyn Error>> {
         .transport(frankfurt_tcp)
         .build()?;
 
-    let stock_t = tokyo.table::<PnCounter>("stock")?;
-    let stock_f = frankfurt.table::<PnCounter>("stock")?;
+    let stock_t = tokyo.table::<String, PnCounter>("stock")?;
+    let stock_f = frankfurt.table::<String, PnCounter>("stock")?;
     stock_t
         .update("matcha", |s, ctx| s.apply(|s| s.inc(ctx.replica(), 20)))
         .await?;
@@ -101,7 +101,7 @@ async fn one_region(
     let tcp = TcpTransport::insecure_plaintext(name, listen).await?;
     tcp.add_peer(peer, peer_addr);
     let region = Region::builder(name).transport(tcp).build()?;
-    let stock = region.table::<PnCounter>("stock")?;
+    let stock = region.table::<String, PnCounter>("stock")?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;

@@ -64,8 +64,8 @@ async fn run(dir: &Path) -> Result<(), Box<dyn Error>> {
         .transport(frankfurt_tcp)
         .build()?;
 
-    let stock_t = tokyo.table::<PnCounter>("stock")?;
-    let stock_f = frankfurt.table::<PnCounter>("stock")?;
+    let stock_t = tokyo.table::<String, PnCounter>("stock")?;
+    let stock_f = frankfurt.table::<String, PnCounter>("stock")?;
     stock_t
         .update("matcha", |s, ctx| s.apply(|s| s.inc(ctx.replica(), 20)))
         .await?;

@@ -30,9 +30,9 @@ type Pair<T> = (T, T);
 
 /// One line per region: stock, cart and profile as it reads them now.
 async fn show(
-    stock: &Pair<Table<PnCounter>>,
-    carts: &Pair<Table<OrSet<String>>>,
-    profiles: &Pair<ResolverTable<String>>,
+    stock: &Pair<Table<String, PnCounter>>,
+    carts: &Pair<Table<String, OrSet<String>>>,
+    profiles: &Pair<ResolverTable<String, String>>,
 ) -> Result<(), RegionError> {
     for (name, s, c, p) in [
         (TOKYO, &stock.0, &carts.0, &profiles.0),
@@ -77,16 +77,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let frankfurt = region(&net, FRANKFURT)?;
 
     let stock = (
-        tokyo.table::<PnCounter>("stock")?,
-        frankfurt.table::<PnCounter>("stock")?,
+        tokyo.table::<String, PnCounter>("stock")?,
+        frankfurt.table::<String, PnCounter>("stock")?,
     );
     let carts = (
-        tokyo.table::<OrSet<String>>("carts")?,
-        frankfurt.table::<OrSet<String>>("carts")?,
+        tokyo.table::<String, OrSet<String>>("carts")?,
+        frankfurt.table::<String, OrSet<String>>("carts")?,
     );
     let profiles = (
-        tokyo.table_with::<String>("profiles", LastWriteWins)?,
-        frankfurt.table_with::<String>("profiles", LastWriteWins)?,
+        tokyo.table_with::<String, String>("profiles", LastWriteWins)?,
+        frankfurt.table_with::<String, String>("profiles", LastWriteWins)?,
     );
     let audit = profiles.1.conflicts().subscribe(16);
 

@@ -47,6 +47,60 @@ pub use or_map::OrMap;
 pub use or_set::OrSet;
 pub use pn_counter::PnCounter;
 
+/// A [`Crdt`] whose observed state one delta can remove: what
+/// `Table::delete` writes (see [`region`](crate::region)).
+///
+/// The delta removes exactly what this replica has observed (the dots of
+/// its elements, keys or values) and keeps them in the value's causal
+/// context: a concurrent write elsewhere, which this replica had not
+/// observed, survives the merge (add-wins), and a late copy of a removed
+/// write (a retransmitted batch, an anti-entropy transfer from a region
+/// that had not seen the reset) is in the context and stays removed. The
+/// value left behind is empty but for that context: its tombstone.
+///
+/// Implemented for the dot-based types, where removal is observed:
+/// [`OrSet`], [`OrMap`], [`MvRegister`]. Counters cannot be reset soundly
+/// (a reset is not a join of increments), and last-writer-wins types
+/// delete by a stamped write of their own (`LwwMap::remove`).
+///
+/// ```
+/// use archipelago::clock::ReplicaId;
+/// use archipelago::crdt::{Crdt, OrSet, Reset};
+///
+/// let (tokyo, frankfurt) = (ReplicaId::new(1), ReplicaId::new(2));
+/// let mut a = OrSet::new();
+/// let seen = a.insert(tokyo, "matcha");
+/// let mut b = a.clone();
+/// let concurrent = b.insert(frankfurt, "sencha");
+/// let reset = a.reset();
+/// a.merge(&concurrent);
+/// b.merge(&reset);
+/// b.merge(&seen); // a late copy stays removed
+/// assert_eq!(a, b);
+/// assert!(!a.contains("matcha") && a.contains("sencha"));
+/// ```
+pub trait Reset: Crdt {
+    /// Removes everything this replica has observed; returns the delta.
+    fn reset(&mut self) -> Self;
+}
+
+impl<T: std::hash::Hash + Eq + Clone> Reset for OrSet<T> {
+    fn reset(&mut self) -> Self {
+        self.clear()
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone, V: Crdt> Reset for OrMap<K, V> {
+    fn reset(&mut self) -> Self {
+        let keys: Vec<K> = self.keys().cloned().collect();
+        let mut delta = OrMap::new();
+        for key in keys {
+            delta.merge(&self.remove(&key));
+        }
+        delta
+    }
+}
+
 /// A state-based replicated type whose merge is a join.
 ///
 /// Laws every implementation keeps (and `testing::check_crdt_laws` checks):

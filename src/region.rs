@@ -11,7 +11,8 @@
 //!   as [`VersionSet`]s, settled by a [`Resolver`] with every conflict in
 //!   the table's [`ConflictFeed`].
 //!
-//! Keys are any serde type (encoded by [`crate::wire`]).
+//! Each table has one key type `K`, any serde type (encoded by
+//! [`crate::wire`]), named when it is declared (see [Keys](#keys)).
 //!
 //! ```
 //! use archipelago::crdt::OrSet;
@@ -26,23 +27,83 @@
 //! let tokyo = Region::builder("ap-northeast").transport(net.endpoint("ap-northeast")).build()?;
 //! let frankfurt = Region::builder("eu-central").transport(net.endpoint("eu-central")).build()?;
 //!
-//! let carts = tokyo.table::<OrSet<String>>("carts")?;
+//! let carts = tokyo.table::<String, OrSet<String>>("carts")?;
 //! let mut session = Session::new();
-//! let token = carts.update(&"user-1", |cart, ctx| cart.apply(|c| c.insert(ctx.replica(), "matcha".into()))).await?;
+//! let token = carts.update("user-1", |cart, ctx| cart.apply(|c| c.insert(ctx.replica(), "matcha".into()))).await?;
 //! session.record_write(&token);
 //!
 //! // The same user's next request lands in Frankfurt: the session read
 //! // waits until Frankfurt has applied the write (bounded), never stale.
-//! let carts_fra = frankfurt.table::<OrSet<String>>("carts")?;
-//! let cart = carts_fra.read_session(&"user-1", &mut session).await?.unwrap();
+//! let carts_fra = frankfurt.table::<String, OrSet<String>>("carts")?;
+//! let cart = carts_fra.read_session("user-1", &mut session).await?.unwrap();
 //! assert!(cart.contains("matcha"));
 //!
-//! let profiles = tokyo.table_with::<String>("profiles", LastWriteWins)?;
+//! let profiles = tokyo.table_with::<u64, String>("profiles", LastWriteWins)?;
 //! profiles.put(&42u64, "Aiko".to_string()).await?;
 //! tokyo.shutdown().await;
 //! frankfurt.shutdown().await;
 //! # Ok(()) }
 //! ```
+//!
+//! ## Keys
+//! A table is declared with its key type (`region.table::<String, V>(..)`)
+//! and the region remembers it: declaring the same table with another key
+//! type is refused ([`RegionError::KeyType`]), so `1u8` and `1u64`, which
+//! encode to the same bytes, cannot hit one key through two handles. (The
+//! check is per region: the key type is not on the wire, so a peer that
+//! declares the table with another key type is not refused; its keys are
+//! merged by their bytes, see scans below.)
+//!
+//! Key methods take `&Q` where `K: Borrow<Q>`, as `HashMap` does, so a
+//! `String`-keyed table takes `"user-1"` (a `&str`) without an allocation.
+//! A key is found by its `wire` encoding, so a borrowed form must encode
+//! exactly as `K` does: `str` for `String`, `[T]` for `Vec<T>`, `T` for
+//! `Box<T>` all do. A type of yours whose `Borrow` form serializes
+//! differently (another serde shape) would read and write other keys:
+//! pass `&K` for such types.
+//!
+//! ## Scans
+//! [`Table::keys`], [`Table::iter`] and [`Table::range`] (and their
+//! [`ResolverTable`] forms, which yield the resolver's verdict as `read`
+//! does) read a consistent snapshot of the table at this region. Under the
+//! region's state lock they copy every key of the table (and, but for
+//! `keys`, clone every value) in one pass, then release the lock and decode
+//! the keys outside it. So the lock is held for one copy of the table,
+//! O(keys), never while the caller iterates; writes that land meanwhile are
+//! not in the snapshot, which costs memory for a copy of the table until
+//! the [`Scan`] is dropped. A table of more keys than
+//! [`RegionConfig::scan_keys_max`] is not scanned
+//! ([`RegionError::ScanTooLarge`]). `keys` and `iter` come in no particular
+//! order; `range` filters and sorts the snapshot by key outside the lock
+//! (keys are stored by hash, not in order). Keys that do not decode as `K`
+//! (a peer declared the table with another key type) are skipped with a
+//! `warn` event and counted in [`Scan::skipped`] and
+//! [`TableStats::undecodable_keys`].
+//!
+//! ## Deletes
+//! [`ResolverTable::delete`] and [`Table::delete`] (for values that are
+//! [`Reset`](crate::crdt::Reset)) are observed-removes, replicated as
+//! writes with a session token:
+//! - **What they remove**: what this region has observed of the key, no
+//!   more. A write made concurrently elsewhere, that the delete had not
+//!   seen, survives it (add-wins) and the key reads as that write
+//!   everywhere; a write made after the delete is seen has seen it and is
+//!   kept.
+//! - **What stays behind** (the tombstone): the key, with the context of
+//!   what was deleted: for a resolver table the joined version vector of
+//!   the removed versions ([`VersionSet::removed`], at most an entry per
+//!   replica), which reads as `None`; for a CRDT table the empty value with
+//!   the removed dots in its causal context, which reads as that empty
+//!   value. [`Region::stats`] and `len` count tombstones as keys. They are
+//!   not collected: dropping one is sound only once every region has
+//!   applied the delete (a stable cut, the round `retire_peer` lacks too).
+//! - **No resurrection**: a late copy of a deleted write (a retransmitted
+//!   batch, an anti-entropy transfer from a region partitioned during the
+//!   delete) is covered by the tombstone's context and stays deleted,
+//!   since the tombstone is part of the key's state that merges and
+//!   anti-entropy ship.
+//! - Deleting a key not held here (or already deleted) writes nothing and
+//!   returns an empty token.
 //!
 //! ## Guarantees
 //! - Local reads and writes never wait for another region.
@@ -192,11 +253,14 @@ use crate::wire::{self, WireError};
 mod config;
 mod error;
 mod stats;
+mod table;
 pub mod watch;
 
 pub use config::{PROTOCOL_VERSION, PROTOCOL_VERSION_MIN, RegionConfig};
 pub use error::{EngineFailure, HandshakeRefusal, RegionError};
 pub use stats::{PeerFlush, PeerStats, RegionStats, ShutdownReport, TableStats};
+use table::Declared;
+pub use table::{ResolverTable, Scan, Table};
 pub use watch::{Change, ChangeSource, ChangeStream};
 
 /// What a mutator knows about the write it makes.
@@ -257,10 +321,10 @@ impl Debug for WriteCtx<'_> {
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), archipelago::region::RegionError> {
 /// let region = Region::builder("ap-northeast").build()?;
-/// let carts = region.table::<OrSet<String>>("carts")?;
+/// let carts = region.table::<String, OrSet<String>>("carts")?;
 /// // Two mutators, one write: both deltas are shipped.
 /// carts
-///     .update(&"user-1", |cart, ctx| {
+///     .update("user-1", |cart, ctx| {
 ///         cart.apply(|c| c.insert(ctx.replica(), "matcha".into()));
 ///         if cart.contains("matcha") {
 ///             cart.apply(|c| c.remove("sencha"));
@@ -274,6 +338,9 @@ pub struct Mutation<V> {
     working: V,
     /// The join of their deltas; `None` until one ran.
     delta: Option<V>,
+    /// True when the key was held before this write (deletes skip the
+    /// others).
+    held: bool,
 }
 
 impl<V: Crdt> Mutation<V> {
@@ -680,39 +747,42 @@ impl Region {
         self.core_any().held().into_owned()
     }
 
-    /// The CRDT table `name` of values `V`, declared on first use. Every
-    /// handle on one table shares it.
+    /// The CRDT table `name` of keys `K` and values `V`, declared on first
+    /// use. Every handle on one table shares it.
     ///
     /// # Errors
-    /// [`RegionError::TableType`] when `name` holds another type;
+    /// [`RegionError::TableType`] when `name` holds another value type;
+    /// [`RegionError::KeyType`] when it has another key type;
     /// [`RegionError::ResolverMismatch`] when it is a resolver table;
     /// [`RegionError::Engine`] once the engine failed.
-    pub fn table<V>(&self, name: &str) -> Result<Table<V>, RegionError>
+    pub fn table<K, V>(&self, name: &str) -> Result<Table<K, V>, RegionError>
     where
+        K: Serialize + DeserializeOwned + Send + Sync + 'static,
         V: Crdt + Serialize + DeserializeOwned + Send + Sync + 'static,
     {
         let resolvers = self.resolvers();
         let merger: Merger<V> =
             Arc::new(|mine: &mut V, theirs: &V, _: &[u8], _| mine.merge(theirs));
-        let (name, slot) = self.declare::<V>(name, merger, None)?;
-        if let Some(registered) = resolvers.get(&*name) {
+        let declared = self.declare::<K, V>(name, merger, None)?;
+        if let Some(registered) = resolvers.get(&*declared.name) {
             return Err(RegionError::ResolverMismatch {
-                table: name.to_string(),
+                table: declared.name.to_string(),
                 registered: registered.resolver_name,
                 requested: NO_RESOLVER,
             });
         }
         Ok(Table {
             region: self.clone(),
-            name,
-            slot,
+            name: declared.name,
+            slot: declared.slot,
             ack: self.inner.ack,
-            _values: PhantomData,
+            undecodable_keys: declared.undecodable_keys,
+            _types: PhantomData,
         })
     }
 
-    /// The resolver table `name` of plain values `T`, settled by `resolver`,
-    /// declared on first use.
+    /// The resolver table `name` of keys `K` and plain values `T`, settled
+    /// by `resolver`, declared on first use.
     ///
     /// Every handle on one table shares the first handle's resolver and
     /// conflict feed, the ones its merges use: a later call with a resolver
@@ -721,25 +791,32 @@ impl Region {
     /// and one with a resolver of another type is refused.
     ///
     /// # Errors
-    /// [`RegionError::TableType`] when `name` holds another type;
+    /// [`RegionError::TableType`] when `name` holds another value type;
+    /// [`RegionError::KeyType`] when it has another key type;
     /// [`RegionError::ResolverMismatch`] when it is settled by a resolver
     /// of another type, or is a CRDT table; [`RegionError::Engine`] once
     /// the engine failed.
-    pub fn table_with<T>(
+    pub fn table_with<K, T>(
         &self,
         name: &str,
         resolver: impl Resolver<T> + 'static,
-    ) -> Result<ResolverTable<T>, RegionError>
+    ) -> Result<ResolverTable<K, T>, RegionError>
     where
+        K: Serialize + DeserializeOwned + Send + Sync + 'static,
         T: Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static,
     {
         let mut resolvers = self.resolvers();
         let requested = std::any::type_name_of_val(&resolver);
         let existing = {
             let core = self.core()?;
-            Self::find::<VersionSet<T>>(&core, name)?
+            Self::find::<K, VersionSet<T>>(&core, name)?
         };
-        if let Some((table, slot)) = existing {
+        if let Some(Declared {
+            name: table,
+            slot,
+            undecodable_keys,
+        }) = existing
+        {
             let Some(registered) = resolvers.get(&*table) else {
                 return Err(RegionError::ResolverMismatch {
                     table: table.to_string(),
@@ -766,6 +843,8 @@ impl Region {
                 ack: self.inner.ack,
                 resolver,
                 feed,
+                undecodable_keys,
+                _keys: PhantomData,
             });
         }
         let resolver_type = type_id_of(&resolver);
@@ -787,9 +866,9 @@ impl Region {
             let feed = feed.clone();
             Box::new(move || feed.stats().total) as Box<dyn Fn() -> u64 + Send>
         };
-        let (table, slot) = self.declare::<VersionSet<T>>(name, merger, Some(counter))?;
+        let declared = self.declare::<K, VersionSet<T>>(name, merger, Some(counter))?;
         resolvers.insert(
-            Arc::clone(&table),
+            Arc::clone(&declared.name),
             ResolverSlot {
                 resolver_type,
                 resolver_name: requested,
@@ -798,11 +877,13 @@ impl Region {
         );
         Ok(ResolverTable {
             region: self.clone(),
-            name: table,
-            slot,
+            name: declared.name,
+            slot: declared.slot,
             ack: self.inner.ack,
             resolver,
             feed,
+            undecodable_keys: declared.undecodable_keys,
+            _keys: PhantomData,
         })
     }
 
@@ -816,8 +897,12 @@ impl Region {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The table `name`, if declared, checked to hold values `V`.
-    fn find<V: 'static>(core: &Core, name: &str) -> Result<Option<(Arc<str>, usize)>, RegionError> {
+    /// The table `name`, if declared, checked to hold values `V` under
+    /// keys `K`.
+    fn find<K: 'static, V: 'static>(
+        core: &Core,
+        name: &str,
+    ) -> Result<Option<Declared>, RegionError> {
         let Some(index) = core.slot_of(name) else {
             return Ok(None);
         };
@@ -829,30 +914,49 @@ impl Region {
                 requested: type_name::<V>(),
             });
         }
-        Ok(Some((Arc::clone(&slot.name), index)))
+        if slot.key_type.0 != TypeId::of::<K>() {
+            return Err(RegionError::KeyType {
+                table: name.to_owned(),
+                registered: slot.key_type.1,
+                requested: type_name::<K>(),
+            });
+        }
+        Ok(Some(Declared {
+            name: Arc::clone(&slot.name),
+            slot: index,
+            undecodable_keys: Arc::clone(&slot.undecodable_keys),
+        }))
     }
 
-    fn declare<V>(
+    fn declare<K, V>(
         &self,
         name: &str,
         merger: Merger<V>,
         conflicts: Option<Box<dyn Fn() -> u64 + Send>>,
-    ) -> Result<(Arc<str>, usize), RegionError>
+    ) -> Result<Declared, RegionError>
     where
+        K: 'static,
         V: Crdt + Serialize + DeserializeOwned + Send + 'static,
     {
         let mut core = self.core()?;
-        if let Some(found) = Self::find::<V>(&core, name)? {
+        if let Some(found) = Self::find::<K, V>(&core, name)? {
             return Ok(found);
         }
         let table: Arc<str> = name.into();
+        let undecodable_keys = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let index = core.declare(TableSlot {
             name: Arc::clone(&table),
             store: Box::new(CrdtStore::<V>::new(merger)),
             type_name: type_name::<V>(),
+            key_type: (TypeId::of::<K>(), type_name::<K>()),
+            undecodable_keys: Arc::clone(&undecodable_keys),
             conflicts,
         });
-        Ok((table, index))
+        Ok(Declared {
+            name: table,
+            slot: index,
+            undecodable_keys,
+        })
     }
 
     /// Peers, tables and counters, for operators.
@@ -891,6 +995,7 @@ impl Region {
             .map(|slot| TableStats {
                 name: slot.name.to_string(),
                 keys: slot.store.len(),
+                undecodable_keys: slot.undecodable_keys.load(Ordering::Relaxed),
                 conflicts: slot.conflicts.as_ref().map_or(0, |count| count()),
             })
             .collect();
@@ -1063,6 +1168,7 @@ impl Region {
                 .expect("declared by the handle")
                 .get(key);
             let mut mutation = Mutation {
+                held: stored.is_some(),
                 working: stored.cloned().unwrap_or_default(),
                 delta: None,
             };
@@ -1334,283 +1440,5 @@ impl Debug for KeyBytes<'_> {
             write!(f, "{b:02x}")?;
         }
         Ok(())
-    }
-}
-
-/// A handle on a CRDT table. Clones share it.
-pub struct Table<V> {
-    region: Region,
-    name: Arc<str>,
-    /// Its slot in the region: no lookup by name per operation.
-    slot: usize,
-    ack: AckLevel,
-    _values: PhantomData<fn() -> V>,
-}
-
-impl<V> Debug for Table<V> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Table")
-            .field("region", &self.region.inner.name)
-            .field("name", &self.name)
-            .field("value", &type_name::<V>())
-            .field("ack", &self.ack)
-            .finish()
-    }
-}
-
-impl<V> Clone for Table<V> {
-    fn clone(&self) -> Self {
-        Table {
-            region: self.region.clone(),
-            name: Arc::clone(&self.name),
-            slot: self.slot,
-            ack: self.ack,
-            _values: PhantomData,
-        }
-    }
-}
-
-impl<V> Table<V>
-where
-    V: Crdt + Serialize + DeserializeOwned + Send + Sync + 'static,
-{
-    /// The table's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// This handle with writes acknowledged at `ack` (see [`AckLevel`]).
-    #[must_use]
-    pub fn with_ack(mut self, ack: AckLevel) -> Self {
-        self.ack = ack;
-        self
-    }
-
-    /// The acknowledgement level of this handle's writes.
-    pub fn ack(&self) -> AckLevel {
-        self.ack
-    }
-
-    /// Changes the value under `key` (empty if absent) here and now through
-    /// `mutate`, which runs mutators on it with [`Mutation::apply`]
-    /// (`|cart, ctx| cart.apply(|c| c.insert(ctx.replica(), sku))`); the
-    /// join of their deltas is the write's delta, replicated. Returns the
-    /// write's session token, once the write is as durable as the handle's
-    /// [`AckLevel`] asks (an empty token, at once, when `mutate` applied no
-    /// mutator: that is no write).
-    ///
-    /// The write is all or nothing: `mutate` works on a copy of the value,
-    /// and the stored value is joined with the write's delta only once that
-    /// delta is encoded. An encoding error (or a panic in `mutate`) leaves
-    /// the table as it was and ships nothing, so this region never holds a
-    /// change its peers cannot receive. The copy costs a clone of the value
-    /// per update: keep values that are written often small (a cart per
-    /// key, not a catalogue).
-    ///
-    /// `mutate` runs while the region's state is locked: keep it short, and
-    /// do not call back into the region from it (that would deadlock).
-    ///
-    /// # Errors
-    /// [`RegionError::Encode`] when the key or delta cannot be encoded
-    /// (nothing changed); [`RegionError::Closed`] after
-    /// [`Region::shutdown`]; [`RegionError::Engine`] once the engine
-    /// failed; for [`AckLevel::Local`], [`RegionError::NoStorage`],
-    /// [`RegionError::Storage`] when its commit failed and
-    /// [`RegionError::CommitTimeout`] (the write is applied here in both).
-    pub async fn update<K: Serialize + ?Sized>(
-        &self,
-        key: &K,
-        mutate: impl FnOnce(&mut Mutation<V>, &WriteCtx<'_>),
-    ) -> Result<SessionToken, RegionError> {
-        self.region
-            .write_acked::<V, K>(self.slot, key, self.ack, mutate)
-            .await
-    }
-
-    /// As [`update`](Table::update), within a session: first waits (bounded)
-    /// until this region has applied what the session's earlier writes and
-    /// reads require (monotonic writes, writes follow reads), then records
-    /// the write in the session.
-    ///
-    /// # Errors
-    /// As [`update`](Table::update), and [`RegionError::SessionTimeout`].
-    pub async fn update_session<K: Serialize + ?Sized>(
-        &self,
-        key: &K,
-        session: &mut Session,
-        mutate: impl FnOnce(&mut Mutation<V>, &WriteCtx<'_>),
-    ) -> Result<SessionToken, RegionError> {
-        self.region.wait_for(session.write_requirement()).await?;
-        let token = self.update(key, mutate).await?;
-        session.record_write(&token);
-        Ok(token)
-    }
-
-    /// The value under `key` here, now (eventual consistency).
-    ///
-    /// # Errors
-    /// [`RegionError::Encode`] when the key cannot be encoded.
-    pub async fn read<K: Serialize + ?Sized>(&self, key: &K) -> Result<Option<V>, RegionError> {
-        self.region.read::<V, K>(self.slot, key, None)
-    }
-
-    /// The value under `key` once this region has applied what the session
-    /// requires (read your writes, monotonic reads), waiting up to
-    /// `session_wait_max`; records the read in the session.
-    ///
-    /// # Errors
-    /// [`RegionError::SessionTimeout`] naming what is missing when the
-    /// region does not catch up in time: never a stale read.
-    pub async fn read_session<K: Serialize + ?Sized>(
-        &self,
-        key: &K,
-        session: &mut Session,
-    ) -> Result<Option<V>, RegionError> {
-        self.region.wait_for(session.read_requirement()).await?;
-        self.region.read::<V, K>(self.slot, key, Some(session))
-    }
-
-    /// Number of keys.
-    pub fn len(&self) -> usize {
-        let core = self.region.core_any();
-        core.tables.get(self.slot).map_or(0, |s| s.store.len())
-    }
-
-    /// True when the table has no key.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// A handle on a resolver table. Clones share it.
-pub struct ResolverTable<T: Clone> {
-    region: Region,
-    name: Arc<str>,
-    slot: usize,
-    ack: AckLevel,
-    resolver: Arc<dyn Resolver<T>>,
-    feed: ConflictFeed<T>,
-}
-
-impl<T: Clone> Debug for ResolverTable<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ResolverTable")
-            .field("region", &self.region.inner.name)
-            .field("name", &self.name)
-            .field("value", &type_name::<T>())
-            .field("strategy", &self.resolver.strategy())
-            .field("ack", &self.ack)
-            .finish()
-    }
-}
-
-impl<T: Clone> Clone for ResolverTable<T> {
-    fn clone(&self) -> Self {
-        ResolverTable {
-            region: self.region.clone(),
-            name: Arc::clone(&self.name),
-            slot: self.slot,
-            ack: self.ack,
-            resolver: Arc::clone(&self.resolver),
-            feed: self.feed.clone(),
-        }
-    }
-}
-
-impl<T> ResolverTable<T>
-where
-    T: Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static,
-{
-    /// The table's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// This handle with writes acknowledged at `ack` (see [`AckLevel`]).
-    #[must_use]
-    pub fn with_ack(mut self, ack: AckLevel) -> Self {
-        self.ack = ack;
-        self
-    }
-
-    /// Writes `value` under `key`, replacing every version this region has
-    /// seen. Returns the write's session token, once the write is as
-    /// durable as the handle's [`AckLevel`] asks.
-    ///
-    /// # Errors
-    /// [`RegionError::Encode`] when the key or value cannot be encoded; as
-    /// [`Table::update`] for [`AckLevel::Local`].
-    pub async fn put<K: Serialize + ?Sized>(
-        &self,
-        key: &K,
-        value: T,
-    ) -> Result<SessionToken, RegionError> {
-        self.region
-            .write_acked::<VersionSet<T>, K>(self.slot, key, self.ack, |set, ctx| {
-                set.apply(|s| s.write(ctx.stamp(), value));
-            })
-            .await
-    }
-
-    /// As [`put`](ResolverTable::put), within a session (see
-    /// [`Table::update_session`]).
-    ///
-    /// # Errors
-    /// As [`put`](ResolverTable::put), and [`RegionError::SessionTimeout`].
-    pub async fn put_session<K: Serialize + ?Sized>(
-        &self,
-        key: &K,
-        session: &mut Session,
-        value: T,
-    ) -> Result<SessionToken, RegionError> {
-        self.region.wait_for(session.write_requirement()).await?;
-        let token = self.put(key, value).await?;
-        session.record_write(&token);
-        Ok(token)
-    }
-
-    /// What reads of `key` return here, now: the resolver's verdict.
-    ///
-    /// # Errors
-    /// [`RegionError::Encode`] when the key cannot be encoded.
-    pub async fn read<K: Serialize + ?Sized>(
-        &self,
-        key: &K,
-    ) -> Result<Option<Resolution<T>>, RegionError> {
-        let set = self.region.read::<VersionSet<T>, K>(self.slot, key, None)?;
-        Ok(set.and_then(|s| s.resolve(&*self.resolver)))
-    }
-
-    /// As [`read`](ResolverTable::read), within a session (see
-    /// [`Table::read_session`]).
-    ///
-    /// # Errors
-    /// [`RegionError::SessionTimeout`] when the region does not catch up.
-    pub async fn read_session<K: Serialize + ?Sized>(
-        &self,
-        key: &K,
-        session: &mut Session,
-    ) -> Result<Option<Resolution<T>>, RegionError> {
-        self.region.wait_for(session.read_requirement()).await?;
-        let set = self
-            .region
-            .read::<VersionSet<T>, K>(self.slot, key, Some(session))?;
-        Ok(set.and_then(|s| s.resolve(&*self.resolver)))
-    }
-
-    /// Every concurrent version of `key`, unresolved.
-    ///
-    /// # Errors
-    /// [`RegionError::Encode`] when the key cannot be encoded.
-    pub async fn versions<K: Serialize + ?Sized>(
-        &self,
-        key: &K,
-    ) -> Result<Option<VersionSet<T>>, RegionError> {
-        self.region.read::<VersionSet<T>, K>(self.slot, key, None)
-    }
-
-    /// The table's conflict feed: subscribe to it, read its counters.
-    pub fn conflicts(&self) -> &ConflictFeed<T> {
-        &self.feed
     }
 }

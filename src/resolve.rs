@@ -73,4 +73,4 @@ pub use audit::{
 };
 pub use registry::{RegistryError, ResolverRegistry};
 pub use strategy::{DeepMerge, FirstWriteWins, LastWriteWins, Merge, Resolver, Siblings, Strategy};
-pub use versioned::{Resolution, VersionSet, Versioned};
+pub use versioned::{DELETED_TAG, Resolution, VERSIONS_MAX, VersionSet, Versioned};

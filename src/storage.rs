@@ -34,8 +34,8 @@
 //! // MemoryStorage outlives the region that uses it: a restart in a test.
 //! let disk = MemoryStorage::new();
 //! let first = Region::builder("ap-northeast").storage(disk.clone()).build()?;
-//! let stock = first.table::<GCounter>("stock")?.with_ack(AckLevel::Local);
-//! stock.update(&"sku-1", |c, ctx| c.apply(|c| c.inc(ctx.replica(), 3))).await?;
+//! let stock = first.table::<String, GCounter>("stock")?.with_ack(AckLevel::Local);
+//! stock.update("sku-1", |c, ctx| c.apply(|c| c.inc(ctx.replica(), 3))).await?;
 //! first.shutdown().await;
 //! let id = first.replica();
 //! drop(first);
@@ -43,8 +43,8 @@
 //! let again = Region::builder("ap-northeast").storage(disk).build()?;
 //! assert_eq!(again.replica(), id, "the same replica, incarnation 2");
 //! assert_eq!(again.incarnation(), 2);
-//! let stock = again.table::<GCounter>("stock")?;
-//! assert_eq!(stock.read(&"sku-1").await?.map(|c| c.value()), Some(3));
+//! let stock = again.table::<String, GCounter>("stock")?;
+//! assert_eq!(stock.read("sku-1").await?.map(|c| c.value()), Some(3));
 //! # Ok(()) }
 //! ```
 //!

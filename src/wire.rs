@@ -198,6 +198,14 @@ pub enum InvalidRule {
     /// A map key kept by no dot: a key without a write that put it there.
     #[error("a key without a dot")]
     KeyWithoutDot,
+    /// A version of a resolver value that its own delete context covers:
+    /// a deleted version kept beside the tombstone that removed it.
+    #[error("a version its set's delete context covers")]
+    VersionRemoved,
+    /// A version set claiming more versions than
+    /// [`VERSIONS_MAX`](crate::resolve::VERSIONS_MAX).
+    #[error("more versions than a version set may hold")]
+    TooManyVersions,
 }
 
 thread_local! {

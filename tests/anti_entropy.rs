@@ -42,8 +42,8 @@ fn ten_differing_keys_of_100k_cost_under_5_percent_of_a_full_transfer() {
         };
         let tokyo: Region = common::region(&net, "tokyo", 0, big);
         let frankfurt: Region = common::region(&net, "frankfurt", 0, config());
-        let hits_t = tokyo.table::<GCounter>("hits").unwrap();
-        let hits_f = frankfurt.table::<GCounter>("hits").unwrap();
+        let hits_t = tokyo.table::<u64, GCounter>("hits").unwrap();
+        let hits_f = frankfurt.table::<u64, GCounter>("hits").unwrap();
 
         // 100k keys, replicated by batches.
         let mut full_bytes = 0usize;
@@ -102,8 +102,8 @@ fn an_outbox_overflow_is_healed_by_anti_entropy() {
         let net = ChannelNetwork::new(4);
         let tokyo = common::region(&net, "tokyo", 0, config());
         let frankfurt = common::region(&net, "frankfurt", 0, config());
-        let hits_t = tokyo.table::<GCounter>("hits").unwrap();
-        let hits_f = frankfurt.table::<GCounter>("hits").unwrap();
+        let hits_t = tokyo.table::<u64, GCounter>("hits").unwrap();
+        let hits_f = frankfurt.table::<u64, GCounter>("hits").unwrap();
         net.isolate("frankfurt");
         for k in 0..50u64 {
             hits_t

@@ -30,11 +30,11 @@ async fn run(
     net.set_faults("a", "b", fast.clone());
     net.set_faults("b", "c", fast);
 
-    let posts_a = a.table::<OrSet<String>>("posts")?;
-    let posts_b = b.table::<OrSet<String>>("posts")?;
-    let posts_c = c.table::<OrSet<String>>("posts")?;
-    let replies_b = b.table::<OrSet<String>>("replies")?;
-    let replies_c = c.table::<OrSet<String>>("replies")?;
+    let posts_a = a.table::<String, OrSet<String>>("posts")?;
+    let posts_b = b.table::<String, OrSet<String>>("posts")?;
+    let posts_c = c.table::<String, OrSet<String>>("posts")?;
+    let replies_b = b.table::<String, OrSet<String>>("replies")?;
+    let replies_c = c.table::<String, OrSet<String>>("replies")?;
 
     posts_a
         .update("thread-1", |t, ctx| {

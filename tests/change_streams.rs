@@ -37,7 +37,7 @@ fn pair(net: &ChannelNetwork) -> (Region, Region) {
 
 async fn inc(region: &Region, key: u64, n: u64) {
     region
-        .table::<GCounter>("likes")
+        .table::<u64, GCounter>("likes")
         .unwrap()
         .update(&key, |c, ctx| c.apply(|c| c.inc(ctx.replica(), n)))
         .await
@@ -49,8 +49,8 @@ fn subscribers_see_local_and_replicated_changes_and_watchers_only_their_key() {
     paused_runtime().block_on(async {
         let net = ChannelNetwork::new(1);
         let (tokyo, frankfurt) = pair(&net);
-        let here = tokyo.table::<GCounter>("likes").unwrap();
-        let mut all = here.subscribe::<u64>(64).unwrap();
+        let here = tokyo.table::<u64, GCounter>("likes").unwrap();
+        let mut all = here.subscribe(64).unwrap();
         let mut one = here.watch(&2u64, 64).unwrap();
 
         inc(&tokyo, 1, 1).await;
@@ -84,16 +84,16 @@ fn a_slow_subscriber_is_told_what_it_missed_and_never_holds_back_replication() {
         let net = ChannelNetwork::new(2);
         let (tokyo, frankfurt) = pair(&net);
         let mut slow = frankfurt
-            .table::<GCounter>("likes")
+            .table::<u64, GCounter>("likes")
             .unwrap()
-            .subscribe::<u64>(2)
+            .subscribe(2)
             .unwrap();
         for key in 0..10 {
             inc(&tokyo, key, 1).await;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
         // Every write reached Frankfurt though nobody read the stream.
-        let there = frankfurt.table::<GCounter>("likes").unwrap();
+        let there = frankfurt.table::<u64, GCounter>("likes").unwrap();
         assert_eq!(there.len(), 10);
         assert_eq!(frankfurt.stats().rejected_frames, 0);
         let mut seen = Vec::new();
@@ -122,7 +122,7 @@ fn anti_entropy_repairs_are_reported_as_replicated_changes() {
         net.partition("ap-northeast", "eu-central");
         inc(&tokyo, 7, 3).await;
         let mut watch = frankfurt
-            .table::<GCounter>("likes")
+            .table::<u64, GCounter>("likes")
             .unwrap()
             .watch(&7u64, 8)
             .unwrap();
@@ -142,9 +142,9 @@ fn streams_end_when_their_region_is_gone() {
         let net = ChannelNetwork::new(4);
         let (tokyo, frankfurt) = pair(&net);
         let mut changes = tokyo
-            .table::<GCounter>("likes")
+            .table::<u64, GCounter>("likes")
             .unwrap()
-            .subscribe::<u64>(8)
+            .subscribe(8)
             .unwrap();
         inc(&tokyo, 1, 1).await;
         tokyo.shutdown().await;
@@ -165,17 +165,17 @@ fn resolver_tables_stream_verdicts_and_conflicts() {
         let net = ChannelNetwork::new(5);
         let (tokyo, frankfurt) = pair(&net);
         let here = tokyo
-            .table_with::<String>("profiles", LastWriteWins)
+            .table_with::<String, String>("profiles", LastWriteWins)
             .unwrap();
         let there = frankfurt
-            .table_with::<String>("profiles", LastWriteWins)
+            .table_with::<String, String>("profiles", LastWriteWins)
             .unwrap();
         let mut conflicts = here.conflicts().stream(8);
-        let mut changes = here.watch(&"user-1".to_string(), 8).unwrap();
+        let mut changes = here.watch("user-1", 8).unwrap();
         net.partition("ap-northeast", "eu-central");
-        here.put(&"user-1", "Aiko".to_string()).await.unwrap();
+        here.put("user-1", "Aiko".to_string()).await.unwrap();
         tokio::time::sleep(Duration::from_millis(10)).await;
-        there.put(&"user-1", "Aiko T.".to_string()).await.unwrap();
+        there.put("user-1", "Aiko T.".to_string()).await.unwrap();
         net.heal("ap-northeast", "eu-central");
         let record = tokio::time::timeout(Duration::from_secs(60), conflicts.next())
             .await

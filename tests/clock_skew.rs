@@ -12,7 +12,7 @@ use archipelago::region::ResolverTable;
 use archipelago::resolve::LastWriteWins;
 use archipelago::transport::ChannelNetwork;
 
-async fn value(table: &ResolverTable<String>) -> Option<String> {
+async fn value(table: &ResolverTable<u8, String>) -> Option<String> {
     let read = table.read(&1u8).await.unwrap()?;
     read.value().cloned()
 }
@@ -26,8 +26,8 @@ fn a_value_from_a_clock_running_ahead_lands_late_and_loses_to_later_writes() {
         let net = ChannelNetwork::new(3);
         let ahead = common::region(&net, "ahead", 10_000, RegionConfig::default());
         let honest = common::region(&net, "honest", 0, RegionConfig::default());
-        let at_ahead = ahead.table_with::<String>("p", LastWriteWins).unwrap();
-        let at_honest = honest.table_with::<String>("p", LastWriteWins).unwrap();
+        let at_ahead = ahead.table_with::<u8, String>("p", LastWriteWins).unwrap();
+        let at_honest = honest.table_with::<u8, String>("p", LastWriteWins).unwrap();
         tokio::time::sleep(Duration::from_millis(500)).await;
 
         at_ahead

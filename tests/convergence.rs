@@ -111,15 +111,15 @@ async fn run(seed: u64, steps: Vec<Step>) -> Result<(), TestCaseError> {
     let tables = |regions: &[Region]| {
         let carts: Vec<_> = regions
             .iter()
-            .map(|r| r.table::<OrSet<u64>>("carts").unwrap())
+            .map(|r| r.table::<u8, OrSet<u64>>("carts").unwrap())
             .collect();
         let stock: Vec<_> = regions
             .iter()
-            .map(|r| r.table::<PnCounter>("stock").unwrap())
+            .map(|r| r.table::<u8, PnCounter>("stock").unwrap())
             .collect();
         let profiles: Vec<_> = regions
             .iter()
-            .map(|r| r.table_with::<u8>("profiles", LastWriteWins).unwrap())
+            .map(|r| r.table_with::<u8, u8>("profiles", LastWriteWins).unwrap())
             .collect();
         (carts, stock, profiles)
     };
@@ -240,7 +240,7 @@ async fn run(seed: u64, steps: Vec<Step>) -> Result<(), TestCaseError> {
             );
             eprintln!(
                 "   cart0 {:?}",
-                r.table::<OrSet<u64>>("carts")
+                r.table::<u8, OrSet<u64>>("carts")
                     .unwrap()
                     .read(&0u8)
                     .await

@@ -48,7 +48,7 @@ fn crash_child() {
             .ack_level(AckLevel::Local)
             .build()
             .unwrap();
-        let table = region.table::<GCounter>("t").unwrap();
+        let table = region.table::<u64, GCounter>("t").unwrap();
         let mut writers = Vec::new();
         for w in 0..WRITERS {
             let table = table.clone();
@@ -84,7 +84,7 @@ impl Rng {
 fn stored(dir: &std::path::Path) -> Vec<(u64, u64)> {
     common::paused_runtime().block_on(async {
         let region = Region::builder("crashy").data_dir(dir).build().unwrap();
-        let table = region.table::<GCounter>("t").unwrap();
+        let table = region.table::<u64, GCounter>("t").unwrap();
         let mut out = Vec::new();
         // Keys are known only through the model: probe the ranges used.
         for key in region_keys(&region).await {
@@ -100,7 +100,7 @@ fn stored(dir: &std::path::Path) -> Vec<(u64, u64)> {
 /// Keys of table `t`, from the region's own count and the ranges the runs
 /// used (a GCounter table has no key listing; probing is enough here).
 async fn region_keys(region: &Region) -> Vec<u64> {
-    let table = region.table::<GCounter>("t").unwrap();
+    let table = region.table::<u64, GCounter>("t").unwrap();
     let want = table.len();
     let mut keys = Vec::new();
     let mut run = 0;
@@ -224,7 +224,7 @@ fn acknowledged_local_writes_survive_sigkill() {
             .transport(net.endpoint("peer"))
             .build()
             .unwrap();
-        let peer_table = peer.table::<GCounter>("t").unwrap();
+        let peer_table = peer.table::<u64, GCounter>("t").unwrap();
         for key in 0..100u64 {
             peer_table
                 .update(&(u64::MAX - key), |c, ctx| {
@@ -238,7 +238,7 @@ fn acknowledged_local_writes_survive_sigkill() {
             .data_dir(&dir)
             .build()
             .unwrap();
-        let table = crashy.table::<GCounter>("t").unwrap();
+        let table = crashy.table::<u64, GCounter>("t").unwrap();
         let want = acked.len() + 100;
         for _ in 0..2_000 {
             if table.len() == want && peer_table.len() == want {

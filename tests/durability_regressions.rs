@@ -41,7 +41,7 @@ fn a_value_held_undeclared_then_declared_before_its_commit_survives_a_restart() 
         // A commit that fails keeps the window open deterministically (the
         // same window exists for up to a tick without any failure).
         disk.fail_commits(true);
-        a.table::<GCounter>("u")
+        a.table::<u64, GCounter>("u")
             .unwrap()
             .update(&1u64, |c, ctx| c.apply(|c| c.inc(ctx.replica(), 7)))
             .await
@@ -98,7 +98,7 @@ fn a_replicated_write_covered_by_a_repair_returns_when_the_repair_is_confirmed()
         tokio::time::sleep(Duration::from_millis(50)).await;
         net.partition("a", "b");
         tokio::time::sleep(Duration::from_millis(10)).await;
-        let t = a.table::<GCounter>("t").unwrap();
+        let t = a.table::<u64, GCounter>("t").unwrap();
         for key in 0..8u64 {
             t.update(&key, |c, ctx| c.apply(|c| c.inc(ctx.replica(), 1)))
                 .await
@@ -143,7 +143,7 @@ fn a_pinned_region_restarted_without_storage_is_refused_or_replicates() {
         let a = common::region(&net, "a", 0, RegionConfig::default());
         let b = common::region(&net, "b", 0, RegionConfig::default());
         for key in 0..5u64 {
-            b.table::<GCounter>("t")
+            b.table::<u64, GCounter>("t")
                 .unwrap()
                 .update(&key, |c, ctx| c.apply(|c| c.inc(ctx.replica(), 1)))
                 .await
@@ -156,7 +156,7 @@ fn a_pinned_region_restarted_without_storage_is_refused_or_replicates() {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let b = common::region(&net, "b", 0, RegionConfig::default());
         tokio::time::sleep(Duration::from_millis(200)).await;
-        b.table::<GCounter>("t")
+        b.table::<u64, GCounter>("t")
             .unwrap()
             .update(&100u64, |c, ctx| c.apply(|c| c.inc(ctx.replica(), 1)))
             .await

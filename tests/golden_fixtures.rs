@@ -131,6 +131,10 @@ fn every_crdt_state_of_format_1_decodes() {
     theirs.write(stamp(8, FRANKFURT), "Aiko T.".to_string());
     archipelago::crdt::Crdt::merge(&mut versions, &theirs);
     check("states/v1/version_set.bin", &versions);
+    // Deletes came later: a set never deleted encodes as before them.
+    let mut deleted = versions.clone();
+    deleted.remove();
+    check("states/v1/version_set_deleted.bin", &deleted);
 
     let mut vector = VersionVector::new();
     vector.raise(TOKYO, 12);
@@ -178,15 +182,15 @@ fn a_redb_store_of_format_2_opens_with_its_identity_and_tables() {
                 .build()
                 .unwrap();
             let likes = region
-                .table::<GCounter>("likes")
+                .table::<String, GCounter>("likes")
                 .unwrap()
                 .with_ack(AckLevel::Local);
             likes
-                .update(&"post-1", |c, ctx| c.apply(|c| c.inc(ctx.replica(), 3)))
+                .update("post-1", |c, ctx| c.apply(|c| c.inc(ctx.replica(), 3)))
                 .await
                 .unwrap();
             let profiles = region
-                .table_with::<String>("profiles", LastWriteWins)
+                .table_with::<u64, String>("profiles", LastWriteWins)
                 .unwrap()
                 .with_ack(AckLevel::Local);
             profiles.put(&42u64, "Aiko".to_string()).await.unwrap();
@@ -215,13 +219,13 @@ fn a_redb_store_of_format_2_opens_with_its_identity_and_tables() {
             "the same replica"
         );
         assert_eq!(region.incarnation(), 2, "its second start");
-        let likes = region.table::<GCounter>("likes").unwrap();
+        let likes = region.table::<String, GCounter>("likes").unwrap();
         assert_eq!(
-            likes.read(&"post-1").await.unwrap().map(|c| c.value()),
+            likes.read("post-1").await.unwrap().map(|c| c.value()),
             Some(3)
         );
         let profiles = region
-            .table_with::<String>("profiles", LastWriteWins)
+            .table_with::<u64, String>("profiles", LastWriteWins)
             .unwrap();
         let profile = profiles.read(&42u64).await.unwrap().expect("the profile");
         assert_eq!(profile.value().map(String::as_str), Some("Aiko"));

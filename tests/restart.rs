@@ -170,7 +170,7 @@ fn two_regions_with_one_replica_id_are_refused_at_the_handshake() {
             assert_eq!(stats.batches_applied, 0, "nothing merged");
         }
         assert_eq!(
-            b.table::<GCounter>("t")
+            b.table::<u64, GCounter>("t")
                 .unwrap()
                 .read(&1u64)
                 .await
@@ -216,7 +216,7 @@ fn a_peer_presenting_another_peers_id_is_refused() {
             })
         );
         assert_eq!(
-            hub.table::<GCounter>("t")
+            hub.table::<u64, GCounter>("t")
                 .unwrap()
                 .read(&2u64)
                 .await
@@ -249,7 +249,10 @@ fn a_region_restarted_with_storage_keeps_its_id_and_sends_what_it_had_not() {
         net.partition("a", "b");
         tokio::time::sleep(Duration::from_millis(100)).await;
         {
-            let t = a.table::<GCounter>("t").unwrap().with_ack(AckLevel::Local);
+            let t = a
+                .table::<u64, GCounter>("t")
+                .unwrap()
+                .with_ack(AckLevel::Local);
             for i in 0..20u64 {
                 t.update(&(5000 + i), |c, ctx| c.apply(|c| c.inc(ctx.replica(), 1)))
                     .await
@@ -267,7 +270,7 @@ fn a_region_restarted_with_storage_keeps_its_id_and_sends_what_it_had_not() {
         let a = durable(&net, "a", &disk);
         assert_eq!(a.replica(), id, "the same replica");
         assert_eq!(a.incarnation(), 2);
-        let t = a.table::<GCounter>("t").unwrap();
+        let t = a.table::<u64, GCounter>("t").unwrap();
         assert_eq!(t.len(), 1020, "its tables are back");
         net.heal("a", "b");
         for i in 0..20u64 {
@@ -319,7 +322,7 @@ fn a_local_write_survives_a_crash_and_the_clock_resumes_above_it() {
                 .unwrap()
         };
         let a = build();
-        let t = a.table::<GCounter>("t").unwrap();
+        let t = a.table::<u64, GCounter>("t").unwrap();
         t.update(&1u64, |c, ctx| c.apply(|c| c.inc(ctx.replica(), 7)))
             .await
             .unwrap();
@@ -328,7 +331,7 @@ fn a_local_write_survives_a_crash_and_the_clock_resumes_above_it() {
         drop(t);
         drop(a);
         let a = build();
-        let t = a.table::<GCounter>("t").unwrap();
+        let t = a.table::<u64, GCounter>("t").unwrap();
         assert_eq!(t.read(&1u64).await.unwrap().map(|c| c.value()), Some(7));
         assert_eq!(
             a.stats().writes,
@@ -350,7 +353,10 @@ fn a_failed_commit_is_a_typed_error_and_is_retried() {
             .storage(disk.clone())
             .build()
             .unwrap();
-        let t = a.table::<GCounter>("t").unwrap().with_ack(AckLevel::Local);
+        let t = a
+            .table::<u64, GCounter>("t")
+            .unwrap()
+            .with_ack(AckLevel::Local);
         t.update(&1u64, |c, ctx| c.apply(|c| c.inc(ctx.replica(), 1)))
             .await
             .unwrap();
@@ -378,7 +384,7 @@ fn a_failed_commit_is_a_typed_error_and_is_retried() {
             .storage(disk.clone())
             .build()
             .unwrap();
-        let t = a.table::<GCounter>("t").unwrap();
+        let t = a.table::<u64, GCounter>("t").unwrap();
         for key in 1..=3u64 {
             assert_eq!(
                 t.read(&key).await.unwrap().map(|c| c.value()),
@@ -389,7 +395,10 @@ fn a_failed_commit_is_a_typed_error_and_is_retried() {
         // After shutdown nothing commits: refused at once, not after the
         // commit wait.
         a.shutdown().await;
-        let t = a.table::<GCounter>("t").unwrap().with_ack(AckLevel::Local);
+        let t = a
+            .table::<u64, GCounter>("t")
+            .unwrap()
+            .with_ack(AckLevel::Local);
         let started = tokio::time::Instant::now();
         assert!(matches!(
             t.update(&4u64, |c, ctx| c.apply(|c| c.inc(ctx.replica(), 1)))
@@ -401,7 +410,7 @@ fn a_failed_commit_is_a_typed_error_and_is_retried() {
         // Without storage, Local is refused rather than silently weakened.
         let plain = Region::builder("plain").build().unwrap();
         let t = plain
-            .table::<GCounter>("t")
+            .table::<u64, GCounter>("t")
             .unwrap()
             .with_ack(AckLevel::Local);
         assert!(matches!(
@@ -422,7 +431,7 @@ fn bad_stores_are_typed_errors_at_build_and_are_left_untouched() {
         let _ = std::fs::remove_dir_all(&dir);
         {
             let a = Region::builder("a").data_dir(&dir).build().unwrap();
-            a.table::<GCounter>("t")
+            a.table::<u64, GCounter>("t")
                 .unwrap()
                 .with_ack(AckLevel::Local)
                 .update(&1u64, |c, ctx| c.apply(|c| c.inc(ctx.replica(), 1)))
@@ -451,7 +460,7 @@ fn bad_stores_are_typed_errors_at_build_and_are_left_untouched() {
             // bookkeeping pages on close; the data is what counts).
             let a = Region::builder("a").data_dir(&dir).build().unwrap();
             assert_eq!(a.incarnation(), 2, "refused builds committed nothing");
-            let t = a.table::<GCounter>("t").unwrap();
+            let t = a.table::<u64, GCounter>("t").unwrap();
             assert_eq!(t.read(&1u64).await.unwrap().map(|c| c.value()), Some(1));
             a.shutdown().await;
         }
@@ -512,7 +521,7 @@ fn peers_acknowledge_only_what_they_committed_and_replicated_waits_for_it() {
         let a = region(&net, "a");
         let b = durable(&net, "b", &disk);
         let t = a
-            .table::<GCounter>("t")
+            .table::<u64, GCounter>("t")
             .unwrap()
             .with_ack(AckLevel::Replicated(1));
         t.update(&1u64, |c, ctx| c.apply(|c| c.inc(ctx.replica(), 1)))

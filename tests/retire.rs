@@ -41,7 +41,7 @@ fn a_retired_region_is_not_waited_for_and_is_refused_when_it_returns() {
         drop(c);
         add(&a, 3).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let table = a.table::<GCounter>("t").unwrap();
+        let table = a.table::<u64, GCounter>("t").unwrap();
         let waited = table.read_session(&1u64, &mut session.clone()).await;
         assert!(
             matches!(waited, Err(RegionError::SessionTimeout { .. })),
@@ -78,7 +78,11 @@ fn a_retired_region_is_not_waited_for_and_is_refused_when_it_returns() {
         let a = region(&net, "a", Some(&disk));
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(
-            a.table::<GCounter>("t").unwrap().read(&9u64).await.unwrap(),
+            a.table::<u64, GCounter>("t")
+                .unwrap()
+                .read(&9u64)
+                .await
+                .unwrap(),
             None
         );
         assert!(a.stats().peers.iter().all(|p| p.name != "c"));

@@ -23,8 +23,8 @@ fn a_write_after_catch_up_stamps_above_what_it_caught_up_on() {
         };
         let a = common::region(&net, "a", 300, cfg); // 300 ms ahead: within the bound
         let b = common::region(&net, "b", 0, common::test_config());
-        let ra = a.table::<LwwRegister<String>>("profile").unwrap();
-        let rb = b.table::<LwwRegister<String>>("profile").unwrap();
+        let ra = a.table::<u64, LwwRegister<String>>("profile").unwrap();
+        let rb = b.table::<u64, LwwRegister<String>>("profile").unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
         ra.update(&1u64, |r, ctx| {
             r.apply(|r| r.set(ctx.stamp(), "old (from a)".into()))
@@ -80,9 +80,9 @@ fn skew_relayed_through_a_hybrid_clock_does_not_block_an_in_bound_link() {
         let b = common::region(&net, "b", 0, cfg.clone());
         let c = common::region(&net, "c", -300, cfg);
         net.partition("a", "c"); // a and c do not talk at all
-        let ta = a.table::<GCounter>("hits").unwrap();
-        let tb = b.table::<GCounter>("hits").unwrap();
-        let tc = c.table::<GCounter>("hits").unwrap();
+        let ta = a.table::<u64, GCounter>("hits").unwrap();
+        let tb = b.table::<u64, GCounter>("hits").unwrap();
+        let tc = c.table::<u64, GCounter>("hits").unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
         for i in 0..100u64 {
             ta.update(&0u64, |g, ctx| g.apply(|g| g.inc(ctx.replica(), 1)))

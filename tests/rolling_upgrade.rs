@@ -14,7 +14,7 @@ use common::{paused_runtime, region_on};
 
 async fn add(region: &Region, key: u64, n: u64) {
     region
-        .table::<GCounter>("likes")
+        .table::<u64, GCounter>("likes")
         .unwrap()
         .update(&key, |c, ctx| c.apply(|c| c.inc(ctx.replica(), n)))
         .await
@@ -22,7 +22,7 @@ async fn add(region: &Region, key: u64, n: u64) {
 }
 
 async fn value(region: &Region, key: u64) -> u64 {
-    let table = region.table::<GCounter>("likes").unwrap();
+    let table = region.table::<u64, GCounter>("likes").unwrap();
     table.read(&key).await.unwrap().map_or(0, |c| c.value())
 }
 

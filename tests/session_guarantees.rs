@@ -42,7 +42,7 @@ fn elements(set: Option<OrSet<u64>>) -> BTreeSet<u64> {
 /// visible too: the session's earlier writes (monotonic writes) and what its
 /// earlier reads saw (writes follow reads).
 async fn check_visibility(
-    tables: &[Table<OrSet<u64>>],
+    tables: &[Table<usize, OrSet<u64>>],
     requires: &BTreeMap<u64, BTreeSet<u64>>,
     seed: u64,
 ) -> Result<(), TestCaseError> {
@@ -81,7 +81,8 @@ async fn run(seed: u64, latency_ms: u64, loss: f64, ops: Vec<Op>) -> Result<(), 
         .iter()
         .map(|n| common::region(&net, n, 0, common::test_config()))
         .collect();
-    let tables: Vec<Table<OrSet<u64>>> = regions.iter().map(|r| r.table("feed").unwrap()).collect();
+    let tables: Vec<Table<usize, OrSet<u64>>> =
+        regions.iter().map(|r| r.table("feed").unwrap()).collect();
     let mut sessions: Vec<Session> = (0..SESSIONS).map(|_| Session::new()).collect();
     let mut written: Vec<BTreeSet<u64>> = vec![BTreeSet::new(); SESSIONS];
     let mut read_so_far: Vec<BTreeMap<usize, BTreeSet<u64>>> = vec![BTreeMap::new(); SESSIONS];
@@ -168,18 +169,18 @@ fn a_session_read_that_cannot_be_served_in_time_errors() {
         let tokyo = common::region(&net, "tokyo", 0, common::test_config());
         let frankfurt = common::region(&net, "frankfurt", 0, common::test_config());
         net.partition("tokyo", "frankfurt");
-        let carts_t = tokyo.table::<OrSet<u64>>("carts").unwrap();
-        let carts_f = frankfurt.table::<OrSet<u64>>("carts").unwrap();
+        let carts_t = tokyo.table::<String, OrSet<u64>>("carts").unwrap();
+        let carts_f = frankfurt.table::<String, OrSet<u64>>("carts").unwrap();
         let mut session = Session::new();
         carts_t
-            .update_session(&"u", &mut session, |c, ctx| {
+            .update_session("u", &mut session, |c, ctx| {
                 c.apply(|c| c.insert(ctx.replica(), 7))
             })
             .await
             .unwrap();
 
         let started = tokio::time::Instant::now();
-        let err = carts_f.read_session(&"u", &mut session).await.unwrap_err();
+        let err = carts_f.read_session("u", &mut session).await.unwrap_err();
         match err {
             RegionError::SessionTimeout {
                 missing, waited, ..
@@ -192,11 +193,11 @@ fn a_session_read_that_cannot_be_served_in_time_errors() {
         }
         assert!(started.elapsed() >= Duration::from_secs(2));
         // A plain read is served at once, eventual: the write is not there.
-        assert!(carts_f.read(&"u").await.unwrap().is_none());
+        assert!(carts_f.read("u").await.unwrap().is_none());
 
         net.heal_all();
         let cart = carts_f
-            .read_session(&"u", &mut session)
+            .read_session("u", &mut session)
             .await
             .unwrap()
             .unwrap();

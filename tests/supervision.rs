@@ -41,7 +41,7 @@ async fn failed(a: &Region) -> EngineFailure {
     }
 }
 
-async fn inc(t: &archipelago::region::Table<GCounter>, key: u64) -> Result<(), RegionError> {
+async fn inc(t: &archipelago::region::Table<u64, GCounter>, key: u64) -> Result<(), RegionError> {
     t.update(&key, |c, ctx| c.apply(|c| c.inc(ctx.replica(), 1)))
         .await
         .map(|_| ())
@@ -53,7 +53,7 @@ async fn a_write_after_shutdown_is_closed_and_the_report_says_what_was_flushed()
     let a = region(&net, "a");
     let b = region(&net, "b");
     connected(&a, &b).await;
-    let t = a.table::<GCounter>("hits").unwrap();
+    let t = a.table::<u64, GCounter>("hits").unwrap();
     for key in 0..10 {
         inc(&t, key).await.unwrap();
     }
@@ -76,7 +76,7 @@ async fn a_write_after_shutdown_is_closed_and_the_report_says_what_was_flushed()
     assert_eq!(t.read(&0u64).await.unwrap().map(|c| c.value()), Some(1));
     // A resolver table too.
     let profiles = a
-        .table_with::<String>("profiles", archipelago::resolve::LastWriteWins)
+        .table_with::<u64, String>("profiles", archipelago::resolve::LastWriteWins)
         .unwrap();
     let err = profiles.put(&1u64, "x".into()).await.unwrap_err();
     assert!(matches!(err, RegionError::Closed), "{err:?}");
@@ -92,7 +92,7 @@ async fn shutdown_reports_the_writes_a_cut_off_peer_did_not_acknowledge() {
     connected(&a, &b).await;
     // The link drops every frame but stays up: a cannot flush to b.
     net.set_faults_all(archipelago::transport::LinkFaults::new().loss(1.0));
-    let t = a.table::<GCounter>("hits").unwrap();
+    let t = a.table::<u64, GCounter>("hits").unwrap();
     for key in 0..5 {
         inc(&t, key).await.unwrap();
     }
@@ -114,7 +114,7 @@ async fn an_engine_panic_surfaces_on_the_next_write_and_read_and_in_stats() {
     let a = region(&net, "a");
     let b = region(&net, "b");
     connected(&a, &b).await;
-    let t = a.table::<GCounter>("hits").unwrap();
+    let t = a.table::<u64, GCounter>("hits").unwrap();
     inc(&t, 1).await.unwrap();
     a.inject_engine_panic().await;
     failed(&a).await;
@@ -159,9 +159,9 @@ async fn a_resolver_panic_while_merging_a_peers_write_fails_the_region_not_silen
     let a = region(&net, "a");
     let b = region(&net, "b");
     connected(&a, &b).await;
-    let at_a = a.table_with::<String>("profiles", Panics).unwrap();
-    let at_b = b.table_with::<String>("profiles", Panics).unwrap();
-    let counter_b = b.table::<GCounter>("hits").unwrap();
+    let at_a = a.table_with::<u64, String>("profiles", Panics).unwrap();
+    let at_b = b.table_with::<u64, String>("profiles", Panics).unwrap();
+    let counter_b = b.table::<u64, GCounter>("hits").unwrap();
     // Concurrent versions of one key: merging them runs the resolver.
     at_a.put(&1u64, "from a".into()).await.unwrap();
     at_b.put(&1u64, "from b".into()).await.unwrap();

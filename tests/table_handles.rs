@@ -18,9 +18,15 @@ async fn a_second_handle_shares_the_feed_and_the_resolver_of_the_first() {
         .transport(net.endpoint("b"))
         .build()
         .unwrap();
-    let first = b.table_with::<String>("profiles", LastWriteWins).unwrap();
-    let second = b.table_with::<String>("profiles", LastWriteWins).unwrap();
-    let at_a = a.table_with::<String>("profiles", LastWriteWins).unwrap();
+    let first = b
+        .table_with::<u64, String>("profiles", LastWriteWins)
+        .unwrap();
+    let second = b
+        .table_with::<u64, String>("profiles", LastWriteWins)
+        .unwrap();
+    let at_a = a
+        .table_with::<u64, String>("profiles", LastWriteWins)
+        .unwrap();
 
     // Concurrent writes (neither region has seen the other's): merging
     // them is a conflict, resolved at each region by its table's resolver.
@@ -46,10 +52,10 @@ async fn a_second_handle_shares_the_feed_and_the_resolver_of_the_first() {
 async fn a_handle_with_another_resolver_is_refused() {
     let region = Region::builder("solo").build().unwrap();
     region
-        .table_with::<String>("profiles", LastWriteWins)
+        .table_with::<u64, String>("profiles", LastWriteWins)
         .unwrap();
     let err = region
-        .table_with::<String>("profiles", FirstWriteWins)
+        .table_with::<u64, String>("profiles", FirstWriteWins)
         .unwrap_err();
     match err {
         RegionError::ResolverMismatch {
@@ -64,15 +70,17 @@ async fn a_handle_with_another_resolver_is_refused() {
         other => panic!("expected ResolverMismatch, got {other:?}"),
     }
     // Nor is a resolver table's state handed out as a CRDT table...
-    let err = region.table::<VersionSet<String>>("profiles").unwrap_err();
+    let err = region
+        .table::<u64, VersionSet<String>>("profiles")
+        .unwrap_err();
     assert!(
         matches!(err, RegionError::ResolverMismatch { .. }),
         "{err:?}"
     );
     // ... nor a CRDT table given a resolver.
-    region.table::<VersionSet<String>>("plain").unwrap();
+    region.table::<u64, VersionSet<String>>("plain").unwrap();
     let err = region
-        .table_with::<String>("plain", LastWriteWins)
+        .table_with::<u64, String>("plain", LastWriteWins)
         .unwrap_err();
     assert!(
         matches!(err, RegionError::ResolverMismatch { .. }),
@@ -80,7 +88,7 @@ async fn a_handle_with_another_resolver_is_refused() {
     );
     // Another value type is still a type error.
     let err = region
-        .table_with::<u64>("profiles", LastWriteWins)
+        .table_with::<u64, u64>("profiles", LastWriteWins)
         .unwrap_err();
     assert!(matches!(err, RegionError::TableType { .. }), "{err:?}");
     assert_eq!(region.stats().tables.len(), 2);

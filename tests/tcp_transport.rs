@@ -34,8 +34,8 @@ fn region(name: &str, transport: TcpTransport) -> Region {
 }
 
 struct Tables {
-    hits: Table<GCounter>,
-    carts: Table<OrSet<String>>,
+    hits: Table<String, GCounter>,
+    carts: Table<String, OrSet<String>>,
 }
 
 impl Tables {
@@ -48,14 +48,14 @@ impl Tables {
 
     async fn hit(&self, n: u64) {
         self.hits
-            .update(&"page", |c, ctx| c.apply(|c| c.inc(ctx.replica(), n)))
+            .update("page", |c, ctx| c.apply(|c| c.inc(ctx.replica(), n)))
             .await
             .unwrap();
     }
 
     async fn add(&self, item: &str) {
         self.carts
-            .update(&"user-1", |s, ctx| {
+            .update("user-1", |s, ctx| {
                 s.apply(|s| s.insert(ctx.replica(), item.to_owned()))
             })
             .await
@@ -66,13 +66,13 @@ impl Tables {
     async fn snapshot(&self) -> (u64, Vec<String>) {
         let hits = self
             .hits
-            .read(&"page")
+            .read("page")
             .await
             .unwrap()
             .map_or(0, |c| c.value());
         let mut cart: Vec<String> = self
             .carts
-            .read(&"user-1")
+            .read("user-1")
             .await
             .unwrap()
             .map(|s| s.iter().cloned().collect())

@@ -99,9 +99,9 @@ fn region(name: &str, transport: TcpTransport) -> Region {
 
 async fn hits(region: &Region) -> u64 {
     region
-        .table::<GCounter>("hits")
+        .table::<String, GCounter>("hits")
         .unwrap()
-        .read(&"page")
+        .read("page")
         .await
         .unwrap()
         .map_or(0, |c| c.value())
@@ -109,9 +109,9 @@ async fn hits(region: &Region) -> u64 {
 
 async fn hit(region: &Region, n: u64) {
     region
-        .table::<GCounter>("hits")
+        .table::<String, GCounter>("hits")
         .unwrap()
-        .update(&"page", |c, ctx| c.apply(|c| c.inc(ctx.replica(), n)))
+        .update("page", |c, ctx| c.apply(|c| c.inc(ctx.replica(), n)))
         .await
         .unwrap();
 }

@@ -36,28 +36,28 @@ async fn connected(a: &Region, b: &Region) {
 async fn two_mutations_in_one_update_both_reach_a_session_read_elsewhere() {
     let net = ChannelNetwork::new(1);
     let (a, b) = pair(&net);
-    let carts_a = a.table::<OrSet<String>>("carts").unwrap();
-    let carts_b = b.table::<OrSet<String>>("carts").unwrap();
+    let carts_a = a.table::<String, OrSet<String>>("carts").unwrap();
+    let carts_b = b.table::<String, OrSet<String>>("carts").unwrap();
     connected(&a, &b).await;
     let repaired = b.stats().sync_states_received;
 
     let mut session = Session::new();
     carts_a
-        .update_session(&"user-1", &mut session, |cart, ctx| {
+        .update_session("user-1", &mut session, |cart, ctx| {
             cart.apply(|c| c.insert(ctx.replica(), "matcha".into()));
             cart.apply(|c| c.insert(ctx.replica(), "yuzu".into()));
         })
         .await
         .unwrap();
     // Here: both, in one write.
-    let here = carts_a.read(&"user-1").await.unwrap().unwrap();
+    let here = carts_a.read("user-1").await.unwrap().unwrap();
     assert!(here.contains("matcha") && here.contains("yuzu"));
     assert_eq!(a.stats().writes, 1, "two mutators, one write");
 
     // There: the session read waits for the write, then must show both
     // (read your writes), from the batch, not from a repair.
     let there = carts_b
-        .read_session(&"user-1", &mut session)
+        .read_session("user-1", &mut session)
         .await
         .unwrap()
         .expect("the write arrived");
@@ -76,12 +76,12 @@ async fn two_mutations_in_one_update_both_reach_a_session_read_elsewhere() {
 async fn a_mutation_and_its_undo_in_one_update_ship_as_one() {
     let net = ChannelNetwork::new(2);
     let (a, b) = pair(&net);
-    let carts_a = a.table::<OrSet<String>>("carts").unwrap();
-    let carts_b = b.table::<OrSet<String>>("carts").unwrap();
+    let carts_a = a.table::<String, OrSet<String>>("carts").unwrap();
+    let carts_b = b.table::<String, OrSet<String>>("carts").unwrap();
     connected(&a, &b).await;
     let mut session = Session::new();
     carts_a
-        .update_session(&"user-1", &mut session, |cart, ctx| {
+        .update_session("user-1", &mut session, |cart, ctx| {
             cart.apply(|c| c.insert(ctx.replica(), "tea".into()));
             cart.apply(|c| c.insert(ctx.replica(), "sencha".into()));
         })
@@ -89,7 +89,7 @@ async fn a_mutation_and_its_undo_in_one_update_ship_as_one() {
         .unwrap();
     // Reads inside the closure see the mutators applied so far.
     carts_a
-        .update_session(&"user-1", &mut session, |cart, _| {
+        .update_session("user-1", &mut session, |cart, _| {
             assert!(cart.contains("tea"));
             cart.apply(|c| c.remove("tea"));
             assert!(!cart.contains("tea"));
@@ -97,7 +97,7 @@ async fn a_mutation_and_its_undo_in_one_update_ship_as_one() {
         .await
         .unwrap();
     let there = carts_b
-        .read_session(&"user-1", &mut session)
+        .read_session("user-1", &mut session)
         .await
         .unwrap()
         .unwrap();
@@ -112,11 +112,11 @@ async fn a_mutation_and_its_undo_in_one_update_ship_as_one() {
 #[tokio::test(start_paused = true)]
 async fn an_update_that_applies_nothing_is_no_write() {
     let region = Region::builder("solo").build().unwrap();
-    let carts = region.table::<OrSet<String>>("carts").unwrap();
-    let token = carts.update(&"user-1", |_, _| {}).await.unwrap();
+    let carts = region.table::<String, OrSet<String>>("carts").unwrap();
+    let token = carts.update("user-1", |_, _| {}).await.unwrap();
     assert!(token.is_empty());
     assert_eq!(region.stats().writes, 0);
-    assert!(carts.read(&"user-1").await.unwrap().is_none());
+    assert!(carts.read("user-1").await.unwrap().is_none());
 }
 
 /// A grow-only set of numbers whose encoding fails when it holds
@@ -153,8 +153,8 @@ impl Numbers {
 async fn a_write_whose_delta_does_not_encode_changes_nothing() {
     let net = ChannelNetwork::new(3);
     let (a, b) = pair(&net);
-    let t = a.table::<Numbers>("numbers").unwrap();
-    let tb = b.table::<Numbers>("numbers").unwrap();
+    let t = a.table::<u8, Numbers>("numbers").unwrap();
+    let tb = b.table::<u8, Numbers>("numbers").unwrap();
     connected(&a, &b).await;
     let mut session = Session::new();
     t.update_session(&1u8, &mut session, |n, _| n.apply(|n| n.add(1)))
@@ -188,11 +188,11 @@ async fn a_write_whose_delta_does_not_encode_changes_nothing() {
 async fn a_panic_in_an_update_changes_nothing_and_the_region_goes_on() {
     let net = ChannelNetwork::new(4);
     let (a, _b) = pair(&net);
-    let t = a.table::<OrSet<String>>("carts").unwrap();
+    let t = a.table::<String, OrSet<String>>("carts").unwrap();
     let panicking = t.clone();
     let joined = tokio::spawn(async move {
         panicking
-            .update(&"user-1", |cart, ctx| {
+            .update("user-1", |cart, ctx| {
                 cart.apply(|c| c.insert(ctx.replica(), "tea".into()));
                 panic!("the application's closure panics");
             })
@@ -200,9 +200,9 @@ async fn a_panic_in_an_update_changes_nothing_and_the_region_goes_on() {
     })
     .await;
     assert!(joined.unwrap_err().is_panic());
-    assert!(t.read(&"user-1").await.unwrap().is_none());
+    assert!(t.read("user-1").await.unwrap().is_none());
     // Not a failure of the engine: the lock was not poisoned.
-    t.update(&"user-1", |cart, ctx| {
+    t.update("user-1", |cart, ctx| {
         cart.apply(|c| c.insert(ctx.replica(), "yuzu".into()))
     })
     .await

@@ -10,7 +10,7 @@ use archipelago::clock::{CausalContext, Dot, ReplicaId, Stamp, Timestamp, Versio
 use archipelago::crdt::{
     BoundedCounter, Crdt, GCounter, LwwMap, LwwRegister, MvRegister, OrMap, OrSet, PnCounter,
 };
-use archipelago::resolve::{VersionSet, Versioned};
+use archipelago::resolve::{DELETED_TAG, VERSIONS_MAX, VersionSet, Versioned};
 use archipelago::testing::fuzz::{self, CountingAllocator, decode_peak_cap_bytes, measure};
 use archipelago::wire::{self, InvalidRule, WIRE_VERSION, WireError};
 use proptest::prelude::*;
@@ -244,7 +244,7 @@ fn every_corpus_frame_decodes_under_the_cap_and_round_trips() {
     }
     assert_eq!(
         fuzz::message_frames(1).len(),
-        6,
+        7,
         "one frame per message variant"
     );
 }
@@ -505,6 +505,7 @@ fn sample_version_set() -> VersionSet<String> {
 
 #[test]
 fn version_set_rules() {
+    // Without a delete context: the list of versions, as before deletes.
     let decode =
         |versions: Vec<Versioned<String>>| wire::decode::<VersionSet<String>>(&frame_of(&versions));
     let ty = "VersionSet";
@@ -537,6 +538,31 @@ fn version_set_rules() {
             versioned("b", &[(2, 2)], 11, 2),
         ]),
         Err(invalid(ty, InvalidRule::OwnWriteMissing))
+    );
+    // A version its own delete context covers: deleted, yet kept.
+    let removed: VersionVector = [(ReplicaId::new(1), 2), (ReplicaId::new(2), 1)]
+        .into_iter()
+        .collect();
+    assert_eq!(
+        wire::decode::<VersionSet<String>>(&frame_of(&(
+            DELETED_TAG,
+            vec![versioned("a", &[(1, 2), (2, 1)], 10, 1)],
+            removed.clone()
+        ))),
+        Err(invalid(ty, InvalidRule::VersionRemoved))
+    );
+    // A tombstone alone decodes, and reads as nothing.
+    let tombstone = wire::decode::<VersionSet<String>>(&frame_of(&(
+        DELETED_TAG,
+        Vec::<Versioned<String>>::new(),
+        removed,
+    )))
+    .unwrap();
+    assert!(tombstone.is_empty() && !tombstone.removed().is_empty());
+    // A count past the bound is refused before anything is read.
+    assert_eq!(
+        wire::decode::<VersionSet<String>>(&frame_of(&(VERSIONS_MAX as u64 + 1,))),
+        Err(invalid(ty, InvalidRule::TooManyVersions))
     );
 }
 

@@ -133,6 +133,21 @@ impl<T: Clone> MvRegister<T> {
     }
 }
 
+impl<T: Clone> crate::crdt::Reset for MvRegister<T> {
+    /// Removes every sibling this replica has observed; returns the delta
+    /// (their dots, no value).
+    fn reset(&mut self) -> Self {
+        let mut ctx = CausalContext::new();
+        for (d, _) in self.siblings.drain(..) {
+            ctx.insert(d);
+        }
+        MvRegister {
+            siblings: Vec::new(),
+            ctx,
+        }
+    }
+}
+
 impl<T: Clone> Default for MvRegister<T> {
     fn default() -> Self {
         Self::new()

@@ -68,6 +68,13 @@ pub struct RegionConfig {
     /// as builds of protocol 1 did: it announces no version and counts a
     /// peer's announcement as a frame it cannot read.
     pub protocol_version_max: u16,
+    /// Most keys one scan of a table copies ([`Table::keys`],
+    /// [`Table::iter`], [`Table::range`] and their resolver-table
+    /// forms): a scan copies every key (and value) of the table while it
+    /// holds the region's state lock, so this bounds how long it holds it
+    /// and what it allocates. A larger table's scan is refused with
+    /// [`RegionError::ScanTooLarge`].
+    pub scan_keys_max: usize,
 }
 
 impl Default for RegionConfig {
@@ -90,6 +97,7 @@ impl Default for RegionConfig {
             commit_wait_max: Duration::from_secs(5),
             replication_wait_max: Duration::from_secs(5),
             protocol_version_max: PROTOCOL_VERSION,
+            scan_keys_max: 1 << 20,
         }
     }
 }

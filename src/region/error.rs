@@ -18,6 +18,29 @@ pub enum RegionError {
         /// The type asked for.
         requested: &'static str,
     },
+    /// The table exists with another key type: a handle of `u8` keys and
+    /// one of `u64` keys would encode `1` alike and hit the same key.
+    #[error("table {table:?} has keys of {registered}, not {requested}")]
+    KeyType {
+        /// The table.
+        table: String,
+        /// Its key type.
+        registered: &'static str,
+        /// The key type asked for.
+        requested: &'static str,
+    },
+    /// A scan of a table holding more keys than
+    /// [`RegionConfig::scan_keys_max`]: refused before anything is copied
+    /// (a scan copies every key under the state's lock).
+    #[error("table {table:?} holds {keys} keys, more than a scan copies ({max})")]
+    ScanTooLarge {
+        /// The table.
+        table: String,
+        /// Keys it holds.
+        keys: usize,
+        /// [`RegionConfig::scan_keys_max`].
+        max: usize,
+    },
     /// A key or value could not be encoded.
     #[error("encoding: {0}")]
     Encode(#[from] WireError),

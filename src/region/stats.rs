@@ -169,6 +169,9 @@ pub struct TableStats {
     pub name: String,
     /// Keys held.
     pub keys: usize,
+    /// Keys scans of this region skipped because they do not decode as
+    /// the table's key type (a peer declared it with another key type).
+    pub undecodable_keys: u64,
     /// Conflicts resolved here (resolver tables).
     pub conflicts: u64,
 }

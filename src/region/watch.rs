@@ -30,11 +30,10 @@
 //! let net = ChannelNetwork::new(7);
 //! let tokyo = Region::builder("ap-northeast").transport(net.endpoint("ap-northeast")).build()?;
 //! let frankfurt = Region::builder("eu-central").transport(net.endpoint("eu-central")).build()?;
-//! let likes = tokyo.table::<GCounter>("likes")?;
-//! let post = "post-1".to_string();
-//! let mut changes = frankfurt.table::<GCounter>("likes")?.watch(&post, 64)?;
+//! let likes = tokyo.table::<String, GCounter>("likes")?;
+//! let mut changes = frankfurt.table::<String, GCounter>("likes")?.watch("post-1", 64)?;
 //!
-//! likes.update(&post, |n, ctx| n.apply(|n| n.inc(ctx.replica(), 1))).await?;
+//! likes.update("post-1", |n, ctx| n.apply(|n| n.inc(ctx.replica(), 1))).await?;
 //! let change = changes.next().await.unwrap().unwrap();
 //! assert_eq!((change.key.as_str(), change.value.value()), ("post-1", 1));
 //! assert_eq!(change.source, ChangeSource::Replicated);
@@ -43,6 +42,7 @@
 //! # Ok(()) }
 //! ```
 
+use std::borrow::Borrow;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -176,8 +176,9 @@ impl Region {
     }
 }
 
-impl<V> Table<V>
+impl<K, V> Table<K, V>
 where
+    K: Serialize + DeserializeOwned + Send + Sync + 'static,
     V: Crdt + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     /// A stream of every change to this table here (see the
@@ -186,10 +187,7 @@ where
     ///
     /// # Errors
     /// [`RegionError::Engine`] once the engine failed.
-    pub fn subscribe<K>(&self, capacity: usize) -> Result<ChangeStream<K, V>, RegionError>
-    where
-        K: DeserializeOwned + Send + 'static,
-    {
+    pub fn subscribe(&self, capacity: usize) -> Result<ChangeStream<K, V>, RegionError> {
         let subscription = self.region.subscribe_raw::<V>(self.slot, None, capacity)?;
         Ok(ChangeStream::new(
             Arc::clone(&self.name),
@@ -203,9 +201,10 @@ where
     /// # Errors
     /// [`RegionError::Encode`] when the key cannot be encoded;
     /// [`RegionError::Engine`] once the engine failed.
-    pub fn watch<K>(&self, key: &K, capacity: usize) -> Result<ChangeStream<K, V>, RegionError>
+    pub fn watch<Q>(&self, key: &Q, capacity: usize) -> Result<ChangeStream<K, V>, RegionError>
     where
-        K: Serialize + DeserializeOwned + Send + 'static,
+        K: Borrow<Q>,
+        Q: Serialize + ?Sized,
     {
         let key = wire::with_bare(key, |key| Box::<[u8]>::from(key))?;
         let subscription = self
@@ -219,31 +218,25 @@ where
     }
 }
 
-impl<T> ResolverTable<T>
+impl<K, T> ResolverTable<K, T>
 where
+    K: Serialize + DeserializeOwned + Send + Sync + 'static,
     T: Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     /// A stream of every change to this table here, each with the
-    /// resolver's verdict after it (see [`Table::subscribe`]).
+    /// resolver's verdict after it (`None` once the key is deleted; see
+    /// [`Table::subscribe`]).
     ///
     /// # Errors
     /// [`RegionError::Engine`] once the engine failed.
-    pub fn subscribe<K>(
+    pub fn subscribe(
         &self,
         capacity: usize,
-    ) -> Result<ChangeStream<K, Option<Resolution<T>>>, RegionError>
-    where
-        K: DeserializeOwned + Send + 'static,
-    {
+    ) -> Result<ChangeStream<K, Option<Resolution<T>>>, RegionError> {
         let subscription = self
             .region
             .subscribe_raw::<VersionSet<T>>(self.slot, None, capacity)?;
-        let resolver = Arc::clone(&self.resolver);
-        Ok(ChangeStream::new(
-            Arc::clone(&self.name),
-            subscription,
-            move |set: VersionSet<T>| set.resolve(&*resolver),
-        ))
+        Ok(self.verdicts(subscription))
     }
 
     /// A stream of the changes to `key` here, as
@@ -252,23 +245,31 @@ where
     /// # Errors
     /// [`RegionError::Encode`] when the key cannot be encoded;
     /// [`RegionError::Engine`] once the engine failed.
-    pub fn watch<K>(
+    pub fn watch<Q>(
         &self,
-        key: &K,
+        key: &Q,
         capacity: usize,
     ) -> Result<ChangeStream<K, Option<Resolution<T>>>, RegionError>
     where
-        K: Serialize + DeserializeOwned + Send + 'static,
+        K: Borrow<Q>,
+        Q: Serialize + ?Sized,
     {
         let key = wire::with_bare(key, |key| Box::<[u8]>::from(key))?;
         let subscription =
             self.region
                 .subscribe_raw::<VersionSet<T>>(self.slot, Some(key), capacity)?;
+        Ok(self.verdicts(subscription))
+    }
+
+    fn verdicts(
+        &self,
+        subscription: Subscription<RawChange<VersionSet<T>>>,
+    ) -> ChangeStream<K, Option<Resolution<T>>> {
         let resolver = Arc::clone(&self.resolver);
-        Ok(ChangeStream::new(
+        ChangeStream::new(
             Arc::clone(&self.name),
             subscription,
             move |set: VersionSet<T>| set.resolve(&*resolver),
-        ))
+        )
     }
 }

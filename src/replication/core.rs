@@ -240,6 +240,11 @@ pub(crate) struct TableSlot {
     pub(crate) name: Arc<str>,
     pub(crate) store: Box<dyn TableStore>,
     pub(crate) type_name: &'static str,
+    /// Its key type, checked at every declaration: `TypeId` and name.
+    pub(crate) key_type: (std::any::TypeId, &'static str),
+    /// Keys a scan found that do not decode as the key type (a peer
+    /// declared the table with another key type), counted by the scans.
+    pub(crate) undecodable_keys: Arc<std::sync::atomic::AtomicU64>,
     /// Conflict counter of resolver tables (their feed's total).
     pub(crate) conflicts: Option<Box<dyn Fn() -> u64 + Send>>,
 }

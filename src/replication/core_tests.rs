@@ -61,6 +61,8 @@ where
         name: table.into(),
         store: Box::new(CrdtStore::<V>::new(merger)),
         type_name: std::any::type_name::<V>(),
+        key_type: (std::any::TypeId::of::<u64>(), "u64"),
+        undecodable_keys: Default::default(),
         conflicts: None,
     });
 }

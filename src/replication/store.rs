@@ -225,6 +225,11 @@ where
         self.buckets[bucket_of(key)].get(key)
     }
 
+    /// Every key and value, bucket by bucket (no order).
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&Key, &V)> {
+        self.buckets.iter().flat_map(|bucket| bucket.iter())
+    }
+
     /// The value under `key`, created empty if absent; marks its bucket.
     pub(crate) fn entry(&mut self, key: &[u8]) -> &mut V {
         let bucket = bucket_of(key);

@@ -94,6 +94,17 @@ impl<T> Resolution<T> {
 /// seen it; at most one version per replica can be concurrent, so the set
 /// never holds more versions than there are replicas.
 ///
+/// **Deletes** are observed-removes: [`remove`](VersionSet::remove) drops
+/// every version this replica has seen and keeps their joined vector as
+/// the set's *delete context* (its tombstone). A merge drops every version
+/// the context covers, wherever it comes from, so a copy of a deleted
+/// version (a late batch, an anti-entropy transfer from a region that had
+/// not seen the delete) never comes back; a version the delete had not
+/// seen (a concurrent write elsewhere) is not covered and survives
+/// (add-wins). A later write has seen the context (it is part of
+/// [`version`](VersionSet::version)), so it is never covered. The context
+/// is one vector, at most an entry per replica, and stays with the key.
+///
 /// ```
 /// use archipelago::clock::{Hlc, ManualClock, ReplicaId};
 /// use archipelago::crdt::Crdt;
@@ -114,12 +125,53 @@ impl<T> Resolution<T> {
 /// assert!(a.is_conflicted());
 /// assert_eq!(a.resolve(&LastWriteWins).unwrap().value(), Some(&"Aiko Tanaka"));
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(into = "Vec<Versioned<T>>")]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct VersionSet<T: Clone> {
-    /// Pairwise concurrent, sorted by stamp.
+    /// Pairwise concurrent, sorted by stamp, none covered by `removed`.
     versions: SmallVec<[Versioned<T>; 1]>,
+    /// The delete context: every version deletes here had seen.
+    removed: VersionVector,
 }
+
+/// The encodings, both readable by builds that predate deletes whenever
+/// the set was never deleted:
+/// - **binary** (`wire`): a set without a delete context is what it always
+///   was, the length-prefixed list of its versions; one with a context is
+///   [`DELETED_TAG`] (a length no list of versions has), then the list,
+///   then the context;
+/// - **human-readable** (JSON): the list of versions, or
+///   `{"versions": [...], "removed": {...}}` once deleted.
+impl<T: Clone + Serialize> Serialize for VersionSet<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeStruct, SerializeTuple};
+        let versions = &self.versions[..];
+        match (self.removed.is_empty(), serializer.is_human_readable()) {
+            (true, _) => versions.serialize(serializer),
+            (false, true) => {
+                let mut map = serializer.serialize_struct("VersionSet", 2)?;
+                map.serialize_field("versions", versions)?;
+                map.serialize_field("removed", &self.removed)?;
+                map.end()
+            }
+            (false, false) => {
+                let mut tuple = serializer.serialize_tuple(3)?;
+                tuple.serialize_element(&DELETED_TAG)?;
+                tuple.serialize_element(versions)?;
+                tuple.serialize_element(&self.removed)?;
+                tuple.end()
+            }
+        }
+    }
+}
+
+/// The most versions a decoded `VersionSet` may hold: concurrent versions
+/// come one per replica, and no archipelago has this many.
+pub const VERSIONS_MAX: usize = 4096;
+
+/// What a binary `VersionSet` with a delete context starts with, where a
+/// set without one starts with its number of versions (at most one per
+/// replica: never this).
+pub const DELETED_TAG: u64 = u64::MAX;
 
 /// Accepts only an antichain that writes make, in `O(n log n + e log n)`
 /// for `n` versions holding `e` vector entries in all (a sort and one pass,
@@ -147,6 +199,7 @@ impl<T: Clone> TryFrom<Vec<Versioned<T>>> for VersionSet<T> {
         }
         Ok(VersionSet {
             versions: versions.into(),
+            removed: VersionVector::new(),
         })
     }
 }
@@ -182,8 +235,88 @@ fn check_antichain<T>(versions: &[Versioned<T>]) -> Result<(), InvalidRule> {
 
 impl<'de, T: Clone + Deserialize<'de>> Deserialize<'de> for VersionSet<T> {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let versions = Vec::<Versioned<T>>::deserialize(deserializer)?;
-        VersionSet::try_from(versions).map_err(|rule| invalid("VersionSet", rule))
+        let (versions, removed) = if deserializer.is_human_readable() {
+            deserializer.deserialize_any(SetVisitor(std::marker::PhantomData))?
+        } else {
+            // A list's length prefix is a varint like any u64: read it as the
+            // first element of a tuple, then what it announces.
+            deserializer.deserialize_tuple(usize::MAX, BinaryVisitor(std::marker::PhantomData))?
+        };
+        let mut set = VersionSet::try_from(versions).map_err(|rule| invalid("VersionSet", rule))?;
+        if set.versions.iter().any(|v| removed.dominates(&v.version)) {
+            return Err(invalid("VersionSet", InvalidRule::VersionRemoved));
+        }
+        set.removed = removed;
+        Ok(set)
+    }
+}
+
+type Parts<T> = (Vec<Versioned<T>>, VersionVector);
+
+/// The binary form: a count and that many versions, or the tag, the
+/// versions and the delete context.
+struct BinaryVisitor<T>(std::marker::PhantomData<T>);
+
+impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for BinaryVisitor<T> {
+    type Value = Parts<T>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a version set")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Parts<T>, A::Error> {
+        use serde::de::Error;
+        let missing = || A::Error::custom("a version set ends early");
+        let count: u64 = seq.next_element()?.ok_or_else(missing)?;
+        if count == DELETED_TAG {
+            let versions = seq.next_element()?.ok_or_else(missing)?;
+            let removed = seq.next_element()?.ok_or_else(missing)?;
+            return Ok((versions, removed));
+        }
+        if count > VERSIONS_MAX as u64 {
+            return Err(invalid("VersionSet", InvalidRule::TooManyVersions));
+        }
+        let mut versions = Vec::with_capacity((count as usize).min(4));
+        for _ in 0..count {
+            versions.push(seq.next_element()?.ok_or_else(missing)?);
+        }
+        Ok((versions, VersionVector::new()))
+    }
+}
+
+/// The human-readable form: a list of versions, or a map of the versions
+/// and the delete context.
+struct SetVisitor<T>(std::marker::PhantomData<T>);
+
+impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for SetVisitor<T> {
+    type Value = Parts<T>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a list of versions, or a map of versions and a delete context")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Parts<T>, A::Error> {
+        let mut versions = Vec::new();
+        while let Some(version) = seq.next_element()? {
+            versions.push(version);
+        }
+        Ok((versions, VersionVector::new()))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Parts<T>, A::Error> {
+        use serde::de::Error;
+        let (mut versions, mut removed) = (None, None);
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "versions" => versions = Some(map.next_value()?),
+                "removed" => removed = Some(map.next_value()?),
+                other => return Err(A::Error::unknown_field(other, &["versions", "removed"])),
+            }
+        }
+        Ok((
+            versions.ok_or_else(|| A::Error::missing_field("versions"))?,
+            removed.ok_or_else(|| A::Error::missing_field("removed"))?,
+        ))
     }
 }
 
@@ -198,6 +331,7 @@ impl<T: Clone> VersionSet<T> {
     pub fn new() -> Self {
         VersionSet {
             versions: SmallVec::new(),
+            removed: VersionVector::new(),
         }
     }
 
@@ -205,6 +339,7 @@ impl<T: Clone> VersionSet<T> {
     pub fn from_version(version: Versioned<T>) -> Self {
         VersionSet {
             versions: smallvec::smallvec![version],
+            removed: VersionVector::new(),
         }
     }
 
@@ -219,6 +354,26 @@ impl<T: Clone> VersionSet<T> {
         VersionSet::from_version(written)
     }
 
+    /// Deletes every version this replica has seen (an observed-remove);
+    /// returns the delta, which carries only the delete context. The set
+    /// then reads as nothing until a write, here or one the delete had not
+    /// seen elsewhere.
+    pub fn remove(&mut self) -> Self {
+        let seen = self.version();
+        self.versions.clear();
+        self.removed = seen.clone();
+        VersionSet {
+            versions: SmallVec::new(),
+            removed: seen,
+        }
+    }
+
+    /// The delete context: every version deletes of this set had seen
+    /// (empty when never deleted).
+    pub fn removed(&self) -> &VersionVector {
+        &self.removed
+    }
+
     /// The concurrent versions, in stamp order (one when no conflict).
     pub fn versions(&self) -> &[Versioned<T>] {
         &self.versions
@@ -229,14 +384,15 @@ impl<T: Clone> VersionSet<T> {
         self.versions.len() > 1
     }
 
-    /// True when never written.
+    /// True when it reads as nothing: never written, or deleted since.
     pub fn is_empty(&self) -> bool {
         self.versions.is_empty()
     }
 
-    /// Every write the versions have seen: the join of their vectors.
+    /// Every write the versions and deletes have seen: the join of their
+    /// vectors and the delete context.
     pub fn version(&self) -> VersionVector {
-        let mut joined = VersionVector::new();
+        let mut joined = self.removed.clone();
         for v in &self.versions {
             joined.merge(&v.version);
         }
@@ -304,6 +460,9 @@ impl<T: Clone> VersionSet<T> {
 
     /// Adds one version; true when the set changed.
     fn absorb(&mut self, theirs: &Versioned<T>) -> bool {
+        if self.removed.dominates(&theirs.version) {
+            return false; // deleted here
+        }
         for (i, mine) in self.versions.iter().enumerate() {
             match mine.version.partial_cmp(&theirs.version) {
                 Some(Ordering::Greater) => return false,
@@ -329,6 +488,14 @@ impl<T: Clone> VersionSet<T> {
 
     fn merge_changed(&mut self, other: &Self) -> bool {
         let mut changed = false;
+        if !self.removed.dominates(&other.removed) {
+            self.removed.merge(&other.removed);
+            let before = self.versions.len();
+            let removed = &self.removed;
+            self.versions.retain(|v| !removed.dominates(&v.version));
+            // A conflict is audited only when the versions change.
+            changed |= self.versions.len() != before;
+        }
         for theirs in &other.versions {
             changed |= self.absorb(theirs);
         }

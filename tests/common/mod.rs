@@ -91,7 +91,7 @@ pub fn region_on(
 /// The value of the `GCounter` under `key` in `table`, if any.
 pub async fn counter(region: &Region, table: &str, key: u64) -> Option<u64> {
     region
-        .table::<GCounter>(table)
+        .table::<u64, GCounter>(table)
         .unwrap()
         .read(&key)
         .await
@@ -103,7 +103,7 @@ pub async fn counter(region: &Region, table: &str, key: u64) -> Option<u64> {
 /// acknowledgement: the write's token.
 pub async fn add(region: &Region, table: &str, key: u64, n: u64) -> SessionToken {
     region
-        .table::<GCounter>(table)
+        .table::<u64, GCounter>(table)
         .unwrap()
         .update(&key, |c, ctx| c.apply(|c| c.inc(ctx.replica(), n)))
         .await
