@@ -73,7 +73,7 @@
 //! | [`storage`] | the `Storage` seam, in memory and on redb: identity, tables, outbox, clock across restarts |
 //! | [`transport`] | the `Transport` trait; an in-process mesh with fault injection; TCP over mutual TLS (feature `tls`, default) or, by name, plaintext |
 //! | [`wire`] | the versioned codec every byte goes through |
-//! | `testing` | (feature `testing`) proptest law checks for your own CRDTs |
+//! | `testing` | (feature `testing`) proptest law checks for your own CRDTs; seeded regions for testing your service |
 //!
 //! Plain values that are not CRDTs (a profile, an order) are kept as
 //! versioned writes and settled by a deterministic resolver, each conflict

@@ -21,11 +21,17 @@ fn render_to(path: &PathBuf) -> timeline::Timeline {
 #[test]
 fn renders_the_same_bytes_twice_and_matches_the_committed_picture() {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let (first, second) = (dir.join("lag_timeline_1.svg"), dir.join("lag_timeline_2.svg"));
+    let (first, second) = (
+        dir.join("lag_timeline_1.svg"),
+        dir.join("lag_timeline_2.svg"),
+    );
     let a = render_to(&first);
     let b = render_to(&second);
     assert_eq!(a, b, "two runs measured different lags");
-    let (first, second) = (std::fs::read(first).unwrap(), std::fs::read(second).unwrap());
+    let (first, second) = (
+        std::fs::read(first).unwrap(),
+        std::fs::read(second).unwrap(),
+    );
     assert!(first == second, "two renders gave different SVG bytes");
 
     let committed = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/lag_timeline.svg");
@@ -47,7 +53,10 @@ fn lag_grows_through_the_partition_and_converges_after_the_heal() {
         let worst = points.iter().map(|&(_, lag)| lag).fold(0.0, f64::max);
         if involves_isolated {
             // The cut-off side misses every write of the partition.
-            assert!(worst >= partition_s - 1.0, "{label}: lag peaked at {worst} s");
+            assert!(
+                worst >= partition_s - 1.0,
+                "{label}: lag peaked at {worst} s"
+            );
         } else {
             assert!(worst < 1.0, "{label}: lag {worst} s on a link never cut");
         }

@@ -123,9 +123,9 @@ async fn run() -> Result<Timeline, RegionError> {
     let mut writes: Vec<Vec<(u64, Duration)>> = vec![Vec::new(); n];
     let mut lines: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
     let mut pairs = Vec::new();
-    for o in 0..n {
-        for p in (0..n).filter(|&p| p != o) {
-            lines.push((format!("{} → {}", REGIONS[o], REGIONS[p]), Vec::new()));
+    for (o, origin) in REGIONS.iter().enumerate() {
+        for (p, peer) in REGIONS.iter().enumerate().filter(|&(p, _)| p != o) {
+            lines.push((format!("{origin} → {peer}"), Vec::new()));
             pairs.push((o, p));
         }
     }
@@ -159,7 +159,7 @@ async fn run() -> Result<Timeline, RegionError> {
         if healed && converged_at.is_none() && equal && lag_total.is_zero() {
             converged_at = Some(now.as_secs_f64());
         }
-        if now < RUN && (now.as_millis() % WRITE_EVERY.as_millis()) == 0 {
+        if now < RUN && now.as_millis().is_multiple_of(WRITE_EVERY.as_millis()) {
             for (o, (region, table)) in regions.iter().zip(&hits).enumerate() {
                 table
                     .update("hits", |c, ctx| c.apply(|c| c.inc(ctx.replica(), 1)))
@@ -226,9 +226,14 @@ pub fn render(timeline: &Timeline) -> Result<String, Box<dyn std::error::Error>>
         for ((label, points), color) in timeline.lines.iter().zip(COLORS.iter().cycle()) {
             let color = *color;
             chart
-                .draw_series(LineSeries::new(points.iter().copied(), color.stroke_width(2)))?
+                .draw_series(LineSeries::new(
+                    points.iter().copied(),
+                    color.stroke_width(2),
+                ))?
                 .label(label)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
         }
 
         if let Some(at) = timeline.converged_at {
@@ -238,7 +243,9 @@ pub fn render(timeline: &Timeline) -> Result<String, Box<dyn std::error::Error>>
                     BLACK.stroke_width(2),
                 )))?
                 .label(format!("converged at {at:.1} s"))
-                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(2)));
+                .legend(|(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(2))
+                });
         }
 
         chart
