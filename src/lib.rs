@@ -74,7 +74,7 @@
 //! | [`stream`] | bounded, never-blocking event streams: table changes, the async conflict feed |
 //! | [`transport`] | the `Transport` trait; an in-process mesh with fault injection; TCP (feature `tcp`) over mutual TLS (feature `tls`) or, by name, plaintext |
 //! | [`wire`] | the versioned codec every byte goes through |
-//! | `testing` | (feature `testing`) proptest law checks for your own CRDTs |
+//! | `testing` | (feature `testing`) proptest law checks for your own CRDTs; seeded regions for testing your service |
 //!
 //! Plain values that are not CRDTs (a profile, an order) are kept as
 //! versioned writes and settled by a deterministic resolver, each conflict
