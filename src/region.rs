@@ -183,6 +183,8 @@ use crate::wire::{self, WireError};
 
 mod config;
 mod error;
+#[cfg(feature = "metrics")]
+pub(crate) mod metrics;
 mod stats;
 
 pub use config::RegionConfig;
@@ -872,6 +874,7 @@ impl Region {
                 outbox_len: core
                     .seq
                     .saturating_sub(p.acked.max(log_start.saturating_sub(1))),
+                lag: core.lag_of(p),
             })
             .collect();
         let mut tables: Vec<TableStats> = core
@@ -1284,6 +1287,8 @@ impl Region {
                 let core = self.core()?;
                 let held = core.held();
                 if token.covered_by(&held) {
+                    #[cfg(feature = "metrics")]
+                    metrics::session_wait(&self.inner.name, started.elapsed());
                     return Ok(());
                 }
                 // Writes of retired regions are not waited for.
