@@ -222,6 +222,38 @@
 //!   offset. Values held for a table before it was declared are not
 //!   checked again when it is.
 //!
+//! ## Metrics
+//! With feature `metrics` the region publishes through the [`metrics`
+//! facade](https://docs.rs/metrics/0.24) (no exporter in the library):
+//! install one in the application before building regions, e.g.
+//! `metrics_exporter_prometheus::PrometheusBuilder::new().with_http_listener(addr).install()`.
+//! Gauges and counters are published from the engine's tick, at most once
+//! per second (counters as absolute values of [`RegionStats`]); histograms
+//! where the wait or commit happens. Every series has a `region` label.
+//!
+//! | name | type | labels | unit | meaning |
+//! | --- | --- | --- | --- | --- |
+//! | `archipelago_replication_lag_seconds` | gauge | `peer` | s | age, by this region's clock, of the oldest local write the peer has not acknowledged; 0 when none ([`PeerStats::lag`]) |
+//! | `archipelago_replication_lag_updates` | gauge | `peer` | writes | local writes the peer has not acknowledged |
+//! | `archipelago_peer_status` | gauge | `peer` | 0/1/2 | 0 in sync (connected, every write of ours acknowledged, no repair pending, none of its writes we know of unapplied), 1 syncing (connected, not in sync), 2 disconnected |
+//! | `archipelago_outbox_len` | gauge | | writes | local writes kept for peers |
+//! | `archipelago_outbox_bytes` | gauge | | bytes | bytes the outbox holds |
+//! | `archipelago_causal_buffer_len` | gauge | | batches | batches waiting for their dependencies |
+//! | `archipelago_batches_sent_total` | counter | | batches | batches sent, retransmissions included |
+//! | `archipelago_batches_applied_total` | counter | | batches | batches applied |
+//! | `archipelago_batches_dropped_total` | counter | | batches | batches dropped from a full causal buffer |
+//! | `archipelago_rejected_frames_total` | counter | | frames | frames refused ([`RegionStats::rejected_frames`]) |
+//! | `archipelago_outbox_overflows_total` | counter | | events | times the outbox outgrew its bound |
+//! | `archipelago_anti_entropy_rounds_total` | counter | | exchanges | anti-entropy exchanges completed |
+//! | `archipelago_anti_entropy_states_received_total` | counter | | key states | key states received through anti-entropy |
+//! | `archipelago_refused_handshakes_total` | counter | | hellos | peer handshakes refused |
+//! | `archipelago_values_ahead_total` | counter | | values | values stamped past this region's clock plus its max offset |
+//! | `archipelago_conflicts_total` | counter | `table` | conflicts | conflicts resolved in a resolver table |
+//! | `archipelago_commits_total` | counter | | commits | commits to storage |
+//! | `archipelago_commit_failures_total` | counter | | commits | commits that failed |
+//! | `archipelago_session_wait_seconds` | histogram | | s | how long a session read or write waited for this region to catch up |
+//! | `archipelago_commit_seconds` | histogram | | s | how long a commit to storage took (with storage) |
+//!
 //! `testing::Forger` (feature `testing`) makes a region lie in all these
 //! ways, for tests.
 
@@ -252,6 +284,8 @@ use crate::wire::{self, WireError};
 
 mod config;
 mod error;
+#[cfg(feature = "metrics")]
+pub(crate) mod metrics;
 mod stats;
 mod table;
 pub mod watch;
@@ -987,6 +1021,7 @@ impl Region {
                 outbox_len: core
                     .seq
                     .saturating_sub(p.acked.max(log_start.saturating_sub(1))),
+                lag: core.lag_of(p),
             })
             .collect();
         let mut tables: Vec<TableStats> = core
@@ -1400,6 +1435,8 @@ impl Region {
                 let core = self.core()?;
                 let held = core.held();
                 if token.covered_by(&held) {
+                    #[cfg(feature = "metrics")]
+                    metrics::session_wait(&self.inner.name, started.elapsed());
                     return Ok(());
                 }
                 // Writes of retired regions are not waited for.

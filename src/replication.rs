@@ -8,6 +8,7 @@
 //! starts anti-entropy with peers that (re)connect or are due.
 
 pub(crate) mod core;
+pub(crate) mod lag;
 pub(crate) mod message;
 pub(crate) mod outbox;
 pub(crate) mod store;
@@ -214,6 +215,8 @@ async fn commit(shared: &Shared, storage: &mut Option<Box<dyn Storage>>) -> bool
         return false;
     };
     let covers = commit.progress.as_ref().map(|p| p.seq);
+    #[cfg(feature = "metrics")]
+    let started = Instant::now();
     let joined = tokio::task::spawn_blocking(move || {
         let result = store.commit(&commit);
         (store, commit, result)
@@ -226,6 +229,8 @@ async fn commit(shared: &Shared, storage: &mut Option<Box<dyn Storage>>) -> bool
     let ok = result.is_ok();
     *storage = Some(store);
     let mut core = shared.lock();
+    #[cfg(feature = "metrics")]
+    crate::region::metrics::commit_latency(&core.name, started.elapsed());
     core.commit_done(&commit, &result);
     let seq = core.durable.as_ref().map_or(0, |d| d.seq);
     drop(core);
@@ -311,6 +316,8 @@ pub(crate) async fn run<T: Transport>(
     let mut tick = tokio::time::interval(config.batch_delay);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut shutdown: Option<(oneshot::Sender<()>, Instant)> = None;
+    #[cfg(feature = "metrics")]
+    let mut published_at: Option<Instant> = None;
     loop {
         // A panic under the lock (here, or in a region call) may have left
         // the state half-changed: stop rather than ship it.
@@ -417,6 +424,11 @@ pub(crate) async fn run<T: Transport>(
                 // Anti-entropy keeps running while shutting down: peers whose
                 // outbox was dropped are repaired before we go.
                 out.extend(core.due_syncs(now));
+                #[cfg(feature = "metrics")]
+                if published_at.is_none_or(|at| now.duration_since(at) >= crate::region::metrics::METRICS_PUBLISH_INTERVAL) {
+                    published_at = Some(now);
+                    crate::region::metrics::publish(&core);
+                }
                 drop(core);
                 send_all(&transport, out);
             }

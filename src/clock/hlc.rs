@@ -241,6 +241,12 @@ impl Hlc {
         Timestamp(self.last.load(Ordering::Acquire))
     }
 
+    /// The physical clock's reading in ms, without moving this clock: what
+    /// a region measures replication lag against.
+    pub fn wall_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
     /// A new reading, larger than every earlier one of this clock.
     pub fn now(&self) -> Timestamp {
         let wall = Timestamp::new(self.clock.now_ms(), 0).0;

@@ -160,6 +160,10 @@ pub struct PeerStats {
     pub since_contact: Option<Duration>,
     /// Our writes queued for it in the outbox.
     pub outbox_len: u64,
+    /// Replication lag: how long ago (by this region's clock) the oldest of
+    /// our writes it has not acknowledged was made; zero when it has
+    /// acknowledged every one.
+    pub lag: Duration,
 }
 
 /// One table, as a region holds it.

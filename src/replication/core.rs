@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
+use super::lag::WriteMarks;
 use super::message::{self, Blob, Entries, Message};
 use super::outbox::{Append, Outbox};
 use super::store::{
@@ -265,6 +266,9 @@ pub(crate) struct Core {
     pub(crate) table_slots: FastMap<Arc<str>, usize>,
     pub(crate) undeclared: HashMap<String, UndeclaredStore>,
     pub(crate) outbox: Outbox,
+    /// When the writes not acknowledged by every peer were made: the
+    /// peers' replication lag.
+    pub(crate) write_marks: WriteMarks,
     /// Bumped whenever another region's writes are added to `applied`:
     /// the outbox cuts a segment there.
     pub(crate) remote_generation: u64,
@@ -397,6 +401,7 @@ impl Core {
             table_slots: FastMap::default(),
             undeclared: HashMap::new(),
             outbox: Outbox::default(),
+            write_marks: WriteMarks::default(),
             remote_generation: 0,
             taken_seq: 0,
             delta_scratch: Vec::new(),
@@ -752,6 +757,7 @@ impl Core {
                 self.config.batch_len_max,
                 self.config.batch_bytes_max,
             );
+            self.write_marks.record(self.seq, self.hlc.wall_ms());
             if let Some(durable) = &mut self.durable {
                 durable.outbox_from.get_or_insert(self.seq);
             }
@@ -825,6 +831,20 @@ impl Core {
             .min()
             .unwrap_or(seq);
         self.outbox.truncate(min_claim);
+        let min_acked = self.peers.values().map(|p| p.acked).min().unwrap_or(seq);
+        self.write_marks.truncate(min_acked);
+    }
+
+    /// A peer's replication lag: how long ago the oldest of our writes it
+    /// has not acknowledged was made, by our wall clock; zero when it has
+    /// them all.
+    pub(crate) fn lag_of(&self, peer: &PeerState) -> std::time::Duration {
+        if peer.acked >= self.seq {
+            return std::time::Duration::ZERO;
+        }
+        let made = self.write_marks.written_at(peer.acked + 1);
+        let age_ms = made.map_or(0, |ms| self.hlc.wall_ms().saturating_sub(ms));
+        std::time::Duration::from_millis(age_ms)
     }
 
     // ----- sending ------------------------------------------------------------

@@ -1,0 +1,91 @@
+//! Operator metrics (feature `metrics`): what the engine publishes through
+//! the [`metrics`] facade. The table of metrics is in the `region` module
+//! page, section "Metrics".
+
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+
+use crate::replication::core::Core;
+
+/// How often the engine publishes its gauges and counters (at most): on
+/// its tick, once this long has passed since the last time.
+pub(crate) const METRICS_PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A peer's status gauge: 0 in sync, 1 syncing, 2 disconnected.
+///
+/// In sync: connected, every write of ours acknowledged, no repair by
+/// anti-entropy pending, and none of its writes we know of unapplied.
+fn peer_status(connected: bool, unacknowledged: u64, repair: bool, behind: u64) -> f64 {
+    if !connected {
+        2.0
+    } else if unacknowledged == 0 && !repair && behind == 0 {
+        0.0
+    } else {
+        1.0
+    }
+}
+
+/// Publishes the region's gauges and counters (absolute values of what the
+/// engine counts). Called by the engine under the state's lock it already
+/// holds on its tick.
+pub(crate) fn publish(core: &Core) {
+    let region = core.name.clone();
+    for (name, peer) in &core.peers {
+        let labels = [("region", region.clone()), ("peer", name.clone())];
+        let unacknowledged = core.seq.saturating_sub(peer.acked);
+        let behind = peer
+            .replica
+            .map_or(0, |r| peer.its_seq_seen.saturating_sub(core.applied.get(r)));
+        gauge!("archipelago_replication_lag_seconds", &labels).set(core.lag_of(peer).as_secs_f64());
+        gauge!("archipelago_replication_lag_updates", &labels).set(unacknowledged as f64);
+        gauge!("archipelago_peer_status", &labels).set(peer_status(
+            peer.connected,
+            unacknowledged,
+            peer.needs_sync,
+            behind,
+        ));
+    }
+    let labels = [("region", region.clone())];
+    gauge!("archipelago_outbox_len", &labels).set(core.outbox.len() as f64);
+    gauge!("archipelago_outbox_bytes", &labels).set(core.outbox.bytes() as f64);
+    gauge!("archipelago_causal_buffer_len", &labels).set(core.buffer.len() as f64);
+    let c = &core.counters;
+    for (name, value) in [
+        ("archipelago_batches_sent_total", c.batches_sent),
+        ("archipelago_batches_applied_total", c.batches_applied),
+        ("archipelago_batches_dropped_total", c.batches_dropped),
+        ("archipelago_rejected_frames_total", c.rejected_frames),
+        ("archipelago_outbox_overflows_total", c.outbox_overflows),
+        ("archipelago_anti_entropy_rounds_total", c.syncs_completed),
+        (
+            "archipelago_anti_entropy_states_received_total",
+            c.sync_states_received,
+        ),
+        ("archipelago_refused_handshakes_total", c.refused_handshakes),
+        ("archipelago_values_ahead_total", c.values_ahead),
+        ("archipelago_commits_total", c.commits),
+        ("archipelago_commit_failures_total", c.commit_failures),
+    ] {
+        counter!(name, &labels).absolute(value);
+    }
+    for slot in &core.tables {
+        if let Some(count) = &slot.conflicts {
+            let labels = [("region", region.clone()), ("table", slot.name.to_string())];
+            counter!("archipelago_conflicts_total", &labels).absolute(count());
+        }
+    }
+}
+
+/// Records how long a session read or write waited for this region to
+/// catch up.
+pub(crate) fn session_wait(region: &str, waited: Duration) {
+    histogram!("archipelago_session_wait_seconds", "region" => region.to_owned())
+        .record(waited.as_secs_f64());
+}
+
+/// Records how long a commit to storage took.
+pub(crate) fn commit_latency(region: &str, took: Duration) {
+    histogram!("archipelago_commit_seconds", "region" => region.to_owned())
+        .record(took.as_secs_f64());
+}
