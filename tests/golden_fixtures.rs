@@ -233,3 +233,20 @@ fn a_redb_store_of_format_2_opens_with_its_identity_and_tables() {
     });
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The human-readable form: a set never deleted is the list of its
+/// versions, as before deletes; a deleted one names its delete context.
+#[test]
+fn version_sets_round_trip_through_json_in_both_forms() {
+    let mut set = VersionSet::new();
+    set.write(stamp(7, TOKYO), "Aiko".to_string());
+    let json = serde_json::to_string(&set).unwrap();
+    assert!(json.starts_with('['), "a list of versions: {json}");
+    assert_eq!(serde_json::from_str::<VersionSet<String>>(&json).unwrap(), set);
+    set.remove();
+    let json = serde_json::to_string(&set).unwrap();
+    assert!(json.contains("\"removed\""), "{json}");
+    let back: VersionSet<String> = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, set);
+    assert!(back.is_empty() && !back.removed().is_empty());
+}
