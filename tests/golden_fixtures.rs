@@ -242,7 +242,10 @@ fn version_sets_round_trip_through_json_in_both_forms() {
     set.write(stamp(7, TOKYO), "Aiko".to_string());
     let json = serde_json::to_string(&set).unwrap();
     assert!(json.starts_with('['), "a list of versions: {json}");
-    assert_eq!(serde_json::from_str::<VersionSet<String>>(&json).unwrap(), set);
+    assert_eq!(
+        serde_json::from_str::<VersionSet<String>>(&json).unwrap(),
+        set
+    );
     set.remove();
     let json = serde_json::to_string(&set).unwrap();
     assert!(json.contains("\"removed\""), "{json}");
