@@ -288,6 +288,7 @@ mod error;
 pub(crate) mod metrics;
 mod stats;
 mod table;
+pub mod transaction;
 pub mod watch;
 
 pub use config::{PROTOCOL_VERSION, PROTOCOL_VERSION_MIN, RegionConfig};
@@ -295,6 +296,7 @@ pub use error::{EngineFailure, HandshakeRefusal, RegionError};
 pub use stats::{PeerFlush, PeerStats, RegionStats, ShutdownReport, TableStats};
 use table::Declared;
 pub use table::{ResolverTable, Scan, Table};
+pub use transaction::Transaction;
 pub use watch::{Change, ChangeSource, ChangeStream};
 
 /// What a mutator knows about the write it makes.
