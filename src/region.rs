@@ -80,7 +80,21 @@
 //! `warn` event and counted in [`Scan::skipped`] and
 //! [`TableStats::undecodable_keys`].
 //!
-//! ## Deletes
+//! ## Transactions
+//! [`Region::transaction`] applies writes to several keys and tables here
+//! as one unit (all or none: a closure error or panic applies nothing) and
+//! appends them to the outbox as one group that no segment, batch, commit
+//! or resend boundary cuts: a peer applies them in one batch under one
+//! lock, after their dependencies. Reads inside see one snapshot plus the
+//! transaction's own writes; a read-only transaction is the way to read
+//! several keys consistently (separate reads outside one are each of their
+//! moment: no isolation between them). Bounds: `batch_len_max` writes,
+//! `batch_bytes_max` bytes ([`RegionError::TransactionTooLarge`]). Change
+//! streams get a transaction's events consecutively, published under the
+//! same lock. Anti-entropy replies are built and applied under one lock;
+//! values it sets aside (stamps past the clock bound, undeclared tables)
+//! are not yet kept transaction-whole: a known limit.
+//!
 //! [`ResolverTable::delete`] and [`Table::delete`] (for values that are
 //! [`Reset`](crate::crdt::Reset)) are observed-removes, replicated as
 //! writes with a session token:
@@ -288,6 +302,7 @@ mod error;
 pub(crate) mod metrics;
 mod stats;
 mod table;
+pub mod transaction;
 pub mod watch;
 
 pub use config::{PROTOCOL_VERSION, PROTOCOL_VERSION_MIN, RegionConfig};
@@ -295,6 +310,7 @@ pub use error::{EngineFailure, HandshakeRefusal, RegionError};
 pub use stats::{PeerFlush, PeerStats, RegionStats, ShutdownReport, TableStats};
 use table::Declared;
 pub use table::{ResolverTable, Scan, Table};
+pub use transaction::Transaction;
 pub use watch::{Change, ChangeSource, ChangeStream};
 
 /// What a mutator knows about the write it makes.

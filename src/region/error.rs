@@ -41,6 +41,22 @@ pub enum RegionError {
         /// [`RegionConfig::scan_keys_max`].
         max: usize,
     },
+    /// A transaction past [`RegionConfig::batch_len_max`] writes or
+    /// [`RegionConfig::batch_bytes_max`] bytes of keys and deltas: nothing
+    /// was applied.
+    #[error(
+        "transaction of {writes} writes and {bytes} bytes, more than {writes_max} writes or {bytes_max} bytes"
+    )]
+    TransactionTooLarge {
+        /// Writes it staged.
+        writes: usize,
+        /// Bytes of keys and deltas.
+        bytes: usize,
+        /// [`RegionConfig::batch_len_max`].
+        writes_max: usize,
+        /// [`RegionConfig::batch_bytes_max`].
+        bytes_max: usize,
+    },
     /// A key or value could not be encoded.
     #[error("encoding: {0}")]
     Encode(#[from] WireError),

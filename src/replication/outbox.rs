@@ -12,6 +12,13 @@
 //! closed when that changes, so a batch cut anywhere in it carries exact
 //! dependencies (a larger vector could name a write that itself waits on a
 //! later write of this batch's origin: a deadlock until anti-entropy).
+//!
+//! A transaction's writes are appended as a *group* (between
+//! [`Outbox::begin_group`] and [`Outbox::end_group`], under one lock take):
+//! all in one segment, a fresh one when the open segment could not hold
+//! them all, never cut by `len_max`/`bytes_max` inside. Every other
+//! boundary (a batch's `last_max`, the part of a segment a commit stores)
+//! is taken from state under the same lock, so it falls between groups.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -68,6 +75,12 @@ pub(crate) struct Outbox {
     segments: VecDeque<Segment>,
     len: usize,
     bytes: usize,
+    /// A group (a transaction) is being appended: no cut inside it.
+    group: bool,
+    /// The next append opens a fresh segment (a group did not fit).
+    fresh: bool,
+    /// Sequence number the open group starts at (checked at its end).
+    group_first: u64,
 }
 
 /// Where a write goes and what it carries.
@@ -107,12 +120,13 @@ impl Outbox {
         bytes_max: usize,
     ) {
         let size = write.key.len() + write.delta.len();
-        let open = self.segments.back().is_some_and(|s| {
-            s.generation == generation
-                && s.len < len_max as u64
-                && s.packed.len() + size <= bytes_max
-                && s.last() + 1 == write.seq
-        });
+        let grouped = self.group;
+        let open = !std::mem::take(&mut self.fresh)
+            && self.segments.back().is_some_and(|s| {
+                s.generation == generation
+                    && (grouped || (s.len < len_max as u64 && s.packed.len() + size <= bytes_max))
+                    && s.last() + 1 == write.seq
+            });
         if !open {
             self.bytes += SEGMENT_OVERHEAD;
             self.segments.push_back(Segment {
@@ -138,6 +152,47 @@ impl Outbox {
         segment.bytes += size;
         self.len += 1;
         self.bytes += size;
+    }
+
+    /// Starts a group of `writes` appends carrying `bytes` of keys and
+    /// deltas, the first at `seq`: they all go into one segment (a fresh
+    /// one unless the open segment holds them within `len_max` and
+    /// `bytes_max`), so no batch, resend or stored part starts or ends
+    /// inside them.
+    pub(crate) fn begin_group(
+        &mut self,
+        seq: u64,
+        writes: usize,
+        bytes: usize,
+        len_max: usize,
+        bytes_max: usize,
+    ) {
+        debug_assert!(!self.group, "groups do not nest");
+        let fits = self.segments.back().is_some_and(|s| {
+            s.len + writes as u64 <= len_max as u64 && s.packed.len() + bytes <= bytes_max
+        });
+        self.fresh = !fits;
+        self.group = true;
+        self.group_first = seq;
+    }
+
+    /// Ends the group begun by [`begin_group`](Outbox::begin_group).
+    pub(crate) fn end_group(&mut self) {
+        debug_assert!(self.group, "a group was begun");
+        self.group = false;
+        self.fresh = false;
+        // (The outbox may have been shed meanwhile: then nothing is left to
+        // check; otherwise the group is in the back segment.)
+        debug_assert!(
+            self.segments
+                .front()
+                .is_none_or(|f| f.first > self.group_first)
+                || self
+                    .segments
+                    .back()
+                    .is_some_and(|s| s.first <= self.group_first),
+            "a group's writes share one segment"
+        );
     }
 
     /// The batch of writes from `first` to the end of the segment holding
