@@ -256,7 +256,7 @@
 //! | `archipelago_batches_sent_total` | counter | | batches | batches sent, retransmissions included |
 //! | `archipelago_batches_applied_total` | counter | | batches | batches applied |
 //! | `archipelago_batches_dropped_total` | counter | | batches | batches dropped from a full causal buffer |
-//! | `archipelago_rejected_frames_total` | counter | | frames | frames refused ([`RegionStats::rejected_frames`]) |
+//! | `archipelago_rejected_frames_total` | counter | `reason` | frames | frames refused, by [`RejectReason::as_str`] ([`RegionStats::rejected_by_reason`]) |
 //! | `archipelago_outbox_overflows_total` | counter | | events | times the outbox outgrew its bound |
 //! | `archipelago_anti_entropy_rounds_total` | counter | | exchanges | anti-entropy exchanges completed |
 //! | `archipelago_anti_entropy_states_received_total` | counter | | key states | key states received through anti-entropy |
@@ -307,7 +307,7 @@ pub mod watch;
 
 pub use config::{PROTOCOL_VERSION, PROTOCOL_VERSION_MIN, RegionConfig};
 pub use error::{EngineFailure, HandshakeRefusal, RegionError};
-pub use stats::{PeerFlush, PeerStats, RegionStats, ShutdownReport, TableStats};
+pub use stats::{PeerFlush, PeerStats, RegionStats, RejectReason, ShutdownReport, TableStats};
 use table::Declared;
 pub use table::{ResolverTable, Scan, Table};
 pub use transaction::Transaction;
@@ -1063,6 +1063,10 @@ impl Region {
             batches_applied: c.batches_applied,
             batches_dropped: c.batches_dropped,
             rejected_frames: c.rejected_frames,
+            rejected_by_reason: RejectReason::ALL
+                .iter()
+                .map(|&r| (r, c.rejected_by_reason[r.index()]))
+                .collect(),
             undecodable_values: c.undecodable_values,
             outbox_overflows: c.outbox_overflows,
             syncs_completed: c.syncs_completed,

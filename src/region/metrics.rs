@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use metrics::{counter, gauge, histogram};
 
+use crate::region::RejectReason;
 use crate::replication::core::Core;
 
 /// How often the engine publishes its gauges and counters (at most): on
@@ -55,7 +56,6 @@ pub(crate) fn publish(core: &Core) {
         ("archipelago_batches_sent_total", c.batches_sent),
         ("archipelago_batches_applied_total", c.batches_applied),
         ("archipelago_batches_dropped_total", c.batches_dropped),
-        ("archipelago_rejected_frames_total", c.rejected_frames),
         ("archipelago_outbox_overflows_total", c.outbox_overflows),
         ("archipelago_anti_entropy_rounds_total", c.syncs_completed),
         (
@@ -68,6 +68,14 @@ pub(crate) fn publish(core: &Core) {
         ("archipelago_commit_failures_total", c.commit_failures),
     ] {
         counter!(name, &labels).absolute(value);
+    }
+    for reason in RejectReason::ALL {
+        let labels = [
+            ("region", region.clone()),
+            ("reason", reason.as_str().to_owned()),
+        ];
+        counter!("archipelago_rejected_frames_total", &labels)
+            .absolute(c.rejected_by_reason[reason.index()]);
     }
     for slot in &core.tables {
         if let Some(count) = &slot.conflicts {

@@ -26,6 +26,9 @@ pub struct RegionStats {
     pub batches_dropped: u64,
     /// Frames refused as malformed or out of bounds.
     pub rejected_frames: u64,
+    /// `rejected_frames` by reason: every [`RejectReason`], in the order
+    /// of [`RejectReason::ALL`] (see [`RegionStats::rejected`]).
+    pub rejected_by_reason: Vec<(RejectReason, u64)>,
     /// Values from peers dropped because they do not decode as their
     /// table's value type (a table declared with different types in two
     /// regions, or corruption); the rest of their batch was applied.
@@ -178,4 +181,70 @@ pub struct TableStats {
     pub undecodable_keys: u64,
     /// Conflicts resolved here (resolver tables).
     pub conflicts: u64,
+}
+
+/// Why a frame from a peer was refused: the `reason` label of
+/// `archipelago_rejected_frames_total` and of the `rejected input` event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    /// The frame, or entries or digests inside it, do not decode.
+    Undecodable,
+    /// Well-framed but inconsistent: a bad origin, sequence range, entry
+    /// count, chunk index or bucket, or a transfer without its vector.
+    Malformed,
+    /// A batch for an origin that is not the sending peer.
+    NotSenderOrigin,
+    /// A claim about writes of ours we never made or never sent it.
+    ForgedClaim,
+    /// Over a bound: a transfer over `sync_transfer_bytes_max`, or values
+    /// of undeclared tables over their limit.
+    OverLimit,
+    /// A value stamped past this clock plus its max offset.
+    ClockAhead,
+    /// A message the negotiated protocol does not have.
+    Protocol,
+}
+
+impl RejectReason {
+    /// Every reason, in the order of [`RegionStats::rejected_by_reason`].
+    pub const ALL: [RejectReason; 7] = [
+        RejectReason::Undecodable,
+        RejectReason::Malformed,
+        RejectReason::NotSenderOrigin,
+        RejectReason::ForgedClaim,
+        RejectReason::OverLimit,
+        RejectReason::ClockAhead,
+        RejectReason::Protocol,
+    ];
+
+    /// Its label value, e.g. `"not_sender_origin"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::Undecodable => "undecodable",
+            RejectReason::Malformed => "malformed",
+            RejectReason::NotSenderOrigin => "not_sender_origin",
+            RejectReason::ForgedClaim => "forged_claim",
+            RejectReason::OverLimit => "over_limit",
+            RejectReason::ClockAhead => "clock_ahead",
+            RejectReason::Protocol => "protocol",
+        }
+    }
+
+    /// Its index in [`RejectReason::ALL`].
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl std::fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl RegionStats {
+    /// Frames refused for `reason` (they sum to `rejected_frames`).
+    pub fn rejected(&self, reason: RejectReason) -> u64 {
+        self.rejected_by_reason[reason.index()].1
+    }
 }

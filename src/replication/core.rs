@@ -20,7 +20,7 @@ use super::store::{
 };
 use crate::clock::{Dot, Hlc, ReplicaId, Timestamp, VersionVector};
 use crate::hash::FastMap;
-use crate::region::{HandshakeRefusal, PROTOCOL_VERSION_MIN, RegionConfig};
+use crate::region::{HandshakeRefusal, PROTOCOL_VERSION_MIN, RegionConfig, RejectReason};
 use crate::session::SessionToken;
 use crate::storage::{Commit, Progress, Snapshot, StorageError};
 use crate::wire;
@@ -360,6 +360,8 @@ pub(crate) struct Counters {
     pub(crate) batches_buffered: u64,
     pub(crate) batches_dropped: u64,
     pub(crate) rejected_frames: u64,
+    /// `rejected_frames` by [`RejectReason::index`].
+    pub(crate) rejected_by_reason: [u64; RejectReason::ALL.len()],
     /// Values dropped because they did not decode as their table's type.
     pub(crate) undecodable_values: u64,
     pub(crate) outbox_overflows: u64,

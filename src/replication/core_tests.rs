@@ -376,6 +376,11 @@ fn an_oversized_transfer_is_aborted_whole() {
 
     assert!(out.is_empty(), "no ack, no push: {out:?}");
     assert_eq!(a.counters.rejected_frames, 1);
+    let over = crate::region::RejectReason::OverLimit.index();
+    assert_eq!(
+        a.counters.rejected_by_reason[over], 1,
+        "counted as over_limit"
+    );
     assert!((1..=6).all(|key| read(&a, "hits", key).is_none()));
     assert_eq!(a.applied.get(rid(2)), 0);
     assert!(a.sync_inbox.is_empty() && a.syncs.is_empty());
@@ -506,6 +511,11 @@ fn a_batch_whose_range_does_not_match_its_entries_is_rejected() {
     let out = a.on_message("b", forged, now());
     assert!(out.is_empty(), "not acked: {out:?}");
     assert_eq!(a.counters.rejected_frames, 1);
+    let malformed = crate::region::RejectReason::Malformed.index();
+    assert_eq!(
+        a.counters.rejected_by_reason[malformed], 1,
+        "counted as malformed"
+    );
     assert_eq!(a.applied.get(rid(3)), 0);
 
     // c's genuine batch is applied and acked for what it holds.

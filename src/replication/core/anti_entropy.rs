@@ -96,7 +96,11 @@ impl Core {
             .map(|(t, d)| unpack(&d).map(|d| (t, d)))
             .collect::<Option<Vec<_>>>()
         else {
-            self.reject(from, "sync request with malformed digests");
+            self.reject(
+                from,
+                RejectReason::Undecodable,
+                "sync request with malformed digests",
+            );
             return Vec::new();
         };
         let mine = self.digests();
@@ -263,14 +267,22 @@ impl Core {
         now: Instant,
     ) -> Option<SyncInbox> {
         if chunks == 0 || chunk >= chunks || chunks as usize > SYNC_CHUNKS_MAX {
-            self.reject(from, "sync states with a bad chunk index");
+            self.reject(
+                from,
+                RejectReason::Malformed,
+                "sync states with a bad chunk index",
+            );
             return None;
         }
         if buckets
             .iter()
             .any(|(_, list)| list.iter().any(|&b| b as usize >= DIGEST_BUCKETS))
         {
-            self.reject(from, "sync states naming a bucket out of range");
+            self.reject(
+                from,
+                RejectReason::Malformed,
+                "sync states naming a bucket out of range",
+            );
             return None;
         }
         for (_, list) in &mut buckets {
@@ -293,6 +305,7 @@ impl Core {
         if let Err(error) = message::count_entries(&part.1.0, part.0.len()) {
             self.reject(
                 from,
+                RejectReason::Undecodable,
                 &format!("sync states with malformed entries: {error}"),
             );
             return None;
@@ -317,7 +330,11 @@ impl Core {
             });
         if inbox.chunks.len() != chunks as usize {
             self.sync_inbox.remove(&slot);
-            self.reject(from, "sync states with an inconsistent chunk count");
+            self.reject(
+                from,
+                RejectReason::Malformed,
+                "sync states with an inconsistent chunk count",
+            );
             return None;
         }
         inbox.at = now;
@@ -337,7 +354,7 @@ impl Core {
                 "anti-entropy transfer over sync_transfer_bytes_max ({} bytes): the peer stays behind until it is raised",
                 self.config.sync_transfer_bytes_max
             );
-            self.reject(from, &why);
+            self.reject(from, RejectReason::OverLimit, &why);
             return None;
         }
         if inbox.chunks.iter().any(Option::is_none) {
@@ -370,7 +387,11 @@ impl Core {
         };
         let Some(their_applied) = inbox.applied else {
             self.abort_sync(from, push);
-            self.reject(from, "sync transfer without its applied vector");
+            self.reject(
+                from,
+                RejectReason::Malformed,
+                "sync transfer without its applied vector",
+            );
             return Vec::new();
         };
         if their_applied.get(self.replica) > self.seq {
@@ -378,7 +399,11 @@ impl Core {
             // with our replica id. Believing it would make us skip our own
             // next writes everywhere.
             self.abort_sync(from, push);
-            self.reject(from, "sync transfer claims writes of ours we never made");
+            self.reject(
+                from,
+                RejectReason::ForgedClaim,
+                "sync transfer claims writes of ours we never made",
+            );
             return Vec::new();
         }
         let all: Vec<(Vec<String>, Blob)> = inbox.chunks.into_iter().flatten().collect();

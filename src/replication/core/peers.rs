@@ -106,7 +106,11 @@ impl Core {
         let ours_max = self.config.protocol_version_max;
         if ours_max < 2 {
             // As a build of protocol 1: a frame it cannot read.
-            self.reject(from, "unknown message (protocol 1 announces no version)");
+            self.reject(
+                from,
+                RejectReason::Protocol,
+                "unknown message (protocol 1 announces no version)",
+            );
             return;
         }
         let name = self.name.clone();

@@ -71,7 +71,11 @@ impl Core {
                         // It cannot hold these: truncating our log on its
                         // word would lose them for it (and for whoever
                         // catches up from it).
-                        self.reject(from, "acknowledgement of writes of ours it was never sent");
+                        self.reject(
+                            from,
+                            RejectReason::ForgedClaim,
+                            "acknowledgement of writes of ours it was never sent",
+                        );
                         return Vec::new();
                     }
                     let peer = self.peers.get_mut(from).expect("touched above");
@@ -146,11 +150,17 @@ impl Core {
             || last < first
             || entries.as_ref().ok() != Some(&(last - first + 1))
         {
-            let why = match entries {
-                Err(error) => format!("batch with malformed entries: {error}"),
-                Ok(_) => "batch with a bad origin, sequence range or entry count".to_owned(),
+            let (reason, why) = match entries {
+                Err(error) => (
+                    RejectReason::Undecodable,
+                    format!("batch with malformed entries: {error}"),
+                ),
+                Ok(_) => (
+                    RejectReason::Malformed,
+                    "batch with a bad origin, sequence range or entry count".to_owned(),
+                ),
             };
-            self.reject(from, &why);
+            self.reject(from, reason, &why);
             return Vec::new();
         }
         // A peer speaks for one origin only: itself. A batch of a replica
@@ -176,12 +186,20 @@ impl Core {
                 .iter()
                 .any(|(name, p)| name != from && p.replica == Some(origin))
         {
-            self.reject(from, "batch for an origin that is not the sending peer");
+            self.reject(
+                from,
+                RejectReason::NotSenderOrigin,
+                "batch for an origin that is not the sending peer",
+            );
             return Vec::new();
         }
         if batch.deps.get(self.replica) > self.sendable() {
             // It would wait for writes of ours that do not exist.
-            self.reject(from, "batch depending on writes of ours we never made");
+            self.reject(
+                from,
+                RejectReason::ForgedClaim,
+                "batch depending on writes of ours we never made",
+            );
             return Vec::new();
         }
         // Follow the sender's clock, within the offset bound: the data is
@@ -344,7 +362,10 @@ impl Core {
             let (table, key, value) = match entry {
                 Ok(entry) => entry,
                 Err(error) => {
-                    failed = Some(format!("malformed entry: {error}"));
+                    failed = Some((
+                        RejectReason::Undecodable,
+                        format!("malformed entry: {error}"),
+                    ));
                     break;
                 }
             };
@@ -363,9 +384,12 @@ impl Core {
                         }
                         Err(StageError::Ahead { stamp }) => {
                             self.counters.values_ahead += 1;
-                            failed = Some(format!(
-                                "a value of table {} stamped {stamp}, past this clock's bound {stamps_max}: the writer's clock runs ahead (sent again, it lands once the clocks are within the max offset)",
-                                tables[table]
+                            failed = Some((
+                                RejectReason::ClockAhead,
+                                format!(
+                                    "a value of table {} stamped {stamp}, past this clock's bound {stamps_max}: the writer's clock runs ahead (sent again, it lands once the clocks are within the max offset)",
+                                    tables[table]
+                                ),
                             ));
                             break;
                         }
@@ -389,13 +413,16 @@ impl Core {
         }
         let total: usize = self.undeclared.values().map(|u| u.bytes).sum();
         if failed.is_none() && total + incoming > UNDECLARED_BYTES_MAX {
-            failed = Some("values for undeclared tables over the limit".to_owned());
+            failed = Some((
+                RejectReason::OverLimit,
+                "values for undeclared tables over the limit".to_owned(),
+            ));
         }
-        if let Some(why) = failed {
+        if let Some((reason, why)) = failed {
             for slot in staged {
                 self.tables[slot].store.unstage();
             }
-            self.reject(from, &why);
+            self.reject(from, reason, &why);
             return None;
         }
         if !set_aside.is_empty() {
@@ -474,12 +501,19 @@ impl Core {
         true
     }
 
-    pub(super) fn reject(&mut self, from: &str, why: &str) {
+    /// Counts a refused frame under its `reason` and logs `why`.
+    pub(super) fn reject(&mut self, from: &str, reason: RejectReason, why: &str) {
         self.counters.rejected_frames += 1;
-        tracing::warn!(region = %self.name, peer = from, reason = why, "rejected input");
+        self.counters.rejected_by_reason[reason.index()] += 1;
+        debug_assert_eq!(
+            self.counters.rejected_by_reason.iter().sum::<u64>(),
+            self.counters.rejected_frames,
+            "the reasons sum to the total"
+        );
+        tracing::warn!(region = %self.name, peer = from, reason = reason.as_str(), why, "rejected input");
     }
 
     pub(crate) fn on_undecodable(&mut self, from: &str, error: &wire::WireError) {
-        self.reject(from, &error.to_string());
+        self.reject(from, RejectReason::Undecodable, &error.to_string());
     }
 }
