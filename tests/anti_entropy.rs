@@ -2,7 +2,7 @@
 //! differ, the bytes exchanged stay under 5% of a full-state transfer; and a
 //! peer whose outbox overflowed while it was away is repaired by it.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

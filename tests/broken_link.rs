@@ -4,7 +4,7 @@
 //! a region c cannot hear from), not at the periodic anti-entropy 30 s
 //! later. Default `RegionConfig`.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! A reply is never visible without the post it answers, whichever path
 //! the messages take: the post travels a slow link, the reply a fast one.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! report local and replicated changes, never block replication, and tell
 //! a subscriber that fell behind. Default `RegionConfig` throughout.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! refused until the receiver's clock is within the offset, and a write
 //! made after the value was seen wins over it. Default `RegionConfig`.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -15,7 +15,7 @@
 //! schedule is printed with its seed and replays from proptest's
 //! regression file.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -10,7 +10,7 @@
 
 #![cfg(feature = "redb")]
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
@@ -138,7 +138,8 @@ fn acknowledged_local_writes_survive_sigkill() {
                 .as_nanos() as u64
                 | 1
         });
-    let replay = format!("replay: CRASH_SEED={seed} CRASH_KILLS={kills} cargo test --test crash");
+    let replay =
+        format!("replay: CRASH_SEED={seed} CRASH_KILLS={kills} cargo test --test suite crash::");
     let mut rng = Rng(seed);
     let dir = std::env::temp_dir().join(format!("archipelago-crash-{}-{seed}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -148,7 +149,12 @@ fn acknowledged_local_writes_survive_sigkill() {
     let mut total_extra = 0;
     for run in 0..kills {
         let mut child = Command::new(&exe)
-            .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
+            .args([
+                "crash::crash_child",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("CRASH_CHILD_DIR", &dir)
             .env("CRASH_CHILD_FROM", (run * RUN_KEYS).to_string())
             .stdout(Stdio::piped())
@@ -511,7 +517,7 @@ fn journaled_commits_survive_a_disk_that_loses_unsynced_writes() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
-    let replay = format!("replay: CRASH_SEED={seed} cargo test --test crash journaled");
+    let replay = format!("replay: CRASH_SEED={seed} cargo test --test suite crash::journaled");
     let mut rng = Rng(seed);
     let open = |disk: &disk::CrashDisk| {
         RedbStorage::with_backend(disk.clone())

@@ -4,7 +4,7 @@
 //! ended by a repair, a pinned id restarted without storage, a retired
 //! peer's hellos counted once per connection.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -8,15 +8,12 @@
 //! seed (a failure prints both, and the execution to replay):
 //!
 //! ```text
-//! FUZZ_EXECS=10000000 FUZZ_SEED=7 cargo test --release --test fuzz -- --nocapture
+//! FUZZ_EXECS=10000000 FUZZ_SEED=7 cargo test --release --test suite fuzz:: -- --nocapture
 //! ```
 
 use std::time::Instant;
 
-use archipelago::testing::fuzz::{self, CountingAllocator, FuzzConfig};
-
-#[global_allocator]
-static ALLOCATOR: CountingAllocator = CountingAllocator;
+use archipelago::testing::fuzz::{self, FuzzConfig};
 
 /// Executions when `FUZZ_EXECS` is unset: what CI runs.
 const EXECS_DEFAULT: u64 = 100_000;

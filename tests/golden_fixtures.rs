@@ -10,14 +10,14 @@
 //!   the old one, and commit a new fixture set beside the old (never
 //!   rewrite an old fixture).
 //!
-//! `ARCHIPELAGO_BLESS_FIXTURES=1 cargo test --test golden_fixtures` writes
+//! `ARCHIPELAGO_BLESS_FIXTURES=1 cargo test --test suite golden_fixtures::` writes
 //! fixtures that are missing (never overwrites one).
 //!
 //! The engine's frames (hello, batch, acknowledgement, anti-entropy) are
 //! checked the same way inside the crate (`replication::message`), from
 //! `tests/fixtures/frames/`.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

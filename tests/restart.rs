@@ -5,7 +5,7 @@
 //! is only repaired by the periodic exchange misses the 2 s bound, and each
 //! asserts the counters that reveal hidden repair.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! outboxes stop keeping writes for it, and it is refused if it comes
 //! back, across restarts too. Default `RegionConfig` timings.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Regression tests of the region engine for findings of a review: each
 //! replays the scenario that was broken and checks the fixed behaviour.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

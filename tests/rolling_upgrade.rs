@@ -3,7 +3,7 @@
 //! of protocol 1 speaks); both replicate both ways, and once both speak
 //! the current one they agree on it.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! violations; and a session read that cannot be served in time errors
 //! instead of returning stale data.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! healthy peers keep receiving batches. Default `RegionConfig` but for a
 //! small outbox bound (the bound is what is tested).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -5,7 +5,7 @@
 //! Real time, real sockets: every wait polls a condition, bounded by
 //! `WAIT_MAX`, rather than sleeping for a time that assumes a fast machine.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::Duration;

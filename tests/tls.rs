@@ -8,7 +8,7 @@
 //! Real time, real sockets: every wait polls a condition, bounded by
 //! `WAIT_MAX`. Every region runs on the default `RegionConfig`.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

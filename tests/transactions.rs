@@ -1,7 +1,7 @@
 //! Transactions are seen whole in every region: a checker over random
 //! workloads under loss, partitions and heals.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! `RegionConfig` timings: nothing here waits for the periodic anti-entropy
 //! (30 s).
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;

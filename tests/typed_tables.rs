@@ -2,7 +2,7 @@
 //! consistent snapshot, borrowed reads and observed-remove deletes, on the
 //! default `RegionConfig`.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! values that break their type's join are refused with the rule they
 //! break.
 //!
-//! This binary counts allocations (`CountingAllocator`): every decode's
+//! The suite counts allocations (`CountingAllocator`, in `suite.rs`): every decode's
 //! peak heap is checked against `decode_peak_cap_bytes` of its frame.
 
 use archipelago::clock::{CausalContext, Dot, ReplicaId, Stamp, Timestamp, VersionVector};
@@ -11,14 +11,11 @@ use archipelago::crdt::{
     BoundedCounter, Crdt, GCounter, LwwMap, LwwRegister, MvRegister, OrMap, OrSet, PnCounter,
 };
 use archipelago::resolve::{DELETED_TAG, VERSIONS_MAX, VersionSet, Versioned};
-use archipelago::testing::fuzz::{self, CountingAllocator, decode_peak_cap_bytes, measure};
+use archipelago::testing::fuzz::{self, decode_peak_cap_bytes, measure};
 use archipelago::wire::{self, InvalidRule, WIRE_VERSION, WireError};
 use proptest::prelude::*;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-
-#[global_allocator]
-static ALLOCATOR: CountingAllocator = CountingAllocator;
 
 fn decode_all(frame: &[u8]) {
     let _ = wire::decode::<VersionVector>(frame);
