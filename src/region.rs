@@ -184,6 +184,21 @@
 //!   connection speaks the newest both know ([`PeerStats::protocol`]). A
 //!   peer that announces nothing speaks protocol 1, the frames of
 //!   `tests/fixtures/frames/v1`, which every build must keep decoding.
+//! - **Tables not declared here (yet).** A peer on a newer build may write
+//!   to a table this region has not declared. Its values are held encoded
+//!   (and stored, with storage) up to [`RegionConfig::undeclared_bytes_max`]
+//!   for all such tables together, and merged in when the table is
+//!   declared. Past the bound they are dropped, never held and never a
+//!   reason to refuse a frame: the batch is applied and acknowledged, so
+//!   every other table keeps replicating. Dropped values are counted
+//!   ([`RegionStats::undeclared_values_dropped`], a `warn` event once per
+//!   table); declaring such a table starts an anti-entropy exchange with
+//!   every peer at once (on the next tick, not at the periodic round), which
+//!   ships the table's state from the peers that hold it. Until then, this
+//!   region's applied vector names writes whose values it dropped: a region
+//!   that hears of them only from it (not from their origin) believes it.
+//!   The mark of dropped values is not stored: a region restarted before
+//!   declaring such a table catches it up at the periodic round instead.
 //!
 //! ## What a peer is believed
 //! A peer may be authenticated and still wrong (a bug, an old copy of a
@@ -262,6 +277,7 @@
 //! | `archipelago_anti_entropy_states_received_total` | counter | | key states | key states received through anti-entropy |
 //! | `archipelago_refused_handshakes_total` | counter | | hellos | peer handshakes refused |
 //! | `archipelago_values_ahead_total` | counter | | values | values stamped past this region's clock plus its max offset |
+//! | `archipelago_undeclared_values_dropped_total` | counter | | values | values of tables not declared here dropped past `undeclared_bytes_max` (repaired at declare) |
 //! | `archipelago_conflicts_total` | counter | `table` | conflicts | conflicts resolved in a resolver table |
 //! | `archipelago_commits_total` | counter | | commits | commits to storage |
 //! | `archipelago_commit_failures_total` | counter | | commits | commits that failed |
@@ -1068,6 +1084,7 @@ impl Region {
                 .map(|&r| (r, c.rejected_by_reason[r.index()]))
                 .collect(),
             undecodable_values: c.undecodable_values,
+            undeclared_values_dropped: c.undeclared_values_dropped,
             outbox_overflows: c.outbox_overflows,
             syncs_completed: c.syncs_completed,
             sync_states_received: c.sync_states_received,

@@ -75,6 +75,16 @@ pub struct RegionConfig {
     /// and what it allocates. A larger table's scan is refused with
     /// [`RegionError::ScanTooLarge`].
     pub scan_keys_max: usize,
+    /// Most bytes (keys and encoded values) held for tables this region
+    /// has not declared (yet), all such tables together: during a rolling
+    /// upgrade a peer on a newer build may write to a table this build
+    /// does not know. Values past it are dropped, not held (a `warn` event
+    /// once per table, counted in [`RegionStats::undeclared_values_dropped`]):
+    /// replication of every other table goes on, and when the table is
+    /// declared here the region starts an anti-entropy exchange with its
+    /// peers at once, which brings what was dropped. Values restored from
+    /// storage do not count against it.
+    pub undeclared_bytes_max: usize,
 }
 
 impl Default for RegionConfig {
@@ -98,6 +108,7 @@ impl Default for RegionConfig {
             replication_wait_max: Duration::from_secs(5),
             protocol_version_max: PROTOCOL_VERSION,
             scan_keys_max: 1 << 20,
+            undeclared_bytes_max: 64 << 20,
         }
     }
 }

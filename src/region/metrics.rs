@@ -64,6 +64,10 @@ pub(crate) fn publish(core: &Core) {
         ),
         ("archipelago_refused_handshakes_total", c.refused_handshakes),
         ("archipelago_values_ahead_total", c.values_ahead),
+        (
+            "archipelago_undeclared_values_dropped_total",
+            c.undeclared_values_dropped,
+        ),
         ("archipelago_commits_total", c.commits),
         ("archipelago_commit_failures_total", c.commit_failures),
     ] {

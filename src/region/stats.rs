@@ -33,6 +33,10 @@ pub struct RegionStats {
     /// table's value type (a table declared with different types in two
     /// regions, or corruption); the rest of their batch was applied.
     pub undecodable_values: u64,
+    /// Values from peers for tables this region has not declared, dropped
+    /// because [`RegionConfig::undeclared_bytes_max`] was reached: each
+    /// such table is repaired by anti-entropy once it is declared.
+    pub undeclared_values_dropped: u64,
     /// Times the outbox outgrew its bound and was dropped.
     pub outbox_overflows: u64,
     /// Anti-entropy exchanges completed.
@@ -196,8 +200,9 @@ pub enum RejectReason {
     NotSenderOrigin,
     /// A claim about writes of ours we never made or never sent it.
     ForgedClaim,
-    /// Over a bound: a transfer over `sync_transfer_bytes_max`, or values
-    /// of undeclared tables over their limit.
+    /// Over a bound: a transfer over `sync_transfer_bytes_max`. (Values
+    /// of undeclared tables over `undeclared_bytes_max` refuse no frame:
+    /// they are dropped, see [`RegionStats::undeclared_values_dropped`].)
     OverLimit,
     /// A value stamped past this clock plus its max offset.
     ClockAhead,

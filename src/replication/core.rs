@@ -6,7 +6,7 @@
 //! buffer, merging), [`anti_entropy`] (exchanges and what a transfer is
 //! believed); this file keeps the state, local writes, sending and commits.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use tokio::time::Instant;
@@ -222,9 +222,6 @@ pub(crate) const BELIEVED_REPLICAS_MAX: usize = 256;
 /// Batches a peer may have in flight unacknowledged.
 const INFLIGHT_BATCHES_MAX: u64 = 16;
 
-/// Most bytes held for tables this region has not declared.
-const UNDECLARED_BYTES_MAX: usize = 64 << 20;
-
 /// Most chunks one anti-entropy transfer may announce.
 const SYNC_CHUNKS_MAX: usize = 1 << 16;
 
@@ -265,6 +262,10 @@ pub(crate) struct Core {
     pub(crate) tables: Vec<TableSlot>,
     pub(crate) table_slots: FastMap<Arc<str>, usize>,
     pub(crate) undeclared: HashMap<String, UndeclaredStore>,
+    /// Peers to start an anti-entropy exchange with as soon as they are
+    /// connected and free (not at the periodic round): a table that
+    /// dropped values while undeclared was declared.
+    pub(crate) wants_exchange: BTreeSet<String>,
     pub(crate) outbox: Outbox,
     /// When the writes not acknowledged by every peer were made: the
     /// peers' replication lag.
@@ -364,6 +365,8 @@ pub(crate) struct Counters {
     pub(crate) rejected_by_reason: [u64; RejectReason::ALL.len()],
     /// Values dropped because they did not decode as their table's type.
     pub(crate) undecodable_values: u64,
+    /// Values of undeclared tables dropped: `undeclared_bytes_max` reached.
+    pub(crate) undeclared_values_dropped: u64,
     pub(crate) outbox_overflows: u64,
     pub(crate) syncs_completed: u64,
     pub(crate) sync_states_received: u64,
@@ -402,6 +405,7 @@ impl Core {
             tables: Vec::new(),
             table_slots: FastMap::default(),
             undeclared: HashMap::new(),
+            wants_exchange: BTreeSet::new(),
             outbox: Outbox::default(),
             write_marks: WriteMarks::default(),
             remote_generation: 0,
@@ -701,6 +705,17 @@ impl Core {
         let mut slot = slot;
         let name = Arc::clone(&slot.name);
         if let Some(pending) = self.undeclared.remove(&*name) {
+            if pending.dropped > 0 {
+                // What was dropped is at the peers that sent it: ask them
+                // all now, not at the next periodic round.
+                self.wants_exchange.extend(self.peers.keys().cloned());
+                tracing::info!(
+                    region = %self.name,
+                    table = %name,
+                    dropped = pending.dropped,
+                    "table declared after values of it were dropped: anti-entropy with every peer brings them"
+                );
+            }
             let at = self.hlc.last();
             for (key, values) in pending.values {
                 for value in values {

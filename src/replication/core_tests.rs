@@ -964,6 +964,47 @@ fn values_already_held_undeclared_do_not_count_twice_against_the_bound() {
     assert_eq!(x.undeclared["big"].values.len(), 34);
 }
 
+/// Guards against values of an undeclared table over its bound refusing their batch (replication from the origin stalled for good).
+#[test]
+fn undeclared_values_past_the_bound_are_dropped_and_declaring_the_table_starts_an_exchange() {
+    let cfg = RegionConfig {
+        undeclared_bytes_max: 64,
+        ..RegionConfig::default()
+    };
+    let mut x = core("x", 1, cfg.clone(), &[]); // has not declared "t"
+    let mut y = core("y", 2, cfg, &["t"]);
+    // The exchange at connect, over before the writes.
+    let request = up(&mut x, "y", now());
+    up(&mut y, "x", now());
+    let reply = y.on_message("x", to(&request, "y")[0].clone(), now());
+    let push = feed(&mut x, "y", to(&reply, "x"), now());
+    feed(&mut y, "x", to(&push, "y"), now());
+    assert!(x.syncs.is_empty());
+    for key in 0..40 {
+        write(&mut y, "t", key);
+    }
+    let acks = feed(&mut x, "y", to(&y.take_batches(now()), "x"), now());
+
+    assert_eq!(x.counters.rejected_frames, 0);
+    assert_eq!(x.applied.get(rid(2)), 40, "the batch was applied");
+    assert!(!to(&acks, "y").is_empty(), "and acknowledged");
+    let held = &x.undeclared["t"];
+    assert!(held.bytes <= 64 && held.values.len() < 40);
+    assert_eq!(held.dropped, 40 - held.values.len() as u64);
+    assert_eq!(x.counters.undeclared_values_dropped, held.dropped);
+    assert!(x.due_syncs(now()).is_empty(), "no round due yet");
+
+    declare::<GCounter>(&mut x, "t");
+    assert!(x.wants_exchange.contains("y"));
+    let request = x.due_syncs(now());
+    assert_eq!(request.len(), 1, "an exchange at once: {request:?}");
+    assert!(x.wants_exchange.is_empty());
+    let reply = y.on_message("x", request[0].1.clone(), now());
+    feed(&mut x, "y", to(&reply, "x"), now());
+    assert!((0..40).all(|key| count(&x, "t", key, 2) == 1));
+    assert_eq!(x.counters.rejected_frames, 0);
+}
+
 /// Guards against keeping the chunks of superseded pushes, so held transfer bytes are bounded per transfer only.
 #[test]
 fn chunks_of_a_superseded_push_are_not_held() {

@@ -357,9 +357,16 @@ where
 }
 
 /// Values for a table this region has not declared (yet): kept encoded,
-/// merged in when the table is declared.
+/// merged in when the table is declared. Past the region's
+/// `undeclared_bytes_max` values are dropped instead, and counted here:
+/// declaring the table then starts an anti-entropy exchange that brings
+/// them.
 #[derive(Default)]
 pub(crate) struct UndeclaredStore {
     pub(crate) values: FastMap<Key, Vec<Vec<u8>>>,
+    /// Bytes of keys and values received and held (restored ones are not
+    /// counted).
     pub(crate) bytes: usize,
+    /// Values received and dropped: the bound was reached.
+    pub(crate) dropped: u64,
 }

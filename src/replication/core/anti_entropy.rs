@@ -63,6 +63,8 @@ impl Core {
                         || (self.name.as_str() < name.as_str()
                             && p.last_sync
                                 .is_none_or(|t| now.duration_since(t) >= interval))
+                        // A table that dropped values was declared.
+                        || self.wants_exchange.contains(*name)
                         || (self.waits_on_unsent(name, now)
                             && p.last_sync
                                 .is_none_or(|t| now.duration_since(t) >= self.config.ack_timeout)))
@@ -71,6 +73,7 @@ impl Core {
             .collect();
         let mut out = Vec::new();
         for name in due {
+            self.wants_exchange.remove(&name);
             out.extend(self.start_sync(&name, now));
         }
         out

@@ -345,7 +345,6 @@ impl Core {
             .map(|(tables, _)| tables.iter().map(|t| self.slot_of(t)).collect())
             .collect();
         let mut staged: Vec<usize> = Vec::new();
-        let mut incoming = 0;
         let mut failed = None;
         // Entries (by index) whose value did not decode, and the first error.
         let mut undecodable: Vec<usize> = Vec::new();
@@ -359,7 +358,7 @@ impl Core {
                 Entries::new(packed, tables.len()).map(move |e| (*tables, slots, e))
             });
         for (index, (tables, slots, entry)) in entries.enumerate() {
-            let (table, key, value) = match entry {
+            let (table, _key, value) = match entry {
                 Ok(entry) => entry,
                 Err(error) => {
                     failed = Some((
@@ -369,54 +368,37 @@ impl Core {
                     break;
                 }
             };
-            match slots[table] {
-                Some(slot) => {
-                    match self.tables[slot].store.stage(value, stamps_max) {
-                        Ok(()) => {}
-                        Err(StageError::Undecodable(error)) => {
-                            undecodable.push(index);
-                            first_error.get_or_insert_with(|| (tables[table].clone(), error));
-                            continue;
-                        }
-                        Err(StageError::Ahead { .. }) if ahead == AheadValues::SetAside => {
-                            set_aside.push(index);
-                            continue;
-                        }
-                        Err(StageError::Ahead { stamp }) => {
-                            self.counters.values_ahead += 1;
-                            failed = Some((
-                                RejectReason::ClockAhead,
-                                format!(
-                                    "a value of table {} stamped {stamp}, past this clock's bound {stamps_max}: the writer's clock runs ahead (sent again, it lands once the clocks are within the max offset)",
-                                    tables[table]
-                                ),
-                            ));
-                            break;
-                        }
-                    }
-                    if !staged.contains(&slot) {
-                        staged.push(slot);
-                    }
+            // Values of an undeclared table are held encoded (or dropped
+            // past the bound) when merged.
+            let Some(slot) = slots[table] else {
+                continue;
+            };
+            match self.tables[slot].store.stage(value, stamps_max) {
+                Ok(()) => {}
+                Err(StageError::Undecodable(error)) => {
+                    undecodable.push(index);
+                    first_error.get_or_insert_with(|| (tables[table].clone(), error));
+                    continue;
                 }
-                // Only values not already held count: transfers re-ship them.
-                None => {
-                    let held = self
-                        .undeclared
-                        .get(&tables[table])
-                        .and_then(|u| u.values.get(key))
-                        .is_some_and(|held| held.iter().any(|v| v == value));
-                    if !held {
-                        incoming += key.len() + value.len();
-                    }
+                Err(StageError::Ahead { .. }) if ahead == AheadValues::SetAside => {
+                    set_aside.push(index);
+                    continue;
+                }
+                Err(StageError::Ahead { stamp }) => {
+                    self.counters.values_ahead += 1;
+                    failed = Some((
+                        RejectReason::ClockAhead,
+                        format!(
+                            "a value of table {} stamped {stamp}, past this clock's bound {stamps_max}: the writer's clock runs ahead (sent again, it lands once the clocks are within the max offset)",
+                            tables[table]
+                        ),
+                    ));
+                    break;
                 }
             }
-        }
-        let total: usize = self.undeclared.values().map(|u| u.bytes).sum();
-        if failed.is_none() && total + incoming > UNDECLARED_BYTES_MAX {
-            failed = Some((
-                RejectReason::OverLimit,
-                "values for undeclared tables over the limit".to_owned(),
-            ));
+            if !staged.contains(&slot) {
+                staged.push(slot);
+            }
         }
         if let Some((reason, why)) = failed {
             for slot in staged {
@@ -482,17 +464,36 @@ impl Core {
     }
 
     /// Holds a value of a table not declared here. Identical values are
-    /// kept once; false when the bound on held bytes is reached.
+    /// kept once. Past `undeclared_bytes_max` (all undeclared tables
+    /// together) the value is dropped, counted and, the first time for its
+    /// table, logged: false. Declaring the table then starts anti-entropy
+    /// (see [`declare`](Core::declare)).
     pub(super) fn hold_undeclared(&mut self, table: &str, key: &[u8], value: &[u8]) -> bool {
         let total: usize = self.undeclared.values().map(|u| u.bytes).sum();
+        let bound = self.config.undeclared_bytes_max;
         let store = self.undeclared.entry(table.to_owned()).or_default();
-        let values = store.values.entry(key.into()).or_default();
-        if values.iter().any(|v| v == value) {
+        if store
+            .values
+            .get(key)
+            .is_some_and(|held| held.iter().any(|v| v == value))
+        {
             return true;
         }
-        if total + key.len() + value.len() > UNDECLARED_BYTES_MAX {
+        if total + key.len() + value.len() > bound {
+            store.dropped += 1;
+            self.counters.undeclared_values_dropped += 1;
+            if store.dropped == 1 {
+                tracing::warn!(
+                    region = %self.name,
+                    %table,
+                    held_bytes = total,
+                    undeclared_bytes_max = bound,
+                    "values of a table this region has not declared are over undeclared_bytes_max: dropped; declaring the table repairs it by anti-entropy"
+                );
+            }
             return false;
         }
+        let values = store.values.entry(key.into()).or_default();
         store.bytes += key.len() + value.len();
         values.push(value.to_vec());
         if let Some(durable) = &mut self.durable {
