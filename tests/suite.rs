@@ -54,5 +54,6 @@ mod tls;
 mod transactions;
 mod trust;
 mod typed_tables;
+mod undeclared_tables;
 mod update_mutations;
 mod wire_hostile;

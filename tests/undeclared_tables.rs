@@ -4,7 +4,7 @@
 //! frame; declaring the table then catches it up by anti-entropy at once,
 //! not at the periodic round. Default config but for that bound.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
