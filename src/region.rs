@@ -296,6 +296,7 @@ use crate::storage::{Commit, Identity, Storage, StorageError};
 use crate::transport::Transport;
 use crate::wire::{self, WireError};
 
+mod bounded;
 mod config;
 mod error;
 #[cfg(feature = "metrics")]
@@ -305,6 +306,7 @@ mod table;
 pub mod transaction;
 pub mod watch;
 
+pub use bounded::BoundedTable;
 pub use config::{PROTOCOL_VERSION, PROTOCOL_VERSION_MIN, RegionConfig};
 pub use error::{EngineFailure, HandshakeRefusal, RegionError};
 pub use stats::{PeerFlush, PeerStats, RegionStats, RejectReason, ShutdownReport, TableStats};
@@ -1075,6 +1077,9 @@ impl Region {
             stale_frames: c.stale_frames,
             untrusted_claims: c.untrusted_claims,
             values_ahead: c.values_ahead,
+            rights_requested: c.rights_requested,
+            rights_granted: c.rights_granted,
+            rights_refused: c.rights_refused,
             incarnation: core.incarnation,
             committed: core.durable.as_ref().map(|d| d.seq),
             commits: c.commits,
