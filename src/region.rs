@@ -294,6 +294,9 @@
 //! | `archipelago_anti_entropy_states_received_total` | counter | | key states | key states received through anti-entropy |
 //! | `archipelago_refused_handshakes_total` | counter | | hellos | peer handshakes refused |
 //! | `archipelago_values_ahead_total` | counter | | values | values stamped past this region's clock plus its max offset |
+//! | `archipelago_rights_requested_total` | counter | | requests | rights requests sent to peers ([bounded tables](#bounded-tables-and-rights-movement)) |
+//! | `archipelago_rights_granted_units_total` | counter | | units | rights granted to peers that asked |
+//! | `archipelago_rights_refused_total` | counter | | requests | rights requests answered with nothing |
 //! | `archipelago_conflicts_total` | counter | `table` | conflicts | conflicts resolved in a resolver table |
 //! | `archipelago_commits_total` | counter | | commits | commits to storage |
 //! | `archipelago_commit_failures_total` | counter | | commits | commits that failed |

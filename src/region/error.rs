@@ -89,9 +89,10 @@ pub enum RegionError {
     Engine(EngineFailure),
     /// A sale through a [`BoundedTable`] refused: this region holds too
     /// few rights (what it holds, and what all regions hold as far as it
-    /// knows, are in the [`RightsError`](crate::crdt::RightsError)). Refused at once, never after
-    /// waiting on the network: nothing changed, and the region has asked a
-    /// peer for rights, so the sale may succeed later.
+    /// knows, are in the [`RightsError`](crate::crdt::RightsError)).
+    /// Refused at once, never after waiting on the network: nothing
+    /// changed, and the region has asked a peer for rights, so the sale
+    /// may succeed later.
     #[error(transparent)]
     Rights(#[from] crate::crdt::RightsError),
     /// The table exists with another resolver (or as a CRDT table, or a

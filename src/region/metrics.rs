@@ -64,6 +64,9 @@ pub(crate) fn publish(core: &Core) {
         ),
         ("archipelago_refused_handshakes_total", c.refused_handshakes),
         ("archipelago_values_ahead_total", c.values_ahead),
+        ("archipelago_rights_requested_total", c.rights_requested),
+        ("archipelago_rights_granted_units_total", c.rights_granted),
+        ("archipelago_rights_refused_total", c.rights_refused),
         ("archipelago_commits_total", c.commits),
         ("archipelago_commit_failures_total", c.commit_failures),
     ] {
