@@ -119,7 +119,39 @@
 //! - Deleting a key not held here (or already deleted) writes nothing and
 //!   returns an empty token.
 //!
-//! ## Guarantees
+//! ## Bounded tables and rights movement
+//! [`Region::bounded_table`] declares a table of
+//! [`BoundedCounter`](crate::crdt::BoundedCounter)s: stock that never goes
+//! below its bound at any region, under any partition. Each region holds
+//! *rights* to some of the units; restocking ([`BoundedTable::inc`]) gives
+//! the rights to the region that restocks, and a sale
+//! ([`BoundedTable::try_dec`]) spends rights held here, or fails at once
+//! with [`RegionError::Rights`] (what is held here and in total). A sale
+//! never waits on the network. The engine moves rights to where demand is:
+//! - **Asking.** A refused sale, or one that leaves fewer than
+//!   `rights_request_below_units` rights here, records a want for the key;
+//!   on its next tick the engine sends a rights request to the connected
+//!   peer believed (by this region's copy of the counter) to hold the most.
+//!   One request per key is outstanding; it is sent again, to another peer
+//!   when there is one, after `rights_request_timeout` without rights
+//!   arriving; at most 64 requests leave per tick and 4096 keys are wanted
+//!   at once. A partitioned region asks no one, and sells only what it
+//!   holds; its want is asked for once a peer is back.
+//! - **Granting.** A peer that holds rights transfers at most half of them
+//!   (rounded up, so the last unit moves), never more than asked, as a
+//!   local write that replicates like any other; it answers one request
+//!   per peer and key per `rights_request_timeout`, so a duplicated
+//!   request moves rights once, and an absurd request gets at most half.
+//!   Grants never create rights: the counter's own `transfer` checks them.
+//! - **Refills** below the threshold (no sale refused) are asked only of a
+//!   peer holding at least twice as many rights plus two, for half the
+//!   difference, so holdings settle instead of moving back and forth.
+//! - **Protocol.** Rights requests are protocol 3: a connection negotiated
+//!   at an older protocol carries none (both regions just sell what they
+//!   hold). [`RegionStats`] counts `rights_requested`, `rights_granted`
+//!   (units) and `rights_refused`.
+//!
+//! //! ## Guarantees
 //! - Local reads and writes never wait for another region.
 //! - A region applies a peer's batch only after every write it depends on
 //!   (causal delivery across keys and tables): no reply before its post.
@@ -278,6 +310,9 @@
 //! | `archipelago_refused_handshakes_total` | counter | | hellos | peer handshakes refused |
 //! | `archipelago_values_ahead_total` | counter | | values | values stamped past this region's clock plus its max offset |
 //! | `archipelago_undeclared_values_dropped_total` | counter | | values | values of tables not declared here dropped past `undeclared_bytes_max` (repaired at declare) |
+//! | `archipelago_rights_requested_total` | counter | | requests | rights requests sent to peers ([bounded tables](#bounded-tables-and-rights-movement)) |
+//! | `archipelago_rights_granted_units_total` | counter | | units | rights granted to peers that asked |
+//! | `archipelago_rights_refused_total` | counter | | requests | rights requests answered with nothing |
 //! | `archipelago_conflicts_total` | counter | `table` | conflicts | conflicts resolved in a resolver table |
 //! | `archipelago_commits_total` | counter | | commits | commits to storage |
 //! | `archipelago_commit_failures_total` | counter | | commits | commits that failed |
@@ -312,6 +347,7 @@ use crate::storage::{Commit, Identity, Storage, StorageError};
 use crate::transport::Transport;
 use crate::wire::{self, WireError};
 
+mod bounded;
 mod config;
 mod error;
 #[cfg(feature = "metrics")]
@@ -321,6 +357,7 @@ mod table;
 pub mod transaction;
 pub mod watch;
 
+pub use bounded::BoundedTable;
 pub use config::{PROTOCOL_VERSION, PROTOCOL_VERSION_MIN, RegionConfig};
 pub use error::{EngineFailure, HandshakeRefusal, RegionError};
 pub use stats::{PeerFlush, PeerStats, RegionStats, RejectReason, ShutdownReport, TableStats};
@@ -1092,6 +1129,9 @@ impl Region {
             stale_frames: c.stale_frames,
             untrusted_claims: c.untrusted_claims,
             values_ahead: c.values_ahead,
+            rights_requested: c.rights_requested,
+            rights_granted: c.rights_granted,
+            rights_refused: c.rights_refused,
             incarnation: core.incarnation,
             committed: core.durable.as_ref().map(|d| d.seq),
             commits: c.commits,

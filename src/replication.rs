@@ -11,6 +11,7 @@ pub(crate) mod core;
 pub(crate) mod lag;
 pub(crate) mod message;
 pub(crate) mod outbox;
+pub(crate) mod rights;
 pub(crate) mod store;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -257,7 +258,10 @@ enum Received {
 pub(crate) fn leaves_now(message: &Message) -> bool {
     matches!(
         message,
-        Message::Hello { .. } | Message::SyncRequest { .. } | Message::Batch { .. }
+        Message::Hello { .. }
+            | Message::SyncRequest { .. }
+            | Message::Batch { .. }
+            | Message::RightsRequest { .. }
     )
 }
 
@@ -424,6 +428,7 @@ pub(crate) async fn run<T: Transport>(
                 // Anti-entropy keeps running while shutting down: peers whose
                 // outbox was dropped are repaired before we go.
                 out.extend(core.due_syncs(now));
+                out.extend(core.due_rights_requests(now));
                 #[cfg(feature = "metrics")]
                 if published_at.is_none_or(|at| now.duration_since(at) >= crate::region::metrics::METRICS_PUBLISH_INTERVAL) {
                     published_at = Some(now);

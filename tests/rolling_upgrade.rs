@@ -90,3 +90,45 @@ fn a_new_build_and_an_old_one_replicate_both_ways_then_agree_on_the_new_protocol
         upgraded.shutdown().await;
     });
 }
+
+/// A peer pinned to protocol 2 (before rights requests) is never sent one,
+/// either way: a sale refused at either region asks no one across that
+/// connection, and nothing is rejected; the counter still replicates.
+#[test]
+fn a_peer_pinned_to_protocol_2_is_never_asked_for_rights() {
+    use archipelago::region::RegionError;
+    paused_runtime().block_on(async {
+        let net = ChannelNetwork::new(12);
+        let new = region_on(&net, "ap-northeast", None, RegionConfig::default());
+        let old_config = RegionConfig {
+            protocol_version_max: 2,
+            ..RegionConfig::default()
+        };
+        let old = region_on(&net, "eu-central", None, old_config);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(protocol_with(&new, "eu-central"), 2);
+        let stock_new = new.bounded_table::<String, 0>("stock").unwrap();
+        let stock_old = old.bounded_table::<String, 0>("stock").unwrap();
+        stock_new.inc("matcha", 10).await.unwrap();
+        stock_old.inc("hojicha", 10).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(stock_old.value("matcha").unwrap(), Some(10));
+        // Each region short of the other's rights, for seconds.
+        for _ in 0..20 {
+            let refused = stock_old.try_dec("matcha", 1).await;
+            assert!(matches!(refused, Err(RegionError::Rights(_))));
+            let refused = stock_new.try_dec("hojicha", 1).await;
+            assert!(matches!(refused, Err(RegionError::Rights(_))));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        for region in [&new, &old] {
+            let stats = region.stats();
+            assert_eq!(stats.rights_requested, 0, "{}", region.name());
+            assert_eq!(stats.rights_granted + stats.rights_refused, 0);
+            assert_eq!(stats.rejected_frames, 0, "{}", region.name());
+        }
+        assert_eq!(stock_old.rights("matcha").unwrap(), 0);
+        new.shutdown().await;
+        old.shutdown().await;
+    });
+}

@@ -41,6 +41,7 @@ mod resolver_laws;
 mod restart;
 mod retire;
 mod review_regressions;
+mod rights_movement;
 mod rolling_upgrade;
 mod session_guarantees;
 mod session_tokens;

@@ -193,6 +193,20 @@ impl<const BOUND: i64> BoundedCounter<BOUND> {
         clamp_u64(self.balance(replica))
     }
 
+    /// Every replica that holds rights, with the rights it holds, by
+    /// replica id (as [`rights`](Self::rights) counts them; replicas that
+    /// spent or gave away all they had are left out).
+    pub fn holders(&self) -> impl Iterator<Item = (ReplicaId, u64)> + '_ {
+        let mut named: SmallVec<[ReplicaId; INLINE_ENTRIES]> =
+            self.rights.iter().map(|&(_, to, _)| to).collect();
+        named.sort_unstable();
+        named.dedup();
+        named
+            .into_iter()
+            .map(|r| (r, self.rights(r)))
+            .filter(|&(_, n)| n > 0)
+    }
+
     /// The rights all replicas hold together: `value() − bound()`.
     pub fn total_rights(&self) -> u64 {
         clamp_u64(i128::from(self.increments()) - i128::from(self.decrements()))

@@ -9,7 +9,10 @@ use super::*;
 /// - **2**: protocol 1, and each side announces the range of versions it
 ///   speaks before its hello on every connection; a peer whose range does
 ///   not meet ours is refused ([`HandshakeRefusal::Protocol`]).
-pub const PROTOCOL_VERSION: u16 = 2;
+/// - **3**: protocol 2, and rights requests: a region short of a bounded
+///   counter's rights asks a peer for some ([`Region::bounded_table`]). A
+///   region sends them only on connections of protocol 3 or later.
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The oldest engine protocol this build still speaks: a peer announcing
 /// nothing speaks 1.
@@ -85,6 +88,17 @@ pub struct RegionConfig {
     /// peers at once, which brings what was dropped. Values restored from
     /// storage do not count against it.
     pub undeclared_bytes_max: usize,
+    /// A region holding fewer rights than this to a key of a bounded table
+    /// ([`Region::bounded_table`]) after a sale asks a peer holding many
+    /// more (at least twice as many, plus two) for some, before a sale is
+    /// refused. A refused sale asks whatever this is. 0 asks only on a
+    /// refused sale.
+    pub rights_request_below_units: u64,
+    /// How long a rights request may go unanswered (no rights arrived)
+    /// before it is sent again, to the peer then believed to hold the
+    /// most. A granter also answers one request per peer and key within
+    /// this time: a duplicated request moves rights once.
+    pub rights_request_timeout: Duration,
 }
 
 impl Default for RegionConfig {
@@ -109,6 +123,8 @@ impl Default for RegionConfig {
             protocol_version_max: PROTOCOL_VERSION,
             scan_keys_max: 1 << 20,
             undeclared_bytes_max: 64 << 20,
+            rights_request_below_units: 2,
+            rights_request_timeout: Duration::from_secs(1),
         }
     }
 }

@@ -87,6 +87,14 @@ pub enum RegionError {
     /// the state may be half-changed. Also in [`RegionStats::engine_failure`].
     #[error("the region's engine failed: {0}")]
     Engine(EngineFailure),
+    /// A sale through a [`BoundedTable`] refused: this region holds too
+    /// few rights (what it holds, and what all regions hold as far as it
+    /// knows, are in the [`RightsError`](crate::crdt::RightsError)).
+    /// Refused at once, never after waiting on the network: nothing
+    /// changed, and the region has asked a peer for rights, so the sale
+    /// may succeed later.
+    #[error(transparent)]
+    Rights(#[from] crate::crdt::RightsError),
     /// The table exists with another resolver (or as a CRDT table, or a
     /// CRDT table was asked for a resolver table): a second handle would
     /// merge with one resolver and read with another.

@@ -68,6 +68,9 @@ pub(crate) fn publish(core: &Core) {
             "archipelago_undeclared_values_dropped_total",
             c.undeclared_values_dropped,
         ),
+        ("archipelago_rights_requested_total", c.rights_requested),
+        ("archipelago_rights_granted_units_total", c.rights_granted),
+        ("archipelago_rights_refused_total", c.rights_refused),
         ("archipelago_commits_total", c.commits),
         ("archipelago_commit_failures_total", c.commit_failures),
     ] {

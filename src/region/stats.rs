@@ -63,6 +63,16 @@ pub struct RegionStats {
     /// from an anti-entropy transfer (whose vector is then not believed;
     /// a later exchange brings them).
     pub values_ahead: u64,
+    /// Rights requests this region sent to peers (see
+    /// [`Region::bounded_table`]): each refused sale or low holding asks at
+    /// most once per `rights_request_timeout` per key.
+    pub rights_requested: u64,
+    /// Rights (units) this region granted to peers that asked.
+    pub rights_granted: u64,
+    /// Rights requests this region answered with nothing (it held none, the
+    /// table is not bounded here, or it answered that peer and key within
+    /// `rights_request_timeout`).
+    pub rights_refused: u64,
     /// Starts of this replica with storage; without, its start time (ms).
     pub incarnation: u64,
     /// Local writes committed to storage (`None` without storage).

@@ -328,6 +328,8 @@ pub(crate) struct Core {
     /// Retired peers whose hello was refused on their current connection:
     /// counted and logged once per connection.
     retired_refused: HashSet<String>,
+    /// Bounded tables, and the rights this region wants or granted.
+    pub(crate) rights: super::rights::Rights,
 }
 
 /// Where a region with storage stands with its disk.
@@ -385,6 +387,11 @@ pub(crate) struct Counters {
     pub(crate) untrusted_claims: u64,
     /// Values refused or set aside: stamped past our clock's offset bound.
     pub(crate) values_ahead: u64,
+    /// Rights requests sent, rights granted to peers (units), and requests
+    /// answered with none.
+    pub(crate) rights_requested: u64,
+    pub(crate) rights_granted: u64,
+    pub(crate) rights_refused: u64,
 }
 
 impl Core {
@@ -430,6 +437,7 @@ impl Core {
             believed: VersionVector::new(),
             vouched: (VersionVector::new(), u64::MAX),
             start_seq: 0,
+            rights: Default::default(),
         }
     }
 

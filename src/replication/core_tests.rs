@@ -1704,3 +1704,138 @@ fn a_region_pinned_to_protocol_1_announces_nothing() {
     assert_eq!(old.counters.rejected_frames, 1);
     assert_eq!(old.peers["b"].protocol, 1);
 }
+
+/// A bounded counter table `table` of `units` restocked at `core`.
+fn stock(core: &mut Core, table: &str, key: u64, units: u64) {
+    use crate::crdt::BoundedCounter;
+    declare::<BoundedCounter>(core, table);
+    let slot = core.slot_of(table).unwrap();
+    core.declare_bounded::<0>(slot);
+    let replica = core.replica;
+    let store = core.named_mut::<CrdtStore<BoundedCounter>>(table).unwrap();
+    let mut c = BoundedCounter::new();
+    let delta = c.inc(replica, units);
+    store.merge_local(&k(key), &delta);
+}
+
+fn rights_of(core: &Core, table: &str, key: u64, replica: u32) -> u64 {
+    use crate::crdt::BoundedCounter;
+    core.named::<CrdtStore<BoundedCounter>>(table)
+        .unwrap()
+        .get(&k(key))
+        .map_or(0, |c| c.rights(rid(replica)))
+}
+
+fn rights_request(table: &str, key: u64, wanted: u64) -> Message {
+    Message::RightsRequest {
+        table: table.into(),
+        key: Blob(k(key).into_vec()),
+        wanted,
+    }
+}
+
+/// A request for absurd amounts gets at most half (rounded up) of what the
+/// granter holds, as one replicated write to the requesting peer's bound
+/// replica; a duplicate within the request timeout moves nothing; the
+/// last unit moves; a connection below protocol 3 is refused.
+#[test]
+fn a_grant_is_bounded_by_half_of_what_the_granter_holds() {
+    let mut a = core("a", 1, RegionConfig::default(), &[]);
+    stock(&mut a, "stock", 7, 9);
+    up(&mut a, "b", now());
+    a.peers.get_mut("b").unwrap().protocol = PROTOCOL_VERSION;
+    let writes = a.seq;
+    feed(
+        &mut a,
+        "b",
+        vec![rights_request("stock", 7, u64::MAX)],
+        now(),
+    );
+    assert_eq!(
+        (rights_of(&a, "stock", 7, 1), rights_of(&a, "stock", 7, 2)),
+        (4, 5)
+    );
+    assert_eq!(a.seq, writes + 1, "one write, replicated as any other");
+    assert_eq!(a.counters.rights_granted, 5);
+    // The same request again (a duplicated frame): nothing moves.
+    feed(
+        &mut a,
+        "b",
+        vec![rights_request("stock", 7, u64::MAX)],
+        now(),
+    );
+    assert_eq!(rights_of(&a, "stock", 7, 1), 4);
+    assert_eq!(a.counters.rights_refused, 1);
+    // Later requests: halves, never more than asked, the last unit moves.
+    let mut at = now();
+    for (wanted, left) in [(1, 3), (9, 1), (9, 0), (9, 0)] {
+        at += a.config.rights_request_timeout;
+        feed(&mut a, "b", vec![rights_request("stock", 7, wanted)], at);
+        assert_eq!(rights_of(&a, "stock", 7, 1), left);
+    }
+    assert_eq!(
+        rights_of(&a, "stock", 7, 2),
+        9,
+        "every unit is b's, none made up"
+    );
+    assert_eq!(a.counters.rights_refused, 2, "the last asked of nothing");
+    // Unknown tables and keys get nothing; nothing is rejected.
+    feed(
+        &mut a,
+        "b",
+        vec![rights_request("hits", 7, 1), rights_request("stock", 8, 1)],
+        at,
+    );
+    assert_eq!(a.counters.rejected_frames, 0);
+    // A connection of protocol 2 carries no rights requests.
+    a.peers.get_mut("b").unwrap().protocol = 2;
+    feed(&mut a, "b", vec![rights_request("stock", 7, 1)], at);
+    assert_eq!(
+        a.counters.rejected_by_reason[RejectReason::Protocol.index()],
+        1
+    );
+}
+
+/// A region short of rights asks the richest connected peer of protocol 3
+/// once per timeout, never one of protocol 2, and stops once it holds
+/// what it wanted.
+#[test]
+fn a_want_asks_the_richest_peer_of_protocol_3_once_per_timeout() {
+    use crate::crdt::BoundedCounter;
+    let mut a = core("a", 1, RegionConfig::default(), &[]);
+    stock(&mut a, "stock", 7, 0);
+    // What a knows: b holds 3, c holds 6.
+    let store = a.named_mut::<CrdtStore<BoundedCounter>>("stock").unwrap();
+    let mut c = BoundedCounter::new();
+    let mut delta = c.inc(rid(2), 3);
+    delta.merge(&c.inc(rid(3), 6));
+    store.merge_local(&k(7), &delta);
+    for peer in ["b", "c"] {
+        up(&mut a, peer, now());
+        let p = a.peers.get_mut(peer).unwrap();
+        p.greeted = true;
+        p.protocol = PROTOCOL_VERSION;
+    }
+    a.peers.get_mut("c").unwrap().protocol = 2;
+    let slot = a.slot_of("stock").unwrap();
+    a.want_rights(slot, &k(7), 1, true, now());
+    let out = a.due_rights_requests(now());
+    assert!(
+        matches!(&out[..], [(peer, Message::RightsRequest { wanted: 2, .. })] if peer == "b"),
+        "the richest of protocol 3: {out:?}"
+    );
+    assert!(a.due_rights_requests(now()).is_empty(), "one outstanding");
+    let later = now() + a.config.rights_request_timeout;
+    assert_eq!(a.due_rights_requests(later).len(), 1, "asked again");
+    assert_eq!(a.counters.rights_requested, 2);
+    // The grant arrives: the want is met and ends.
+    let store = a.named_mut::<CrdtStore<BoundedCounter>>("stock").unwrap();
+    let mut held = store.get(&k(7)).unwrap().clone();
+    let grant = held.transfer(rid(2), rid(1), 2).unwrap();
+    store.merge_local(&k(7), &grant);
+    assert!(
+        a.due_rights_requests(later + a.config.rights_request_timeout)
+            .is_empty()
+    );
+    assert!(a.rights.is_idle());
+}

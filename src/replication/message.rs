@@ -207,6 +207,18 @@ pub(crate) enum Message {
     /// sends none speaks 1). Last of the variants, so that builds of
     /// protocol 1 decode every other frame as before.
     Protocol { min: u16, max: u16 },
+    /// "Grant me some of your rights to `key` of the bounded table
+    /// `table`, up to `wanted`" (protocol 3 on: sent only on connections of
+    /// protocol 3 or later). The granter answers with a transfer, a local
+    /// write that replicates like any other, or not at all; the requester
+    /// asks again after `rights_request_timeout`. Last of the variants
+    /// (bincode tags are positional).
+    RightsRequest {
+        table: String,
+        /// The key's bare `wire` encoding.
+        key: Blob,
+        wanted: u64,
+    },
 }
 
 #[cfg(test)]

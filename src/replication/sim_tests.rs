@@ -697,6 +697,9 @@ fn describe(message: &Message) -> String {
             ..
         } => format!("Hello {replica:?} #{incarnation} seq {seq} reply {reply}"),
         Message::Protocol { min, max } => format!("Protocol {min}..={max}"),
+        Message::RightsRequest { table, wanted, .. } => {
+            format!("RightsRequest {table} wanted {wanted}")
+        }
     }
 }
 
@@ -955,6 +958,7 @@ fn lie(message: &mut Message, rng: &mut Rng) {
             *min = number(rng) as u16;
             *max = number(rng) as u16;
         }
+        Message::RightsRequest { wanted, .. } => *wanted = number(rng),
     }
 }
 

@@ -815,6 +815,11 @@ impl FuzzValue for Message {
                 reply: false,
             },
             Message::Protocol { min: 1, max: 2 },
+            Message::RightsRequest {
+                table: "stock".into(),
+                key: message::Blob(vec![5, b'm', b'a', b't', b'c', b'h']),
+                wanted: 3,
+            },
         ]
     }
     fn mutate(&mut self, rng: &mut FuzzRng) {
@@ -881,6 +886,11 @@ impl FuzzValue for Message {
                 *min = rng.next_u64() as u16;
                 *max = rng.next_u64() as u16;
             }
+            Message::RightsRequest { table, key, wanted } => match rng.below(3) {
+                0 => *table = rng.text(),
+                1 => key.0.truncate(rng.below(key.0.len() + 1)),
+                _ => *wanted = rng.edgy_u64(),
+            },
         }
     }
     fn inner(&self) {

@@ -135,3 +135,35 @@ where
         tokio::time::sleep(POLL_EVERY).await;
     }
 }
+
+/// The seed of a seeded test: `$var` when set (to replay a run), else
+/// `default`; printed, so a failing run can be replayed.
+pub fn seed_from_env(var: &str, default: u64) -> u64 {
+    let seed = std::env::var(var)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default);
+    println!("{var}={seed}");
+    seed
+}
+
+/// A small deterministic generator (xorshift64) for fault schedules.
+pub struct TestRng(u64);
+
+impl TestRng {
+    pub fn new(seed: u64) -> Self {
+        TestRng(seed.wrapping_mul(6364136223846793005) | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A number in `0..n` (`n` > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}

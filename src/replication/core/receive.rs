@@ -93,6 +93,10 @@ impl Core {
                 applied,
                 digests,
             } => self.on_sync_request(from, session, applied, digests),
+            Message::RightsRequest { table, key, wanted } => {
+                self.on_rights_request(from, &table, &key.0, wanted, now);
+                Vec::new()
+            }
             Message::SyncDone { session } => {
                 let peer = self.peers.get_mut(from).expect("touched above");
                 if let Some((pushed, covered, _)) = peer.push_pending
@@ -503,7 +507,7 @@ impl Core {
     }
 
     /// Counts a refused frame under its `reason` and logs `why`.
-    pub(super) fn reject(&mut self, from: &str, reason: RejectReason, why: &str) {
+    pub(crate) fn reject(&mut self, from: &str, reason: RejectReason, why: &str) {
         self.counters.rejected_frames += 1;
         self.counters.rejected_by_reason[reason.index()] += 1;
         debug_assert_eq!(
