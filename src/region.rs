@@ -297,6 +297,11 @@
 //! | `archipelago_replication_lag_seconds` | gauge | `peer` | s | age, by this region's clock, of the oldest local write the peer has not acknowledged; 0 when none ([`PeerStats::lag`]) |
 //! | `archipelago_replication_lag_updates` | gauge | `peer` | writes | local writes the peer has not acknowledged |
 //! | `archipelago_peer_status` | gauge | `peer` | 0/1/2 | 0 in sync (connected, every write of ours acknowledged, no repair pending, none of its writes we know of unapplied), 1 syncing (connected, not in sync), 2 disconnected |
+//! | `archipelago_peer_bytes_sent_total` | counter | `peer` | bytes | encoded frame bytes sent to the peer, anti-entropy included ([`PeerStats::bytes_sent`]) |
+//! | `archipelago_peer_bytes_received_total` | counter | `peer` | bytes | encoded frame bytes received from the peer, undecodable frames included ([`PeerStats::bytes_received`]) |
+//! | `archipelago_anti_entropy_bytes_sent_total` | counter | `peer` | bytes | the anti-entropy part of the bytes sent ([`PeerStats::sync_bytes_sent`]) |
+//! | `archipelago_anti_entropy_bytes_received_total` | counter | `peer` | bytes | the anti-entropy part of the bytes received ([`PeerStats::sync_bytes_received`]) |
+//! | `archipelago_clock_offset_seconds` | gauge | `peer` | s | the peer's clock minus ours, as last observed from a timestamp it sent (transit time reads as the peer being behind); absent until one arrived ([`PeerStats::clock_offset_ms`]) |
 //! | `archipelago_outbox_len` | gauge | | writes | local writes kept for peers |
 //! | `archipelago_outbox_bytes` | gauge | | bytes | bytes the outbox holds |
 //! | `archipelago_causal_buffer_len` | gauge | | batches | batches waiting for their dependencies |
@@ -313,7 +318,8 @@
 //! | `archipelago_rights_requested_total` | counter | | requests | rights requests sent to peers ([bounded tables](#bounded-tables-and-rights-movement)) |
 //! | `archipelago_rights_granted_units_total` | counter | | units | rights granted to peers that asked |
 //! | `archipelago_rights_refused_total` | counter | | requests | rights requests answered with nothing |
-//! | `archipelago_conflicts_total` | counter | `table` | conflicts | conflicts resolved in a resolver table |
+//! | `archipelago_hlc_remote_rejects_total` | counter | | timestamps | remote timestamps past this region's clock plus its max offset, not followed beyond that bound ([`RegionStats::hlc_remote_rejects`]) |
+//! | `archipelago_conflicts_total` | counter | `table`, `strategy` | conflicts | conflicts resolved in a resolver table, labelled with its resolver's [`Strategy::as_str`](crate::resolve::Strategy::as_str) |
 //! | `archipelago_commits_total` | counter | | commits | commits to storage |
 //! | `archipelago_commit_failures_total` | counter | | commits | commits that failed |
 //! | `archipelago_session_wait_seconds` | histogram | | s | how long a session read or write waited for this region to catch up |
@@ -338,7 +344,7 @@ use tokio::time::Instant;
 
 use crate::clock::{Hlc, PhysicalClock, ReplicaId, Stamp, SystemClock, VersionVector};
 use crate::crdt::Crdt;
-use crate::replication::core::{Core, TableSlot};
+use crate::replication::core::{ConflictCount, Core, TableSlot};
 use crate::replication::store::{CrdtStore, Merger};
 use crate::replication::{self, Command, Shared};
 use crate::resolve::{ConflictFeed, Resolution, Resolver, VersionSet};
@@ -967,7 +973,10 @@ impl Region {
         };
         let counter = {
             let feed = feed.clone();
-            Box::new(move || feed.stats().total) as Box<dyn Fn() -> u64 + Send>
+            ConflictCount {
+                strategy: resolver.strategy().as_str(),
+                total: Box::new(move || feed.stats().total),
+            }
         };
         let declared = self.declare::<K, VersionSet<T>>(name, merger, Some(counter))?;
         resolvers.insert(
@@ -1035,7 +1044,7 @@ impl Region {
         &self,
         name: &str,
         merger: Merger<V>,
-        conflicts: Option<Box<dyn Fn() -> u64 + Send>>,
+        conflicts: Option<ConflictCount>,
     ) -> Result<Declared, RegionError>
     where
         K: 'static,
@@ -1091,6 +1100,11 @@ impl Region {
                     .seq
                     .saturating_sub(p.acked.max(log_start.saturating_sub(1))),
                 lag: core.lag_of(p),
+                clock_offset_ms: p.clock_offset_ms,
+                bytes_sent: p.bytes_sent,
+                bytes_received: p.bytes_received,
+                sync_bytes_sent: p.sync_bytes_sent,
+                sync_bytes_received: p.sync_bytes_received,
             })
             .collect();
         let mut tables: Vec<TableStats> = core
@@ -1100,7 +1114,8 @@ impl Region {
                 name: slot.name.to_string(),
                 keys: slot.store.len(),
                 undecodable_keys: slot.undecodable_keys.load(Ordering::Relaxed),
-                conflicts: slot.conflicts.as_ref().map_or(0, |count| count()),
+                conflicts: slot.conflicts.as_ref().map_or(0, |count| (count.total)()),
+                strategy: slot.conflicts.as_ref().map(|count| count.strategy),
             })
             .collect();
         tables.sort_by(|a, b| a.name.cmp(&b.name));
@@ -1132,6 +1147,7 @@ impl Region {
             rights_requested: c.rights_requested,
             rights_granted: c.rights_granted,
             rights_refused: c.rights_refused,
+            hlc_remote_rejects: core.hlc.remote_rejects(),
             incarnation: core.incarnation,
             committed: core.durable.as_ref().map(|d| d.seq),
             commits: c.commits,

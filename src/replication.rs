@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
-use self::core::{Core, Outgoing};
+use self::core::{Core, Outgoing, SentBytes};
 use self::message::Message;
 use crate::region::EngineFailure;
 use crate::storage::{Storage, StorageError};
@@ -297,10 +297,14 @@ fn compact_held(held: &mut Outgoing) {
     *held = kept;
 }
 
-fn send_all<T: Transport>(transport: &T, out: Outgoing) {
+/// Encodes and sends `out`, counting each frame's bytes in `sent`.
+fn send_all<T: Transport>(transport: &T, out: Outgoing, sent: &mut SentBytes) {
     for (peer, message) in out {
         match wire::encode(&message) {
-            Ok(frame) => transport.send(&peer, frame),
+            Ok(frame) => {
+                sent.add(&peer, frame.len(), message.is_anti_entropy());
+                transport.send(&peer, frame);
+            }
             Err(error) => tracing::error!(%peer, %error, "cannot encode a message"),
         }
     }
@@ -316,6 +320,8 @@ pub(crate) async fn run<T: Transport>(
     let config = shared.lock().config.clone();
     // With storage: messages that wait for the next commit.
     let mut held: Outgoing = Vec::new();
+    // Frame bytes sent since the engine last held the state's lock.
+    let mut sent = SentBytes::default();
     let durable = storage.is_some();
     let mut tick = tokio::time::interval(config.batch_delay);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -339,7 +345,7 @@ pub(crate) async fn run<T: Transport>(
                     };
                     let now = Instant::now();
                     out.extend(shared.lock().take_batches(now));
-                    send_all(&transport, out);
+                    send_all(&transport, out, &mut sent);
                     shutdown = Some((done, now + config.shutdown_wait_max));
                 }
                 #[cfg(any(test, feature = "testing"))]
@@ -351,17 +357,24 @@ pub(crate) async fn run<T: Transport>(
                 let now = Instant::now();
                 // A frame is decoded before the lock that every local read
                 // and write takes (its values are decoded when merged).
+                let mut frame_len = 0;
                 let event = match event {
                     TransportEvent::Frame { from, frame } => {
+                        frame_len = frame.len();
                         Received::Frame(from, wire::decode::<Message>(&frame))
                     }
                     TransportEvent::Up(peer) => Received::Up(peer),
                     TransportEvent::Down(peer) => Received::Down(peer),
                 };
                 let mut core = shared.lock();
+                core.count_sent(&mut sent);
                 let out = match event {
-                    Received::Frame(from, Ok(message)) => core.on_message(&from, message, now),
+                    Received::Frame(from, Ok(message)) => {
+                        core.count_received(&from, frame_len, message.is_anti_entropy());
+                        core.on_message(&from, message, now)
+                    }
                     Received::Frame(from, Err(error)) => {
+                        core.count_received(&from, frame_len, false);
                         core.on_undecodable(&from, &error);
                         Vec::new()
                     }
@@ -391,7 +404,7 @@ pub(crate) async fn run<T: Transport>(
                 } else {
                     out
                 };
-                send_all(&transport, out);
+                send_all(&transport, out, &mut sent);
             }
             () = shared.wake.notified() => {
                 // `Local` writers waiting: commit now rather than on the
@@ -404,10 +417,14 @@ pub(crate) async fn run<T: Transport>(
                     if !commit(&shared, &mut storage).await {
                         break;
                     }
-                    send_all(&transport, std::mem::take(&mut held));
+                    send_all(&transport, std::mem::take(&mut held), &mut sent);
                 }
-                let out = shared.lock().take_batches(Instant::now());
-                send_all(&transport, out);
+                let out = {
+                    let mut core = shared.lock();
+                    core.count_sent(&mut sent);
+                    core.take_batches(Instant::now())
+                };
+                send_all(&transport, out, &mut sent);
             }
             _ = tick.tick() => {
                 if durable {
@@ -416,11 +433,12 @@ pub(crate) async fn run<T: Transport>(
                     // Acknowledgements vouch for the commit: held while it
                     // fails (peers resend, and the commit is retried).
                     if commit(&shared, &mut storage).await {
-                        send_all(&transport, std::mem::take(&mut held));
+                        send_all(&transport, std::mem::take(&mut held), &mut sent);
                     }
                 }
                 let now = Instant::now();
                 let mut core = shared.lock();
+                core.count_sent(&mut sent);
                 core.check_retransmit(now);
                 core.expire_syncs(now);
                 let mut out = core.due_hellos(now);
@@ -435,12 +453,12 @@ pub(crate) async fn run<T: Transport>(
                     crate::region::metrics::publish(&core);
                 }
                 drop(core);
-                send_all(&transport, out);
+                send_all(&transport, out, &mut sent);
             }
         }
         if let Some((_, deadline)) = &shutdown {
             if durable && commit(&shared, &mut storage).await {
-                send_all(&transport, std::mem::take(&mut held));
+                send_all(&transport, std::mem::take(&mut held), &mut sent);
             }
             let core = shared.lock();
             let flushed = core.flushed();

@@ -35,15 +35,6 @@ fn pair(net: &ChannelNetwork) -> (Region, Region) {
     )
 }
 
-async fn inc(region: &Region, key: u64, n: u64) {
-    region
-        .table::<u64, GCounter>("likes")
-        .unwrap()
-        .update(&key, |c, ctx| c.apply(|c| c.inc(ctx.replica(), n)))
-        .await
-        .unwrap();
-}
-
 #[test]
 fn subscribers_see_local_and_replicated_changes_and_watchers_only_their_key() {
     paused_runtime().block_on(async {
@@ -53,8 +44,8 @@ fn subscribers_see_local_and_replicated_changes_and_watchers_only_their_key() {
         let mut all = here.subscribe(64).unwrap();
         let mut one = here.watch(&2u64, 64).unwrap();
 
-        inc(&tokyo, 1, 1).await;
-        inc(&frankfurt, 2, 5).await;
+        common::add(&tokyo, "likes", 1, 1).await;
+        common::add(&frankfurt, "likes", 2, 5).await;
 
         let local = next(&mut all).await.unwrap();
         assert_eq!(
@@ -89,7 +80,7 @@ fn a_slow_subscriber_is_told_what_it_missed_and_never_holds_back_replication() {
             .subscribe(2)
             .unwrap();
         for key in 0..10 {
-            inc(&tokyo, key, 1).await;
+            common::add(&tokyo, "likes", key, 1).await;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
         // Every write reached Frankfurt though nobody read the stream.
@@ -106,7 +97,7 @@ fn a_slow_subscriber_is_told_what_it_missed_and_never_holds_back_replication() {
         }
         assert_eq!(seen, vec![Ok(0), Ok(1), Err(Lagged { missed: 8 })]);
         // After the gap, new changes flow again.
-        inc(&tokyo, 42, 1).await;
+        common::add(&tokyo, "likes", 42, 1).await;
         let after = next(&mut slow).await.unwrap();
         assert_eq!(after.key, 42);
         tokyo.shutdown().await;
@@ -120,7 +111,7 @@ fn anti_entropy_repairs_are_reported_as_replicated_changes() {
         let net = ChannelNetwork::new(3);
         let (tokyo, frankfurt) = pair(&net);
         net.partition("ap-northeast", "eu-central");
-        inc(&tokyo, 7, 3).await;
+        common::add(&tokyo, "likes", 7, 3).await;
         let mut watch = frankfurt
             .table::<u64, GCounter>("likes")
             .unwrap()
@@ -146,7 +137,7 @@ fn streams_end_when_their_region_is_gone() {
             .unwrap()
             .subscribe(8)
             .unwrap();
-        inc(&tokyo, 1, 1).await;
+        common::add(&tokyo, "likes", 1, 1).await;
         tokyo.shutdown().await;
         drop(tokyo);
         assert!(

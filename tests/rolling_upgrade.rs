@@ -12,15 +12,6 @@ use archipelago::region::{PROTOCOL_VERSION, Region, RegionConfig};
 use archipelago::transport::ChannelNetwork;
 use common::{paused_runtime, region_on};
 
-async fn add(region: &Region, key: u64, n: u64) {
-    region
-        .table::<u64, GCounter>("likes")
-        .unwrap()
-        .update(&key, |c, ctx| c.apply(|c| c.inc(ctx.replica(), n)))
-        .await
-        .unwrap();
-}
-
 async fn value(region: &Region, key: u64) -> u64 {
     let table = region.table::<u64, GCounter>("likes").unwrap();
     table.read(&key).await.unwrap().map_or(0, |c| c.value())
@@ -49,8 +40,8 @@ fn a_new_build_and_an_old_one_replicate_both_ways_then_agree_on_the_new_protocol
         tokio::time::sleep(Duration::from_millis(100)).await;
         let syncs = (new.stats().syncs_completed, old.stats().syncs_completed);
         for round in 1..=5 {
-            add(&new, 1, 1).await;
-            add(&old, 2, 10).await;
+            common::add(&new, "likes", 1, 1).await;
+            common::add(&old, "likes", 2, 10).await;
             // Batches, not a repair: within a few batch delays.
             tokio::time::sleep(Duration::from_millis(50)).await;
             assert_eq!(value(&old, 1).await, round, "new -> old");
@@ -81,7 +72,7 @@ fn a_new_build_and_an_old_one_replicate_both_ways_then_agree_on_the_new_protocol
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(protocol_with(&new, "eu-central"), PROTOCOL_VERSION);
         assert_eq!(protocol_with(&upgraded, "ap-northeast"), PROTOCOL_VERSION);
-        add(&upgraded, 3, 1).await;
+        common::add(&upgraded, "likes", 3, 1).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(value(&new, 3).await, 1);
         assert_eq!(upgraded.stats().rejected_frames, 0);

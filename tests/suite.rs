@@ -37,6 +37,7 @@ mod golden_fixtures;
 mod hlc;
 mod id_uniqueness;
 mod lag_timeline;
+mod peer_stats;
 mod resolver_laws;
 mod restart;
 mod retire;

@@ -201,6 +201,9 @@ pub struct Hlc {
     clock: Arc<dyn PhysicalClock>,
     last: AtomicU64,
     max_offset_ms: u64,
+    /// Remote timestamps past the offset bound: refused by `update`,
+    /// clamped by `observe`.
+    remote_rejects: AtomicU64,
 }
 
 impl Hlc {
@@ -216,6 +219,7 @@ impl Hlc {
             clock: Arc::new(clock),
             last: AtomicU64::new(0),
             max_offset_ms: MAX_OFFSET_DEFAULT.as_millis() as u64,
+            remote_rejects: AtomicU64::new(0),
         }
     }
 
@@ -234,6 +238,14 @@ impl Hlc {
     /// The bound on remote clock offset.
     pub fn max_offset(&self) -> Duration {
         Duration::from_millis(self.max_offset_ms)
+    }
+
+    /// Remote timestamps this clock did not follow because they were past
+    /// its offset bound (the local wall clock plus the max offset): those
+    /// [`update`](Hlc::update) refused and those [`observe`](Hlc::observe)
+    /// clamped.
+    pub fn remote_rejects(&self) -> u64 {
+        self.remote_rejects.load(Ordering::Relaxed)
     }
 
     /// The latest reading given out, without taking a new one.
@@ -269,6 +281,7 @@ impl Hlc {
         let local_ms = self.clock.now_ms().min(PHYSICAL_MS_MAX);
         let ahead_ms = remote.physical_ms().saturating_sub(local_ms);
         if ahead_ms > self.max_offset_ms {
+            self.remote_rejects.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 replica = %self.replica,
                 %remote,
@@ -307,6 +320,7 @@ impl Hlc {
         let local_ms = self.clock.now_ms().min(PHYSICAL_MS_MAX);
         let bound = self.offset_bound();
         if remote > bound {
+            self.remote_rejects.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 replica = %self.replica,
                 %remote,
@@ -351,6 +365,7 @@ impl fmt::Debug for Hlc {
             .field("replica", &self.replica)
             .field("last", &self.last())
             .field("max_offset_ms", &self.max_offset_ms)
+            .field("remote_rejects", &self.remote_rejects())
             .finish()
     }
 }
@@ -380,5 +395,18 @@ mod tests {
         let t = hlc.update(remote).unwrap();
         assert_eq!(t, Timestamp::new(1_300, 8));
         assert!(hlc.now() > t);
+    }
+
+    #[test]
+    fn remote_rejects_count_refused_and_clamped_timestamps_only() {
+        let wall = ManualClock::new(1_000);
+        let hlc = Hlc::with_clock(ReplicaId::new(1), wall);
+        hlc.update(Timestamp::new(1_500, 0)).unwrap();
+        hlc.observe(Timestamp::new(1_400, 0));
+        assert_eq!(hlc.remote_rejects(), 0, "within the 500 ms bound");
+        assert!(hlc.update(Timestamp::new(1_501, 0)).is_err());
+        let clamped = hlc.observe(Timestamp::new(9_000, 0));
+        assert!(clamped.physical_ms() <= 1_501, "{clamped}");
+        assert_eq!(hlc.remote_rejects(), 2);
     }
 }

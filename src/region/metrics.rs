@@ -46,6 +46,23 @@ pub(crate) fn publish(core: &Core) {
             peer.needs_sync,
             behind,
         ));
+        for (name, value) in [
+            ("archipelago_peer_bytes_sent_total", peer.bytes_sent),
+            ("archipelago_peer_bytes_received_total", peer.bytes_received),
+            (
+                "archipelago_anti_entropy_bytes_sent_total",
+                peer.sync_bytes_sent,
+            ),
+            (
+                "archipelago_anti_entropy_bytes_received_total",
+                peer.sync_bytes_received,
+            ),
+        ] {
+            counter!(name, &labels).absolute(value);
+        }
+        if let Some(offset_ms) = peer.clock_offset_ms {
+            gauge!("archipelago_clock_offset_seconds", &labels).set(offset_ms as f64 / 1000.0);
+        }
     }
     let labels = [("region", region.clone())];
     gauge!("archipelago_outbox_len", &labels).set(core.outbox.len() as f64);
@@ -71,6 +88,10 @@ pub(crate) fn publish(core: &Core) {
         ("archipelago_rights_requested_total", c.rights_requested),
         ("archipelago_rights_granted_units_total", c.rights_granted),
         ("archipelago_rights_refused_total", c.rights_refused),
+        (
+            "archipelago_hlc_remote_rejects_total",
+            core.hlc.remote_rejects(),
+        ),
         ("archipelago_commits_total", c.commits),
         ("archipelago_commit_failures_total", c.commit_failures),
     ] {
@@ -86,8 +107,12 @@ pub(crate) fn publish(core: &Core) {
     }
     for slot in &core.tables {
         if let Some(count) = &slot.conflicts {
-            let labels = [("region", region.clone()), ("table", slot.name.to_string())];
-            counter!("archipelago_conflicts_total", &labels).absolute(count());
+            let labels = [
+                ("region", region.clone()),
+                ("table", slot.name.to_string()),
+                ("strategy", count.strategy.to_owned()),
+            ];
+            counter!("archipelago_conflicts_total", &labels).absolute((count.total)());
         }
     }
 }

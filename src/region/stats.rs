@@ -73,6 +73,10 @@ pub struct RegionStats {
     /// table is not bounded here, or it answered that peer and key within
     /// `rights_request_timeout`).
     pub rights_refused: u64,
+    /// Remote timestamps (of batches and transfers) past this region's
+    /// clock plus its max offset, which the clock did not follow beyond
+    /// that bound ([`Hlc::remote_rejects`](crate::clock::Hlc::remote_rejects)).
+    pub hlc_remote_rejects: u64,
     /// Starts of this replica with storage; without, its start time (ms).
     pub incarnation: u64,
     /// Local writes committed to storage (`None` without storage).
@@ -181,6 +185,23 @@ pub struct PeerStats {
     /// our writes it has not acknowledged was made; zero when it has
     /// acknowledged every one.
     pub lag: Duration,
+    /// Its clock minus ours, in ms, as last observed (`None` before any
+    /// timestamp of it arrived): the time stamped on its latest batch or
+    /// transfer minus our wall clock on arrival, so transit time makes it
+    /// read lower. Positive: its clock runs ahead.
+    pub clock_offset_ms: Option<i64>,
+    /// Encoded frame bytes sent to it (every message, anti-entropy
+    /// included), as handed to the transport. Frames the engine sent since
+    /// it last held its lock are added the next time it does: within one
+    /// batch delay.
+    pub bytes_sent: u64,
+    /// Encoded frame bytes received from it, undecodable frames included.
+    pub bytes_received: u64,
+    /// The part of `bytes_sent` that was anti-entropy (requests,
+    /// transfers, confirmations).
+    pub sync_bytes_sent: u64,
+    /// The part of `bytes_received` that was anti-entropy.
+    pub sync_bytes_received: u64,
 }
 
 /// One table, as a region holds it.
@@ -195,6 +216,11 @@ pub struct TableStats {
     pub undecodable_keys: u64,
     /// Conflicts resolved here (resolver tables).
     pub conflicts: u64,
+    /// The strategy of its resolver, by
+    /// [`Strategy::as_str`](crate::resolve::Strategy::as_str) (resolver
+    /// tables; `None` for CRDT tables): the `strategy` label of
+    /// `archipelago_conflicts_total`.
+    pub strategy: Option<&'static str>,
 }
 
 /// Why a frame from a peer was refused: the `reason` label of

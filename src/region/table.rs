@@ -34,6 +34,19 @@ impl<T> Scan<T> {
     }
 }
 
+impl<K: Ord, X> Scan<(K, X)> {
+    /// The snapshot's keys in `range`, in key order (what `range` scans
+    /// return); `skipped` is kept.
+    fn within(self, range: &impl RangeBounds<K>) -> Self {
+        let mut kept: Vec<(K, X)> = self.items.filter(|(k, _)| range.contains(k)).collect();
+        kept.sort_by(|a, b| a.0.cmp(&b.0));
+        Scan {
+            items: kept.into_iter(),
+            skipped: self.skipped,
+        }
+    }
+}
+
 impl<T> Iterator for Scan<T> {
     type Item = T;
 
@@ -151,16 +164,6 @@ impl Region {
             }
         })?
     }
-}
-
-/// Orders a snapshot by key and keeps the keys in `range`.
-fn in_range<K: Ord, X>(entries: Vec<(K, X)>, range: &impl RangeBounds<K>) -> Vec<(K, X)> {
-    let mut kept: Vec<(K, X)> = entries
-        .into_iter()
-        .filter(|(k, _)| range.contains(k))
-        .collect();
-    kept.sort_by(|a, b| a.0.cmp(&b.0));
-    kept
 }
 
 /// A handle on a CRDT table of keys `K` and values `V`. Clones share it.
@@ -436,12 +439,7 @@ where
     where
         K: Ord,
     {
-        let scan = self.iter()?;
-        let skipped = scan.skipped;
-        Ok(Scan {
-            items: in_range(scan.items.collect(), &range).into_iter(),
-            skipped,
-        })
+        Ok(self.iter()?.within(&range))
     }
 
     /// Number of keys.
@@ -782,12 +780,7 @@ where
     where
         K: Ord,
     {
-        let scan = self.iter()?;
-        let skipped = scan.skipped;
-        Ok(Scan {
-            items: in_range(scan.items.collect(), &range).into_iter(),
-            skipped,
-        })
+        Ok(self.iter()?.within(&range))
     }
 
     /// Number of keys held, deleted ones included (their tombstones, see

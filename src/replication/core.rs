@@ -46,6 +46,31 @@ fn unpack(bytes: &[u8]) -> Option<Vec<u64>> {
     )
 }
 
+/// Frame bytes the engine handed to the transport per peer, counted where
+/// it encodes them (outside the state's lock) and added to the peers'
+/// counters by [`Core::count_sent`] the next time it holds the lock:
+/// (all bytes, anti-entropy bytes).
+#[derive(Default)]
+pub(crate) struct SentBytes(pub(crate) BTreeMap<String, (u64, u64)>);
+
+impl SentBytes {
+    /// Counts a frame of `bytes` sent to `peer`.
+    pub(crate) fn add(&mut self, peer: &str, bytes: usize, sync: bool) {
+        let bytes = bytes as u64;
+        // The peer's name is copied only the first time.
+        if !self.0.contains_key(peer) {
+            self.0.insert(peer.to_owned(), (0, 0));
+        }
+        let Some((all, of_sync)) = self.0.get_mut(peer) else {
+            return;
+        };
+        *all += bytes;
+        if sync {
+            *of_sync += bytes;
+        }
+    }
+}
+
 /// A frame to send: the peer's name and the message.
 pub(crate) type Outgoing = Vec<(String, Message)>;
 
@@ -101,6 +126,19 @@ pub(crate) struct PeerState {
     /// [`FORMER_IDS_MAX`]): their late frames are ignored, not refused, and
     /// no other peer may present them.
     pub(crate) former: Vec<ReplicaId>,
+    /// Its clock minus ours in ms, as last observed: the physical time of a
+    /// timestamp it sent (a batch's, a transfer's) minus our wall clock
+    /// when it arrived (so transit time is counted as the peer being
+    /// behind).
+    pub(crate) clock_offset_ms: Option<i64>,
+    /// Encoded frame bytes sent to it and received from it (every frame,
+    /// anti-entropy included).
+    pub(crate) bytes_sent: u64,
+    pub(crate) bytes_received: u64,
+    /// The part of `bytes_sent` / `bytes_received` that was anti-entropy
+    /// (requests, transfers, their confirmations).
+    pub(crate) sync_bytes_sent: u64,
+    pub(crate) sync_bytes_received: u64,
 }
 
 impl PeerState {
@@ -144,6 +182,11 @@ impl PeerState {
             protocol_refused: None,
             protocol: PROTOCOL_VERSION_MIN,
             former: Vec::new(),
+            clock_offset_ms: None,
+            bytes_sent: 0,
+            bytes_received: 0,
+            sync_bytes_sent: 0,
+            sync_bytes_received: 0,
         }
     }
 
@@ -244,7 +287,15 @@ pub(crate) struct TableSlot {
     /// declared the table with another key type), counted by the scans.
     pub(crate) undecodable_keys: Arc<std::sync::atomic::AtomicU64>,
     /// Conflict counter of resolver tables (their feed's total).
-    pub(crate) conflicts: Option<Box<dyn Fn() -> u64 + Send>>,
+    pub(crate) conflicts: Option<ConflictCount>,
+}
+
+/// What a resolver table tells of its conflicts: its resolver's
+/// [`Strategy::as_str`](crate::resolve::Strategy::as_str) and its feed's
+/// total.
+pub(crate) struct ConflictCount {
+    pub(crate) strategy: &'static str,
+    pub(crate) total: Box<dyn Fn() -> u64 + Send>,
 }
 
 pub(crate) struct Core {
@@ -512,6 +563,41 @@ impl Core {
             undeclared: Vec::new(),
         });
         Ok(())
+    }
+
+    /// Follows `from`'s clock to `sent_at` (within the offset bound, see
+    /// [`Hlc::observe`]) and records the offset observed.
+    pub(super) fn follow_clock(&mut self, from: &str, sent_at: Timestamp, now: Instant) {
+        // Physical times are below 2^48 ms: the difference fits.
+        let theirs = i64::try_from(sent_at.physical_ms()).unwrap_or(i64::MAX);
+        let ours = i64::try_from(self.hlc.wall_ms()).unwrap_or(i64::MAX);
+        self.peer(from, now).clock_offset_ms = Some(theirs.saturating_sub(ours));
+        self.hlc.observe(sent_at);
+    }
+
+    /// Counts a frame of `bytes` received from `from` (`sync`: an
+    /// anti-entropy message). A peer we do not know is not added for it.
+    pub(crate) fn count_received(&mut self, from: &str, bytes: usize, sync: bool) {
+        if let Some(peer) = self.peers.get_mut(from) {
+            let bytes = bytes as u64;
+            peer.bytes_received += bytes;
+            if sync {
+                peer.sync_bytes_received += bytes;
+            }
+            debug_assert!(peer.sync_bytes_received <= peer.bytes_received);
+        }
+    }
+
+    /// Adds the frame bytes the engine sent since it last held the lock
+    /// (drained from `sent`) to the peers' counters.
+    pub(crate) fn count_sent(&mut self, sent: &mut SentBytes) {
+        for (name, (bytes, sync)) in std::mem::take(&mut sent.0) {
+            if let Some(peer) = self.peers.get_mut(&name) {
+                peer.bytes_sent += bytes;
+                peer.sync_bytes_sent += sync;
+                debug_assert!(peer.sync_bytes_sent <= peer.bytes_sent);
+            }
+        }
     }
 
     /// `replica` told us itself it made `writes` (see `issued`).

@@ -221,6 +221,17 @@ pub(crate) enum Message {
     },
 }
 
+impl Message {
+    /// True for the messages of anti-entropy: requests, transfers and
+    /// their confirmations (counted apart in the peers' byte counters).
+    pub(crate) fn is_anti_entropy(&self) -> bool {
+        matches!(
+            self,
+            Message::SyncRequest { .. } | Message::SyncStates { .. } | Message::SyncDone { .. }
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

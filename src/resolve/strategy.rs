@@ -21,15 +21,25 @@ pub enum Strategy {
     Custom(&'static str),
 }
 
+impl Strategy {
+    /// Its stable name: the `strategy` label of
+    /// `archipelago_conflicts_total` and what `Display` prints
+    /// (`"last-write-wins"`, `"first-write-wins"`, `"merge"`, `"siblings"`,
+    /// or a custom resolver's own name).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Strategy::LastWriteWins => "last-write-wins",
+            Strategy::FirstWriteWins => "first-write-wins",
+            Strategy::Merge => "merge",
+            Strategy::Siblings => "siblings",
+            Strategy::Custom(name) => name,
+        }
+    }
+}
+
 impl fmt::Display for Strategy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Strategy::LastWriteWins => f.write_str("last-write-wins"),
-            Strategy::FirstWriteWins => f.write_str("first-write-wins"),
-            Strategy::Merge => f.write_str("merge"),
-            Strategy::Siblings => f.write_str("siblings"),
-            Strategy::Custom(name) => f.write_str(name),
-        }
+        f.write_str(self.as_str())
     }
 }
 

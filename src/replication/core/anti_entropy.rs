@@ -304,7 +304,7 @@ impl Core {
             return None;
         }
         self.peer(from, now).last_sync = Some(now);
-        self.hlc.observe(sent_at);
+        self.follow_clock(from, sent_at, now);
         if let Err(error) = message::count_entries(&part.1.0, part.0.len()) {
             self.reject(
                 from,

@@ -208,7 +208,7 @@ impl Core {
         }
         // Follow the sender's clock, within the offset bound: the data is
         // applied even when the sender's clock runs too far ahead.
-        self.hlc.observe(sent_at);
+        self.follow_clock(from, sent_at, now);
         self.heard_from(origin, last);
         let peer = self.peer(from, now);
         peer.its_seq_seen = peer.its_seq_seen.max(last);
