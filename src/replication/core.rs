@@ -57,16 +57,17 @@ impl SentBytes {
     /// Counts a frame of `bytes` sent to `peer`.
     pub(crate) fn add(&mut self, peer: &str, bytes: usize, sync: bool) {
         let bytes = bytes as u64;
-        // The peer's name is copied only the first time.
-        if !self.0.contains_key(peer) {
-            self.0.insert(peer.to_owned(), (0, 0));
-        }
-        let Some((all, of_sync)) = self.0.get_mut(peer) else {
-            return;
-        };
-        *all += bytes;
-        if sync {
-            *of_sync += bytes;
+        let of_sync = if sync { bytes } else { 0 };
+        // The peer's name is copied only the first time: `Core::count_sent`
+        // zeroes the counts and keeps the keys.
+        match self.0.get_mut(peer) {
+            Some((all, sync_bytes)) => {
+                *all += bytes;
+                *sync_bytes += of_sync;
+            }
+            None => {
+                self.0.insert(peer.to_owned(), (bytes, of_sync));
+            }
         }
     }
 }
@@ -591,12 +592,13 @@ impl Core {
     /// Adds the frame bytes the engine sent since it last held the lock
     /// (drained from `sent`) to the peers' counters.
     pub(crate) fn count_sent(&mut self, sent: &mut SentBytes) {
-        for (name, (bytes, sync)) in std::mem::take(&mut sent.0) {
-            if let Some(peer) = self.peers.get_mut(&name) {
-                peer.bytes_sent += bytes;
-                peer.sync_bytes_sent += sync;
+        for (name, (bytes, sync)) in sent.0.iter_mut() {
+            if let Some(peer) = self.peers.get_mut(name) {
+                peer.bytes_sent += *bytes;
+                peer.sync_bytes_sent += *sync;
                 debug_assert!(peer.sync_bytes_sent <= peer.bytes_sent);
             }
+            (*bytes, *sync) = (0, 0);
         }
     }
 
