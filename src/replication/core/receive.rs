@@ -1,6 +1,7 @@
 //! Frames from peers: batches into the causal buffer, acknowledgements,
 //! merging entries into tables.
 
+use super::anti_entropy::TransferChunk;
 use super::*;
 
 impl Core {
@@ -107,18 +108,19 @@ impl Core {
                 tables,
                 entries,
                 applied,
-            } => self.on_sync_states(
-                from,
-                session,
-                push,
-                chunk,
-                chunks,
-                sent_at,
-                buckets,
-                (tables, entries),
-                applied,
-                now,
-            ),
+            } => {
+                let chunk = TransferChunk {
+                    session,
+                    push,
+                    chunk,
+                    chunks,
+                    sent_at,
+                    buckets,
+                    part: (tables, entries),
+                    applied,
+                };
+                self.on_sync_states(from, chunk, now)
+            }
         }
     }
 
