@@ -532,7 +532,10 @@ impl Core {
                 index += 1;
                 match slots[table] {
                     Some(_) if skip => {}
-                    Some(slot) => self.tables[slot].store.commit(key, at),
+                    Some(slot) => {
+                        self.tables[slot].store.commit(key, at);
+                        self.rights.key_changed(slot, key);
+                    }
                     None => {
                         self.hold_undeclared(&tables[table], key, value);
                     }
