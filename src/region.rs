@@ -759,13 +759,16 @@ fn restore_from_storage(
     Ok(())
 }
 
+/// What starts a region's engine, given its shared state, its command
+/// channel and its store (the builder's `engine`).
+type EngineStart =
+    Box<dyn FnOnce(Arc<Shared>, mpsc::Receiver<Command>, Option<Box<dyn Storage>>) + Send>;
+
 /// Starts the engine of `shared`: the builder's (`engine`, set by its
 /// transport), or, for a `durable` region without one, an engine that
 /// only commits. True when one runs.
 fn start_engine(
-    engine: Option<
-        Box<dyn FnOnce(Arc<Shared>, mpsc::Receiver<Command>, Option<Box<dyn Storage>>) + Send>,
-    >,
+    engine: Option<EngineStart>,
     name: &str,
     durable: bool,
     shared: &Arc<Shared>,
