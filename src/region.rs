@@ -349,7 +349,7 @@ use crate::replication::store::{CrdtStore, Merger};
 use crate::replication::{self, Command, Shared};
 use crate::resolve::{ConflictFeed, Resolution, Resolver, VersionSet};
 use crate::session::{Missing, Session, SessionToken};
-use crate::storage::{Commit, Identity, Storage, StorageError};
+use crate::storage::{Commit, Identity, Snapshot, Storage, StorageError};
 use crate::transport::Transport;
 use crate::wire::{self, WireError};
 
@@ -624,32 +624,8 @@ impl RegionBuilder {
         let (identity, snapshot) = match &mut storage {
             Some(storage) => {
                 let snapshot = storage.load()?;
-                let identity = match &snapshot.identity {
-                    Some(stored) if stored.region != self.name => {
-                        return Err(StorageError::OtherRegion {
-                            stored: stored.region.clone(),
-                            opening: self.name.clone(),
-                        }
-                        .into());
-                    }
-                    Some(stored) => {
-                        if let Some(pinned) = self.replica.filter(|&p| p != stored.replica) {
-                            return Err(RegionError::PinnedReplicaId {
-                                stored: stored.replica,
-                                pinned,
-                            });
-                        }
-                        Identity {
-                            incarnation: stored.incarnation + 1,
-                            ..stored.clone()
-                        }
-                    }
-                    None => Identity {
-                        region: self.name.clone(),
-                        replica: self.replica.unwrap_or_else(random_replica_id),
-                        incarnation: 1,
-                    },
-                };
+                let stored = snapshot.identity.as_ref();
+                let identity = identity_from_storage(&self.name, self.replica, stored)?;
                 (identity, Some(snapshot))
             }
             // Without storage each start is told apart by its start time
@@ -687,44 +663,12 @@ impl RegionBuilder {
         let replicating = self.engine.is_some();
         let durable = storage.is_some();
         if let Some(snapshot) = snapshot {
-            let keys = snapshot.states.len();
-            let unacknowledged = snapshot.outbox.len();
-            core.restore(snapshot, Instant::now())?;
-            // Only a store that restored is written to: the new incarnation
-            // is on disk before any hello names it.
-            if let Some(storage) = &mut storage {
-                storage.commit(&Commit {
-                    identity: Some(identity.clone()),
-                    outbox_keep_from: 0,
-                    ..Commit::default()
-                })?;
-            }
-            tracing::info!(
-                region = %self.name,
-                %replica,
-                incarnation = identity.incarnation,
-                writes = core.seq,
-                keys,
-                outbox_segments = unacknowledged,
-                "region restarted from storage"
-            );
+            restore_from_storage(&mut core, snapshot, &mut storage, &identity)?;
         }
         let durable_seq = core.seq;
         let shared = Arc::new(Shared::new(core, durable_seq));
         let (commands, receiver) = mpsc::channel(4);
-        let engine = self.engine.or_else(|| {
-            durable.then(|| {
-                let name = self.name.clone();
-                Box::new(move |shared, commands, storage| {
-                    let detached = replication::Detached(name);
-                    replication::spawn(shared, detached, commands, storage);
-                }) as Box<dyn FnOnce(_, _, _) + Send>
-            })
-        });
-        let running = engine.is_some();
-        if let Some(start) = engine {
-            start(Arc::clone(&shared), receiver, storage);
-        }
+        let running = start_engine(self.engine, &self.name, durable, &shared, receiver, storage);
         tracing::info!(region = %self.name, %replica, incarnation = identity.incarnation, replicating, durable, "region started");
         Ok(Region {
             inner: Arc::new(Inner {
@@ -742,6 +686,109 @@ impl RegionBuilder {
             }),
         })
     }
+}
+
+/// The identity a region named `name` (its replica id `pinned`, if
+/// pinned) starts with from a store holding `stored`: the stored one, one
+/// incarnation later, or a new one for a new store.
+///
+/// # Errors
+/// [`StorageError::OtherRegion`] for another region's store;
+/// [`RegionError::PinnedReplicaId`] when the pinned id is not the stored
+/// one.
+fn identity_from_storage(
+    name: &str,
+    pinned: Option<ReplicaId>,
+    stored: Option<&Identity>,
+) -> Result<Identity, RegionError> {
+    match stored {
+        Some(stored) if stored.region != name => Err(StorageError::OtherRegion {
+            stored: stored.region.clone(),
+            opening: name.to_owned(),
+        }
+        .into()),
+        Some(stored) => {
+            if let Some(pinned) = pinned.filter(|&p| p != stored.replica) {
+                return Err(RegionError::PinnedReplicaId {
+                    stored: stored.replica,
+                    pinned,
+                });
+            }
+            Ok(Identity {
+                incarnation: stored.incarnation + 1,
+                ..stored.clone()
+            })
+        }
+        None => Ok(Identity {
+            region: name.to_owned(),
+            replica: pinned.unwrap_or_else(random_replica_id),
+            incarnation: 1,
+        }),
+    }
+}
+
+/// Restores `core` from the `snapshot` its store loaded, then commits the
+/// new `identity`.
+fn restore_from_storage(
+    core: &mut Core,
+    snapshot: Snapshot,
+    storage: &mut Option<Box<dyn Storage>>,
+    identity: &Identity,
+) -> Result<(), RegionError> {
+    let keys = snapshot.states.len();
+    let unacknowledged = snapshot.outbox.len();
+    core.restore(snapshot, Instant::now())?;
+    // Only a store that restored is written to: the new incarnation
+    // is on disk before any hello names it.
+    if let Some(storage) = storage {
+        storage.commit(&Commit {
+            identity: Some(identity.clone()),
+            outbox_keep_from: 0,
+            ..Commit::default()
+        })?;
+    }
+    tracing::info!(
+        region = %core.name,
+        replica = %identity.replica,
+        incarnation = identity.incarnation,
+        writes = core.seq,
+        keys,
+        outbox_segments = unacknowledged,
+        "region restarted from storage"
+    );
+    Ok(())
+}
+
+/// What starts a region's engine, given its shared state, its command
+/// channel and its store (the builder's `engine`).
+type EngineStart =
+    Box<dyn FnOnce(Arc<Shared>, mpsc::Receiver<Command>, Option<Box<dyn Storage>>) + Send>;
+
+/// Starts the engine of `shared`: the builder's (`engine`, set by its
+/// transport), or, for a `durable` region without one, an engine that
+/// only commits. True when one runs.
+fn start_engine(
+    engine: Option<EngineStart>,
+    name: &str,
+    durable: bool,
+    shared: &Arc<Shared>,
+    receiver: mpsc::Receiver<Command>,
+    storage: Option<Box<dyn Storage>>,
+) -> bool {
+    let engine = engine.or_else(|| {
+        durable.then(|| {
+            let name = name.to_owned();
+            Box::new(move |shared, commands, storage| {
+                let detached = replication::Detached(name);
+                replication::spawn(shared, detached, commands, storage);
+            }) as Box<dyn FnOnce(_, _, _) + Send>
+        })
+    });
+    let running = engine.is_some();
+    if let Some(start) = engine {
+        start(Arc::clone(shared), receiver, storage);
+    }
+    running
 }
 
 /// The type of `value`, for comparing resolvers passed as `impl Resolver`.
@@ -920,57 +967,18 @@ impl Region {
             let core = self.core()?;
             Self::find::<K, VersionSet<T>>(&core, name)?
         };
-        if let Some(Declared {
-            name: table,
-            slot,
-            undecodable_keys,
-        }) = existing
-        {
-            let Some(registered) = resolvers.get(&*table) else {
-                return Err(RegionError::ResolverMismatch {
-                    table: table.to_string(),
-                    registered: NO_RESOLVER,
-                    requested,
-                });
-            };
-            if registered.resolver_type != type_id_of(&resolver) {
-                return Err(RegionError::ResolverMismatch {
-                    table: table.to_string(),
-                    registered: registered.resolver_name,
-                    requested,
-                });
-            }
-            let (resolver, feed) = registered
-                .shared
-                .downcast_ref::<(Arc<dyn Resolver<T>>, ConflictFeed<T>)>()
-                .expect("the table's value type was checked")
-                .clone();
-            return Ok(ResolverTable {
-                region: self.clone(),
-                name: table,
-                slot,
-                ack: self.inner.ack,
-                resolver,
-                feed,
-                undecodable_keys,
-                _keys: PhantomData,
-            });
+        if let Some(declared) = existing {
+            return self.registered_resolver_table(
+                &resolvers,
+                declared,
+                type_id_of(&resolver),
+                requested,
+            );
         }
         let resolver_type = type_id_of(&resolver);
         let feed = ConflictFeed::new(name, self.inner.replica);
         let resolver: Arc<dyn Resolver<T>> = Arc::new(resolver);
-        let merger: Merger<VersionSet<T>> = {
-            let (feed, resolver, hlc) = (
-                feed.clone(),
-                Arc::clone(&resolver),
-                Arc::clone(&self.inner.hlc),
-            );
-            Arc::new(
-                move |mine: &mut VersionSet<T>, theirs: &VersionSet<T>, key: &[u8], _| {
-                    mine.merge_audited(theirs, &*resolver, &feed, &KeyBytes(key), hlc.now());
-                },
-            )
-        };
+        let merger = self.audited_merger(&feed, &resolver);
         let counter = {
             let feed = feed.clone();
             ConflictCount {
@@ -987,7 +995,77 @@ impl Region {
                 shared: Box::new((Arc::clone(&resolver), feed.clone())),
             },
         );
-        Ok(ResolverTable {
+        Ok(self.resolver_table(declared, resolver, feed))
+    }
+
+    /// The resolver table `declared`, declared before: with the resolver
+    /// and feed registered for it, when its resolver is of the type asked
+    /// for (`resolver_type`, named `requested`).
+    fn registered_resolver_table<K, T>(
+        &self,
+        resolvers: &HashMap<Arc<str>, ResolverSlot>,
+        declared: Declared,
+        resolver_type: TypeId,
+        requested: &'static str,
+    ) -> Result<ResolverTable<K, T>, RegionError>
+    where
+        T: Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        let Some(registered) = resolvers.get(&*declared.name) else {
+            return Err(RegionError::ResolverMismatch {
+                table: declared.name.to_string(),
+                registered: NO_RESOLVER,
+                requested,
+            });
+        };
+        if registered.resolver_type != resolver_type {
+            return Err(RegionError::ResolverMismatch {
+                table: declared.name.to_string(),
+                registered: registered.resolver_name,
+                requested,
+            });
+        }
+        let (resolver, feed) = registered
+            .shared
+            .downcast_ref::<(Arc<dyn Resolver<T>>, ConflictFeed<T>)>()
+            .expect("the table's value type was checked")
+            .clone();
+        Ok(self.resolver_table(declared, resolver, feed))
+    }
+
+    /// How a resolver table merges: the join of version sets, each
+    /// conflict settled by `resolver` and reported to `feed`.
+    fn audited_merger<T>(
+        &self,
+        feed: &ConflictFeed<T>,
+        resolver: &Arc<dyn Resolver<T>>,
+    ) -> Merger<VersionSet<T>>
+    where
+        T: Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        let (feed, resolver, hlc) = (
+            feed.clone(),
+            Arc::clone(resolver),
+            Arc::clone(&self.inner.hlc),
+        );
+        Arc::new(
+            move |mine: &mut VersionSet<T>, theirs: &VersionSet<T>, key: &[u8], _| {
+                mine.merge_audited(theirs, &*resolver, &feed, &KeyBytes(key), hlc.now());
+            },
+        )
+    }
+
+    /// A handle on the resolver table `declared`.
+    fn resolver_table<K, T>(
+        &self,
+        declared: Declared,
+        resolver: Arc<dyn Resolver<T>>,
+        feed: ConflictFeed<T>,
+    ) -> ResolverTable<K, T>
+    where
+        T: Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        ResolverTable {
             region: self.clone(),
             name: declared.name,
             slot: declared.slot,
@@ -996,7 +1074,7 @@ impl Region {
             feed,
             undecodable_keys: declared.undecodable_keys,
             _keys: PhantomData,
-        })
+        }
     }
 
     /// The registry of resolver tables, locked (before the state).

@@ -16,6 +16,7 @@ pub(crate) mod store;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
@@ -245,9 +246,6 @@ async fn commit(shared: &Shared, storage: &mut Option<Box<dyn Storage>>) -> bool
     ok
 }
 
-/// Whether a message may leave before the next commit: with storage,
-/// acknowledgements and state transfers wait until what they vouch for is
-/// on disk (a crash must not take back what a peer was told we hold).
 /// A transport event, its frame decoded.
 enum Received {
     Frame(String, Result<Message, wire::WireError>),
@@ -255,6 +253,9 @@ enum Received {
     Down(String),
 }
 
+/// Whether a message may leave before the next commit: with storage,
+/// acknowledgements and state transfers wait until what they vouch for is
+/// on disk (a crash must not take back what a peer was told we hold).
 pub(crate) fn leaves_now(message: &Message) -> bool {
     matches!(
         message,
@@ -310,172 +311,281 @@ fn send_all<T: Transport>(transport: &T, out: Outgoing, sent: &mut SentBytes) {
     }
 }
 
-/// The engine task of one region.
+/// The engine task of one region: takes commands, transport events, wake-ups
+/// and ticks in that order of priority, until it is told to stop, every
+/// region handle is gone, the transport closes or the state's lock is
+/// poisoned.
 pub(crate) async fn run<T: Transport>(
     shared: Arc<Shared>,
-    mut transport: T,
-    mut commands: mpsc::Receiver<Command>,
-    mut storage: Option<Box<dyn Storage>>,
+    transport: T,
+    commands: mpsc::Receiver<Command>,
+    storage: Option<Box<dyn Storage>>,
 ) -> Exit {
-    let config = shared.lock().config.clone();
-    // With storage: messages that wait for the next commit.
-    let mut held: Outgoing = Vec::new();
-    // Frame bytes sent since the engine last held the state's lock.
-    let mut sent = SentBytes::default();
-    let durable = storage.is_some();
-    let mut tick = tokio::time::interval(config.batch_delay);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut shutdown: Option<(oneshot::Sender<()>, Instant)> = None;
-    #[cfg(feature = "metrics")]
-    let mut published_at: Option<Instant> = None;
+    let mut engine = Engine::new(shared, transport, commands, storage);
     loop {
         // A panic under the lock (here, or in a region call) may have left
         // the state half-changed: stop rather than ship it.
-        if shared.core.is_poisoned() {
+        if engine.shared.core.is_poisoned() {
             return Exit::Poisoned;
         }
         tokio::select! {
             biased;
-            command = commands.recv(), if shutdown.is_none() => match command {
-                Some(Command::Shutdown(done)) => {
-                    let mut out = if commit(&shared, &mut storage).await {
-                        std::mem::take(&mut held)
-                    } else {
-                        Vec::new()
-                    };
-                    let now = Instant::now();
-                    out.extend(shared.lock().take_batches(now));
-                    send_all(&transport, out, &mut sent);
-                    shutdown = Some((done, now + config.shutdown_wait_max));
-                }
+            command = engine.commands.recv(), if engine.shutdown.is_none() => match command {
+                Some(Command::Shutdown(done)) => engine.begin_shutdown(done).await,
                 #[cfg(any(test, feature = "testing"))]
                 Some(Command::Panic) => panic!("engine panic injected by a test"),
                 None => return Exit::Dropped,
             },
-            event = transport.recv() => {
+            event = engine.transport.recv() => {
                 let Some(event) = event else { return Exit::TransportClosed };
-                let now = Instant::now();
-                // A frame is decoded before the lock that every local read
-                // and write takes (its values are decoded when merged).
-                let mut frame_len = 0;
-                let event = match event {
-                    TransportEvent::Frame { from, frame } => {
-                        frame_len = frame.len();
-                        Received::Frame(from, wire::decode::<Message>(&frame))
-                    }
-                    TransportEvent::Up(peer) => Received::Up(peer),
-                    TransportEvent::Down(peer) => Received::Down(peer),
-                };
-                let mut core = shared.lock();
-                core.count_sent(&mut sent);
-                let out = match event {
-                    Received::Frame(from, Ok(message)) => {
-                        core.count_received(&from, frame_len, message.is_anti_entropy());
-                        core.on_message(&from, message, now)
-                    }
-                    Received::Frame(from, Err(error)) => {
-                        core.count_received(&from, frame_len, false);
-                        core.on_undecodable(&from, &error);
-                        Vec::new()
-                    }
-                    // What was held for a peer belongs to the connection that
-                    // ended: its successor (maybe a new incarnation) must not
-                    // get a reply to an exchange it never started.
-                    Received::Up(peer) => {
-                        held.retain(|(to, _)| *to != peer);
-                        core.peer_up(&peer, now)
-                    }
-                    Received::Down(peer) => {
-                        held.retain(|(to, _)| *to != peer);
-                        core.peer_down(&peer, now);
-                        Vec::new()
-                    }
-                };
-                shared.publish(&core);
-                drop(core);
-                let out = if durable {
-                    let (now, later): (Outgoing, Outgoing) =
-                        out.into_iter().partition(|(_, m)| leaves_now(m));
-                    held.extend(later);
-                    if held.len() > HELD_LEN_MAX {
-                        compact_held(&mut held);
-                    }
-                    now
-                } else {
-                    out
-                };
-                send_all(&transport, out, &mut sent);
+                engine.on_transport_event(event);
             }
-            () = shared.wake.notified() => {
-                // `Local` writers waiting: commit now rather than on the
-                // tick, and again at once while more arrived meanwhile
-                // (group commit: each commit takes every write waiting).
-                while durable && std::mem::take(&mut shared.lock().commit_requested) {
-                    // Writers woken by the last commit write again first:
-                    // one commit then takes them all.
-                    tokio::task::yield_now().await;
-                    if !commit(&shared, &mut storage).await {
-                        break;
-                    }
-                    send_all(&transport, std::mem::take(&mut held), &mut sent);
-                }
-                let out = {
-                    let mut core = shared.lock();
-                    core.count_sent(&mut sent);
-                    core.take_batches(Instant::now())
-                };
-                send_all(&transport, out, &mut sent);
-            }
-            _ = tick.tick() => {
-                if durable {
-                    // Group commit: one commit for every write since the
-                    // last tick; then what it covers may leave.
-                    // Acknowledgements vouch for the commit: held while it
-                    // fails (peers resend, and the commit is retried).
-                    if commit(&shared, &mut storage).await {
-                        send_all(&transport, std::mem::take(&mut held), &mut sent);
-                    }
-                }
-                let now = Instant::now();
-                let mut core = shared.lock();
-                core.count_sent(&mut sent);
-                core.check_retransmit(now);
-                core.expire_syncs(now);
-                let mut out = core.due_hellos(now);
-                out.extend(core.take_batches(now));
-                // Anti-entropy keeps running while shutting down: peers whose
-                // outbox was dropped are repaired before we go.
-                out.extend(core.due_syncs(now));
-                out.extend(core.due_rights_requests(now));
-                #[cfg(feature = "metrics")]
-                if published_at.is_none_or(|at| now.duration_since(at) >= crate::region::metrics::METRICS_PUBLISH_INTERVAL) {
-                    published_at = Some(now);
-                    crate::region::metrics::publish(&core);
-                }
-                drop(core);
-                send_all(&transport, out, &mut sent);
+            () = engine.shared.wake.notified() => engine.on_wake().await,
+            _ = engine.tick.tick() => engine.on_tick().await,
+        }
+        if engine.try_finish_shutdown().await {
+            return Exit::Shutdown;
+        }
+    }
+}
+
+/// What the engine task keeps beside the shared state: the messages held
+/// for the next commit, the bytes sent since it last took the lock, its
+/// tick and its shutdown. The fields drop in this order (the store closes
+/// before the transport).
+struct Engine<T> {
+    #[cfg(feature = "metrics")]
+    published_at: Option<Instant>,
+    /// Set by a shutdown command: whom to tell it is done, and the deadline
+    /// for peers to acknowledge what it flushed.
+    shutdown: Option<(oneshot::Sender<()>, Instant)>,
+    tick: tokio::time::Interval,
+    /// Frame bytes sent since the engine last held the state's lock.
+    sent: SentBytes,
+    /// With storage: messages that wait for the next commit.
+    held: Outgoing,
+    durable: bool,
+    shutdown_wait_max: Duration,
+    storage: Option<Box<dyn Storage>>,
+    commands: mpsc::Receiver<Command>,
+    transport: T,
+    shared: Arc<Shared>,
+}
+
+impl<T: Transport> Engine<T> {
+    fn new(
+        shared: Arc<Shared>,
+        transport: T,
+        commands: mpsc::Receiver<Command>,
+        storage: Option<Box<dyn Storage>>,
+    ) -> Self {
+        let config = shared.lock().config.clone();
+        let durable = storage.is_some();
+        let mut tick = tokio::time::interval(config.batch_delay);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Engine {
+            #[cfg(feature = "metrics")]
+            published_at: None,
+            shutdown: None,
+            tick,
+            sent: SentBytes::default(),
+            held: Vec::new(),
+            durable,
+            shutdown_wait_max: config.shutdown_wait_max,
+            storage,
+            commands,
+            transport,
+            shared,
+        }
+    }
+
+    /// Encodes and sends `out` (see [`send_all`]).
+    fn send(&mut self, out: Outgoing) {
+        send_all(&self.transport, out, &mut self.sent);
+    }
+
+    /// Commits (see [`commit`]); once everything is on disk, sends what
+    /// was held for it. True when the commit succeeded.
+    async fn commit_and_send_held(&mut self) -> bool {
+        if !commit(&self.shared, &mut self.storage).await {
+            return false;
+        }
+        let held = std::mem::take(&mut self.held);
+        self.send(held);
+        true
+    }
+
+    /// A shutdown command: commits, flushes what is held and every batch
+    /// queued, and starts the wait for acknowledgements.
+    async fn begin_shutdown(&mut self, done: oneshot::Sender<()>) {
+        let mut out = if commit(&self.shared, &mut self.storage).await {
+            std::mem::take(&mut self.held)
+        } else {
+            Vec::new()
+        };
+        let now = Instant::now();
+        out.extend(self.shared.lock().take_batches(now));
+        self.send(out);
+        self.shutdown = Some((done, now + self.shutdown_wait_max));
+    }
+
+    /// A frame or a peer coming or going: decoded outside the lock, handled
+    /// under it, and what it answers sent (or held for the next commit).
+    fn on_transport_event(&mut self, event: TransportEvent) {
+        let now = Instant::now();
+        let (event, frame_len) = decode_event(event);
+        let mut core = self.shared.lock();
+        core.count_sent(&mut self.sent);
+        let out = handle_received(&mut core, &mut self.held, event, frame_len, now);
+        self.shared.publish(&core);
+        drop(core);
+        let out = self.hold_until_commit(out);
+        self.send(out);
+    }
+
+    /// With storage, keeps back what may leave only after the next commit
+    /// (see [`leaves_now`]); returns what may leave now.
+    fn hold_until_commit(&mut self, out: Outgoing) -> Outgoing {
+        if !self.durable {
+            return out;
+        }
+        let (now, later): (Outgoing, Outgoing) = out.into_iter().partition(|(_, m)| leaves_now(m));
+        self.held.extend(later);
+        if self.held.len() > HELD_LEN_MAX {
+            compact_held(&mut self.held);
+        }
+        now
+    }
+
+    /// Woken by writes: `Local` writers waiting are committed now, and a
+    /// full batch leaves.
+    async fn on_wake(&mut self) {
+        // `Local` writers waiting: commit now rather than on the
+        // tick, and again at once while more arrived meanwhile
+        // (group commit: each commit takes every write waiting).
+        while self.durable && std::mem::take(&mut self.shared.lock().commit_requested) {
+            // Writers woken by the last commit write again first:
+            // one commit then takes them all.
+            tokio::task::yield_now().await;
+            if !self.commit_and_send_held().await {
+                break;
             }
         }
-        if let Some((_, deadline)) = &shutdown {
-            if durable && commit(&shared, &mut storage).await {
-                send_all(&transport, std::mem::take(&mut held), &mut sent);
-            }
-            let core = shared.lock();
-            let flushed = core.flushed();
-            let late = Instant::now() >= *deadline;
-            if flushed || late {
-                if !flushed {
-                    tracing::warn!(region = %core.name, "shutdown: peers still had unacknowledged writes at the deadline");
-                }
-                drop(core);
-                // The store is closed before shutdown returns: the same
-                // directory can be opened again at once.
-                drop(storage.take());
-                if let Some((done, _)) = shutdown.take() {
-                    let _ = done.send(());
-                }
-                return Exit::Shutdown;
-            }
+        let out = {
+            let mut core = self.shared.lock();
+            core.count_sent(&mut self.sent);
+            core.take_batches(Instant::now())
+        };
+        self.send(out);
+    }
+
+    /// The engine's tick: group commit, retransmission, expired exchanges,
+    /// and whatever is due (hellos, batches, exchanges, rights requests).
+    async fn on_tick(&mut self) {
+        if self.durable {
+            // Group commit: one commit for every write since the
+            // last tick; then what it covers may leave.
+            // Acknowledgements vouch for the commit: held while it
+            // fails (peers resend, and the commit is retried).
+            self.commit_and_send_held().await;
+        }
+        let now = Instant::now();
+        let mut core = self.shared.lock();
+        core.count_sent(&mut self.sent);
+        core.check_retransmit(now);
+        core.expire_syncs(now);
+        let mut out = core.due_hellos(now);
+        out.extend(core.take_batches(now));
+        // Anti-entropy keeps running while shutting down: peers whose
+        // outbox was dropped are repaired before we go.
+        out.extend(core.due_syncs(now));
+        out.extend(core.due_rights_requests(now));
+        #[cfg(feature = "metrics")]
+        if self.published_at.is_none_or(|at| {
+            now.duration_since(at) >= crate::region::metrics::METRICS_PUBLISH_INTERVAL
+        }) {
+            self.published_at = Some(now);
+            crate::region::metrics::publish(&core);
+        }
+        drop(core);
+        self.send(out);
+    }
+
+    /// While shutting down: commits, and ends the shutdown (true) once
+    /// every peer acknowledged what it was sent or the deadline passed.
+    async fn try_finish_shutdown(&mut self) -> bool {
+        let Some((_, deadline)) = &self.shutdown else {
+            return false;
+        };
+        let deadline = *deadline;
+        if self.durable {
+            self.commit_and_send_held().await;
+        }
+        let core = self.shared.lock();
+        let flushed = core.flushed();
+        let late = Instant::now() >= deadline;
+        if !flushed && !late {
+            return false;
+        }
+        if !flushed {
+            tracing::warn!(region = %core.name, "shutdown: peers still had unacknowledged writes at the deadline");
+        }
+        drop(core);
+        // The store is closed before shutdown returns: the same
+        // directory can be opened again at once.
+        drop(self.storage.take());
+        if let Some((done, _)) = self.shutdown.take() {
+            let _ = done.send(());
+        }
+        true
+    }
+}
+
+/// Decodes a frame before the lock that every local read and write takes
+/// (its values are decoded when merged); with the frame's length.
+fn decode_event(event: TransportEvent) -> (Received, usize) {
+    match event {
+        TransportEvent::Frame { from, frame } => {
+            let frame_len = frame.len();
+            (
+                Received::Frame(from, wire::decode::<Message>(&frame)),
+                frame_len,
+            )
+        }
+        TransportEvent::Up(peer) => (Received::Up(peer), 0),
+        TransportEvent::Down(peer) => (Received::Down(peer), 0),
+    }
+}
+
+/// Handles a transport event under the lock; returns what it answers.
+fn handle_received(
+    core: &mut Core,
+    held: &mut Outgoing,
+    event: Received,
+    frame_len: usize,
+    now: Instant,
+) -> Outgoing {
+    match event {
+        Received::Frame(from, Ok(message)) => {
+            core.count_received(&from, frame_len, message.is_anti_entropy());
+            core.on_message(&from, message, now)
+        }
+        Received::Frame(from, Err(error)) => {
+            core.count_received(&from, frame_len, false);
+            core.on_undecodable(&from, &error);
+            Vec::new()
+        }
+        // What was held for a peer belongs to the connection that
+        // ended: its successor (maybe a new incarnation) must not
+        // get a reply to an exchange it never started.
+        Received::Up(peer) => {
+            held.retain(|(to, _)| *to != peer);
+            core.peer_up(&peer, now)
+        }
+        Received::Down(peer) => {
+            held.retain(|(to, _)| *to != peer);
+            core.peer_down(&peer, now);
+            Vec::new()
         }
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use metrics::{counter, gauge, histogram};
 
 use crate::region::RejectReason;
-use crate::replication::core::Core;
+use crate::replication::core::{Core, PeerState};
 
 /// How often the engine publishes its gauges and counters (at most): on
 /// its tick, once this long has passed since the last time.
@@ -33,38 +33,49 @@ fn peer_status(connected: bool, unacknowledged: u64, repair: bool, behind: u64) 
 pub(crate) fn publish(core: &Core) {
     let region = core.name.clone();
     for (name, peer) in &core.peers {
-        let labels = [("region", region.clone()), ("peer", name.clone())];
-        let unacknowledged = core.seq.saturating_sub(peer.acked);
-        let behind = peer
-            .replica
-            .map_or(0, |r| peer.its_seq_seen.saturating_sub(core.applied.get(r)));
-        gauge!("archipelago_replication_lag_seconds", &labels).set(core.lag_of(peer).as_secs_f64());
-        gauge!("archipelago_replication_lag_updates", &labels).set(unacknowledged as f64);
-        gauge!("archipelago_peer_status", &labels).set(peer_status(
-            peer.connected,
-            unacknowledged,
-            peer.needs_sync,
-            behind,
-        ));
-        for (name, value) in [
-            ("archipelago_peer_bytes_sent_total", peer.bytes_sent),
-            ("archipelago_peer_bytes_received_total", peer.bytes_received),
-            (
-                "archipelago_anti_entropy_bytes_sent_total",
-                peer.sync_bytes_sent,
-            ),
-            (
-                "archipelago_anti_entropy_bytes_received_total",
-                peer.sync_bytes_received,
-            ),
-        ] {
-            counter!(name, &labels).absolute(value);
-        }
-        if let Some(offset_ms) = peer.clock_offset_ms {
-            gauge!("archipelago_clock_offset_seconds", &labels).set(offset_ms as f64 / 1000.0);
-        }
+        publish_peer(core, &region, name, peer);
     }
-    let labels = [("region", region.clone())];
+    publish_region(core, &region);
+    publish_rejections_and_conflicts(core, &region);
+}
+
+/// The gauges and counters of one peer of the region.
+fn publish_peer(core: &Core, region: &str, name: &str, peer: &PeerState) {
+    let labels = [("region", region.to_owned()), ("peer", name.to_owned())];
+    let unacknowledged = core.seq.saturating_sub(peer.acked);
+    let behind = peer
+        .replica
+        .map_or(0, |r| peer.its_seq_seen.saturating_sub(core.applied.get(r)));
+    gauge!("archipelago_replication_lag_seconds", &labels).set(core.lag_of(peer).as_secs_f64());
+    gauge!("archipelago_replication_lag_updates", &labels).set(unacknowledged as f64);
+    gauge!("archipelago_peer_status", &labels).set(peer_status(
+        peer.connected,
+        unacknowledged,
+        peer.needs_sync,
+        behind,
+    ));
+    for (name, value) in [
+        ("archipelago_peer_bytes_sent_total", peer.bytes_sent),
+        ("archipelago_peer_bytes_received_total", peer.bytes_received),
+        (
+            "archipelago_anti_entropy_bytes_sent_total",
+            peer.sync_bytes_sent,
+        ),
+        (
+            "archipelago_anti_entropy_bytes_received_total",
+            peer.sync_bytes_received,
+        ),
+    ] {
+        counter!(name, &labels).absolute(value);
+    }
+    if let Some(offset_ms) = peer.clock_offset_ms {
+        gauge!("archipelago_clock_offset_seconds", &labels).set(offset_ms as f64 / 1000.0);
+    }
+}
+
+/// The region's own gauges (outbox, causal buffer) and counters.
+fn publish_region(core: &Core, region: &str) {
+    let labels = [("region", region.to_owned())];
     gauge!("archipelago_outbox_len", &labels).set(core.outbox.len() as f64);
     gauge!("archipelago_outbox_bytes", &labels).set(core.outbox.bytes() as f64);
     gauge!("archipelago_causal_buffer_len", &labels).set(core.buffer.len() as f64);
@@ -97,9 +108,14 @@ pub(crate) fn publish(core: &Core) {
     ] {
         counter!(name, &labels).absolute(value);
     }
+}
+
+/// Rejected frames by reason, and conflicts by table.
+fn publish_rejections_and_conflicts(core: &Core, region: &str) {
+    let c = &core.counters;
     for reason in RejectReason::ALL {
         let labels = [
-            ("region", region.clone()),
+            ("region", region.to_owned()),
             ("reason", reason.as_str().to_owned()),
         ];
         counter!("archipelago_rejected_frames_total", &labels)
@@ -108,7 +124,7 @@ pub(crate) fn publish(core: &Core) {
     for slot in &core.tables {
         if let Some(count) = &slot.conflicts {
             let labels = [
-                ("region", region.clone()),
+                ("region", region.to_owned()),
                 ("table", slot.name.to_string()),
                 ("strategy", count.strategy.to_owned()),
             ];

@@ -852,6 +852,8 @@ impl Core {
     /// `delta` (already applied to the table): appends it to the outbox for
     /// every peer and returns its token.
     pub(crate) fn record_write(&mut self, slot: usize, key: &[u8], delta: &[u8]) -> SessionToken {
+        // Rights may have moved (see `Rights`).
+        self.rights.key_changed(slot, key);
         self.seq += 1;
         self.applied.raise(self.replica, self.seq);
         self.generation += 1;

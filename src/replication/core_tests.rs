@@ -1839,3 +1839,76 @@ fn a_want_asks_the_richest_peer_of_protocol_3_once_per_timeout() {
     );
     assert!(a.rights.is_idle());
 }
+
+/// A tick looks only at the wants due (issue 10's review: it cloned and
+/// sorted every want each tick): with `RIGHTS_WANTS_MAX` requests
+/// outstanding and none timed out it looks at none; once they all time
+/// out, at no more than it asks again; rights arriving for one key (in a
+/// batch) make that want due at once, as the full scan did.
+#[test]
+fn a_rights_tick_looks_only_at_the_wants_due() {
+    use crate::crdt::BoundedCounter;
+    use crate::replication::rights::{RIGHTS_REQUESTS_PER_TICK_MAX, RIGHTS_WANTS_MAX};
+    let mut a = core("a", 1, RegionConfig::default(), &[]);
+    stock(&mut a, "stock", 0, 0);
+    let slot = a.slot_of("stock").unwrap();
+    // What a knows: b holds 8 rights to every key.
+    let store = a.named_mut::<CrdtStore<BoundedCounter>>("stock").unwrap();
+    for key in 0..RIGHTS_WANTS_MAX as u64 {
+        store.merge_local(&k(key), &BoundedCounter::new().inc(rid(2), 8));
+    }
+    up(&mut a, "b", now());
+    let b = a.peers.get_mut("b").unwrap();
+    b.greeted = true;
+    b.protocol = PROTOCOL_VERSION;
+    let t0 = now();
+    for key in 0..RIGHTS_WANTS_MAX as u64 {
+        a.want_rights(slot, &k(key), 1, true, t0);
+    }
+    for _ in 0..RIGHTS_WANTS_MAX / RIGHTS_REQUESTS_PER_TICK_MAX {
+        assert_eq!(
+            a.due_rights_requests(t0).len(),
+            RIGHTS_REQUESTS_PER_TICK_MAX
+        );
+    }
+    let wants = RIGHTS_WANTS_MAX as u64;
+    assert_eq!(a.counters.rights_requested, wants, "every want asked once");
+    assert_eq!(
+        a.rights.examined(),
+        wants,
+        "each looked at once, when asked"
+    );
+    // Every request outstanding, none timed out: nothing to look at.
+    let timeout = a.config.rights_request_timeout;
+    assert!(a.due_rights_requests(t0 + timeout / 2).is_empty());
+    assert_eq!(a.rights.examined(), wants, "no want due, none looked at");
+    // b's grant for key 7 arrives: that want alone is looked at, and met.
+    let store = a.named_mut::<CrdtStore<BoundedCounter>>("stock").unwrap();
+    let grant = store
+        .get(&k(7))
+        .unwrap()
+        .clone()
+        .transfer(rid(2), rid(1), 1)
+        .unwrap();
+    let acks = feed(
+        &mut a,
+        "b",
+        vec![batch(2, 1, &[], "stock", &[(7, bare(&grant))])],
+        t0,
+    );
+    assert_eq!((acks.len(), a.counters.rejected_frames), (1, 0), "{acks:?}");
+    assert!(a.due_rights_requests(t0 + timeout / 2).is_empty());
+    assert_eq!(
+        a.rights.examined(),
+        wants + 1,
+        "the changed key's want only"
+    );
+    // All time out at once: a tick looks at what it asks again, no more.
+    let again = a.due_rights_requests(t0 + timeout);
+    assert_eq!(again.len(), RIGHTS_REQUESTS_PER_TICK_MAX);
+    assert_eq!(
+        a.rights.examined(),
+        wants + 1 + RIGHTS_REQUESTS_PER_TICK_MAX as u64
+    );
+    assert_eq!(a.counters.rights_requested, wants + again.len() as u64);
+}

@@ -30,7 +30,9 @@
 //!
 //! [`BoundedTable::try_dec`]: crate::region::BoundedTable::try_dec
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::ops::Bound::{Excluded, Unbounded};
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -147,6 +149,22 @@ struct Want {
     asked: Option<Asked>,
     /// When it was recorded: the newest is dropped when over the bound.
     since: Instant,
+    /// Where it waits for the next look.
+    queued: Queued,
+}
+
+/// Where a want waits for [`Core::due_rights_requests`] to look at it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Queued {
+    /// In [`Rights::due`]: looked at on the next tick.
+    Due,
+    /// In [`Rights::waiting`]: its request is outstanding and its key has
+    /// not changed since it left; looked at once the request times out,
+    /// at this instant.
+    Until(Instant),
+    /// Its request is outstanding, never times out (the timeout does not
+    /// fit an `Instant`), and its key has not changed since it left.
+    Parked,
 }
 
 struct Asked {
@@ -156,12 +174,55 @@ struct Asked {
     held_then: u64,
 }
 
+/// What a tick makes of a want it looks at.
+enum Look {
+    /// Met, or no one to ask: forgotten.
+    Done,
+    /// No peer to ask now: looked at again on the next tick.
+    Later,
+    /// Its request, sent at this instant, is outstanding.
+    Outstanding(Instant),
+    /// A request to send to this peer.
+    Ask(String, Message),
+}
+
+/// How many rights to ask of a peer believed to hold `theirs` when `here`
+/// are held here: what a refused sale needs, or at least half of theirs;
+/// for a refill, half the difference, and only of a peer holding at
+/// least twice as many plus two (`None`: do not ask).
+fn rights_to_ask(want: &Want, here: u64, theirs: u64) -> Option<u64> {
+    if want.demand {
+        Some((want.need - here).max(theirs.div_ceil(2)))
+    } else if theirs >= here.saturating_mul(2).saturating_add(2) {
+        Some((theirs - here) / 2)
+    } else {
+        None
+    }
+}
+
 /// The rights bookkeeping of one region.
+///
+/// Every want is queued in one place (see [`Queued`]): a tick looks only
+/// at the wants due, so its cost follows the requests due, not the wants
+/// outstanding. A want whose request is outstanding is skipped until it
+/// times out or rights arrive, and rights arrive only by a change of its
+/// key's value, which [`Rights::key_changed`] hears of: until either, a
+/// look would skip it anyway.
 #[derive(Default)]
 pub(crate) struct Rights {
     /// Bounded tables by slot.
     tables: HashMap<usize, RightsOps>,
     wants: FastMap<(usize, Key), Want>,
+    /// Wants to look at on the next tick: never asked, timed out, or whose
+    /// key changed since they were asked. Oldest first, then by key: a
+    /// deterministic order across runs.
+    due: BTreeSet<(Instant, usize, Key)>,
+    /// Wants whose request is outstanding, by the instant it times out
+    /// (then as `due`).
+    waiting: BTreeSet<(Instant, Instant, usize, Key)>,
+    /// Wants looked at by ticks, in all (for tests of the tick's cost).
+    #[cfg(test)]
+    examined: u64,
     /// The last grant to each (peer, slot, key).
     granted: HashMap<(String, usize, Key), Instant>,
 }
@@ -171,6 +232,114 @@ impl Rights {
     #[cfg(test)]
     pub(crate) fn is_idle(&self) -> bool {
         self.wants.is_empty()
+    }
+
+    /// Wants looked at by ticks so far.
+    #[cfg(test)]
+    pub(crate) fn examined(&self) -> u64 {
+        self.examined
+    }
+
+    /// The value of `key` in the table in `slot` changed (a local write or
+    /// a merge): a want of it whose request is outstanding is looked at on
+    /// the next tick, since the rights it asked for may have arrived.
+    pub(crate) fn key_changed(&mut self, slot: usize, key: &[u8]) {
+        // Every want due (the common case: none recorded), or not a
+        // bounded table: nothing to wake.
+        if self.wants.len() == self.due.len() || !self.tables.contains_key(&slot) {
+            return;
+        }
+        let id = (slot, Key::from(key));
+        let Some(want) = self.wants.get_mut(&id) else {
+            return;
+        };
+        let since = want.since;
+        match std::mem::replace(&mut want.queued, Queued::Due) {
+            Queued::Due => return,
+            Queued::Until(at) => {
+                let probe = (at, since, id.0, id.1);
+                let taken = self.waiting.take(&probe);
+                debug_assert!(
+                    taken.is_some(),
+                    "a want queued until an instant is in `waiting`"
+                );
+                let (_, since, slot, key) = taken.unwrap_or(probe);
+                self.due.insert((since, slot, key));
+            }
+            Queued::Parked => {
+                let (slot, key) = id;
+                self.due.insert((since, slot, key));
+            }
+        }
+        self.check_queues();
+    }
+
+    /// Moves the wants whose request timed out by `now` to `due`.
+    fn promote_timed_out(&mut self, now: Instant) {
+        while let Some(first) = self.waiting.first()
+            && first.0 <= now
+        {
+            let (_, since, slot, key) = self.waiting.pop_first().expect("just seen");
+            if let Some(want) = self.wants.get_mut(&(slot, key.clone())) {
+                want.queued = Queued::Due;
+            }
+            self.due.insert((since, slot, key));
+        }
+    }
+
+    /// Takes the want `id` (recorded at `since`) out of `due`: asked at
+    /// `at` and waiting for an answer until `timeout` passes.
+    fn wait_for_answer(
+        &mut self,
+        id: &(usize, Key),
+        since: Instant,
+        at: Instant,
+        timeout: Duration,
+    ) {
+        let Some(want) = self.wants.get_mut(id) else {
+            return;
+        };
+        if timeout.is_zero() {
+            // Every tick may ask again: stays due.
+            return;
+        }
+        let (slot, key) = (id.0, id.1.clone());
+        let removed = self.due.remove(&(since, slot, key.clone()));
+        debug_assert!(removed, "only a due want is asked");
+        match at.checked_add(timeout) {
+            Some(until) => {
+                want.queued = Queued::Until(until);
+                self.waiting.insert((until, since, slot, key));
+            }
+            None => want.queued = Queued::Parked,
+        }
+    }
+
+    /// Forgets the want `id`, wherever it is queued.
+    fn remove_want(&mut self, id: &(usize, Key)) {
+        let Some(want) = self.wants.remove(id) else {
+            return;
+        };
+        let (slot, key) = (id.0, id.1.clone());
+        match want.queued {
+            Queued::Due => {
+                self.due.remove(&(want.since, slot, key));
+            }
+            Queued::Until(at) => {
+                self.waiting.remove(&(at, want.since, slot, key));
+            }
+            Queued::Parked => {}
+        }
+        self.check_queues();
+    }
+
+    /// Every want is queued once at most: `due` and `waiting` together
+    /// never hold more than the wants.
+    fn check_queues(&self) {
+        debug_assert!(
+            self.due.len() + self.waiting.len() <= self.wants.len(),
+            "a want is queued in one place"
+        );
     }
 }
 
@@ -210,109 +379,120 @@ impl Core {
                 demand,
                 asked: None,
                 since: now,
+                queued: Queued::Due,
             },
         );
+        self.rights.due.insert((now, slot, key.into()));
+        self.rights.check_queues();
     }
 
     /// The rights requests due now: wants not yet asked for, or whose
-    /// request timed out, at most [`RIGHTS_REQUESTS_PER_TICK_MAX`].
+    /// request timed out (or was answered with too little), at most
+    /// [`RIGHTS_REQUESTS_PER_TICK_MAX`]. Only the wants due are looked at
+    /// (see [`Rights`]).
     pub(crate) fn due_rights_requests(&mut self, now: Instant) -> Outgoing {
         if self.rights.wants.is_empty() {
             return Vec::new();
         }
         let timeout = self.config.rights_request_timeout;
+        self.rights.promote_timed_out(now);
         let mut out = Vec::new();
-        let mut done: Vec<(usize, Key)> = Vec::new();
-        let mut keys: Vec<(usize, Key)> = self.rights.wants.keys().cloned().collect();
-        // Oldest first, then by key: a deterministic order across runs.
-        keys.sort_by(|a, b| {
-            let (wa, wb) = (&self.rights.wants[a], &self.rights.wants[b]);
-            wa.since.cmp(&wb.since).then_with(|| a.cmp(b))
-        });
-        for id in keys {
+        let mut next = self.rights.due.first().cloned();
+        while let Some(entry) = next {
             if out.len() >= RIGHTS_REQUESTS_PER_TICK_MAX {
                 break;
             }
-            let (slot, key) = &id;
-            let Some(ops) = self.rights.tables.get(slot).copied() else {
-                done.push(id);
-                continue;
-            };
-            let holdings = (ops.holdings)(&*self.tables[*slot].store, key);
-            let Some(holdings) = holdings else {
-                // Nothing known of the key: no one to ask.
-                done.push(id);
-                continue;
-            };
-            let here = holdings.of(self.replica);
-            let want = &self.rights.wants[&id];
-            if here >= want.need {
-                done.push(id);
-                continue;
-            }
-            let answered = want.asked.as_ref().is_some_and(|a| here > a.held_then);
-            if let Some(asked) = &want.asked
-                && !answered
-                && now.duration_since(asked.at) < timeout
+            next = (self.rights.due)
+                .range((Excluded(&entry), Unbounded))
+                .next()
+                .cloned();
+            let (since, slot, key) = entry;
+            let id = (slot, key);
+            #[cfg(test)]
             {
-                continue;
+                self.rights.examined += 1;
             }
-            let last_asked = want.asked.as_ref().map(|a| a.peer.clone());
-            let Some((peer, theirs)) = self.richest_peer(&holdings, last_asked.as_deref()) else {
-                if holdings
-                    .counter_rights
-                    .iter()
-                    .all(|&(r, n)| r == self.replica || n == 0)
-                {
-                    // No one holds any: sold out, as far as we know.
-                    done.push(id);
+            match self.look_at_want(&id, now) {
+                Look::Done => self.rights.remove_want(&id),
+                Look::Later => {}
+                Look::Outstanding(at) => self.rights.wait_for_answer(&id, since, at, timeout),
+                Look::Ask(peer, request) => {
+                    out.push((peer, request));
+                    self.rights.wait_for_answer(&id, since, now, timeout);
                 }
-                continue;
-            };
-            let want = &self.rights.wants[&id];
-            let wanted = if want.demand {
-                (want.need - here).max(theirs.div_ceil(2))
-            } else if theirs >= here.saturating_mul(2).saturating_add(2) {
-                (theirs - here) / 2
-            } else {
-                // A refill, and no peer much richer: stop asking.
-                done.push(id);
-                continue;
-            };
-            let Some(table) = self.tables.get(*slot).map(|s| s.name.to_string()) else {
-                done.push(id);
-                continue;
-            };
-            tracing::debug!(
-                region = %self.name,
-                %peer,
-                %table,
-                wanted,
-                held_here = here,
-                held_there = theirs,
-                demand = want.demand,
-                "rights: requested"
-            );
-            self.counters.rights_requested += 1;
-            let want = self.rights.wants.get_mut(&id).expect("listed");
-            want.asked = Some(Asked {
-                peer: peer.clone(),
-                at: now,
-                held_then: here,
-            });
-            out.push((
-                peer,
-                Message::RightsRequest {
-                    table,
-                    key: Blob(key.to_vec()),
-                    wanted,
-                },
-            ));
-        }
-        for id in done {
-            self.rights.wants.remove(&id);
+            }
         }
         out
+    }
+
+    /// What to do now with the want `id`, which is due: a request to
+    /// send (recorded as outstanding), or why none.
+    fn look_at_want(&mut self, id: &(usize, Key), now: Instant) -> Look {
+        let timeout = self.config.rights_request_timeout;
+        let (slot, key) = id;
+        let Some(ops) = self.rights.tables.get(slot).copied() else {
+            return Look::Done;
+        };
+        let holdings = (ops.holdings)(&*self.tables[*slot].store, key);
+        let Some(holdings) = holdings else {
+            // Nothing known of the key: no one to ask.
+            return Look::Done;
+        };
+        let here = holdings.of(self.replica);
+        let want = &self.rights.wants[id];
+        if here >= want.need {
+            return Look::Done;
+        }
+        let answered = want.asked.as_ref().is_some_and(|a| here > a.held_then);
+        if let Some(asked) = &want.asked
+            && !answered
+            && now.duration_since(asked.at) < timeout
+        {
+            return Look::Outstanding(asked.at);
+        }
+        let last_asked = want.asked.as_ref().map(|a| a.peer.clone());
+        let Some((peer, theirs)) = self.richest_peer(&holdings, last_asked.as_deref()) else {
+            if holdings
+                .counter_rights
+                .iter()
+                .all(|&(r, n)| r == self.replica || n == 0)
+            {
+                // No one holds any: sold out, as far as we know.
+                return Look::Done;
+            }
+            return Look::Later;
+        };
+        let want = &self.rights.wants[id];
+        let Some(wanted) = rights_to_ask(want, here, theirs) else {
+            // A refill, and no peer much richer: stop asking.
+            return Look::Done;
+        };
+        let Some(table) = self.tables.get(*slot).map(|s| s.name.to_string()) else {
+            return Look::Done;
+        };
+        tracing::debug!(
+            region = %self.name,
+            %peer,
+            %table,
+            wanted,
+            held_here = here,
+            held_there = theirs,
+            demand = want.demand,
+            "rights: requested"
+        );
+        self.counters.rights_requested += 1;
+        let want = self.rights.wants.get_mut(id).expect("listed");
+        want.asked = Some(Asked {
+            peer: peer.clone(),
+            at: now,
+            held_then: here,
+        });
+        let request = Message::RightsRequest {
+            table,
+            key: Blob(key.to_vec()),
+            wanted,
+        };
+        Look::Ask(peer, request)
     }
 
     /// The connected peer of protocol 3 or later believed to hold the most

@@ -255,43 +255,16 @@ impl Core {
 
     /// Checks one chunk of a transfer and files it; returns the whole
     /// transfer once its last chunk is here.
-    #[allow(clippy::too_many_arguments)]
     fn take_complete_transfer(
         &mut self,
         from: &str,
-        session: u64,
-        push: bool,
-        chunk: u32,
-        chunks: u32,
-        sent_at: Timestamp,
-        mut buckets: Vec<(String, Vec<u32>)>,
-        part: (Vec<String>, Blob),
-        applied: Option<VersionVector>,
+        mut chunk: TransferChunk,
         now: Instant,
     ) -> Option<SyncInbox> {
-        if chunks == 0 || chunk >= chunks || chunks as usize > SYNC_CHUNKS_MAX {
-            self.reject(
-                from,
-                RejectReason::Malformed,
-                "sync states with a bad chunk index",
-            );
+        if !self.check_chunk_bounds(from, &mut chunk) {
             return None;
         }
-        if buckets
-            .iter()
-            .any(|(_, list)| list.iter().any(|&b| b as usize >= DIGEST_BUCKETS))
-        {
-            self.reject(
-                from,
-                RejectReason::Malformed,
-                "sync states naming a bucket out of range",
-            );
-            return None;
-        }
-        for (_, list) in &mut buckets {
-            list.sort_unstable();
-            list.dedup();
-        }
+        let (session, push) = (chunk.session, chunk.push);
         // Only transfers we asked for: a reply to our exchange, or a push
         // answering the reply we sent.
         let expected = if push {
@@ -304,8 +277,8 @@ impl Core {
             return None;
         }
         self.peer(from, now).last_sync = Some(now);
-        self.follow_clock(from, sent_at, now);
-        if let Err(error) = message::count_entries(&part.1.0, part.0.len()) {
+        self.follow_clock(from, chunk.sent_at, now);
+        if let Err(error) = message::count_entries(&chunk.part.1.0, chunk.part.0.len()) {
             self.reject(
                 from,
                 RejectReason::Undecodable,
@@ -313,6 +286,54 @@ impl Core {
             );
             return None;
         }
+        self.file_chunk(from, chunk, now)
+    }
+
+    /// Refuses a chunk whose index, chunk count or buckets are out of
+    /// range (false); sorts and dedups the buckets it names.
+    fn check_chunk_bounds(&mut self, from: &str, chunk: &mut TransferChunk) -> bool {
+        let (index, chunks) = (chunk.chunk, chunk.chunks);
+        if chunks == 0 || index >= chunks || chunks as usize > SYNC_CHUNKS_MAX {
+            self.reject(
+                from,
+                RejectReason::Malformed,
+                "sync states with a bad chunk index",
+            );
+            return false;
+        }
+        if chunk
+            .buckets
+            .iter()
+            .any(|(_, list)| list.iter().any(|&b| b as usize >= DIGEST_BUCKETS))
+        {
+            self.reject(
+                from,
+                RejectReason::Malformed,
+                "sync states naming a bucket out of range",
+            );
+            return false;
+        }
+        for (_, list) in &mut chunk.buckets {
+            list.sort_unstable();
+            list.dedup();
+        }
+        true
+    }
+
+    /// Files a checked chunk of an expected transfer in its inbox, within
+    /// `sync_transfer_bytes_max`; returns the inbox once every chunk is
+    /// here. A duplicated chunk is ignored.
+    fn file_chunk(&mut self, from: &str, chunk: TransferChunk, now: Instant) -> Option<SyncInbox> {
+        let TransferChunk {
+            session,
+            push,
+            chunk: index,
+            chunks,
+            buckets,
+            part,
+            applied,
+            ..
+        } = chunk;
         // Every byte the chunk holds counts, table names included.
         let size = part.1.0.len()
             + part.0.iter().map(String::len).sum::<usize>()
@@ -341,7 +362,7 @@ impl Core {
             return None;
         }
         inbox.at = now;
-        if inbox.chunks[chunk as usize].is_some() {
+        if inbox.chunks[index as usize].is_some() {
             return None; // a duplicated frame
         }
         inbox.bytes += size;
@@ -349,7 +370,7 @@ impl Core {
         if applied.is_some() {
             inbox.applied = applied;
         }
-        inbox.chunks[chunk as usize] = Some(part);
+        inbox.chunks[index as usize] = Some(part);
         if inbox.bytes > self.config.sync_transfer_bytes_max {
             self.sync_inbox.remove(&slot);
             self.abort_sync(from, push);
@@ -369,68 +390,20 @@ impl Core {
     /// One chunk of a transfer: once all are here, merges them at once,
     /// takes in the transfer's vector (see [`believe`](Core::believe)) and,
     /// for a reply to our exchange, pushes back what the peer lacks.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn on_sync_states(
         &mut self,
         from: &str,
-        session: u64,
-        push: bool,
-        chunk: u32,
-        chunks: u32,
-        sent_at: Timestamp,
-        buckets: Vec<(String, Vec<u32>)>,
-        part: (Vec<String>, Blob),
-        applied: Option<VersionVector>,
+        chunk: TransferChunk,
         now: Instant,
     ) -> Outgoing {
-        let Some(inbox) = self.take_complete_transfer(
-            from, session, push, chunk, chunks, sent_at, buckets, part, applied, now,
-        ) else {
+        let (session, push) = (chunk.session, chunk.push);
+        let Some(inbox) = self.take_complete_transfer(from, chunk, now) else {
             return Vec::new();
         };
-        let Some(their_applied) = inbox.applied else {
-            self.abort_sync(from, push);
-            self.reject(
-                from,
-                RejectReason::Malformed,
-                "sync transfer without its applied vector",
-            );
+        let Some(their_applied) = self.check_transfer_vector(from, push, inbox.applied) else {
             return Vec::new();
         };
-        if their_applied.get(self.replica) > self.seq {
-            // Writes of ours we never made: a forgery, or a previous process
-            // with our replica id. Believing it would make us skip our own
-            // next writes everywhere.
-            self.abort_sync(from, push);
-            self.reject(
-                from,
-                RejectReason::ForgedClaim,
-                "sync transfer claims writes of ours we never made",
-            );
-            return Vec::new();
-        }
-        let all: Vec<(Vec<String>, Blob)> = inbox.chunks.into_iter().flatten().collect();
-        let parts: Vec<(&[String], &[u8])> = all
-            .iter()
-            .map(|(tables, packed)| (tables.as_slice(), packed.0.as_slice()))
-            .collect();
-        let entries = || {
-            parts.iter().flat_map(|(tables, packed)| {
-                Entries::new(packed, tables.len())
-                    .flatten()
-                    .map(move |(t, k, v)| (&tables[t], k, v))
-            })
-        };
-        let received: HashSet<u64> = if push {
-            HashSet::new()
-        } else {
-            entries().map(|(t, k, v)| entry_hash(t, k, v)).collect()
-        };
-        self.counters.sync_states_received += entries().count() as u64;
-        // Every chunk is here: merge them all at once, so no reader sees
-        // part of the transfer (a reply without its post).
-        let Some(set_aside) = self.merge_entries(from, &parts, AheadValues::SetAside) else {
-            self.abort_sync(from, push);
+        let Some((set_aside, received)) = self.merge_transfer(from, push, inbox.chunks) else {
             return Vec::new();
         };
         // We now hold everything their vector names: of the sender's own
@@ -453,17 +426,7 @@ impl Core {
         for name in hints {
             out.extend(self.start_sync(&name, now));
         }
-        // Tell origins whose writes we caught up on, so they stop resending.
-        for (origin, n) in self.applied.iter() {
-            if n > before.get(origin) && origin != self.replica {
-                let known = self.peers.iter().any(|(_, p)| p.replica == Some(origin));
-                for (name, p) in &self.peers {
-                    if p.connected && (p.replica == Some(origin) || !known) {
-                        out.push((name.clone(), Message::Ack { origin, applied: n }));
-                    }
-                }
-            }
-        }
+        out.extend(self.acks_for_caught_up(&before));
         if push {
             self.answered.remove(from);
             tracing::info!(region = %self.name, peer = from, session, "anti-entropy: caught up from the peer's push");
@@ -476,36 +439,124 @@ impl Core {
         let Some(sync) = self.syncs.remove(from) else {
             return out;
         };
+        out.extend(self.push_back(from, session, &sync, inbox.buckets, &received, now));
+        out
+    }
+
+    /// The vector a complete transfer from `from` ends with: refused when
+    /// missing, or when it claims writes of ours we never made.
+    fn check_transfer_vector(
+        &mut self,
+        from: &str,
+        push: bool,
+        applied: Option<VersionVector>,
+    ) -> Option<VersionVector> {
+        let Some(their_applied) = applied else {
+            self.abort_sync(from, push);
+            self.reject(
+                from,
+                RejectReason::Malformed,
+                "sync transfer without its applied vector",
+            );
+            return None;
+        };
+        if their_applied.get(self.replica) > self.seq {
+            // Writes of ours we never made: a forgery, or a previous process
+            // with our replica id. Believing it would make us skip our own
+            // next writes everywhere.
+            self.abort_sync(from, push);
+            self.reject(
+                from,
+                RejectReason::ForgedClaim,
+                "sync transfer claims writes of ours we never made",
+            );
+            return None;
+        }
+        Some(their_applied)
+    }
+
+    /// Merges every chunk of a transfer at once. Returns how many values
+    /// were set aside and, for a reply (not a push), the hashes of the
+    /// entries received (our push back skips them); `None` when the
+    /// transfer was refused.
+    fn merge_transfer(
+        &mut self,
+        from: &str,
+        push: bool,
+        chunks: Vec<Option<(Vec<String>, Blob)>>,
+    ) -> Option<(usize, HashSet<u64>)> {
+        let all: Vec<(Vec<String>, Blob)> = chunks.into_iter().flatten().collect();
+        let parts: Vec<(&[String], &[u8])> = all
+            .iter()
+            .map(|(tables, packed)| (tables.as_slice(), packed.0.as_slice()))
+            .collect();
+        let entries = || {
+            parts.iter().flat_map(|(tables, packed)| {
+                Entries::new(packed, tables.len())
+                    .flatten()
+                    .map(move |(t, k, v)| (&tables[t], k, v))
+            })
+        };
+        let received: HashSet<u64> = if push {
+            HashSet::new()
+        } else {
+            entries().map(|(t, k, v)| entry_hash(t, k, v)).collect()
+        };
+        self.counters.sync_states_received += entries().count() as u64;
+        // Every chunk is here: merge them all at once, so no reader sees
+        // part of the transfer (a reply without its post).
+        let Some(set_aside) = self.merge_entries(from, &parts, AheadValues::SetAside) else {
+            self.abort_sync(from, push);
+            return None;
+        };
+        Some((set_aside, received))
+    }
+
+    /// Acknowledgements to the origins whose writes we caught up on since
+    /// `before` (to the origin's peer, or to every connected peer when no
+    /// peer is bound to it), so they stop resending.
+    fn acks_for_caught_up(&self, before: &VersionVector) -> Outgoing {
+        let mut out = Vec::new();
+        for (origin, n) in self.applied.iter() {
+            if n > before.get(origin) && origin != self.replica {
+                let known = self.peers.iter().any(|(_, p)| p.replica == Some(origin));
+                for (name, p) in &self.peers {
+                    if p.connected && (p.replica == Some(origin) || !known) {
+                        out.push((name.clone(), Message::Ack { origin, applied: n }));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Our exchange `sync` with `from` got its reply: pushes back the
+    /// buckets that differed (`differed`), and every bucket of ours that
+    /// changed since we sent our digests (writes and batches applied
+    /// meanwhile), with our current applied vector: the peer then holds
+    /// our whole current state, which is causally closed. Entries it sent
+    /// us (`received`) are not sent back.
+    fn push_back(
+        &mut self,
+        from: &str,
+        session: u64,
+        sync: &SyncState,
+        differed: Vec<(String, Vec<u32>)>,
+        received: &HashSet<u64>,
+        now: Instant,
+    ) -> Outgoing {
         let seq = self.seq;
         self.peer(from, now).push_pending = Some((session, seq, now));
         self.counters.syncs_completed += 1;
-        // Push back: the buckets that differed, and every bucket of ours
-        // that changed since we sent our digests (writes and batches applied
-        // meanwhile), with our current applied vector: the peer then holds
-        // our whole current state, which is causally closed.
-        let now_digests = self.digests();
-        let mut push_buckets = inbox.buckets;
-        for (table, digests) in &now_digests {
-            let before = sync
-                .digests
-                .iter()
-                .find(|(t, _)| t == table)
-                .map(|(_, d)| d);
-            let changed: Vec<u32> = (0..DIGEST_BUCKETS)
-                .filter(|&b| before.is_none_or(|d| d[b] != digests[b]))
-                .filter(|&b| before.is_some() || digests[b] != 0)
-                .map(|b| b as u32)
-                .collect();
-            if changed.is_empty() {
-                continue;
-            }
-            match push_buckets.iter_mut().find(|(t, _)| t == table) {
+        let mut push_buckets = differed;
+        for (table, changed) in self.changed_since(sync) {
+            match push_buckets.iter_mut().find(|(t, _)| *t == table) {
                 Some((_, list)) => {
                     list.extend(changed);
                     list.sort_unstable();
                     list.dedup();
                 }
-                None => push_buckets.push((table.clone(), changed)),
+                None => push_buckets.push((table, changed)),
             }
         }
         tracing::info!(
@@ -517,8 +568,31 @@ impl Core {
         );
         let applied = self.transfer_claims();
         self.shipped_transfer(from, &applied);
-        out.extend(self.states_chunks(from, session, true, push_buckets, applied, &received));
-        out
+        self.states_chunks(from, session, true, push_buckets, applied, received)
+    }
+
+    /// The buckets of each table whose digest changed since `sync`'s
+    /// digests were taken (every non-empty bucket of a table it did not
+    /// list); tables with none are left out.
+    fn changed_since(&mut self, sync: &SyncState) -> Vec<(String, Vec<u32>)> {
+        let now_digests = self.digests();
+        let mut changed_tables = Vec::new();
+        for (table, digests) in now_digests {
+            let before = sync
+                .digests
+                .iter()
+                .find(|(t, _)| *t == table)
+                .map(|(_, d)| d);
+            let changed: Vec<u32> = (0..DIGEST_BUCKETS)
+                .filter(|&b| before.is_none_or(|d| d[b] != digests[b]))
+                .filter(|&b| before.is_some() || digests[b] != 0)
+                .map(|b| b as u32)
+                .collect();
+            if !changed.is_empty() {
+                changed_tables.push((table, changed));
+            }
+        }
+        changed_tables
     }
 
     /// Takes in a transfer's vector from `from`, whose states we merged:
@@ -603,4 +677,24 @@ impl Core {
         self.sync_inbox
             .retain(|_, inbox| now.duration_since(inbox.at) < timeout);
     }
+}
+
+/// One chunk of a state transfer, as a [`Message::SyncStates`] carries it.
+pub(super) struct TransferChunk {
+    /// The exchange it belongs to.
+    pub(super) session: u64,
+    /// A push (answering the reply we sent) rather than a reply to our
+    /// exchange.
+    pub(super) push: bool,
+    /// Its index, below `chunks`.
+    pub(super) chunk: u32,
+    /// How many chunks the transfer has.
+    pub(super) chunks: u32,
+    pub(super) sent_at: Timestamp,
+    /// The buckets the transfer covers (named by the first chunk).
+    pub(super) buckets: Vec<(String, Vec<u32>)>,
+    /// Its table names and packed entries.
+    pub(super) part: (Vec<String>, Blob),
+    /// The sender's vector, carried by the last chunk.
+    pub(super) applied: Option<VersionVector>,
 }

@@ -275,13 +275,7 @@ impl Core {
             return Vec::new();
         }
         if let Some(refusal) = self.check_hello(from, replica, incarnation, seq) {
-            let peer = self.peer(from, now);
-            peer.greeted = false;
-            if peer.refused.as_ref() != Some(&refusal) {
-                peer.refused = Some(refusal.clone());
-                self.counters.refused_handshakes += 1;
-                tracing::warn!(region = %self.name, peer = from, %refusal, "rejected input: handshake refused");
-            }
+            self.refuse_hello(from, refusal, now);
             return Vec::new();
         }
         // What it says it holds of ours, up to what it can hold.
@@ -290,6 +284,50 @@ impl Core {
                 .get(from)
                 .map_or(self.start_seq, |p| self.ack_bound(p)),
         );
+        let (new_replica, restarted) = self.bind_hello(from, replica, incarnation, seq, ours, now);
+        self.heard_from(replica, seq);
+        let overclaimed = self.take_back_hearsay(from, replica, seq);
+        if restarted {
+            self.forget_exchanges_of(from);
+        }
+        if new_replica {
+            self.drop_batches_of_former_replica(from, replica);
+        }
+        self.truncate_log();
+        let mut out = if reply {
+            Vec::new()
+        } else {
+            vec![self.hello(from, true, now)]
+        };
+        out.extend(self.repair_after_hello(from, replica, applied, overclaimed, now));
+        out
+    }
+
+    /// A hello refused for `refusal`: the peer is not greeted; a new
+    /// refusal is counted and logged.
+    fn refuse_hello(&mut self, from: &str, refusal: HandshakeRefusal, now: Instant) {
+        let peer = self.peer(from, now);
+        peer.greeted = false;
+        if peer.refused.as_ref() != Some(&refusal) {
+            peer.refused = Some(refusal.clone());
+            self.counters.refused_handshakes += 1;
+            tracing::warn!(region = %self.name, peer = from, %refusal, "rejected input: handshake refused");
+        }
+    }
+
+    /// Binds `from` to `replica` and `incarnation` (an accepted hello that
+    /// says it made `seq` writes and holds `ours` of ours); the peer is
+    /// greeted. Returns whether the replica id is new, and whether the peer
+    /// restarted (a new incarnation of a peer identified before).
+    fn bind_hello(
+        &mut self,
+        from: &str,
+        replica: ReplicaId,
+        incarnation: u64,
+        seq: u64,
+        ours: u64,
+        now: Instant,
+    ) -> (bool, bool) {
         let name = self.name.clone();
         let peer = self.peer(from, now);
         if peer.refused.take().is_some() {
@@ -299,23 +337,7 @@ impl Core {
         let new_incarnation = new_replica || peer.incarnation != Some(incarnation);
         let mut restarted = false;
         if new_incarnation {
-            if new_replica {
-                if let Some(old) = peer.replica {
-                    if peer.former.len() == FORMER_IDS_MAX {
-                        peer.former.remove(0);
-                    }
-                    peer.former.push(old);
-                }
-                peer.its_seq_seen = 0;
-            }
-            let first = peer.incarnation.is_none() && peer.replica.is_none();
-            peer.replica = Some(replica);
-            peer.incarnation = Some(incarnation);
-            // Its cursor restarts from what it holds of ours.
-            peer.acked = ours;
-            peer.sent = ours;
-            peer.push_pending = None;
-            peer.progress_at = now;
+            let first = peer.reset_for_new_incarnation(replica, incarnation, ours, now);
             if first {
                 tracing::debug!(region = %name, peer = from, %replica, incarnation, "peer identified");
             } else {
@@ -330,43 +352,50 @@ impl Core {
         peer.its_seq_seen = peer.its_seq_seen.max(seq);
         peer.greeted = true;
         peer.known = true;
-        self.heard_from(replica, seq);
-        let overclaimed = self.take_back_hearsay(from, replica, seq);
-        if restarted {
-            // Its former process's exchanges are over: what it asked and
-            // what it was sending are void.
-            self.answered_last.remove(from);
-            self.answered.remove(from);
-            self.sync_inbox.retain(|(peer, _, _), _| peer != from);
+        (new_replica, restarted)
+    }
+
+    /// A restarted peer's former process's exchanges are over: what it
+    /// asked and what it was sending are void.
+    fn forget_exchanges_of(&mut self, from: &str) {
+        self.answered_last.remove(from);
+        self.answered.remove(from);
+        self.sync_inbox.retain(|(peer, _, _), _| peer != from);
+    }
+
+    /// Batches `from` sent for a replica id other than its new `replica`
+    /// wait for writes nobody will send: dropped.
+    fn drop_batches_of_former_replica(&mut self, from: &str, replica: ReplicaId) {
+        let before = self.buffer.len();
+        self.buffer
+            .retain(|b| b.from != from || b.origin == replica);
+        if self.buffer.len() != before {
+            self.buffer_bytes = self.buffer.iter().map(Buffered::size).sum();
         }
-        if new_replica {
-            // Batches of its former replica wait for writes nobody will send.
-            let before = self.buffer.len();
-            self.buffer
-                .retain(|b| b.from != from || b.origin == replica);
-            if self.buffer.len() != before {
-                self.buffer_bytes = self.buffer.iter().map(Buffered::size).sum();
-            }
-        }
-        self.truncate_log();
-        let mut out = if reply {
-            Vec::new()
-        } else {
-            vec![self.hello(from, true, now)]
-        };
-        // Writes of other origins it lacks (a peer back from a partition or
-        // restarted without storage, whose writes of a former replica id
-        // count as another origin) come only from anti-entropy: its hello
-        // claims nothing we act on beyond starting one.
+    }
+
+    /// Writes of other origins a greeting peer lacks (a peer back from a
+    /// partition or restarted without storage, whose writes of a former
+    /// replica id count as another origin) come only from anti-entropy:
+    /// its hello (`applied`) claims nothing we act on beyond starting one,
+    /// as does hearsay about it taken back (`overclaimed`).
+    fn repair_after_hello(
+        &mut self,
+        from: &str,
+        replica: ReplicaId,
+        applied: &VersionVector,
+        overclaimed: bool,
+        now: Instant,
+    ) -> Outgoing {
         let lacks = self
             .transfer_claims()
             .iter()
             .any(|(r, n)| r != self.replica && r != replica && applied.get(r) < n);
         if (lacks || overclaimed) && self.peers[from].connected && !self.syncs.contains_key(from) {
             tracing::debug!(region = %self.name, peer = from, "the peer lacks writes of other regions: anti-entropy");
-            out.extend(self.start_sync(from, now));
+            return self.start_sync(from, now);
         }
-        out
+        Vec::new()
     }
 
     /// Writes of `replica` (greeting as `from`, having made `seq`) that
@@ -409,5 +438,39 @@ impl Core {
         if was {
             tracing::info!(region = %self.name, peer = name, "peer disconnected");
         }
+    }
+}
+
+impl PeerState {
+    /// A hello of a new incarnation (or a new replica id): rebinds the
+    /// peer, remembering a replica id it had before (at most
+    /// [`FORMER_IDS_MAX`]), and restarts our cursor from `ours`, what it
+    /// holds of our writes. True when this is the peer's first
+    /// identification.
+    fn reset_for_new_incarnation(
+        &mut self,
+        replica: ReplicaId,
+        incarnation: u64,
+        ours: u64,
+        now: Instant,
+    ) -> bool {
+        if self.replica != Some(replica) {
+            if let Some(old) = self.replica {
+                if self.former.len() == FORMER_IDS_MAX {
+                    self.former.remove(0);
+                }
+                self.former.push(old);
+            }
+            self.its_seq_seen = 0;
+        }
+        let first = self.incarnation.is_none() && self.replica.is_none();
+        self.replica = Some(replica);
+        self.incarnation = Some(incarnation);
+        // Its cursor restarts from what it holds of ours.
+        self.acked = ours;
+        self.sent = ours;
+        self.push_pending = None;
+        self.progress_at = now;
+        first
     }
 }

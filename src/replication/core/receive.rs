@@ -1,18 +1,17 @@
 //! Frames from peers: batches into the causal buffer, acknowledgements,
 //! merging entries into tables.
 
+use super::anti_entropy::TransferChunk;
 use super::*;
 
 impl Core {
+    /// A message from the peer `from`: a retired peer's and a refused or
+    /// not yet greeted peer's are ignored; the protocol announcement and the
+    /// hello open the conversation; everything else is
+    /// [`on_greeted_message`](Core::on_greeted_message)'s.
     pub(crate) fn on_message(&mut self, from: &str, message: Message, now: Instant) -> Outgoing {
         if self.retired.contains_key(from) {
-            if let Message::Hello { .. } = message
-                && self.retired_refused.insert(from.to_owned())
-            {
-                self.counters.refused_handshakes += 1;
-                tracing::warn!(region = %self.name, peer = from, "rejected input: hello of a retired peer");
-            }
-            self.counters.stale_frames += 1;
+            self.ignore_retired(from, &message);
             return Vec::new();
         }
         let peer = self.peer(from, now);
@@ -39,6 +38,24 @@ impl Core {
             self.counters.stale_frames += 1;
             return Vec::new();
         }
+        self.on_greeted_message(from, message, now)
+    }
+
+    /// A frame of a retired peer: stale; its hello is refused (counted and
+    /// logged once per retirement).
+    fn ignore_retired(&mut self, from: &str, message: &Message) {
+        if let Message::Hello { .. } = message
+            && self.retired_refused.insert(from.to_owned())
+        {
+            self.counters.refused_handshakes += 1;
+            tracing::warn!(region = %self.name, peer = from, "rejected input: hello of a retired peer");
+        }
+        self.counters.stale_frames += 1;
+    }
+
+    /// A message of a peer that greeted us on this connection (protocol
+    /// announcements and hellos are [`on_message`](Core::on_message)'s).
+    fn on_greeted_message(&mut self, from: &str, message: Message, now: Instant) -> Outgoing {
         match message {
             Message::Batch {
                 origin,
@@ -65,27 +82,7 @@ impl Core {
             ),
             Message::Hello { .. } | Message::Protocol { .. } => unreachable!("handled above"),
             Message::Ack { origin, applied } => {
-                if origin == self.replica {
-                    let bound = self.ack_bound(&self.peers[from]);
-                    if applied > bound {
-                        // It cannot hold these: truncating our log on its
-                        // word would lose them for it (and for whoever
-                        // catches up from it).
-                        self.reject(
-                            from,
-                            RejectReason::ForgedClaim,
-                            "acknowledgement of writes of ours it was never sent",
-                        );
-                        return Vec::new();
-                    }
-                    let peer = self.peers.get_mut(from).expect("touched above");
-                    if applied > peer.acked {
-                        peer.acked = applied;
-                        peer.sent = peer.sent.max(applied);
-                        peer.progress_at = now;
-                    }
-                    self.truncate_log();
-                }
+                self.on_ack(from, origin, applied, now);
                 Vec::new()
             }
             Message::SyncRequest {
@@ -98,21 +95,7 @@ impl Core {
                 Vec::new()
             }
             Message::SyncDone { session } => {
-                let peer = self.peers.get_mut(from).expect("touched above");
-                if let Some((pushed, covered, _)) = peer.push_pending
-                    && pushed == session
-                {
-                    // It holds every write of ours up to the push.
-                    peer.push_pending = None;
-                    peer.needs_sync = false;
-                    if covered > peer.acked {
-                        peer.acked = covered;
-                        peer.sent = peer.sent.max(covered);
-                        peer.progress_at = now;
-                    }
-                    tracing::debug!(region = %self.name, peer = from, session, "anti-entropy: push confirmed");
-                    self.truncate_log();
-                }
+                self.on_sync_done(from, session, now);
                 Vec::new()
             }
             Message::SyncStates {
@@ -125,21 +108,73 @@ impl Core {
                 tables,
                 entries,
                 applied,
-            } => self.on_sync_states(
-                from,
-                session,
-                push,
-                chunk,
-                chunks,
-                sent_at,
-                buckets,
-                (tables, entries),
-                applied,
-                now,
-            ),
+            } => {
+                let chunk = TransferChunk {
+                    session,
+                    push,
+                    chunk,
+                    chunks,
+                    sent_at,
+                    buckets,
+                    part: (tables, entries),
+                    applied,
+                };
+                self.on_sync_states(from, chunk, now)
+            }
         }
     }
 
+    /// The peer `from` has applied our writes up to `applied` (of `origin`,
+    /// ours when it is us): its cursor moves and the log may be truncated.
+    /// A claim beyond what it was sent is refused.
+    fn on_ack(&mut self, from: &str, origin: ReplicaId, applied: u64, now: Instant) {
+        if origin == self.replica {
+            let bound = self.ack_bound(&self.peers[from]);
+            if applied > bound {
+                // It cannot hold these: truncating our log on its
+                // word would lose them for it (and for whoever
+                // catches up from it).
+                self.reject(
+                    from,
+                    RejectReason::ForgedClaim,
+                    "acknowledgement of writes of ours it was never sent",
+                );
+                return;
+            }
+            let peer = self.peers.get_mut(from).expect("touched above");
+            if applied > peer.acked {
+                peer.acked = applied;
+                peer.sent = peer.sent.max(applied);
+                peer.progress_at = now;
+            }
+            self.truncate_log();
+        }
+    }
+
+    /// The peer `from` merged our push of exchange `session`: its repair
+    /// is done, and it holds every write of ours the push covered.
+    fn on_sync_done(&mut self, from: &str, session: u64, now: Instant) {
+        let peer = self.peers.get_mut(from).expect("touched above");
+        if let Some((pushed, covered, _)) = peer.push_pending
+            && pushed == session
+        {
+            // It holds every write of ours up to the push.
+            peer.push_pending = None;
+            peer.needs_sync = false;
+            if covered > peer.acked {
+                peer.acked = covered;
+                peer.sent = peer.sent.max(covered);
+                peer.progress_at = now;
+            }
+            tracing::debug!(region = %self.name, peer = from, session, "anti-entropy: push confirmed");
+            self.truncate_log();
+        }
+    }
+
+    /// A batch of `origin`'s writes: checked (see
+    /// [`admit_batch`](Core::admit_batch)), applied at once when in causal
+    /// order or buffered until it is, and acknowledged with what we now
+    /// hold of its origin.
     pub(super) fn on_batch(
         &mut self,
         from: &str,
@@ -147,6 +182,34 @@ impl Core {
         sent_at: Timestamp,
         now: Instant,
     ) -> Outgoing {
+        if !self.admit_batch(from, &batch) {
+            return Vec::new();
+        }
+        let (origin, last) = (batch.origin, batch.last);
+        // Follow the sender's clock, within the offset bound: the data is
+        // applied even when the sender's clock runs too far ahead.
+        self.follow_clock(from, sent_at, now);
+        self.heard_from(origin, last);
+        let peer = self.peer(from, now);
+        peer.its_seq_seen = peer.its_seq_seen.max(last);
+        peer.replica = Some(origin);
+        if last > self.applied.get(origin) {
+            self.apply_or_buffer(batch);
+        }
+        vec![(
+            from.to_owned(),
+            Message::Ack {
+                origin,
+                applied: self.applied.get(origin),
+            },
+        )]
+    }
+
+    /// Whether a batch from `from` may be taken in: a malformed one, one
+    /// of an origin other than the sender, or one depending on writes of
+    /// ours we never made is refused; one of the peer's earlier replica id
+    /// is ignored. False when it is not taken in (counted either way).
+    fn admit_batch(&mut self, from: &str, batch: &Buffered) -> bool {
         let (origin, first, last) = (batch.origin, batch.first, batch.last);
         let entries = message::count_entries(&batch.entries.0, batch.tables.len());
         if origin == self.replica
@@ -165,7 +228,7 @@ impl Core {
                 ),
             };
             self.reject(from, reason, &why);
-            return Vec::new();
+            return false;
         }
         // A peer speaks for one origin only: itself. A batch of a replica
         // id it had before (a late frame of its previous process) is
@@ -178,7 +241,7 @@ impl Core {
         {
             tracing::debug!(region = %self.name, peer = from, ?origin, "ignored a batch of the peer's earlier incarnation");
             self.counters.stale_frames += 1;
-            return Vec::new();
+            return false;
         }
         if self
             .peers
@@ -195,7 +258,7 @@ impl Core {
                 RejectReason::NotSenderOrigin,
                 "batch for an origin that is not the sending peer",
             );
-            return Vec::new();
+            return false;
         }
         if batch.deps.get(self.replica) > self.sendable() {
             // It would wait for writes of ours that do not exist.
@@ -204,41 +267,33 @@ impl Core {
                 RejectReason::ForgedClaim,
                 "batch depending on writes of ours we never made",
             );
-            return Vec::new();
+            return false;
         }
-        // Follow the sender's clock, within the offset bound: the data is
-        // applied even when the sender's clock runs too far ahead.
-        self.follow_clock(from, sent_at, now);
-        self.heard_from(origin, last);
-        let peer = self.peer(from, now);
-        peer.its_seq_seen = peer.its_seq_seen.max(last);
-        peer.replica = Some(origin);
-        if last > self.applied.get(origin) {
-            if self.buffer.is_empty() && self.ready(&batch) {
-                // The common case: in order, nothing waiting.
-                self.apply_batch(batch);
-            } else if !self.buffer.iter().any(|b| {
-                // Already held: the same writes or more, needing no more.
-                b.origin == origin
-                    && b.first <= first
-                    && b.last >= last
-                    && b.deps
-                        .iter()
-                        .all(|(r, n)| r == origin || batch.deps.get(r) >= n)
-            }) {
-                self.buffer_bytes += batch.size();
-                self.buffer.push(batch);
-                self.drain_buffer();
-                self.bound_buffer();
-            }
+        true
+    }
+
+    /// A batch with writes we lack: applied now when in order with nothing
+    /// waiting, else buffered (unless one held covers it) and the buffer
+    /// drained and bounded.
+    fn apply_or_buffer(&mut self, batch: Buffered) {
+        let (origin, first, last) = (batch.origin, batch.first, batch.last);
+        if self.buffer.is_empty() && self.ready(&batch) {
+            // The common case: in order, nothing waiting.
+            self.apply_batch(batch);
+        } else if !self.buffer.iter().any(|b| {
+            // Already held: the same writes or more, needing no more.
+            b.origin == origin
+                && b.first <= first
+                && b.last >= last
+                && b.deps
+                    .iter()
+                    .all(|(r, n)| r == origin || batch.deps.get(r) >= n)
+        }) {
+            self.buffer_bytes += batch.size();
+            self.buffer.push(batch);
+            self.drain_buffer();
+            self.bound_buffer();
         }
-        vec![(
-            from.to_owned(),
-            Message::Ack {
-                origin,
-                applied: self.applied.get(origin),
-            },
-        )]
     }
 
     /// True when `batch` follows its origin's writes we hold first-hand and
@@ -348,16 +403,37 @@ impl Core {
             .iter()
             .map(|(tables, _)| tables.iter().map(|t| self.slot_of(t)).collect())
             .collect();
-        let mut staged: Vec<usize> = Vec::new();
-        let mut failed = None;
-        // Entries (by index) whose value did not decode, and the first error.
-        let mut undecodable: Vec<usize> = Vec::new();
-        let mut first_error = None;
-        // Entries set aside: stamped past our clock's bound.
-        let mut set_aside: Vec<usize> = Vec::new();
+        let staging = self.stage_entries(parts, &slots, ahead, stamps_max);
+        if let Some((reason, why)) = staging.failed {
+            for slot in staging.staged {
+                self.tables[slot].store.unstage();
+            }
+            self.reject(from, reason, &why);
+            return None;
+        }
+        self.report_skipped(from, &staging, stamps_max);
+        let aside = staging.set_aside.len();
+        let mut skipped: Vec<usize> = staging.undecodable;
+        skipped.extend(staging.set_aside);
+        skipped.sort_unstable();
+        self.commit_entries(parts, &slots, skipped, at);
+        Some(aside)
+    }
+
+    /// Checks every entry of `parts` (whose tables are in `slots`) and
+    /// stages every value of a declared table: the first step of
+    /// [`merge_entries`](Core::merge_entries), which changes nothing stored.
+    fn stage_entries(
+        &mut self,
+        parts: &[(&[String], &[u8])],
+        slots: &[Vec<Option<usize>>],
+        ahead: AheadValues,
+        stamps_max: Timestamp,
+    ) -> Staging {
+        let mut staging = Staging::default();
         let entries = parts
             .iter()
-            .zip(&slots)
+            .zip(slots)
             .flat_map(|((tables, packed), slots)| {
                 Entries::new(packed, tables.len()).map(move |e| (*tables, slots, e))
             });
@@ -365,7 +441,7 @@ impl Core {
             let (table, _key, value) = match entry {
                 Ok(entry) => entry,
                 Err(error) => {
-                    failed = Some((
+                    staging.failed = Some((
                         RejectReason::Undecodable,
                         format!("malformed entry: {error}"),
                     ));
@@ -380,17 +456,19 @@ impl Core {
             match self.tables[slot].store.stage(value, stamps_max) {
                 Ok(()) => {}
                 Err(StageError::Undecodable(error)) => {
-                    undecodable.push(index);
-                    first_error.get_or_insert_with(|| (tables[table].clone(), error));
+                    staging.undecodable.push(index);
+                    staging
+                        .first_error
+                        .get_or_insert_with(|| (tables[table].clone(), error));
                     continue;
                 }
                 Err(StageError::Ahead { .. }) if ahead == AheadValues::SetAside => {
-                    set_aside.push(index);
+                    staging.set_aside.push(index);
                     continue;
                 }
                 Err(StageError::Ahead { stamp }) => {
                     self.counters.values_ahead += 1;
-                    failed = Some((
+                    staging.failed = Some((
                         RejectReason::ClockAhead,
                         format!(
                             "a value of table {} stamped {stamp}, past this clock's bound {stamps_max}: the writer's clock runs ahead (sent again, it lands once the clocks are within the max offset)",
@@ -400,17 +478,17 @@ impl Core {
                     break;
                 }
             }
-            if !staged.contains(&slot) {
-                staged.push(slot);
+            if !staging.staged.contains(&slot) {
+                staging.staged.push(slot);
             }
         }
-        if let Some((reason, why)) = failed {
-            for slot in staged {
-                self.tables[slot].store.unstage();
-            }
-            self.reject(from, reason, &why);
-            return None;
-        }
+        staging
+    }
+
+    /// Counts and logs the values staging left out of a merge: set aside
+    /// (stamped past `stamps_max`) or undecodable.
+    fn report_skipped(&mut self, from: &str, staging: &Staging, stamps_max: Timestamp) {
+        let set_aside = &staging.set_aside;
         if !set_aside.is_empty() {
             self.counters.values_ahead += set_aside.len() as u64;
             tracing::warn!(
@@ -421,7 +499,8 @@ impl Core {
                 "rejected input: values stamped past this clock's bound were set aside from a transfer (a region's clock runs ahead); a later exchange brings them"
             );
         }
-        if let Some((table, error)) = first_error {
+        if let Some((table, error)) = &staging.first_error {
+            let undecodable = &staging.undecodable;
             self.counters.undecodable_values += undecodable.len() as u64;
             tracing::warn!(
                 region = %self.name,
@@ -432,26 +511,37 @@ impl Core {
                 "rejected input: values that do not decode as their table's type were dropped (is the table declared with the same type everywhere?)"
             );
         }
-        let aside = set_aside.len();
-        let mut skipped: Vec<usize> = undecodable;
-        skipped.extend(set_aside);
-        skipped.sort_unstable();
+    }
+
+    /// The second step of [`merge_entries`](Core::merge_entries): commits
+    /// every staged value at `at` but the `skipped` entries (by index, in
+    /// order), and holds the values of undeclared tables.
+    fn commit_entries(
+        &mut self,
+        parts: &[(&[String], &[u8])],
+        slots: &[Vec<Option<usize>>],
+        skipped: Vec<usize>,
+        at: Timestamp,
+    ) {
+        debug_assert!(skipped.is_sorted(), "skipped entries come in order");
         let mut skipped = skipped.into_iter().peekable();
         let mut index = 0;
-        for ((tables, packed), slots) in parts.iter().zip(&slots) {
+        for ((tables, packed), slots) in parts.iter().zip(slots) {
             for (table, key, value) in Entries::new(packed, tables.len()).flatten() {
                 let skip = skipped.next_if_eq(&index).is_some();
                 index += 1;
                 match slots[table] {
                     Some(_) if skip => {}
-                    Some(slot) => self.tables[slot].store.commit(key, at),
+                    Some(slot) => {
+                        self.tables[slot].store.commit(key, at);
+                        self.rights.key_changed(slot, key);
+                    }
                     None => {
                         self.hold_undeclared(&tables[table], key, value);
                     }
                 }
             }
         }
-        Some(aside)
     }
 
     pub(super) fn apply_batch(&mut self, batch: Buffered) {
@@ -521,4 +611,20 @@ impl Core {
     pub(crate) fn on_undecodable(&mut self, from: &str, error: &wire::WireError) {
         self.reject(from, RejectReason::Undecodable, &error.to_string());
     }
+}
+
+/// What staging a message's entries found (see
+/// [`Core::merge_entries`]).
+#[derive(Default)]
+struct Staging {
+    /// Slots of the tables with a value staged, each once.
+    staged: Vec<usize>,
+    /// Why the whole message is refused, if it is.
+    failed: Option<(RejectReason, String)>,
+    /// Entries (by index) whose value did not decode.
+    undecodable: Vec<usize>,
+    /// The table of the first value that did not decode, and its error.
+    first_error: Option<(String, wire::WireError)>,
+    /// Entries (by index) set aside: stamped past our clock's bound.
+    set_aside: Vec<usize>,
 }
