@@ -535,7 +535,7 @@ pub struct RegionBuilder {
 impl RegionBuilder {
     /// Pins the replica id.
     ///
-    /// By default a region with storage draws its id (32 random bits) once,
+    /// By default a region with storage draws its id (64 random bits) once,
     /// when its store is created, and keeps it; a region without storage
     /// draws a fresh one at every build, so a restart is a new replica and
     /// can never reuse a dot its previous process gave out. Two regions

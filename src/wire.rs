@@ -642,7 +642,10 @@ pub fn encode_vector_fixed(vector: &crate::clock::VersionVector) -> Result<Vec<u
 /// saturating at `u16::MAX`. Alone, with a count over the limit, it is what
 /// a caller that cannot fail writes for a vector too large to encode: it
 /// decodes to [`FixedVectorError::TooManyEntries`].
-pub(crate) fn vector_fixed_header(layout: FixedLayout, count: usize) -> [u8; VECTOR_FIXED_HEADER_BYTES] {
+pub(crate) fn vector_fixed_header(
+    layout: FixedLayout,
+    count: usize,
+) -> [u8; VECTOR_FIXED_HEADER_BYTES] {
     let [lo, hi] = u16::try_from(count).unwrap_or(u16::MAX).to_le_bytes();
     [layout.version(), 0, lo, hi]
 }
@@ -697,8 +700,9 @@ pub fn decode_vector_fixed(bytes: &[u8]) -> Result<crate::clock::VersionVector, 
         // The conversions hold by `chunks_exact`; a failure is still an
         // error, not a panic.
         let replica = match layout {
-            FixedLayout::Narrow => <[u8; 4]>::try_from(replica)
-                .map(|r| u64::from(u32::from_le_bytes(r))),
+            FixedLayout::Narrow => {
+                <[u8; 4]>::try_from(replica).map(|r| u64::from(u32::from_le_bytes(r)))
+            }
             FixedLayout::Wide => <[u8; 8]>::try_from(replica).map(u64::from_le_bytes),
         };
         let (Ok(replica), Ok(counter)) = (replica, <[u8; 8]>::try_from(counter)) else {

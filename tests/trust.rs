@@ -140,8 +140,16 @@ fn a_hello_naming_too_many_replicas_is_refused_counted_and_kept_nowhere() {
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert!(forged.load(Ordering::Relaxed) > 0, "f sent padded hellos");
 
-        assert_eq!(common::counter(&b, "t", 1).await, Some(1), "b has a's write");
-        assert_eq!(common::counter(&a, "t", 2).await, Some(1), "a has b's write");
+        assert_eq!(
+            common::counter(&b, "t", 1).await,
+            Some(1),
+            "b has a's write"
+        );
+        assert_eq!(
+            common::counter(&a, "t", 2).await,
+            Some(1),
+            "a has b's write"
+        );
         for (region, other) in [(&a, &b), (&b, &a)] {
             let stats = region.stats();
             let name = region.name();
@@ -159,7 +167,11 @@ fn a_hello_naming_too_many_replicas_is_refused_counted_and_kept_nowhere() {
                 "{name} bound nothing of f's hello"
             );
             let honest = stats.peers.iter().find(|p| p.name == other.name()).unwrap();
-            assert_eq!(honest.replica, Some(other.replica()), "{name} greeted by the other");
+            assert_eq!(
+                honest.replica,
+                Some(other.replica()),
+                "{name} greeted by the other"
+            );
             assert_eq!(
                 stats.applied.len(),
                 2,

@@ -206,7 +206,9 @@ fn overwrite_every_position<T: DeserializeOwned>(valid: &[u8]) -> usize {
 #[test]
 fn hostile_length_prefixes_anywhere_stay_under_the_cap() {
     let mut decodes = 0;
-    let vv: VersionVector = (1..=40u32).map(|r| (ReplicaId::from(r), r as u64)).collect();
+    let vv: VersionVector = (1..=40u32)
+        .map(|r| (ReplicaId::from(r), r as u64))
+        .collect();
     decodes += overwrite_every_position::<VersionVector>(&wire::encode(&vv).unwrap());
     decodes += overwrite_every_position::<OrSet<u64>>(&wire::encode(&sample_set()).unwrap());
     decodes +=
