@@ -34,7 +34,7 @@ fn decode_all(frame: &[u8]) {
 fn sample_set() -> OrSet<u64> {
     let mut set = OrSet::new();
     for i in 0..20 {
-        set.insert(ReplicaId::new(1 + (i % 3) as u64), i);
+        set.insert(ReplicaId::new(1 + i % 3), i);
     }
     set.remove(&7);
     set
