@@ -20,6 +20,14 @@ use serde::{Deserialize, Serialize};
 /// Session tokens' fixed layout has a version for each width (see
 /// [`wire::encode_vector_fixed`](crate::wire::encode_vector_fixed)).
 ///
+/// A build from before the widening cannot decode an id past 32 bits: it
+/// refuses frames naming one as undecodable. During a rolling upgrade from
+/// such a build, regions with storage keep their stored 32-bit ids and
+/// replicate as before; add new regions (and restart regions without
+/// storage, which draw a new id) once every region runs a build with 64-bit
+/// ids, or pin 32-bit ids until then with
+/// [`RegionBuilder::replica_id`](crate::region::RegionBuilder::replica_id).
+///
 /// # From a region name
 /// [`ReplicaId::from_name`] maps a name such as `"ap-northeast"` or
 /// `"ap-northeast/host-3"` to an id with the 64-bit FNV-1a hash of its
