@@ -54,7 +54,7 @@ fn group<'a>(
 }
 
 fn ours_set(replica: u32, elements: impl Iterator<Item = u64>) -> OrSet<u64> {
-    let replica = ReplicaId::new(replica);
+    let replica = ReplicaId::from(replica);
     let mut set = OrSet::new();
     for x in elements {
         drop(set.insert(replica, x));
@@ -245,7 +245,7 @@ fn g_counter_merge(c: &mut Criterion) {
             for _ in 0..increments(r, which) {
                 let t = &mut theirs[which as usize];
                 t.apply(t.inc(r));
-                drop(ours[which as usize].inc(ReplicaId::new(r), 1));
+                drop(ours[which as usize].inc(ReplicaId::from(r), 1));
             }
         }
     }
@@ -304,7 +304,7 @@ const B_BASE_MS: u64 = A_BASE_MS + 1_000_000;
 fn ours_lww(replica: u32, base: u64, keys: std::ops::Range<u64>) -> LwwMap<String, u64> {
     let mut map = LwwMap::new();
     for i in keys {
-        let stamp = Stamp::new(Timestamp::new(base + i, 0), ReplicaId::new(replica));
+        let stamp = Stamp::new(Timestamp::new(base + i, 0), ReplicaId::from(replica));
         drop(map.insert(stamp, key(i), i));
     }
     map
@@ -375,7 +375,7 @@ fn lww_map_merge(c: &mut Criterion) {
 
 /// A map of counters built by `replica`: one increment per key of `keys`.
 fn ours_counter_map(replica: u32, keys: impl Iterator<Item = u64>) -> OurCounterMap {
-    let replica = ReplicaId::new(replica);
+    let replica = ReplicaId::from(replica);
     let mut map = OrMap::new();
     for k in keys {
         drop(map.update(replica, k, |c: &mut GCounter| c.inc(replica, 1)));

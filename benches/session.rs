@@ -39,7 +39,7 @@ fn vector(replicas: u32) -> VersionVector {
     (0..replicas)
         .map(|r| {
             (
-                ReplicaId::new(r.wrapping_mul(0x9e37_79b9)),
+                ReplicaId::new(u64::from(r).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
                 1_000_000 + u64::from(r),
             )
         })

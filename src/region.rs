@@ -364,7 +364,7 @@ pub mod transaction;
 pub mod watch;
 
 pub use bounded::BoundedTable;
-pub use config::{PROTOCOL_VERSION, PROTOCOL_VERSION_MIN, RegionConfig};
+pub use config::{HELLO_VECTOR_ENTRIES_MAX, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN, RegionConfig};
 pub use error::{EngineFailure, HandshakeRefusal, RegionError};
 pub use stats::{PeerFlush, PeerStats, RegionStats, RejectReason, ShutdownReport, TableStats};
 use table::Declared;
@@ -535,7 +535,7 @@ pub struct RegionBuilder {
 impl RegionBuilder {
     /// Pins the replica id.
     ///
-    /// By default a region with storage draws its id (32 random bits) once,
+    /// By default a region with storage draws its id (64 random bits) once,
     /// when its store is created, and keeps it; a region without storage
     /// draws a fresh one at every build, so a restart is a new replica and
     /// can never reuse a dot its previous process gave out. Two regions
@@ -658,7 +658,7 @@ impl RegionBuilder {
         core.sync_session = if storage.is_some() {
             identity.incarnation << 32
         } else {
-            u64::from(random_replica_id().get()) << 32
+            random_session_base()
         };
         let replicating = self.engine.is_some();
         let durable = storage.is_some();
@@ -796,14 +796,22 @@ fn type_id_of<R: 'static>(_: &R) -> TypeId {
     TypeId::of::<R>()
 }
 
-/// 32 random bits (from a ULID's random part), never 0.
+/// 64 random bits (from a ULID's 80 random bits), never 0: with `n` ids
+/// drawn, two are equal with odds about `n² / 2⁶⁵` (see [`ReplicaId`]).
 fn random_replica_id() -> ReplicaId {
     loop {
-        let id = ulid::Ulid::new().random() as u32;
+        let id = ulid::Ulid::new().random() as u64;
         if id != 0 {
             return ReplicaId::new(id);
         }
     }
+}
+
+/// Where a region without storage starts numbering its anti-entropy
+/// exchanges: 32 random bits (a draw of its own, not the replica id's)
+/// above 32 bits of exchange numbers.
+fn random_session_base() -> u64 {
+    u64::from(ulid::Ulid::new().random() as u32) << 32
 }
 
 struct BoxedClock(Box<dyn PhysicalClock>);

@@ -68,14 +68,21 @@
 //! so a client touching many partitions sends a header that grows until
 //! requests fail with HTTP 431 (azure-sdk-for-python issue 47256). Ours has
 //! one entry per *replica* that wrote, whatever the number of keys, tables or
-//! writes: `4 + 12·R` bytes for `R` replicas in its binary form
-//! ([`wire::encode_vector_fixed`]), and a third more as text.
+//! writes: `4 + 16·R` bytes for `R` replicas in its binary form
+//! ([`wire::encode_vector_fixed`]; `4 + 12·R` when every replica id fits in
+//! 32 bits, as ids of older builds and small assigned ones do), and a third
+//! more as text.
 //!
 //! ## Text form, limits, hostile input
 //!
-//! [`Display`](fmt::Display) writes [`TOKEN_TEXT_PREFIX`] followed by the
-//! binary form in base64url without padding: safe in HTTP headers, cookies
-//! and URLs. [`FromStr`] and [`SessionToken::from_bytes`] treat their input as
+//! [`Display`](fmt::Display) writes a prefix naming the layout of the binary
+//! form, then the binary form in base64url without padding: safe in HTTP
+//! headers, cookies and URLs. The prefix is [`TOKEN_TEXT_PREFIX_V1`]
+//! (`"v1."`) when every replica id fits in 32 bits (the only form of builds
+//! whose ids were 32 bits, which still parse it), [`TOKEN_TEXT_PREFIX_V2`]
+//! (`"v2."`, 8-byte ids) otherwise. Both parse; a v1 token's ids widen
+//! losslessly. Each token has one text: a `"v2."` text whose ids all fit in
+//! 32 bits is refused. [`FromStr`] and [`SessionToken::from_bytes`] treat their input as
 //! hostile: they refuse text over [`TOKEN_TEXT_BYTES_MAX`] before decoding
 //! it, tokens naming more than [`TOKEN_REPLICAS_MAX`] replicas, and any
 //! non-canonical form, with a typed error; they never panic. A token joined in
@@ -97,19 +104,38 @@ use crate::clock::{Dot, ReplicaId, VersionVector};
 use crate::wire::{self, WireError};
 
 /// The most replicas a token may name: the fixed layout's entry limit
-/// ([`wire::VECTOR_FIXED_ENTRIES_MAX`]).
+/// ([`wire::VECTOR_FIXED_ENTRIES_MAX`]), whatever the width of their ids.
 pub const TOKEN_REPLICAS_MAX: usize = wire::VECTOR_FIXED_ENTRIES_MAX;
 
-/// The largest binary form of a token, in bytes.
-pub const TOKEN_BYTES_MAX: usize = wire::vector_fixed_len(TOKEN_REPLICAS_MAX);
+/// The largest binary form of a token, in bytes: [`TOKEN_REPLICAS_MAX`]
+/// entries of the wide layout (64-bit ids).
+pub const TOKEN_BYTES_MAX: usize = wire::FixedLayout::Wide.bytes_for(TOKEN_REPLICAS_MAX);
 
-/// What the text form starts with: names the text form's version.
-pub const TOKEN_TEXT_PREFIX: &str = "v1.";
+/// What the text form of a token whose replica ids all fit in 32 bits
+/// starts with: its binary form is layout version 1
+/// ([`wire::FixedLayout::Narrow`]).
+pub const TOKEN_TEXT_PREFIX_V1: &str = "v1.";
 
-/// The longest text form a token has, in bytes: the prefix, then
+/// What the text form of a token naming a replica id past 32 bits starts
+/// with: its binary form is layout version 2 ([`wire::FixedLayout::Wide`]).
+pub const TOKEN_TEXT_PREFIX_V2: &str = "v2.";
+
+/// Bytes of either text prefix.
+pub const TOKEN_TEXT_PREFIX_BYTES: usize = TOKEN_TEXT_PREFIX_V2.len();
+const _: () = assert!(TOKEN_TEXT_PREFIX_V1.len() == TOKEN_TEXT_PREFIX_BYTES);
+
+/// The longest text form a token has, in bytes: a prefix, then
 /// [`TOKEN_BYTES_MAX`] bytes in unpadded base64. Longer text is refused
 /// before it is decoded.
-pub const TOKEN_TEXT_BYTES_MAX: usize = TOKEN_TEXT_PREFIX.len() + (TOKEN_BYTES_MAX * 4).div_ceil(3);
+pub const TOKEN_TEXT_BYTES_MAX: usize = TOKEN_TEXT_PREFIX_BYTES + (TOKEN_BYTES_MAX * 4).div_ceil(3);
+
+/// The text prefix of the tokens written in `layout`.
+pub const fn token_text_prefix(layout: wire::FixedLayout) -> &'static str {
+    match layout {
+        wire::FixedLayout::Narrow => TOKEN_TEXT_PREFIX_V1,
+        wire::FixedLayout::Wide => TOKEN_TEXT_PREFIX_V2,
+    }
+}
 
 /// The writes a client has made or seen, as a version vector: a replica
 /// serves the client once it has applied them all.
@@ -251,7 +277,7 @@ impl SessionToken {
     }
 
     /// The binary form: [`wire::encode_vector_fixed`], `4 + 12·R` bytes for
-    /// `R` replicas.
+    /// `R` replicas whose ids all fit in 32 bits, `4 + 16·R` otherwise.
     ///
     /// # Errors
     /// [`WireError::Vector`] when the token names more than
@@ -270,7 +296,7 @@ impl SessionToken {
 
     /// The length of the binary form in bytes.
     pub fn encoded_len(&self) -> usize {
-        wire::vector_fixed_len(self.vector.len())
+        wire::FixedLayout::of(&self.vector).bytes_for(self.vector.len())
     }
 }
 
@@ -292,10 +318,12 @@ impl From<Dot> for SessionToken {
     }
 }
 
-/// The text form: [`TOKEN_TEXT_PREFIX`], then the binary form in base64url
-/// without padding.
+/// The text form: [`TOKEN_TEXT_PREFIX_V1`] or [`TOKEN_TEXT_PREFIX_V2`] (as
+/// the binary form's layout), then the binary form in base64url without
+/// padding.
 impl fmt::Display for SessionToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let layout = wire::FixedLayout::of(&self.vector);
         let bytes = match self.to_bytes() {
             Ok(bytes) => bytes,
             Err(error) => {
@@ -308,10 +336,10 @@ impl fmt::Display for SessionToken {
                     replicas = self.vector.len(),
                     "session token too large for its text form"
                 );
-                wire::vector_fixed_header(self.vector.len()).to_vec()
+                wire::vector_fixed_header(layout, self.vector.len()).to_vec()
             }
         };
-        f.write_str(TOKEN_TEXT_PREFIX)?;
+        f.write_str(token_text_prefix(layout))?;
         f.write_str(&URL_SAFE_NO_PAD.encode(bytes))
     }
 }
@@ -325,9 +353,20 @@ pub enum TokenParseError {
         /// Its length in bytes.
         len: usize,
     },
-    /// The text does not start with [`TOKEN_TEXT_PREFIX`].
-    #[error("session token text does not start with {TOKEN_TEXT_PREFIX:?}")]
+    /// The text starts with neither [`TOKEN_TEXT_PREFIX_V1`] nor
+    /// [`TOKEN_TEXT_PREFIX_V2`].
+    #[error(
+        "session token text starts with neither {TOKEN_TEXT_PREFIX_V1:?} nor {TOKEN_TEXT_PREFIX_V2:?}"
+    )]
     MissingPrefix,
+    /// The prefix names another layout than the bytes after it are in.
+    #[error("session token text prefix {prefix:?} with bytes of layout version {layout}")]
+    PrefixMismatch {
+        /// The prefix found.
+        prefix: &'static str,
+        /// The layout version of the bytes.
+        layout: u8,
+    },
     /// After the prefix, the text is not base64url without padding.
     #[error("session token text is not base64url without padding: {0}")]
     Base64(String),
@@ -344,13 +383,22 @@ impl FromStr for SessionToken {
         if text.len() > TOKEN_TEXT_BYTES_MAX {
             return Err(TokenParseError::TooLong { len: text.len() });
         }
-        let encoded = text
-            .strip_prefix(TOKEN_TEXT_PREFIX)
+        let (prefix, encoded) = [TOKEN_TEXT_PREFIX_V1, TOKEN_TEXT_PREFIX_V2]
+            .into_iter()
+            .find_map(|prefix| Some((prefix, text.strip_prefix(prefix)?)))
             .ok_or(TokenParseError::MissingPrefix)?;
         let bytes = URL_SAFE_NO_PAD
             .decode(encoded)
             .map_err(|e| TokenParseError::Base64(e.to_string()))?;
-        Ok(SessionToken::from_bytes(&bytes)?)
+        let token = SessionToken::from_bytes(&bytes)?;
+        let layout = wire::FixedLayout::of(&token.vector);
+        if token_text_prefix(layout) != prefix {
+            return Err(TokenParseError::PrefixMismatch {
+                prefix,
+                layout: layout.version(),
+            });
+        }
+        Ok(token)
     }
 }
 
@@ -660,7 +708,7 @@ fn requirement(a: Option<&SessionToken>, b: Option<&SessionToken>) -> SessionTok
 mod tests {
     use super::*;
 
-    fn token(entries: &[(u32, u64)]) -> SessionToken {
+    fn token(entries: &[(u64, u64)]) -> SessionToken {
         entries
             .iter()
             .map(|&(r, c)| (ReplicaId::new(r), c))
@@ -671,12 +719,13 @@ mod tests {
     #[test]
     fn text_limit_matches_the_longest_token() {
         let longest = token(
-            &(0..TOKEN_REPLICAS_MAX as u32)
-                .map(|r| (r, u64::MAX))
+            &(0..TOKEN_REPLICAS_MAX as u64)
+                .map(|r| (u64::MAX - r, u64::MAX))
                 .collect::<Vec<_>>(),
         );
         let text = longest.to_string();
         assert_eq!(text.len(), TOKEN_TEXT_BYTES_MAX);
+        assert!(text.starts_with(TOKEN_TEXT_PREFIX_V2));
         assert_eq!(text.parse::<SessionToken>(), Ok(longest));
         let mut long = text;
         long.push('A');
@@ -691,12 +740,14 @@ mod tests {
     #[test]
     fn a_token_past_the_limit_writes_text_every_parser_refuses() {
         let count = TOKEN_REPLICAS_MAX + 1;
-        let huge = token(&(0..count as u32).map(|r| (r, 1)).collect::<Vec<_>>());
         let refusal = Err(TokenParseError::Bytes(WireError::Vector(
             wire::FixedVectorError::TooManyEntries { count },
         )));
-        assert_eq!(huge.to_string().parse::<SessionToken>(), refusal);
-        assert!(huge.to_bytes().is_err());
+        for base in [0, 1 << 32] {
+            let huge = token(&(0..count as u64).map(|r| (base + r, 1)).collect::<Vec<_>>());
+            assert_eq!(huge.to_string().parse::<SessionToken>(), refusal);
+            assert!(huge.to_bytes().is_err());
+        }
     }
 
     #[test]

@@ -48,6 +48,27 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## What grows on disk
+//! Acknowledged outbox segments are deleted, and the unacknowledged outbox
+//! is bounded by `outbox_len_max` and `outbox_bytes_max`
+//! ([`RegionConfig`](crate::region::RegionConfig)). Besides it:
+//! - **table states**: one row per key ever written. Rows are never
+//!   deleted: a removed key keeps its tombstone (delete context), so the
+//!   store grows with the key space: **unbounded**. Values of tables this
+//!   region has not declared are stored as such rows too, at most
+//!   `undeclared_bytes_max` of them;
+//! - **per-replica entries**: the applied vector, and inside each state its
+//!   per-replica counters and causal context, gain one entry per replica id
+//!   that ever wrote (every new region, and every build of a region without
+//!   storage) and never lose it, retired ids included: **unbounded**;
+//! - **retired peers**: one entry per region retired for good, with its
+//!   replica ids (at most 17): grows by one per retirement;
+//! - **cursors**: one row per peer name, deleted when the peer is retired;
+//! - [`RedbStorage`]'s **journal**: bounded, folded into the tables past
+//!   `JOURNAL_BYTES_MAX` bytes (4 MiB) or `JOURNAL_LEN_MAX` commits (4096);
+//! - the **redb file** itself: freed pages are reused, but the file does not
+//!   shrink (nothing compacts it), so it stays at its high-water size.
+//!
 //! ## Implementations
 //! - [`MemoryStorage`]: in memory, shared by its clones (tests; a region
 //!   that must outlive nothing but its process). It can be told to fail
@@ -87,9 +108,14 @@ pub use redb_store::RedbStorage;
 ///
 /// Version 2 added [`RedbStorage`]'s journal of commits not yet folded
 /// into its tables: a build that reads only version 1 would miss them, so
-/// it refuses the store. Version 1 stores are read as they are, and
-/// written as version 2 from their first commit on.
-pub const STORAGE_FORMAT_VERSION: u32 = 2;
+/// it refuses the store. Version 3 widened replica ids to 64 bits: stored
+/// values carry them as varints, so a version 1 or 2 store (32-bit ids)
+/// reads unchanged, but its identity, vectors and states may now hold ids
+/// a build of version 2 cannot decode, so such a build refuses the store
+/// with [`StorageError::NewerFormat`] instead of calling it corrupt. Older
+/// stores are read as they are, and written as the current version from
+/// their first commit on.
+pub const STORAGE_FORMAT_VERSION: u32 = 3;
 
 /// What went wrong with a region's storage.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

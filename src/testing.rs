@@ -313,7 +313,7 @@ impl<T: Crdt, Op> Simulation<T, Op> {
 
 /// The id of simulated replica `i` (0-based): `i + 1`.
 pub fn replica_id(i: usize) -> ReplicaId {
-    ReplicaId::new(i as u32 + 1)
+    ReplicaId::new(i as u64 + 1)
 }
 
 fn join<T: Crdt>(a: &T, b: &T) -> T {

@@ -448,42 +448,101 @@ pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<usize, WireError>
 // comment alone. So they do not go through bincode's variable-length
 // integers but through a fixed layout, all integers little-endian:
 //
-//   offset  size  field
-//   0       1     layout version, [`VECTOR_FIXED_VERSION`]
-//   1       1     flags: reserved, must be 0
-//   2       2     entry count `n` (u16), at most [`VECTOR_FIXED_ENTRIES_MAX`]
-//   4+12i   4     entry i: replica id (u32)
-//   8+12i   8     entry i: counter (u64), non-zero
+//   offset     size  field
+//   0          1     layout version `v`: 1 (32-bit ids) or 2 (64-bit ids)
+//   1          1     flags: reserved, must be 0
+//   2          2     entry count `n` (u16), at most [`VECTOR_FIXED_ENTRIES_MAX`]
+//   4+E·i      W     entry i: replica id (u32 when v = 1, u64 when v = 2)
+//   4+E·i+W    8     entry i: counter (u64), non-zero
 //
+// with `W` = 4 and `E` = 12 in version 1, `W` = 8 and `E` = 16 in version 2.
 // Entries are sorted by replica, strictly (no repeats). The length is
-// exactly `4 + 12·n` bytes: one entry per replica, whatever the number of
+// exactly `4 + E·n` bytes: one entry per replica, whatever the number of
 // keys, tables or writes behind it.
+//
+// A vector is written in version 1 when every id fits in 32 bits (so a
+// build that reads only version 1 still reads it), in version 2 otherwise;
+// a version-2 vector whose ids all fit in 32 bits is refused, so each vector
+// has one encoding. Version 1 is the layout of builds whose ids were 32
+// bits: its ids widen losslessly.
 // ---------------------------------------------------------------------------
-
-/// The version byte the fixed vector layout starts with.
-pub const VECTOR_FIXED_VERSION: u8 = 1;
 
 /// Bytes of the fixed layout's header: version, flags, u16 entry count.
 pub const VECTOR_FIXED_HEADER_BYTES: usize = 4;
 
-/// Bytes of one entry in the fixed layout: u32 replica, u64 counter.
-pub const VECTOR_FIXED_ENTRY_BYTES: usize = 12;
+/// Bytes of an entry's counter in the fixed layout (a u64).
+pub const VECTOR_FIXED_COUNTER_BYTES: usize = 8;
+
+/// Bytes of one entry in layout version 1: u32 replica, u64 counter.
+pub const VECTOR_FIXED_NARROW_ENTRY_BYTES: usize = 4 + VECTOR_FIXED_COUNTER_BYTES;
+
+/// Bytes of one entry in layout version 2: u64 replica, u64 counter.
+pub const VECTOR_FIXED_WIDE_ENTRY_BYTES: usize = 8 + VECTOR_FIXED_COUNTER_BYTES;
 
 /// The most entries (replicas) [`encode_vector_fixed`] writes and
-/// [`decode_vector_fixed`] accepts: far above the replicas a deployment
-/// runs, low enough that a hostile header cannot ask for much.
+/// [`decode_vector_fixed`] accepts, in either version: far above the
+/// replicas a deployment runs, low enough that a hostile header cannot ask
+/// for much.
 pub const VECTOR_FIXED_ENTRIES_MAX: usize = 1024;
 
-/// The length in bytes of a vector of `entries` entries in the fixed layout.
-pub const fn vector_fixed_len(entries: usize) -> usize {
-    VECTOR_FIXED_HEADER_BYTES + VECTOR_FIXED_ENTRY_BYTES * entries
+/// A version of the fixed vector layout: how wide its replica ids are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FixedLayout {
+    /// Version 1: 32-bit replica ids, [`VECTOR_FIXED_NARROW_ENTRY_BYTES`]
+    /// per entry. Written when every id fits.
+    Narrow,
+    /// Version 2: 64-bit replica ids, [`VECTOR_FIXED_WIDE_ENTRY_BYTES`] per
+    /// entry. Written when some id needs more than 32 bits.
+    Wide,
+}
+
+impl FixedLayout {
+    /// The layout a vector is written in: the narrow one when every id
+    /// fits in 32 bits, else the wide one.
+    pub fn of(vector: &crate::clock::VersionVector) -> FixedLayout {
+        if vector.iter().all(|(replica, _)| replica.is_narrow()) {
+            FixedLayout::Narrow
+        } else {
+            FixedLayout::Wide
+        }
+    }
+
+    /// The layout's version byte.
+    pub const fn version(self) -> u8 {
+        match self {
+            FixedLayout::Narrow => 1,
+            FixedLayout::Wide => 2,
+        }
+    }
+
+    /// The layout a version byte names, if this build speaks it.
+    pub const fn from_version(version: u8) -> Option<FixedLayout> {
+        match version {
+            1 => Some(FixedLayout::Narrow),
+            2 => Some(FixedLayout::Wide),
+            _ => None,
+        }
+    }
+
+    /// Bytes of one entry.
+    pub const fn entry_bytes(self) -> usize {
+        match self {
+            FixedLayout::Narrow => VECTOR_FIXED_NARROW_ENTRY_BYTES,
+            FixedLayout::Wide => VECTOR_FIXED_WIDE_ENTRY_BYTES,
+        }
+    }
+
+    /// The length in bytes of a vector of `entries` entries in this layout.
+    pub const fn bytes_for(self, entries: usize) -> usize {
+        VECTOR_FIXED_HEADER_BYTES + self.entry_bytes() * entries
+    }
 }
 
 /// What makes bytes not a version vector in the fixed layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum FixedVectorError {
     /// The first byte names a layout version we do not speak.
-    #[error("unsupported fixed-layout version {found} (this build speaks {VECTOR_FIXED_VERSION})")]
+    #[error("unsupported fixed-layout version {found} (this build speaks 1 and 2)")]
     UnsupportedVersion {
         /// The version byte found.
         found: u8,
@@ -527,10 +586,15 @@ pub enum FixedVectorError {
         /// The entry's position, from 0.
         index: usize,
     },
+    /// Version 2 (64-bit ids) for a vector whose ids all fit in 32 bits,
+    /// which is written in version 1: not the vector's one encoding.
+    #[error("layout version 2 for ids that all fit in 32 bits (version 1)")]
+    WiderThanNeeded,
 }
 
 /// Encodes `vector` in the fixed layout: exactly
-/// [`vector_fixed_len`]`(vector.len())` bytes.
+/// [`FixedLayout::bytes_for`]`(vector.len())` bytes of
+/// [`FixedLayout::of`]`(vector)`.
 ///
 /// ```
 /// use archipelago::clock::{ReplicaId, VersionVector};
@@ -540,6 +604,12 @@ pub enum FixedVectorError {
 /// let bytes = wire::encode_vector_fixed(&vector)?;
 /// assert_eq!(bytes, [1, 0, 1, 0, 2, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0]);
 /// assert_eq!(wire::decode_vector_fixed(&bytes)?, vector);
+///
+/// // An id past 32 bits: version 2, 8-byte ids.
+/// let wide: VersionVector = [(ReplicaId::new(1 << 32), 7)].into_iter().collect();
+/// let bytes = wire::encode_vector_fixed(&wide)?;
+/// assert_eq!(bytes, [2, 0, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0]);
+/// assert_eq!(wire::decode_vector_fixed(&bytes)?, wide);
 /// # Ok::<(), wire::WireError>(())
 /// ```
 ///
@@ -551,32 +621,44 @@ pub fn encode_vector_fixed(vector: &crate::clock::VersionVector) -> Result<Vec<u
     if count > VECTOR_FIXED_ENTRIES_MAX {
         return Err(FixedVectorError::TooManyEntries { count }.into());
     }
-    let mut out = Vec::with_capacity(vector_fixed_len(count));
-    out.extend_from_slice(&vector_fixed_header(count));
+    let layout = FixedLayout::of(vector);
+    let mut out = Vec::with_capacity(layout.bytes_for(count));
+    out.extend_from_slice(&vector_fixed_header(layout, count));
     for (replica, counter) in vector.iter() {
-        out.extend_from_slice(&replica.get().to_le_bytes());
+        match layout {
+            FixedLayout::Narrow => {
+                debug_assert!(replica.is_narrow(), "the narrow layout holds every id");
+                out.extend_from_slice(&(replica.get() as u32).to_le_bytes());
+            }
+            FixedLayout::Wide => out.extend_from_slice(&replica.get().to_le_bytes()),
+        }
         out.extend_from_slice(&counter.to_le_bytes());
     }
-    debug_assert_eq!(out.len(), vector_fixed_len(count));
+    debug_assert_eq!(out.len(), layout.bytes_for(count));
     Ok(out)
 }
 
-/// The fixed layout's header for `count` entries, the count saturating at
-/// `u16::MAX`. Alone, with a count over the limit, it is what a caller that
-/// cannot fail writes for a vector too large to encode: it decodes to
-/// [`FixedVectorError::TooManyEntries`].
-pub(crate) fn vector_fixed_header(count: usize) -> [u8; VECTOR_FIXED_HEADER_BYTES] {
+/// The fixed layout's header for `count` entries in `layout`, the count
+/// saturating at `u16::MAX`. Alone, with a count over the limit, it is what
+/// a caller that cannot fail writes for a vector too large to encode: it
+/// decodes to [`FixedVectorError::TooManyEntries`].
+pub(crate) fn vector_fixed_header(
+    layout: FixedLayout,
+    count: usize,
+) -> [u8; VECTOR_FIXED_HEADER_BYTES] {
     let [lo, hi] = u16::try_from(count).unwrap_or(u16::MAX).to_le_bytes();
-    [VECTOR_FIXED_VERSION, 0, lo, hi]
+    [layout.version(), 0, lo, hi]
 }
 
-/// Decodes a vector in the fixed layout, treating `bytes` as hostile.
+/// Decodes a vector in the fixed layout (either version), treating `bytes`
+/// as hostile.
 ///
 /// # Errors
 /// [`WireError::Vector`] naming the first thing wrong: the version, the
 /// flags, an entry count over [`VECTOR_FIXED_ENTRIES_MAX`] (refused before
 /// reading further), a length other than the count implies, an entry out of
-/// order or repeated, a zero counter. Never panics.
+/// order or repeated, a zero counter, version 2 for ids that all fit
+/// version 1. Never panics.
 pub fn decode_vector_fixed(bytes: &[u8]) -> Result<crate::clock::VersionVector, WireError> {
     use crate::clock::{ReplicaId, VersionVector};
 
@@ -590,9 +672,9 @@ pub fn decode_vector_fixed(bytes: &[u8]) -> Result<crate::clock::VersionVector, 
         }
         .into());
     };
-    if version != VECTOR_FIXED_VERSION {
+    let Some(layout) = FixedLayout::from_version(version) else {
         return Err(FixedVectorError::UnsupportedVersion { found: version }.into());
-    }
+    };
     if flags != 0 {
         return Err(FixedVectorError::ReservedFlags { found: flags }.into());
     }
@@ -600,7 +682,7 @@ pub fn decode_vector_fixed(bytes: &[u8]) -> Result<crate::clock::VersionVector, 
     if count > VECTOR_FIXED_ENTRIES_MAX {
         return Err(FixedVectorError::TooManyEntries { count }.into());
     }
-    let expected = vector_fixed_len(count);
+    let expected = layout.bytes_for(count);
     if len < expected {
         return Err(FixedVectorError::Truncated { len, expected }.into());
     }
@@ -610,18 +692,23 @@ pub fn decode_vector_fixed(bytes: &[u8]) -> Result<crate::clock::VersionVector, 
         }
         .into());
     }
-    let mut previous: Option<u32> = None;
+    let id_bytes = layout.entry_bytes() - VECTOR_FIXED_COUNTER_BYTES;
+    let mut previous: Option<u64> = None;
     let mut entries = Vec::with_capacity(count);
-    for (index, entry) in body.chunks_exact(VECTOR_FIXED_ENTRY_BYTES).enumerate() {
-        let (replica, counter) = entry.split_at(4);
-        // Both conversions hold by `chunks_exact`; a failure is still an
+    for (index, entry) in body.chunks_exact(layout.entry_bytes()).enumerate() {
+        let (replica, counter) = entry.split_at(id_bytes);
+        // The conversions hold by `chunks_exact`; a failure is still an
         // error, not a panic.
-        let (Ok(replica), Ok(counter)) =
-            (<[u8; 4]>::try_from(replica), <[u8; 8]>::try_from(counter))
-        else {
+        let replica = match layout {
+            FixedLayout::Narrow => {
+                <[u8; 4]>::try_from(replica).map(|r| u64::from(u32::from_le_bytes(r)))
+            }
+            FixedLayout::Wide => <[u8; 8]>::try_from(replica).map(u64::from_le_bytes),
+        };
+        let (Ok(replica), Ok(counter)) = (replica, <[u8; 8]>::try_from(counter)) else {
             return Err(FixedVectorError::Truncated { len, expected }.into());
         };
-        let (replica, counter) = (u32::from_le_bytes(replica), u64::from_le_bytes(counter));
+        let counter = u64::from_le_bytes(counter);
         if previous.is_some_and(|p| p >= replica) {
             return Err(FixedVectorError::Unsorted { index }.into());
         }
@@ -631,8 +718,13 @@ pub fn decode_vector_fixed(bytes: &[u8]) -> Result<crate::clock::VersionVector, 
         previous = Some(replica);
         entries.push((ReplicaId::new(replica), counter));
     }
+    // Sorted: the last id is the largest.
+    if layout == FixedLayout::Wide && previous.is_none_or(|p| ReplicaId::new(p).is_narrow()) {
+        return Err(FixedVectorError::WiderThanNeeded.into());
+    }
     let vector: VersionVector = entries.into_iter().collect();
     debug_assert_eq!(vector.len(), count);
+    debug_assert_eq!(FixedLayout::of(&vector), layout, "one vector, one encoding");
     Ok(vector)
 }
 

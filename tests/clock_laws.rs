@@ -10,7 +10,7 @@ fn vector() -> impl Strategy<Value = VersionVector> {
     prop::collection::vec((0..6u32, 0..5u64), 0..6).prop_map(|entries| {
         entries
             .into_iter()
-            .map(|(r, c)| (ReplicaId::new(r), c))
+            .map(|(r, c)| (ReplicaId::from(r), c))
             .collect()
     })
 }
@@ -19,7 +19,7 @@ fn context() -> impl Strategy<Value = CausalContext> {
     prop::collection::vec((0..4u32, 1..8u64), 0..12).prop_map(|dots| {
         let mut ctx = CausalContext::new();
         for (r, c) in dots {
-            ctx.insert(Dot::new(ReplicaId::new(r), c));
+            ctx.insert(Dot::new(ReplicaId::from(r), c));
         }
         ctx
     })
@@ -60,8 +60,8 @@ proptest! {
 
     #[test]
     fn version_vector_contains_what_it_counts(a in vector(), r in 0..6u32, c in 1..8u64) {
-        let dot = Dot::new(ReplicaId::new(r), c);
-        prop_assert_eq!(a.contains(dot), c <= a.get(ReplicaId::new(r)));
+        let dot = Dot::new(ReplicaId::from(r), c);
+        prop_assert_eq!(a.contains(dot), c <= a.get(ReplicaId::from(r)));
     }
 
     /// A context's join is the union of the dots it contains, and its form
@@ -75,7 +75,7 @@ proptest! {
         prop_assert_eq!(&ab, &ba);
         for r in 0..4u32 {
             for c in 1..10u64 {
-                let dot = Dot::new(ReplicaId::new(r), c);
+                let dot = Dot::new(ReplicaId::from(r), c);
                 prop_assert_eq!(ab.contains(dot), a.contains(dot) || b.contains(dot));
             }
         }

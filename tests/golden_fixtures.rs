@@ -33,6 +33,9 @@ use serde::de::DeserializeOwned;
 
 const TOKYO: ReplicaId = ReplicaId::new(0x7000_0001);
 const FRANKFURT: ReplicaId = ReplicaId::new(0x7000_0002);
+/// Ids as regions draw them since ids are 64 bits.
+const WIDE_TOKYO: ReplicaId = ReplicaId::new(0x9e37_79b9_7f4a_7c15);
+const WIDE_FRANKFURT: ReplicaId = ReplicaId::new(0xf39c_c060_5ced_c834);
 
 fn stamp(ms: u64, replica: ReplicaId) -> Stamp {
     Stamp::new(Timestamp::new(1_764_000_000_000 + ms, 0), replica)
@@ -157,6 +160,64 @@ fn session_tokens_of_format_1_parse() {
         .expect("a token of format 1 parses");
     assert_eq!(parsed, token);
     assert_eq!(text, committed.trim(), "the token text format changed");
+}
+
+/// Session tokens naming a 64-bit replica id: the text form `v2.` (layout
+/// version 2, 8-byte ids), committed beside the `v1.` form it does not
+/// replace.
+#[test]
+fn session_tokens_of_format_2_parse() {
+    let mut vector = VersionVector::new();
+    vector.raise(TOKYO, 12);
+    vector.raise(WIDE_TOKYO, 3);
+    vector.raise(WIDE_FRANKFURT, 7);
+    let token = SessionToken::from_vector(vector);
+    let text = token.to_string();
+    let committed = golden("tokens/v2/token.txt", text.as_bytes());
+    let committed = String::from_utf8(committed).unwrap();
+    assert!(committed.starts_with("v2."), "{committed}");
+    let parsed: SessionToken = committed
+        .trim()
+        .parse()
+        .expect("a token of format 2 parses");
+    assert_eq!(parsed, token);
+    assert_eq!(text, committed.trim(), "the token text format changed");
+}
+
+/// States naming 64-bit replica ids, as regions drawing random ids write
+/// them: the codec's varints carry them in 9 bytes, in the same format
+/// (and wire version) as 32-bit ones.
+#[test]
+fn states_with_64_bit_replica_ids_decode() {
+    let mut vector = VersionVector::new();
+    vector.raise(TOKYO, 12);
+    vector.raise(WIDE_TOKYO, 3);
+    vector.raise(WIDE_FRANKFURT, 7);
+    check("states/v1/version_vector_64_bit_ids.bin", &vector);
+
+    let mut g = GCounter::new();
+    g.inc(WIDE_TOKYO, 3);
+    g.inc(WIDE_FRANKFURT, 4);
+    check("states/v1/g_counter_64_bit_ids.bin", &g);
+
+    let mut set = OrSet::new();
+    set.insert(WIDE_TOKYO, "matcha".to_string());
+    set.insert(WIDE_FRANKFURT, "pretzel".to_string());
+    set.remove("pretzel");
+    check("states/v1/or_set_64_bit_ids.bin", &set);
+
+    let mut map = LwwMap::new();
+    map.insert(
+        stamp(1, WIDE_TOKYO),
+        "colour".to_string(),
+        "blue".to_string(),
+    );
+    map.insert(
+        stamp(2, WIDE_FRANKFURT),
+        "size".to_string(),
+        "M".to_string(),
+    );
+    check("states/v1/lww_map_64_bit_ids.bin", &map);
 }
 
 /// A region's store of storage format 2 (redb): made once by a region that

@@ -6,7 +6,7 @@
 use archipelago::clock::{ReplicaId, VersionVector};
 use archipelago::session::{
     Guarantee, Guarantees, Session, SessionToken, TOKEN_REPLICAS_MAX, TOKEN_TEXT_BYTES_MAX,
-    TOKEN_TEXT_PREFIX, TokenParseError,
+    TOKEN_TEXT_PREFIX_BYTES, TOKEN_TEXT_PREFIX_V1, TOKEN_TEXT_PREFIX_V2, TokenParseError,
 };
 use archipelago::wire::{self, FixedVectorError, WireError};
 use proptest::prelude::*;
@@ -16,7 +16,7 @@ fn vector() -> impl Strategy<Value = VersionVector> {
     prop::collection::vec((0..6u32, 0..5u64), 0..8).prop_map(|entries| {
         entries
             .into_iter()
-            .map(|(r, c)| (ReplicaId::new(r), c))
+            .map(|(r, c)| (ReplicaId::from(r), c))
             .collect()
     })
 }
@@ -25,9 +25,11 @@ fn token() -> impl Strategy<Value = SessionToken> {
     vector().prop_map(SessionToken::from_vector)
 }
 
-/// Any replica ids and counters, for the codecs.
+/// Any replica ids and counters, for the codecs: ids of 32 bits (the
+/// narrow layout, `v1.`) as often as any 64-bit ids (`v2.`, mostly wide).
 fn wide_token() -> impl Strategy<Value = SessionToken> {
-    prop::collection::vec((any::<u32>(), any::<u64>()), 0..40).prop_map(|entries| {
+    let ids = prop_oneof![any::<u32>().prop_map(u64::from), any::<u64>()];
+    prop::collection::vec((ids, any::<u64>()), 0..40).prop_map(|entries| {
         entries
             .into_iter()
             .map(|(r, c)| (ReplicaId::new(r), c))
@@ -75,7 +77,7 @@ fn joined(a: &VersionVector, b: &VersionVector) -> VersionVector {
     out
 }
 
-fn vv(entries: &[(u32, u64)]) -> VersionVector {
+fn vv(entries: &[(u64, u64)]) -> VersionVector {
     entries
         .iter()
         .map(|&(r, c)| (ReplicaId::new(r), c))
@@ -198,7 +200,10 @@ proptest! {
     #[test]
     fn tokens_round_trip_through_every_form(t in wide_token()) {
         let text = t.to_string();
-        prop_assert!(text.starts_with(TOKEN_TEXT_PREFIX));
+        let narrow = t.as_vector().iter().all(|(r, _)| r.get() <= u64::from(u32::MAX));
+        let prefix = if narrow { TOKEN_TEXT_PREFIX_V1 } else { TOKEN_TEXT_PREFIX_V2 };
+        prop_assert!(text.starts_with(prefix), "{}", text);
+        prop_assert!(text.len() <= TOKEN_TEXT_BYTES_MAX);
         prop_assert!(text.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)));
         prop_assert_eq!(text.parse::<SessionToken>(), Ok(t.clone()));
 
@@ -222,8 +227,10 @@ proptest! {
     ) {
         let texts = [
             junk.clone(),
-            format!("{TOKEN_TEXT_PREFIX}{junk}"),
-            format!("{TOKEN_TEXT_PREFIX}{body}"),
+            format!("{TOKEN_TEXT_PREFIX_V1}{junk}"),
+            format!("{TOKEN_TEXT_PREFIX_V1}{body}"),
+            format!("{TOKEN_TEXT_PREFIX_V2}{junk}"),
+            format!("{TOKEN_TEXT_PREFIX_V2}{body}"),
         ];
         for text in texts {
             if let Ok(t) = text.parse::<SessionToken>() {
@@ -263,6 +270,8 @@ proptest! {
     ) {
         let mut with_header = vec![1, 0, (random.len() / 12) as u8, 0];
         with_header.extend_from_slice(&random);
+        let mut with_wide_header = vec![2, 0, (random.len() / 16) as u8, 0];
+        with_wide_header.extend_from_slice(&random);
         let valid = t.to_bytes().unwrap();
         let mut flipped = valid.clone();
         for (at, byte) in &flips {
@@ -270,7 +279,7 @@ proptest! {
             flipped[i] = *byte;
         }
         let truncated = &valid[..cut.index(valid.len())];
-        for bytes in [&random[..], &with_header[..], &flipped[..], truncated] {
+        for bytes in [&random[..], &with_header[..], &with_wide_header[..], &flipped[..], truncated] {
             if let Ok(parsed) = SessionToken::from_bytes(bytes) {
                 prop_assert_eq!(parsed.to_bytes().unwrap(), bytes.to_vec());
             }
@@ -280,26 +289,34 @@ proptest! {
     }
 }
 
-/// At most `8 + 12·R` bytes for `R` replicas (exactly `4 + 12·R`), however
-/// large the counters, that is however many writes stand behind them.
+/// Exactly `4 + 16·R` bytes for `R` replicas with 64-bit ids (`4 + 12·R`
+/// when every id fits in 32 bits), however large the counters, that is
+/// however many writes stand behind them.
 #[test]
 fn size_is_bounded_by_replicas_not_writes() {
     for replicas in 0..=64u32 {
         for counter in [1, 1_000, u64::MAX] {
-            let t: SessionToken = (0..replicas)
+            let named: SessionToken = (0..replicas)
                 .map(|r| (ReplicaId::from_name(&format!("region-{r}")), counter))
                 .collect::<VersionVector>()
                 .into();
+            let assigned: SessionToken = (0..replicas)
+                .map(|r| (ReplicaId::from(r), counter))
+                .collect::<VersionVector>()
+                .into();
             let r = replicas as usize;
-            let bytes = t.to_bytes().unwrap();
-            assert!(bytes.len() <= 8 + 12 * r, "R = {r}: {} bytes", bytes.len());
-            assert_eq!(bytes.len(), 4 + 12 * r);
-            assert_eq!(t.encoded_len(), bytes.len());
-            let text = t.to_string();
-            assert_eq!(
-                text.len(),
-                TOKEN_TEXT_PREFIX.len() + (4 * bytes.len()).div_ceil(3)
-            );
+            // No id of 64 names fits in 32 bits, so R > 0 is wide.
+            let wide = if r == 0 { 12 } else { 16 };
+            for (t, entry_bytes) in [(named, wide), (assigned, 12)] {
+                let bytes = t.to_bytes().unwrap();
+                assert_eq!(bytes.len(), 4 + entry_bytes * r, "R = {r}");
+                assert_eq!(t.encoded_len(), bytes.len());
+                let text = t.to_string();
+                assert_eq!(
+                    text.len(),
+                    TOKEN_TEXT_PREFIX_BYTES + (4 * bytes.len()).div_ceil(3)
+                );
+            }
         }
     }
 }
@@ -317,6 +334,31 @@ fn the_layout_is_as_documented() {
     assert_eq!(bytes, expected);
     assert_eq!(SessionToken::new().to_bytes().unwrap(), [1, 0, 0, 0]);
     assert_eq!(SessionToken::new().to_string(), "v1.AQAAAA");
+
+    // One id past 32 bits: layout 2, every id in 8 bytes.
+    let t = SessionToken::from_vector(vv(&[(5, 1), (0x0102_0304_0506_0708, 2)]));
+    let bytes = t.to_bytes().unwrap();
+    #[rustfmt::skip]
+    let expected = [
+        2, 0, 2, 0,
+        5, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0,
+        8, 7, 6, 5, 4, 3, 2, 1, 2, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    assert_eq!(bytes, expected);
+    assert_eq!(t.encoded_len(), 36);
+    assert!(t.to_string().starts_with("v2."));
+}
+
+/// A token of 32-bit ids keeps its v1 form (old builds parse it), and its
+/// ids read back the same through either layout's decoder.
+#[test]
+fn v1_tokens_widen_losslessly() {
+    let t = SessionToken::from_vector(vv(&[(0x7000_0001, 12), (0xffff_ffff, 7)]));
+    let text = t.to_string();
+    assert!(text.starts_with("v1."), "{text}");
+    let parsed: SessionToken = text.parse().unwrap();
+    assert_eq!(parsed.as_vector().get(ReplicaId::new(0xffff_ffff)), 7);
+    assert_eq!(parsed, t);
 }
 
 #[test]
@@ -343,8 +385,29 @@ fn the_binary_decoder_names_what_is_wrong() {
         }
     );
     assert_eq!(
-        err(&[2, 0, 0, 0]),
-        FixedVectorError::UnsupportedVersion { found: 2 }
+        err(&[3, 0, 0, 0]),
+        FixedVectorError::UnsupportedVersion { found: 3 }
+    );
+    // Layout 2 for ids that fit layout 1 (none at all, or only narrow
+    // ones): not the vector's one encoding.
+    assert_eq!(err(&[2, 0, 0, 0]), FixedVectorError::WiderThanNeeded);
+    let narrow_in_wide = [2, 0, 1, 0, 7, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0];
+    assert_eq!(err(&narrow_in_wide), FixedVectorError::WiderThanNeeded);
+    let mut wide = narrow_in_wide;
+    wide[8] = 1; // id 2³² + 7
+    assert!(SessionToken::from_bytes(&wide).is_ok());
+    assert_eq!(
+        err(&wide[..19]),
+        FixedVectorError::Truncated {
+            len: 19,
+            expected: 20
+        }
+    );
+    let mut wide_descending = [&[2, 0, 2, 0][..], &wide[4..], &wide[4..]].concat();
+    wide_descending[4] = 9;
+    assert_eq!(
+        err(&wide_descending),
+        FixedVectorError::Unsorted { index: 1 }
     );
     assert_eq!(
         err(&[1, 0x80, 0, 0]),
@@ -395,7 +458,25 @@ fn the_text_parser_names_what_is_wrong() {
     let parse = |s: &str| s.parse::<SessionToken>();
     assert_eq!(parse(""), Err(TokenParseError::MissingPrefix));
     assert_eq!(parse("AQAAAA"), Err(TokenParseError::MissingPrefix));
-    assert_eq!(parse("v2.AQAAAA"), Err(TokenParseError::MissingPrefix));
+    assert_eq!(parse("v3.AQAAAA"), Err(TokenParseError::MissingPrefix));
+    // A prefix that names the other layout than its bytes.
+    assert_eq!(
+        parse("v2.AQAAAA"),
+        Err(TokenParseError::PrefixMismatch {
+            prefix: "v2.",
+            layout: 1
+        })
+    );
+    let wide = SessionToken::from_vector(vv(&[(1 << 40, 3)])).to_string();
+    let as_v1 = wide.replacen("v2.", "v1.", 1);
+    assert_eq!(
+        parse(&as_v1),
+        Err(TokenParseError::PrefixMismatch {
+            prefix: "v1.",
+            layout: 2
+        })
+    );
+    assert!(parse(&wide).is_ok());
     assert!(matches!(
         parse("v1.AQAA=="),
         Err(TokenParseError::Base64(_))
@@ -430,7 +511,7 @@ fn the_text_parser_names_what_is_wrong() {
 
 #[test]
 fn serde_refuses_tokens_past_the_replica_limit() {
-    let entries: Vec<(u32, u64)> = (0..=TOKEN_REPLICAS_MAX as u32).map(|r| (r, 1)).collect();
+    let entries: Vec<(u64, u64)> = (0..=TOKEN_REPLICAS_MAX as u64).map(|r| (r, 1)).collect();
     let json = serde_json::to_string(&entries).unwrap();
     let err = serde_json::from_str::<SessionToken>(&json).unwrap_err();
     assert!(

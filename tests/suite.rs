@@ -38,6 +38,7 @@ mod hlc;
 mod id_uniqueness;
 mod lag_timeline;
 mod peer_stats;
+mod replica_ids;
 mod resolver_laws;
 mod restart;
 mod retire;

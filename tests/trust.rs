@@ -9,7 +9,7 @@ use crate::common;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use archipelago::region::{Region, RegionConfig};
+use archipelago::region::{HELLO_VECTOR_ENTRIES_MAX, Region, RegionConfig, RejectReason};
 use archipelago::testing::{Forger, Forgery};
 use archipelago::transport::ChannelNetwork;
 
@@ -108,5 +108,77 @@ fn a_lying_peer_moves_nothing_and_the_honest_regions_keep_replicating() {
                 "key {key}"
             );
         }
+    });
+}
+
+/// A hello whose applied vector names more replicas than
+/// `HELLO_VECTOR_ENTRIES_MAX` is refused and counted as `over_limit`, and
+/// nothing of it is kept: the peer stays unbound, no made-up replica
+/// reaches a vector. The honest regions keep replicating with each other
+/// at once. Default `RegionConfig`; the padded hello is the only lie.
+#[test]
+fn a_hello_naming_too_many_replicas_is_refused_counted_and_kept_nowhere() {
+    common::paused_runtime().block_on(async {
+        let net = ChannelNetwork::new(9);
+        let a = common::region_on(&net, "a", None, RegionConfig::default());
+        let b = common::region_on(&net, "b", None, RegionConfig::default());
+        let liar = Forger::new(
+            net.endpoint("f"),
+            vec![Forgery::PadHello {
+                count: HELLO_VECTOR_ENTRIES_MAX + 1,
+            }],
+        );
+        let forged = liar.forged_counter();
+        let f = Region::builder("f")
+            .transport(liar)
+            .clock(common::TokioClock::new(0))
+            .build()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        common::add(&a, "t", 1, 1).await;
+        common::add(&b, "t", 2, 1).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(forged.load(Ordering::Relaxed) > 0, "f sent padded hellos");
+
+        assert_eq!(
+            common::counter(&b, "t", 1).await,
+            Some(1),
+            "b has a's write"
+        );
+        assert_eq!(
+            common::counter(&a, "t", 2).await,
+            Some(1),
+            "a has b's write"
+        );
+        for (region, other) in [(&a, &b), (&b, &a)] {
+            let stats = region.stats();
+            let name = region.name();
+            let refused = stats.rejected(RejectReason::OverLimit);
+            assert!(refused > 0, "{name} refused f's hellos: {stats:#?}");
+            assert_eq!(
+                stats.rejected_frames, refused,
+                "{name} refused nothing else"
+            );
+            assert_eq!(stats.untrusted_claims, 0, "{name} read no claim of them");
+            let of_f = stats.peers.iter().find(|p| p.name == "f").expect("f");
+            assert_eq!(
+                (of_f.replica, of_f.incarnation, of_f.refused.clone()),
+                (None, None, None),
+                "{name} bound nothing of f's hello"
+            );
+            let honest = stats.peers.iter().find(|p| p.name == other.name()).unwrap();
+            assert_eq!(
+                honest.replica,
+                Some(other.replica()),
+                "{name} greeted by the other"
+            );
+            assert_eq!(
+                stats.applied.len(),
+                2,
+                "{name}'s vector names a and b, no made-up replica: {:?}",
+                stats.applied
+            );
+        }
+        assert_eq!(f.stats().rejected_frames, 0, "f itself is honest");
     });
 }

@@ -34,7 +34,7 @@ fn decode_all(frame: &[u8]) {
 fn sample_set() -> OrSet<u64> {
     let mut set = OrSet::new();
     for i in 0..20 {
-        set.insert(ReplicaId::new(1 + (i % 3) as u32), i);
+        set.insert(ReplicaId::new(1 + i % 3), i);
     }
     set.remove(&7);
     set
@@ -206,7 +206,9 @@ fn overwrite_every_position<T: DeserializeOwned>(valid: &[u8]) -> usize {
 #[test]
 fn hostile_length_prefixes_anywhere_stay_under_the_cap() {
     let mut decodes = 0;
-    let vv: VersionVector = (1..=40u32).map(|r| (ReplicaId::new(r), r as u64)).collect();
+    let vv: VersionVector = (1..=40u32)
+        .map(|r| (ReplicaId::from(r), r as u64))
+        .collect();
     decodes += overwrite_every_position::<VersionVector>(&wire::encode(&vv).unwrap());
     decodes += overwrite_every_position::<OrSet<u64>>(&wire::encode(&sample_set()).unwrap());
     decodes +=
@@ -249,14 +251,14 @@ fn every_corpus_frame_decodes_under_the_cap_and_round_trips() {
 #[test]
 fn large_valid_values_decode_under_the_cap() {
     let vv: VersionVector = (1..=5_000u32)
-        .map(|r| (ReplicaId::new(r), r as u64))
+        .map(|r| (ReplicaId::from(r), r as u64))
         .collect();
     let (back, _) = decode_capped::<VersionVector>(&wire::encode(&vv).unwrap());
     assert_eq!(back.unwrap(), vv);
 
     let mut set = OrSet::new();
     for i in 0..20_000u64 {
-        set.insert(ReplicaId::new(1 + (i % 7) as u32), i);
+        set.insert(ReplicaId::new(1 + i % 7), i);
     }
     let (back, _) = decode_capped::<OrSet<u64>>(&wire::encode(&set).unwrap());
     assert_eq!(back.unwrap(), set);
@@ -477,8 +479,8 @@ fn or_set_rules() {
 fn versioned(value: &str, vv: &[(u32, u64)], ms: u64, writer: u32) -> Versioned<String> {
     Versioned::new(
         value.to_string(),
-        vv.iter().map(|&(r, c)| (ReplicaId::new(r), c)).collect(),
-        Stamp::new(Timestamp::new(ms, 0), ReplicaId::new(writer)),
+        vv.iter().map(|&(r, c)| (ReplicaId::from(r), c)).collect(),
+        Stamp::new(Timestamp::new(ms, 0), ReplicaId::from(writer)),
     )
 }
 

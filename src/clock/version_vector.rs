@@ -346,7 +346,7 @@ mod tests {
     fn vv(entries: &[(u32, u64)]) -> VersionVector {
         entries
             .iter()
-            .map(|&(r, c)| (ReplicaId::new(r), c))
+            .map(|&(r, c)| (ReplicaId::from(r), c))
             .collect()
     }
 

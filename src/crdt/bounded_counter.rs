@@ -420,7 +420,7 @@ mod tests {
     use super::*;
 
     fn r(n: u32) -> ReplicaId {
-        ReplicaId::new(n)
+        ReplicaId::from(n)
     }
 
     #[test]

@@ -401,7 +401,7 @@ mod tests {
     use crate::crdt::{GCounter, PnCounter};
 
     fn r(n: u32) -> ReplicaId {
-        ReplicaId::new(n)
+        ReplicaId::from(n)
     }
 
     #[test]

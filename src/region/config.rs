@@ -18,6 +18,19 @@ pub const PROTOCOL_VERSION: u16 = 3;
 /// nothing speaks 1.
 pub const PROTOCOL_VERSION_MIN: u16 = 1;
 
+/// The most entries the applied vector of a peer's hello may hold: a hello
+/// naming more replicas is refused and counted
+/// ([`RejectReason::OverLimit`]), and nothing of it is kept (the peer stays
+/// unbound until a hello within the limit).
+///
+/// Four times the replicas a session token may name
+/// ([`TOKEN_REPLICAS_MAX`](crate::session::TOKEN_REPLICAS_MAX)): an honest
+/// region's vector names every replica id whose writes it applied (a
+/// region without storage takes a new id at every build, retired ids stay),
+/// so it gets here only long after its session tokens stopped parsing. A
+/// hello at the limit is at most 4096 × 18 bytes (72 KiB) of vector.
+pub const HELLO_VECTOR_ENTRIES_MAX: usize = 4 * crate::session::TOKEN_REPLICAS_MAX;
+
 /// Limits and timings of a region, each with its unit in its name. The
 /// defaults are safe for a handful of regions on a WAN.
 #[derive(Clone, Debug)]

@@ -236,7 +236,10 @@ pub enum RejectReason {
     NotSenderOrigin,
     /// A claim about writes of ours we never made or never sent it.
     ForgedClaim,
-    /// Over a bound: a transfer over `sync_transfer_bytes_max`. (Values
+    /// Over a bound: a transfer over `sync_transfer_bytes_max`, a hello
+    /// whose vector names more than
+    /// [`HELLO_VECTOR_ENTRIES_MAX`](crate::region::HELLO_VECTOR_ENTRIES_MAX)
+    /// replicas. (Values
     /// of undeclared tables over `undeclared_bytes_max` refuse no frame:
     /// they are dropped, see [`RegionStats::undeclared_values_dropped`].)
     OverLimit,

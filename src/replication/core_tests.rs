@@ -34,7 +34,7 @@ fn pack_entries(table: &str, entries: Vec<(Key, Vec<u8>)>) -> (Vec<String>, Blob
 const WALL_MS: u64 = 1_000_000;
 
 fn rid(n: u32) -> ReplicaId {
-    ReplicaId::new(n)
+    ReplicaId::from(n)
 }
 
 fn core(name: &str, replica: u32, config: RegionConfig, tables: &[&str]) -> Core {

@@ -648,7 +648,7 @@ mod tests {
     }
 
     #[test]
-    fn a_version_1_store_loads_and_is_written_as_version_2() {
+    fn a_version_1_store_loads_and_is_written_as_the_current_version() {
         let backend = redb::backends::InMemoryBackend::new();
         // A store as version 1 wrote it: the tables only (no journal).
         let mut store = RedbStorage::with_backend(backend)

@@ -51,7 +51,16 @@ pub enum Forgery {
         /// The writes of it they depend on.
         count: u64,
     },
+    /// Every hello the region sends names `count` more replicas in its
+    /// applied vector: made-up ids from 2⁶³ up, one write each.
+    PadHello {
+        /// The replicas added.
+        count: usize,
+    },
 }
+
+/// The first made-up replica id of [`Forgery::PadHello`].
+const PADDED_REPLICAS_FROM: u64 = 1 << 63;
 
 /// A transport that forges the claims of the region using it (see the
 /// [module page](self)).
@@ -112,6 +121,12 @@ impl<T: Transport> Forger<T> {
                 }
                 (Forgery::DependOn { of, count }, Message::Batch { deps, .. }) => {
                     deps.raise(*of, *count);
+                    changed = true;
+                }
+                (Forgery::PadHello { count }, Message::Hello { applied, .. }) => {
+                    for i in 0..*count as u64 {
+                        applied.raise(ReplicaId::new(PADDED_REPLICAS_FROM + i), 1);
+                    }
                     changed = true;
                 }
                 _ => {}

@@ -229,9 +229,9 @@ impl FuzzRng {
     /// A replica id, mostly from a handful so values meet.
     pub fn replica(&mut self) -> ReplicaId {
         if self.one_in(8) {
-            ReplicaId::new(self.next_u64() as u32)
+            ReplicaId::new(self.next_u64())
         } else {
-            ReplicaId::new(self.below(4) as u32 + 1)
+            ReplicaId::new(self.below(4) as u64 + 1)
         }
     }
 
@@ -385,7 +385,7 @@ impl FuzzValue for VersionVector {
     const NAME: &'static str = "VersionVector";
     fn samples(rng: &mut FuzzRng) -> Vec<Self> {
         let wide: VersionVector = (1..=200u32)
-            .map(|r| (ReplicaId::new(r), r as u64))
+            .map(|r| (ReplicaId::from(r), r as u64))
             .collect();
         vec![VersionVector::new(), vector(rng, 1), vector(rng, 3), wide]
     }
@@ -485,7 +485,7 @@ impl FuzzValue for OrSet<u64> {
         set.remove(&3);
         let mut big = OrSet::new();
         for i in 0..300u64 {
-            big.insert(ReplicaId::new(1 + (i % 5) as u32), i);
+            big.insert(ReplicaId::new(1 + i % 5), i);
         }
         vec![OrSet::new(), set, big]
     }

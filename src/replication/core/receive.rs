@@ -29,6 +29,15 @@ impl Core {
             reply,
         } = message
         {
+            if applied.len() > crate::region::HELLO_VECTOR_ENTRIES_MAX {
+                let why = format!(
+                    "hello naming {} replicas, over HELLO_VECTOR_ENTRIES_MAX ({})",
+                    applied.len(),
+                    crate::region::HELLO_VECTOR_ENTRIES_MAX
+                );
+                self.reject(from, RejectReason::OverLimit, &why);
+                return Vec::new();
+            }
             return self.on_hello(from, replica, incarnation, seq, &applied, reply, now);
         }
         // A refused peer, or one that knew us and has not greeted on this
