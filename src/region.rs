@@ -356,6 +356,7 @@ use crate::wire::{self, WireError};
 mod bounded;
 mod config;
 mod error;
+pub mod homed;
 #[cfg(feature = "metrics")]
 pub(crate) mod metrics;
 mod stats;
@@ -366,6 +367,10 @@ pub mod watch;
 pub use bounded::BoundedTable;
 pub use config::{PROTOCOL_VERSION, PROTOCOL_VERSION_MIN, RegionConfig};
 pub use error::{EngineFailure, HandshakeRefusal, RegionError};
+pub use homed::{
+    HOMED_FORWARDS_PENDING_MAX, HOMED_REPLIES_REMEMBERED_MAX, HOMED_REPLY_BYTES_REMEMBERED_MAX,
+    HomedError, HomedMeta, HomedRead, HomedRefusal, HomedTable, HomedValue, HomedWrite, Placement,
+};
 pub use stats::{PeerFlush, PeerStats, RegionStats, RejectReason, ShutdownReport, TableStats};
 use table::Declared;
 pub use table::{ResolverTable, Scan, Table};
@@ -1147,6 +1152,10 @@ impl Region {
             rights_requested: c.rights_requested,
             rights_granted: c.rights_granted,
             rights_refused: c.rights_refused,
+            homed_forwarded: c.homed_forwarded,
+            homed_served: c.homed_served,
+            homed_duplicates: c.homed_duplicates,
+            homed_refused: c.homed_refused,
             hlc_remote_rejects: core.hlc.remote_rejects(),
             incarnation: core.incarnation,
             committed: core.durable.as_ref().map(|d| d.seq),
