@@ -62,13 +62,13 @@ fn account(region: &str) -> String {
 }
 
 /// Accounts live in the region their name starts with.
-fn home_of(account: &String) -> String {
+fn home_of(account: &str) -> String {
     account.split('/').next().unwrap_or_default().to_owned()
 }
 
 fn accounts(region: &Region) -> HomedTable<String, Account> {
     region
-        .homed_table::<String, Account>("accounts", home_of)
+        .homed_table::<String, Account>("accounts", |key: &String| home_of(key))
         .unwrap()
 }
 
