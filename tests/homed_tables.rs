@@ -392,3 +392,91 @@ fn lossy_links_apply_each_forwarded_op_at_most_once() {
         shutdown(&regions).await;
     });
 }
+
+/// A home with storage answers a forwarded write once the write is
+/// committed there: the caller's success means `Local` at the home.
+#[test]
+fn a_durable_home_answers_once_the_write_is_committed() {
+    use archipelago::storage::MemoryStorage;
+    paused_runtime().block_on(async {
+        let net = ChannelNetwork::new(36);
+        let disk = MemoryStorage::new();
+        let regions = vec![
+            region_on(&net, NAMES[0], None, RegionConfig::default()),
+            region_on(&net, NAMES[1], Some(&disk), RegionConfig::default()),
+        ];
+        for r in &regions {
+            accounts(r);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let key = account("eu-central");
+        for n in 1..=5u64 {
+            let write = accounts(&regions[0])
+                .apply(&key, Entry::Deposit(1))
+                .await
+                .unwrap();
+            assert_eq!(write.value.balance, n);
+            let home = regions[1].stats();
+            assert!(
+                home.committed >= Some(home.writes),
+                "answered before its commit: {:?} of {}",
+                home.committed,
+                home.writes
+            );
+        }
+        // And at the home itself.
+        accounts(&regions[1])
+            .apply(&key, Entry::Deposit(1))
+            .await
+            .unwrap();
+        let home = regions[1].stats();
+        assert_eq!((home.writes, home.committed), (6, Some(6)));
+        assert_nothing_rejected(&regions);
+        shutdown(&regions).await;
+    });
+}
+
+/// Regions whose placements disagree: the region asked as the home does
+/// not place the key at itself and refuses, naming the home it sees;
+/// nothing is applied.
+#[test]
+fn a_home_whose_placement_disagrees_refuses_naming_its_home() {
+    use archipelago::region::HomedRefusal;
+    paused_runtime().block_on(async {
+        let net = ChannelNetwork::new(37);
+        let regions = three_regions(&net).await;
+        // Tokyo alone places "moved/acct" at Frankfurt (by its pinned
+        // entry); Frankfurt places it by its prefix: at no region named
+        // "moved". The pin of a second declaration is dropped, so a fresh
+        // table name.
+        let placement = archipelago::region::Placement::by(|key: &String| home_of(key))
+            .pin("moved/acct", "eu-central");
+        let tokyo = regions[0]
+            .homed_table::<String, Account>("moved", placement)
+            .unwrap();
+        regions[1]
+            .homed_table::<String, Account>("moved", |key: &String| home_of(key))
+            .unwrap();
+        let refused = tokyo
+            .apply("moved/acct", Entry::Deposit(1))
+            .await
+            .unwrap_err();
+        match refused {
+            HomedError::Region(RegionError::HomedRefused { home, refusal, .. }) => {
+                assert_eq!(home, "eu-central");
+                assert_eq!(
+                    refusal,
+                    HomedRefusal::NotHome {
+                        home: Some("moved".into())
+                    }
+                );
+            }
+            other => panic!("{other}"),
+        }
+        let stats: Vec<_> = regions.iter().map(Region::stats).collect();
+        assert_eq!(stats[1].homed_refused, 1);
+        assert_eq!(stats.iter().map(|s| s.writes).sum::<u64>(), 0);
+        assert_nothing_rejected(&regions);
+        shutdown(&regions).await;
+    });
+}
