@@ -151,6 +151,25 @@
 //!   hold). [`RegionStats`] counts `rights_requested`, `rights_granted`
 //!   (units) and `rights_refused`.
 //!
+//! ## Homed tables: one writer per key
+//! [`Region::homed_table`] declares a table whose every key has one *home*
+//! region, named by a [`Placement`] (a function of the key, and pinned
+//! keys, which win): balances, anything that must not be written by two
+//! regions at once. See the [`homed`] module page for the whole story.
+//!
+//! | | at the key's home | anywhere else |
+//! | --- | --- | --- |
+//! | [`HomedTable::apply`], [`HomedTable::put`] | applied at once: one local write, replicated | forwarded to the home (protocol 4 connections only), applied there once (duplicates answered from memory), answered with the home's token; [`RegionError::HomeUnreachable`] naming the home after `homed_forward_timeout` (2 s) |
+//! | [`HomedTable::read`] | local | local, eventual |
+//! | [`HomedTable::read_at_home`] | local, linearizable | asks the home: linearizable for the key |
+//! | [`HomedTable::read_session`] | waits for the session's tokens | the same: a forwarded write's token waits for its replication here |
+//!
+//! A value refuses an operation through [`HomedValue::apply`]: the typed
+//! rejection comes back to the caller ([`HomedError::Rejected`]).
+//! [`RegionStats`] counts `homed_forwarded`, `homed_served`,
+//! `homed_duplicates` and `homed_refused`. Moving homes (epochs) is not
+//! there yet: a home that is down leaves its keys unwritable until back.
+//!
 //! //! ## Guarantees
 //! - Local reads and writes never wait for another region.
 //! - A region applies a peer's batch only after every write it depends on
@@ -318,6 +337,10 @@
 //! | `archipelago_rights_requested_total` | counter | | requests | rights requests sent to peers ([bounded tables](#bounded-tables-and-rights-movement)) |
 //! | `archipelago_rights_granted_units_total` | counter | | units | rights granted to peers that asked |
 //! | `archipelago_rights_refused_total` | counter | | requests | rights requests answered with nothing |
+//! | `archipelago_homed_forwarded_total` | counter | | requests | homed operations forwarded to their keys' homes ([homed tables](#homed-tables-one-writer-per-key)) |
+//! | `archipelago_homed_served_total` | counter | | requests | forwarded operations served here as the key's home (applied, read or rejected) |
+//! | `archipelago_homed_duplicates_total` | counter | | requests | forwarded requests received again and answered from memory, not applied again |
+//! | `archipelago_homed_refused_total` | counter | | requests | forwarded requests refused here (not the home, not a homed table, types that do not fit, expired) |
 //! | `archipelago_hlc_remote_rejects_total` | counter | | timestamps | remote timestamps past this region's clock plus its max offset, not followed beyond that bound ([`RegionStats::hlc_remote_rejects`]) |
 //! | `archipelago_conflicts_total` | counter | `table`, `strategy` | conflicts | conflicts resolved in a resolver table, labelled with its resolver's [`Strategy::as_str`](crate::resolve::Strategy::as_str) |
 //! | `archipelago_commits_total` | counter | | commits | commits to storage |
@@ -356,6 +379,7 @@ use crate::wire::{self, WireError};
 mod bounded;
 mod config;
 mod error;
+pub mod homed;
 #[cfg(feature = "metrics")]
 pub(crate) mod metrics;
 mod stats;
@@ -366,6 +390,10 @@ pub mod watch;
 pub use bounded::BoundedTable;
 pub use config::{HELLO_VECTOR_ENTRIES_MAX, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN, RegionConfig};
 pub use error::{EngineFailure, HandshakeRefusal, RegionError};
+pub use homed::{
+    HOMED_FORWARDS_PENDING_MAX, HOMED_REPLIES_REMEMBERED_MAX, HOMED_REPLY_BYTES_REMEMBERED_MAX,
+    HomedError, HomedMeta, HomedRead, HomedRefusal, HomedTable, HomedValue, HomedWrite, Placement,
+};
 pub use stats::{PeerFlush, PeerStats, RegionStats, RejectReason, ShutdownReport, TableStats};
 use table::Declared;
 pub use table::{ResolverTable, Scan, Table};
@@ -1233,6 +1261,10 @@ impl Region {
             rights_requested: c.rights_requested,
             rights_granted: c.rights_granted,
             rights_refused: c.rights_refused,
+            homed_forwarded: c.homed_forwarded,
+            homed_served: c.homed_served,
+            homed_duplicates: c.homed_duplicates,
+            homed_refused: c.homed_refused,
             hlc_remote_rejects: core.hlc.remote_rejects(),
             incarnation: core.incarnation,
             committed: core.durable.as_ref().map(|d| d.seq),

@@ -8,6 +8,7 @@
 //! starts anti-entropy with peers that (re)connect or are due.
 
 pub(crate) mod core;
+pub(crate) mod homed;
 pub(crate) mod lag;
 pub(crate) mod message;
 pub(crate) mod outbox;
@@ -263,6 +264,7 @@ pub(crate) fn leaves_now(message: &Message) -> bool {
             | Message::SyncRequest { .. }
             | Message::Batch { .. }
             | Message::RightsRequest { .. }
+            | Message::HomedRequest { .. }
     )
 }
 
@@ -500,6 +502,7 @@ impl<T: Transport> Engine<T> {
         // outbox was dropped are repaired before we go.
         out.extend(core.due_syncs(now));
         out.extend(core.due_rights_requests(now));
+        out.extend(core.due_homed(now));
         #[cfg(feature = "metrics")]
         if self.published_at.is_none_or(|at| {
             now.duration_since(at) >= crate::region::metrics::METRICS_PUBLISH_INTERVAL

@@ -123,3 +123,85 @@ fn a_peer_pinned_to_protocol_2_is_never_asked_for_rights() {
         old.shutdown().await;
     });
 }
+
+/// A counter only its home adds to (homed tables, protocol 4).
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Tally(u64);
+
+impl archipelago::region::HomedValue for Tally {
+    type Op = u64;
+    type Rejection = ();
+    fn apply(&mut self, n: u64) -> Result<(), ()> {
+        self.0 += n;
+        Ok(())
+    }
+}
+
+/// A peer pinned to protocol 3 (before homed operations) is never sent
+/// one, either way: a write of a key homed across that connection fails at
+/// once with the typed protocol error naming the home, nothing is
+/// rejected; each home's own writes still replicate to the other.
+#[test]
+fn a_peer_pinned_to_protocol_3_gets_no_homed_messages() {
+    use archipelago::region::{HomedError, HomedTable, RegionError};
+    paused_runtime().block_on(async {
+        let net = ChannelNetwork::new(13);
+        let new = region_on(&net, "ap-northeast", None, RegionConfig::default());
+        let old_config = RegionConfig {
+            protocol_version_max: 3,
+            ..RegionConfig::default()
+        };
+        let old = region_on(&net, "eu-central", None, old_config);
+        let tallies = |region: &Region| -> HomedTable<String, Tally> {
+            region
+                .homed_table::<String, Tally>("tallies", |key: &String| key.clone())
+                .unwrap()
+        };
+        let (tallies_new, tallies_old) = (tallies(&new), tallies(&old));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(protocol_with(&new, "eu-central"), 3);
+        for (tallies, home) in [(&tallies_new, "eu-central"), (&tallies_old, "ap-northeast")] {
+            let started = tokio::time::Instant::now();
+            let refused = tallies.apply(home, 1).await;
+            assert_eq!(started.elapsed(), Duration::ZERO, "refused at once");
+            assert!(
+                matches!(
+                    &refused,
+                    Err(HomedError::Region(RegionError::HomeProtocol { home: h, protocol: 3, .. }))
+                        if h == home
+                ),
+                "{refused:?}"
+            );
+            let read = tallies.read_at_home(home).await;
+            assert!(
+                matches!(read, Err(RegionError::HomeProtocol { .. })),
+                "{read:?}"
+            );
+        }
+        // Each home writes its own key, and it replicates.
+        tallies_new.apply("ap-northeast", 2).await.unwrap();
+        tallies_old.apply("eu-central", 3).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            tallies_old.read("ap-northeast").unwrap().map(|t| t.0),
+            Some(2)
+        );
+        assert_eq!(
+            tallies_new.read("eu-central").unwrap().map(|t| t.0),
+            Some(3)
+        );
+        for region in [&new, &old] {
+            let stats = region.stats();
+            assert_eq!(stats.homed_forwarded, 0, "{}", region.name());
+            assert_eq!(
+                stats.homed_served + stats.homed_refused,
+                0,
+                "{}",
+                region.name()
+            );
+            assert_eq!(stats.rejected_frames, 0, "{}", region.name());
+        }
+        new.shutdown().await;
+        old.shutdown().await;
+    });
+}

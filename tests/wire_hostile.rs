@@ -243,8 +243,8 @@ fn every_corpus_frame_decodes_under_the_cap_and_round_trips() {
     }
     assert_eq!(
         fuzz::message_frames(1).len(),
-        8,
-        "one frame per message variant (RightsRequest, protocol 3, is the 8th)"
+        10,
+        "one frame per message variant (HomedRequest and HomedReply, protocol 4, are the 9th and 10th)"
     );
 }
 

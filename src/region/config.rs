@@ -12,7 +12,11 @@ use super::*;
 /// - **3**: protocol 2, and rights requests: a region short of a bounded
 ///   counter's rights asks a peer for some ([`Region::bounded_table`]). A
 ///   region sends them only on connections of protocol 3 or later.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// - **4**: protocol 3, and homed operations: a write (or a read at the
+///   home) of a homed table's key made away from its home is forwarded to
+///   the home and answered ([`Region::homed_table`]). A region forwards
+///   only on connections of protocol 4 or later.
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// The oldest engine protocol this build still speaks: a peer announcing
 /// nothing speaks 1.
@@ -112,6 +116,13 @@ pub struct RegionConfig {
     /// most. A granter also answers one request per peer and key within
     /// this time: a duplicated request moves rights once.
     pub rights_request_timeout: Duration,
+    /// Longest a write to a homed table ([`Region::homed_table`]) made
+    /// away from its key's home (and a [`HomedTable::read_at_home`]) waits
+    /// for the home's answer, from the call: past it the call fails with
+    /// [`RegionError::HomeUnreachable`] naming the home. The request is
+    /// sent again (same id, applied at most once) every `ack_timeout`
+    /// meanwhile, and held while the home is disconnected.
+    pub homed_forward_timeout: Duration,
 }
 
 impl Default for RegionConfig {
@@ -138,6 +149,7 @@ impl Default for RegionConfig {
             undeclared_bytes_max: 64 << 20,
             rights_request_below_units: 2,
             rights_request_timeout: Duration::from_secs(1),
+            homed_forward_timeout: Duration::from_secs(2),
         }
     }
 }

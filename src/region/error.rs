@@ -95,6 +95,68 @@ pub enum RegionError {
     /// may succeed later.
     #[error(transparent)]
     Rights(#[from] crate::crdt::RightsError),
+    /// A key of a homed table ([`Region::homed_table`]) whose placement
+    /// names no home (no pinned entry, no function): nothing was applied.
+    #[error("table {table:?}: the placement names no home for this key")]
+    NoHome {
+        /// The table.
+        table: String,
+    },
+    /// A homed write (or read at the home) made away from the key's home
+    /// got no answer from the home within `homed_forward_timeout`: the
+    /// home is down, partitioned away, or too slow. Never applied in this
+    /// region. When `maybe_applied` is false the request never left this
+    /// region (the home was not connected the whole time): it was not
+    /// applied anywhere. When true the home may have applied it and its
+    /// answer been lost: read it at the home to know.
+    #[error(
+        "table {table:?}: home {home} did not answer within {waited:?} (request sent: {maybe_applied})"
+    )]
+    HomeUnreachable {
+        /// The table.
+        table: String,
+        /// The key's home region.
+        home: String,
+        /// How long the call waited.
+        waited: Duration,
+        /// The request left this region at least once.
+        maybe_applied: bool,
+    },
+    /// The key's home speaks an engine protocol older than homed
+    /// operations (4, see [`PROTOCOL_VERSION`](crate::region::PROTOCOL_VERSION))
+    /// on its connection with this region: nothing is sent to it, nothing
+    /// was applied. Raise `protocol_version_max` at both once every region
+    /// runs a build of protocol 4.
+    #[error(
+        "table {table:?}: home {home} speaks protocol {protocol} with us; homed operations need 4"
+    )]
+    HomeProtocol {
+        /// The table.
+        table: String,
+        /// The key's home region.
+        home: String,
+        /// The protocol of the connection.
+        protocol: u16,
+    },
+    /// The region asked as the key's home refused the request (see
+    /// [`HomedRefusal`](crate::region::HomedRefusal)): nothing was applied.
+    #[error("table {table:?}: home {home} refused the request: {refusal}")]
+    HomedRefused {
+        /// The table.
+        table: String,
+        /// The region asked.
+        home: String,
+        /// Why it refused.
+        refusal: crate::region::HomedRefusal,
+    },
+    /// More homed requests waiting for their homes' answers than
+    /// [`HOMED_FORWARDS_PENDING_MAX`](crate::region::HOMED_FORWARDS_PENDING_MAX):
+    /// refused at once, nothing sent or applied.
+    #[error("{max} homed requests already wait for their homes")]
+    TooManyForwards {
+        /// The bound.
+        max: usize,
+    },
     /// The table exists with another resolver (or as a CRDT table, or a
     /// CRDT table was asked for a resolver table): a second handle would
     /// merge with one resolver and read with another.

@@ -99,6 +99,10 @@ fn publish_region(core: &Core, region: &str) {
         ("archipelago_rights_requested_total", c.rights_requested),
         ("archipelago_rights_granted_units_total", c.rights_granted),
         ("archipelago_rights_refused_total", c.rights_refused),
+        ("archipelago_homed_forwarded_total", c.homed_forwarded),
+        ("archipelago_homed_served_total", c.homed_served),
+        ("archipelago_homed_duplicates_total", c.homed_duplicates),
+        ("archipelago_homed_refused_total", c.homed_refused),
         (
             "archipelago_hlc_remote_rejects_total",
             core.hlc.remote_rejects(),

@@ -73,6 +73,21 @@ pub struct RegionStats {
     /// table is not bounded here, or it answered that peer and key within
     /// `rights_request_timeout`).
     pub rights_refused: u64,
+    /// Homed operations this region forwarded to their keys' homes (each
+    /// request counted once, however often it was sent again; see
+    /// [`Region::homed_table`]).
+    pub homed_forwarded: u64,
+    /// Forwarded operations this region served as their keys' home:
+    /// applied, read, or rejected by the value.
+    pub homed_served: u64,
+    /// Forwarded requests this region received again (a duplicated or
+    /// resent frame) and answered from its memory of replies, without
+    /// applying them again.
+    pub homed_duplicates: u64,
+    /// Forwarded requests this region refused (not the key's home here,
+    /// not a homed table here, types that do not fit, expired): nothing
+    /// applied.
+    pub homed_refused: u64,
     /// Remote timestamps (of batches and transfers) past this region's
     /// clock plus its max offset, which the clock did not follow beyond
     /// that bound ([`Hlc::remote_rejects`](crate::clock::Hlc::remote_rejects)).

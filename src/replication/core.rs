@@ -382,6 +382,8 @@ pub(crate) struct Core {
     retired_refused: HashSet<String>,
     /// Bounded tables, and the rights this region wants or granted.
     pub(crate) rights: super::rights::Rights,
+    /// Homed tables, forwards waiting for their homes, replies remembered.
+    pub(crate) homed: super::homed::Homed,
 }
 
 /// Where a region with storage stands with its disk.
@@ -444,6 +446,13 @@ pub(crate) struct Counters {
     pub(crate) rights_requested: u64,
     pub(crate) rights_granted: u64,
     pub(crate) rights_refused: u64,
+    /// Homed requests sent to homes (first sends), forwarded operations
+    /// served here as the home (applied, read or rejected), duplicates
+    /// answered from memory, and requests refused.
+    pub(crate) homed_forwarded: u64,
+    pub(crate) homed_served: u64,
+    pub(crate) homed_duplicates: u64,
+    pub(crate) homed_refused: u64,
 }
 
 impl Core {
@@ -490,6 +499,7 @@ impl Core {
             vouched: (VersionVector::new(), u64::MAX),
             start_seq: 0,
             rights: Default::default(),
+            homed: Default::default(),
         }
     }
 

@@ -10,7 +10,8 @@
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::clock::{ReplicaId, Timestamp, VersionVector};
+use crate::clock::{Dot, ReplicaId, Timestamp, VersionVector};
+use crate::region::HomedRefusal;
 use crate::wire::{self, WireError};
 
 /// Bytes carried as one byte string: one copy each way, not a sequence of
@@ -219,6 +220,53 @@ pub(crate) enum Message {
         key: Blob,
         wanted: u64,
     },
+    /// "Apply `op` to `key` of the homed table `table`, whose home you
+    /// are" (protocol 4 on: sent only on connections of protocol 4 or
+    /// later). `id` names the request among the sender's: a duplicated or
+    /// resent request is answered from the home's memory of its replies,
+    /// never applied twice. The home answers with a
+    /// [`HomedReply`](Message::HomedReply) of the same `id`.
+    HomedRequest {
+        id: u64,
+        table: String,
+        /// The key's bare `wire` encoding.
+        key: Blob,
+        /// The operation's bare `wire` encoding (`HomedOp`: a read, a put
+        /// or an operation of the value's type).
+        op: Blob,
+    },
+    /// The home's answer to the [`HomedRequest`](Message::HomedRequest)
+    /// `id` (protocol 4 on): what became of it. Last of the variants
+    /// (bincode tags are positional).
+    HomedReply { id: u64, outcome: HomedOutcome },
+}
+
+/// What became of a forwarded homed operation, as its home answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum HomedOutcome {
+    /// Applied (or read) at the home: the dot of the write (of the key's
+    /// last write, for a read; `None` for a key never written) and the
+    /// value after it (bare `wire` encoding; `None` for an absent key).
+    Done {
+        written: Option<Dot>,
+        value: Option<Blob>,
+    },
+    /// The value refused the operation (its `Rejection`, bare encoding):
+    /// nothing was applied.
+    Rejected { rejection: Blob },
+    /// The home would not take the request: nothing was applied.
+    Refused(HomedRefusal),
+}
+
+impl HomedOutcome {
+    /// Bytes it holds, for the home's bounded memory of its replies.
+    pub(crate) fn size(&self) -> usize {
+        match self {
+            HomedOutcome::Done { value, .. } => value.as_ref().map_or(0, |v| v.0.len()) + 24,
+            HomedOutcome::Rejected { rejection } => rejection.0.len() + 8,
+            HomedOutcome::Refused(refusal) => refusal.size(),
+        }
+    }
 }
 
 impl Message {

@@ -700,6 +700,8 @@ fn describe(message: &Message) -> String {
         Message::RightsRequest { table, wanted, .. } => {
             format!("RightsRequest {table} wanted {wanted}")
         }
+        Message::HomedRequest { id, table, .. } => format!("HomedRequest #{id} {table}"),
+        Message::HomedReply { id, outcome } => format!("HomedReply #{id} {outcome:?}"),
     }
 }
 
@@ -959,6 +961,7 @@ fn lie(message: &mut Message, rng: &mut Rng) {
             *max = number(rng) as u16;
         }
         Message::RightsRequest { wanted, .. } => *wanted = number(rng),
+        Message::HomedRequest { id, .. } | Message::HomedReply { id, .. } => *id = number(rng),
     }
 }
 

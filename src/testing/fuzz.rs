@@ -52,7 +52,7 @@ use crate::crdt::{
     BoundedCounter, Crdt, GCounter, LwwMap, LwwRegister, MvRegister, OrMap, OrSet, PnCounter,
 };
 use crate::id::{SnowflakeId, SnowflakeLayout};
-use crate::replication::message::{self, Blob, Message};
+use crate::replication::message::{self, Blob, HomedOutcome, Message};
 use crate::resolve::{VersionSet, Versioned};
 use crate::session::SessionToken;
 use crate::storage::{Identity, Progress};
@@ -820,6 +820,19 @@ impl FuzzValue for Message {
                 key: message::Blob(vec![5, b'm', b'a', b't', b'c', b'h']),
                 wanted: 3,
             },
+            Message::HomedRequest {
+                id: 41,
+                table: "balances".into(),
+                key: message::Blob(vec![5, b'a', b'l', b'i', b'c', b'e']),
+                op: message::Blob(vec![2, 0, 25]),
+            },
+            Message::HomedReply {
+                id: 41,
+                outcome: HomedOutcome::Done {
+                    written: Some(Dot::new(ReplicaId::new(3), 41)),
+                    value: Some(message::Blob(vec![75])),
+                },
+            },
         ]
     }
     fn mutate(&mut self, rng: &mut FuzzRng) {
@@ -890,6 +903,31 @@ impl FuzzValue for Message {
                 0 => *table = rng.text(),
                 1 => key.0.truncate(rng.below(key.0.len() + 1)),
                 _ => *wanted = rng.edgy_u64(),
+            },
+            Message::HomedRequest { id, table, key, op } => match rng.below(4) {
+                0 => *id = rng.edgy_u64(),
+                1 => *table = rng.text(),
+                2 => key.0.truncate(rng.below(key.0.len() + 1)),
+                _ => op.0.push(rng.next_u64() as u8),
+            },
+            Message::HomedReply { id, outcome } => match rng.below(4) {
+                0 => *id = rng.edgy_u64(),
+                1 => {
+                    *outcome = HomedOutcome::Rejected {
+                        rejection: message::Blob(vec![rng.next_u64() as u8; rng.below(8)]),
+                    }
+                }
+                2 => {
+                    *outcome = HomedOutcome::Refused(crate::region::HomedRefusal::NotHome {
+                        home: Some(rng.text()),
+                    })
+                }
+                _ => {
+                    *outcome = HomedOutcome::Done {
+                        written: Some(Dot::new(rng.replica(), rng.edgy_u64())),
+                        value: None,
+                    }
+                }
             },
         }
     }

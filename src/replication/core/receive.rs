@@ -103,6 +103,13 @@ impl Core {
                 self.on_rights_request(from, &table, &key.0, wanted, now);
                 Vec::new()
             }
+            Message::HomedRequest { id, table, key, op } => {
+                self.on_homed_request(from, id, &table, &key.0, &op.0)
+            }
+            Message::HomedReply { id, outcome } => {
+                self.on_homed_reply(from, id, outcome);
+                Vec::new()
+            }
             Message::SyncDone { session } => {
                 self.on_sync_done(from, session, now);
                 Vec::new()
