@@ -170,7 +170,7 @@
 //! `homed_duplicates` and `homed_refused`. Moving homes (epochs) is not
 //! there yet: a home that is down leaves its keys unwritable until back.
 //!
-//! //! ## Guarantees
+//! ## Guarantees
 //! - Local reads and writes never wait for another region.
 //! - A region applies a peer's batch only after every write it depends on
 //!   (causal delivery across keys and tables): no reply before its post.
@@ -820,6 +820,53 @@ fn start_engine(
 }
 
 /// The type of `value`, for comparing resolvers passed as `impl Resolver`.
+/// Each peer as [`Region::stats`] reports it.
+fn peer_stats(core: &Core, now: Instant) -> Vec<PeerStats> {
+    let log_start = core.outbox.start().unwrap_or(core.seq + 1);
+    core.peers
+        .iter()
+        .map(|(name, p)| PeerStats {
+            name: name.clone(),
+            connected: p.connected,
+            replica: p.replica,
+            incarnation: p.incarnation,
+            refused: p.protocol_refused.clone().or_else(|| p.refused.clone()),
+            protocol: p.protocol,
+            unacknowledged: core.seq.saturating_sub(p.acked),
+            behind: p
+                .replica
+                .map_or(0, |r| p.its_seq_seen.saturating_sub(core.applied.get(r))),
+            since_contact: p.last_contact.map(|t| now.duration_since(t)),
+            outbox_len: core
+                .seq
+                .saturating_sub(p.acked.max(log_start.saturating_sub(1))),
+            lag: core.lag_of(p),
+            clock_offset_ms: p.clock_offset_ms,
+            bytes_sent: p.bytes_sent,
+            bytes_received: p.bytes_received,
+            sync_bytes_sent: p.sync_bytes_sent,
+            sync_bytes_received: p.sync_bytes_received,
+        })
+        .collect()
+}
+
+/// Each declared table as [`Region::stats`] reports it, by name.
+fn table_stats(core: &Core) -> Vec<TableStats> {
+    let mut tables: Vec<TableStats> = core
+        .tables
+        .iter()
+        .map(|slot| TableStats {
+            name: slot.name.to_string(),
+            keys: slot.store.len(),
+            undecodable_keys: slot.undecodable_keys.load(Ordering::Relaxed),
+            conflicts: slot.conflicts.as_ref().map_or(0, |count| (count.total)()),
+            strategy: slot.conflicts.as_ref().map(|count| count.strategy),
+        })
+        .collect();
+    tables.sort_by(|a, b| a.name.cmp(&b.name));
+    tables
+}
+
 fn type_id_of<R: 'static>(_: &R) -> TypeId {
     TypeId::of::<R>()
 }
@@ -1193,46 +1240,8 @@ impl Region {
         let engine_failure = self.inner.shared.failure();
         let closed = self.inner.closed.load(Ordering::Acquire);
         let core = self.core_any();
-        let now = Instant::now();
-        let log_start = core.outbox.start().unwrap_or(core.seq + 1);
-        let peers = core
-            .peers
-            .iter()
-            .map(|(name, p)| PeerStats {
-                name: name.clone(),
-                connected: p.connected,
-                replica: p.replica,
-                incarnation: p.incarnation,
-                refused: p.protocol_refused.clone().or_else(|| p.refused.clone()),
-                protocol: p.protocol,
-                unacknowledged: core.seq.saturating_sub(p.acked),
-                behind: p
-                    .replica
-                    .map_or(0, |r| p.its_seq_seen.saturating_sub(core.applied.get(r))),
-                since_contact: p.last_contact.map(|t| now.duration_since(t)),
-                outbox_len: core
-                    .seq
-                    .saturating_sub(p.acked.max(log_start.saturating_sub(1))),
-                lag: core.lag_of(p),
-                clock_offset_ms: p.clock_offset_ms,
-                bytes_sent: p.bytes_sent,
-                bytes_received: p.bytes_received,
-                sync_bytes_sent: p.sync_bytes_sent,
-                sync_bytes_received: p.sync_bytes_received,
-            })
-            .collect();
-        let mut tables: Vec<TableStats> = core
-            .tables
-            .iter()
-            .map(|slot| TableStats {
-                name: slot.name.to_string(),
-                keys: slot.store.len(),
-                undecodable_keys: slot.undecodable_keys.load(Ordering::Relaxed),
-                conflicts: slot.conflicts.as_ref().map_or(0, |count| (count.total)()),
-                strategy: slot.conflicts.as_ref().map(|count| count.strategy),
-            })
-            .collect();
-        tables.sort_by(|a, b| a.name.cmp(&b.name));
+        let peers = peer_stats(&core, Instant::now());
+        let tables = table_stats(&core);
         let c = core.counters;
         RegionStats {
             name: core.name.clone(),
