@@ -188,9 +188,13 @@ impl Core {
         op: Vec<u8>,
         reply: oneshot::Sender<Answer>,
     ) -> Result<u64, RegionError> {
-        // Callers that stopped waiting without abandoning (a dropped
-        // future) leave closed senders behind.
-        self.homed.pending.retain(|_, f| !f.reply.is_closed());
+        if self.homed.pending.len() >= HOMED_FORWARDS_PENDING_MAX {
+            // Callers that stopped waiting without abandoning (a dropped
+            // future) leave closed senders behind: the tick forgets them,
+            // and so does a full table before it refuses (not every
+            // forward: that walked up to the whole table each time).
+            self.homed.pending.retain(|_, f| !f.reply.is_closed());
+        }
         if self.homed.pending.len() >= HOMED_FORWARDS_PENDING_MAX {
             return Err(RegionError::TooManyForwards {
                 max: HOMED_FORWARDS_PENDING_MAX,
@@ -236,6 +240,8 @@ impl Core {
         if self.homed.pending.is_empty() {
             return Vec::new();
         }
+        // Nobody waits for these any more (dropped futures): never sent.
+        self.homed.pending.retain(|_, f| !f.reply.is_closed());
         let resend_after = self.config.ack_timeout;
         let mut out = Vec::new();
         let mut failed: Vec<(u64, u16)> = Vec::new();
