@@ -234,7 +234,12 @@
 //!   refused ([`HandshakeRefusal::Protocol`], naming both ranges), and the
 //!   connection speaks the newest both know ([`PeerStats::protocol`]). A
 //!   peer that announces nothing speaks protocol 1, the frames of
-//!   `tests/fixtures/frames/v1`, which every build must keep decoding.
+//!   `tests/fixtures/frames/v1`, which every build must keep decoding. An
+//!   announcement lost on a lossy link is asked for again: a region greeted
+//!   without one announces its own again (one per `ack_timeout`, at most
+//!   [`PROTOCOL_ANNOUNCEMENTS_MAX`] per connection), and a repeated
+//!   announcement is answered; until then homed forwards to that peer wait
+//!   instead of failing with [`RegionError::HomeProtocol`].
 //! - **Tables not declared here (yet).** A peer on a newer build may write
 //!   to a table this region has not declared. Its values are held encoded
 //!   (and stored, with storage) up to [`RegionConfig::undeclared_bytes_max`]
@@ -388,7 +393,10 @@ pub mod transaction;
 pub mod watch;
 
 pub use bounded::BoundedTable;
-pub use config::{HELLO_VECTOR_ENTRIES_MAX, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN, RegionConfig};
+pub use config::{
+    HELLO_VECTOR_ENTRIES_MAX, PROTOCOL_ANNOUNCEMENTS_MAX, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
+    RegionConfig,
+};
 pub use error::{EngineFailure, HandshakeRefusal, RegionError};
 pub use homed::{
     HOMED_FORWARDS_PENDING_MAX, HOMED_REPLIES_REMEMBERED_MAX, HOMED_REPLY_BYTES_REMEMBERED_MAX,

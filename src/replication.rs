@@ -497,6 +497,7 @@ impl<T: Transport> Engine<T> {
         core.check_retransmit(now);
         core.expire_syncs(now);
         let mut out = core.due_hellos(now);
+        out.extend(core.due_announcements(now));
         out.extend(core.take_batches(now));
         // Anti-entropy keeps running while shutting down: peers whose
         // outbox was dropped are repaired before we go.

@@ -27,6 +27,11 @@
 //! [`Forger`] wraps a transport so that the region behind it lies about
 //! what it holds: for testing that honest regions do not believe it.
 //!
+//! The [`linearizability`] submodule checks histories of concurrent
+//! operations against a sequential model (Wing & Gong's search with Lowe's
+//! memoization): what [`HomedTable::read_at_home`](crate::region::HomedTable::read_at_home)
+//! promises, checkable for your own homed values.
+//!
 //! The [`fuzz`] submodule holds a seeded, stable-Rust fuzz harness for the
 //! decoders, with its corpus, mutators and a counting allocator for reuse.
 //!
@@ -122,6 +127,7 @@
 mod archipelago;
 mod forge;
 pub mod fuzz;
+pub mod linearizability;
 
 pub use archipelago::{Archipelago, NotConverged, PausedClock, seed_from_env};
 pub use forge::{Forger, Forgery};

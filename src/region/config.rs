@@ -22,6 +22,15 @@ pub const PROTOCOL_VERSION: u16 = 4;
 /// nothing speaks 1.
 pub const PROTOCOL_VERSION_MIN: u16 = 1;
 
+/// Most times a region announces its protocol versions again on one
+/// connection to a peer that greeted it without announcing its own (the
+/// announcement was lost, or the peer speaks protocol 1), one per
+/// `ack_timeout`. A peer answers a repeated announcement with its own, so a
+/// lost announcement costs one `ack_timeout`, not the connection's features
+/// (rights requests, homed operations); a peer of protocol 1 rejects each of
+/// these frames (counted in its `rejected_frames`).
+pub const PROTOCOL_ANNOUNCEMENTS_MAX: u32 = 8;
+
 /// The most entries the applied vector of a peer's hello may hold: a hello
 /// naming more replicas is refused and counted
 /// ([`RejectReason::OverLimit`]), and nothing of it is kept (the peer stays

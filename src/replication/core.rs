@@ -20,7 +20,9 @@ use super::store::{
 };
 use crate::clock::{Dot, Hlc, ReplicaId, Timestamp, VersionVector};
 use crate::hash::FastMap;
-use crate::region::{HandshakeRefusal, PROTOCOL_VERSION_MIN, RegionConfig, RejectReason};
+use crate::region::{
+    HandshakeRefusal, PROTOCOL_ANNOUNCEMENTS_MAX, PROTOCOL_VERSION_MIN, RegionConfig, RejectReason,
+};
 use crate::session::SessionToken;
 use crate::storage::{Commit, Progress, Snapshot, StorageError};
 use crate::wire;
@@ -123,6 +125,16 @@ pub(crate) struct PeerState {
     /// speak (1 until its announcement arrives; a peer of protocol 1 sends
     /// none).
     pub(crate) protocol: u16,
+    /// Its protocol announcement arrived on the current connection.
+    pub(crate) protocol_heard: bool,
+    /// When we last announced our protocol versions to it on the current
+    /// connection (with the hello, or again: see
+    /// [`Core::due_announcements`]).
+    pub(crate) protocol_announced: Option<Instant>,
+    /// Announcements sent again on the current connection because it
+    /// greeted us without announcing (at most
+    /// [`PROTOCOL_ANNOUNCEMENTS_MAX`](crate::region::PROTOCOL_ANNOUNCEMENTS_MAX)).
+    pub(crate) protocol_reannounced: u32,
     /// Replica ids its earlier incarnations had (newest last, at most
     /// [`FORMER_IDS_MAX`]): their late frames are ignored, not refused, and
     /// no other peer may present them.
@@ -182,6 +194,9 @@ impl PeerState {
             refused: None,
             protocol_refused: None,
             protocol: PROTOCOL_VERSION_MIN,
+            protocol_heard: false,
+            protocol_announced: None,
+            protocol_reannounced: 0,
             former: Vec::new(),
             clock_offset_ms: None,
             bytes_sent: 0,
@@ -196,6 +211,17 @@ impl PeerState {
     /// are about to replace.
     fn unconfirmed(&self) -> bool {
         self.known && !self.greeted
+    }
+
+    /// The connection's protocol is known to be below `version` (we speak
+    /// up to `ours_max`): false while the peer's announcement may still
+    /// come (see [`Core::due_announcements`]), since a peer that greeted us
+    /// without one may have lost it rather than speak protocol 1.
+    pub(crate) fn speaks_below(&self, version: u16, ours_max: u16) -> bool {
+        self.protocol < version
+            && (ours_max < version
+                || self.protocol_heard
+                || self.protocol_reannounced >= PROTOCOL_ANNOUNCEMENTS_MAX)
     }
 }
 

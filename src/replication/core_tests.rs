@@ -1787,8 +1787,9 @@ fn a_grant_is_bounded_by_half_of_what_the_granter_holds() {
         at,
     );
     assert_eq!(a.counters.rejected_frames, 0);
-    // A connection of protocol 2 carries no rights requests.
-    a.peers.get_mut("b").unwrap().protocol = 2;
+    // A connection of protocol 2 (as announced) carries no rights requests.
+    let b = a.peers.get_mut("b").unwrap();
+    (b.protocol, b.protocol_heard) = (2, true);
     feed(&mut a, "b", vec![rights_request("stock", 7, 1)], at);
     assert_eq!(
         a.counters.rejected_by_reason[RejectReason::Protocol.index()],
@@ -1911,4 +1912,100 @@ fn a_rights_tick_looks_only_at_the_wants_due() {
         wants + 1 + RIGHTS_REQUESTS_PER_TICK_MAX as u64
     );
     assert_eq!(a.counters.rights_requested, wants + again.len() as u64);
+}
+
+/// Delivers `out` (from `from`) to `core`, leaving out what `keep` refuses;
+/// returns what `core` answered.
+fn deliver(
+    core: &mut Core,
+    from: &str,
+    out: Outgoing,
+    at: Instant,
+    keep: impl Fn(&Message) -> bool,
+) -> Outgoing {
+    let to_core = core.name.to_string();
+    let mut answers = Vec::new();
+    for (peer, message) in out {
+        if peer == to_core && keep(&message) {
+            answers.extend(core.on_message(from, message, at));
+        }
+    }
+    answers
+}
+
+/// A lost protocol announcement does not leave a connection at protocol
+/// 1 (no rights requests, no homed operations) until it reconnects: the
+/// peer that was greeted without one announces its own again, and a
+/// repeated announcement is answered with ours, once per `ack_timeout`.
+/// Found by the homed history checker (`tests/homed_history.rs`), where a
+/// lossy link after a heal made forwards fail with `HomeProtocol`.
+#[test]
+fn a_lost_protocol_announcement_is_asked_for_again() {
+    let mut a = core("a", 1, RegionConfig::default(), &["hits"]);
+    let mut b = core("b", 2, RegionConfig::default(), &["hits"]);
+    let t0 = now();
+    let from_a = a.peer_up("b", t0);
+    let from_b = b.peer_up("a", t0);
+    let is_protocol = |m: &Message| matches!(m, Message::Protocol { .. });
+    // a's announcement is lost on its way to b; its hello arrives.
+    let replies_b = deliver(&mut b, "a", from_a, t0, |m| !is_protocol(m));
+    let replies_a = deliver(&mut a, "b", from_b, t0, |_| true);
+    deliver(&mut a, "b", replies_b, t0, |_| true);
+    deliver(&mut b, "a", replies_a, t0, |_| true);
+    assert!(a.peers["b"].greeted && b.peers["a"].greeted);
+    assert_eq!(a.peers["b"].protocol, PROTOCOL_VERSION);
+    assert_eq!(b.peers["a"].protocol, 1, "b never heard a's announcement");
+    assert!(b.due_announcements(t0).is_empty(), "not before ack_timeout");
+
+    let later = t0 + b.config.ack_timeout;
+    let again = b.due_announcements(later);
+    assert_eq!(again.len(), 1, "{again:?}");
+    // Duplicated on its way: a answers once.
+    let answer = deliver(&mut a, "b", again.clone(), later, |_| true);
+    assert!(deliver(&mut a, "b", again, later, |_| true).is_empty());
+    assert!(matches!(answer.as_slice(), [(_, Message::Protocol { .. })]));
+    deliver(&mut b, "a", answer, later, |_| true);
+    assert_eq!(b.peers["a"].protocol, PROTOCOL_VERSION);
+    assert!(
+        b.due_announcements(later + b.config.ack_timeout * 4)
+            .is_empty(),
+        "heard: no more announcements"
+    );
+    assert_eq!(a.counters.rejected_frames + b.counters.rejected_frames, 0);
+}
+
+/// A peer of protocol 1 announces nothing: it is asked at most
+/// `PROTOCOL_ANNOUNCEMENTS_MAX` times per connection, one per
+/// `ack_timeout`, and the connection stays at protocol 1.
+#[test]
+fn a_protocol_1_peer_is_asked_a_bounded_number_of_times() {
+    let mut a = core("a", 1, RegionConfig::default(), &["hits"]);
+    let old_config = RegionConfig {
+        protocol_version_max: 1,
+        ..RegionConfig::default()
+    };
+    let mut old = core("b", 2, old_config, &["hits"]);
+    let t0 = now();
+    let from_a = a.peer_up("b", t0);
+    let from_old = old.peer_up("a", t0);
+    let replies_old = deliver(&mut old, "a", from_a, t0, |_| true);
+    let replies_a = deliver(&mut a, "b", from_old, t0, |_| true);
+    deliver(&mut a, "b", replies_old, t0, |_| true);
+    deliver(&mut old, "a", replies_a, t0, |_| true);
+    assert!(a.peers["b"].greeted);
+    let step = a.config.ack_timeout;
+    let mut sent = 0;
+    for i in 1..=3 * crate::region::PROTOCOL_ANNOUNCEMENTS_MAX {
+        let out = a.due_announcements(t0 + step * i);
+        sent += out.len() as u32;
+        deliver(&mut old, "a", out, t0 + step * i, |_| true);
+    }
+    assert_eq!(sent, crate::region::PROTOCOL_ANNOUNCEMENTS_MAX);
+    assert_eq!(a.peers["b"].protocol, 1);
+    // Rejected by the old build, one frame each (and the first with the hello).
+    assert_eq!(old.counters.rejected_frames, 1 + u64::from(sent));
+    // A new connection asks again.
+    a.peer_down("b", t0 + step * 100);
+    a.peer_up("b", t0 + step * 100);
+    assert_eq!(a.peers["b"].protocol_reannounced, 0);
 }

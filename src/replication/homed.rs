@@ -203,7 +203,7 @@ impl Core {
         if let Some(peer) = self.peers.get(home)
             && peer.connected
             && peer.greeted
-            && peer.protocol < HOMED_PROTOCOL
+            && peer.speaks_below(HOMED_PROTOCOL, self.config.protocol_version_max)
         {
             return Err(RegionError::HomeProtocol {
                 table: table.to_owned(),
@@ -243,6 +243,7 @@ impl Core {
         // Nobody waits for these any more (dropped futures): never sent.
         self.homed.pending.retain(|_, f| !f.reply.is_closed());
         let resend_after = self.config.ack_timeout;
+        let ours_max = self.config.protocol_version_max;
         let mut out = Vec::new();
         let mut failed: Vec<(u64, u16)> = Vec::new();
         for (&id, forward) in &mut self.homed.pending {
@@ -257,7 +258,10 @@ impl Core {
                 continue;
             }
             if peer.protocol < HOMED_PROTOCOL {
-                failed.push((id, peer.protocol));
+                // Else its announcement may still come: it waits.
+                if peer.speaks_below(HOMED_PROTOCOL, ours_max) {
+                    failed.push((id, peer.protocol));
+                }
                 continue;
             }
             if forward
@@ -302,7 +306,9 @@ impl Core {
         let Some(peer) = self.peers.get(from) else {
             return false;
         };
-        if peer.protocol < HOMED_PROTOCOL {
+        // A peer whose announcement we missed shows by this frame that it
+        // speaks protocol 4 (we do): read it.
+        if peer.speaks_below(HOMED_PROTOCOL, self.config.protocol_version_max) {
             let why = format!("a {what} on a connection of protocol {}", peer.protocol);
             self.reject(from, RejectReason::Protocol, &why);
             return false;

@@ -545,7 +545,9 @@ impl Core {
         let Some(peer) = self.peers.get(from) else {
             return;
         };
-        if peer.protocol < RIGHTS_PROTOCOL {
+        // A peer whose announcement we missed shows by this frame that it
+        // speaks protocol 3 (we do): read it.
+        if peer.speaks_below(RIGHTS_PROTOCOL, self.config.protocol_version_max) {
             let why = format!(
                 "a rights request on a connection of protocol {}",
                 peer.protocol

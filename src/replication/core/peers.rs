@@ -61,6 +61,9 @@ impl Core {
         peer.refused = None;
         peer.protocol_refused = None;
         peer.protocol = PROTOCOL_VERSION_MIN;
+        peer.protocol_heard = false;
+        peer.protocol_announced = None;
+        peer.protocol_reannounced = 0;
         if !was {
             tracing::info!(region = %self.name, peer = name, "peer connected");
         }
@@ -93,16 +96,54 @@ impl Core {
         let max = self.config.protocol_version_max;
         if max >= 2 {
             let min = PROTOCOL_VERSION_MIN;
+            self.peer(peer, now).protocol_announced = Some(now);
             out.push((peer.to_owned(), Message::Protocol { min, max }));
         }
         out.push(self.hello(peer, false, now));
         out
     }
 
+    /// Our protocol versions again to peers that greeted us on this
+    /// connection without announcing theirs: their announcement was lost
+    /// (or overtaken by their hello and not arrived yet), or they speak
+    /// protocol 1. A peer answers a repeated announcement with its own
+    /// ([`on_protocol`](Core::on_protocol)), so a lost one does not leave
+    /// the connection at protocol 1 (no rights requests, no homed
+    /// operations) until it reconnects. One per `ack_timeout`, at most
+    /// [`PROTOCOL_ANNOUNCEMENTS_MAX`] per connection: a peer of protocol 1
+    /// rejects each.
+    pub(crate) fn due_announcements(&mut self, now: Instant) -> Outgoing {
+        let max = self.config.protocol_version_max;
+        if max < 2 {
+            return Vec::new();
+        }
+        let timeout = self.config.ack_timeout;
+        let mut out = Vec::new();
+        for (name, p) in &mut self.peers {
+            if p.connected
+                && p.greeted
+                && !p.protocol_heard
+                && p.protocol_reannounced < PROTOCOL_ANNOUNCEMENTS_MAX
+                && p.protocol_announced
+                    .is_none_or(|t| now.duration_since(t) >= timeout)
+            {
+                p.protocol_reannounced += 1;
+                p.protocol_announced = Some(now);
+                tracing::debug!(region = %self.name, peer = %name, attempt = p.protocol_reannounced, "protocol announced again: the peer greeted without announcing");
+                let min = PROTOCOL_VERSION_MIN;
+                out.push((name.clone(), Message::Protocol { min, max }));
+            }
+        }
+        out
+    }
+
     /// A peer's announcement of the protocol versions it speaks: refused
     /// when the range does not meet ours (nothing it sends is read until it
     /// reconnects), else the newest both speak is the connection's.
-    pub(super) fn on_protocol(&mut self, from: &str, min: u16, max: u16, now: Instant) {
+    /// A repeated announcement on the same connection means the peer did
+    /// not hear ours: it is answered with ours, at most once per
+    /// `ack_timeout` (so duplicated announcements do not echo forever).
+    pub(super) fn on_protocol(&mut self, from: &str, min: u16, max: u16, now: Instant) -> Outgoing {
         let ours_max = self.config.protocol_version_max;
         if ours_max < 2 {
             // As a build of protocol 1: a frame it cannot read.
@@ -111,8 +152,9 @@ impl Core {
                 RejectReason::Protocol,
                 "unknown message (protocol 1 announces no version)",
             );
-            return;
+            return Vec::new();
         }
+        let timeout = self.config.ack_timeout;
         let name = self.name.clone();
         let peer = self.peer(from, now);
         if min > max || max < PROTOCOL_VERSION_MIN || min > ours_max {
@@ -126,10 +168,22 @@ impl Core {
                 peer.greeted = false;
                 self.counters.refused_handshakes += 1;
             }
-            return;
+            return Vec::new();
         }
         peer.protocol = max.min(ours_max);
+        let repeated = std::mem::replace(&mut peer.protocol_heard, true);
         tracing::debug!(region = %name, peer = from, protocol = peer.protocol, "protocol agreed");
+        if repeated
+            && peer
+                .protocol_announced
+                .is_none_or(|t| now.duration_since(t) >= timeout)
+        {
+            peer.protocol_announced = Some(now);
+            tracing::debug!(region = %name, peer = from, "protocol announced again: the peer did not hear ours");
+            let min = PROTOCOL_VERSION_MIN;
+            return vec![(from.to_owned(), Message::Protocol { min, max: ours_max })];
+        }
+        Vec::new()
     }
 
     /// Our hello to `peer`.

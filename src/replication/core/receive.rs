@@ -17,8 +17,7 @@ impl Core {
         let peer = self.peer(from, now);
         peer.last_contact = Some(now);
         if let Message::Protocol { min, max } = message {
-            self.on_protocol(from, min, max, now);
-            return Vec::new();
+            return self.on_protocol(from, min, max, now);
         }
         let peer = self.peer(from, now);
         if let Message::Hello {
