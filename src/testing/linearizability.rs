@@ -40,7 +40,8 @@
 //! ```
 //! use archipelago::testing::linearizability::{check, History, RegisterModel, RegisterOp};
 //!
-//! let history = History::new();
+//! type Log = History<&'static str, RegisterOp<u32>, Option<u32>>;
+//! let history = Log::new();
 //! // Client 1 writes 1 and is told it is done; then client 2 reads 0.
 //! let write = history.invoke("k", RegisterOp::Put(1));
 //! history.returned(write, None);
@@ -50,7 +51,7 @@
 //! assert!(check(&RegisterModel::new(0), &history).is_err());
 //!
 //! // Had the read overlapped the write, either answer would do.
-//! let history = History::new();
+//! let history = Log::new();
 //! let write = history.invoke("k", RegisterOp::Put(1));
 //! let read = history.invoke("k", RegisterOp::Get);
 //! history.returned(read, Some(0));
