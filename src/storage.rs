@@ -101,7 +101,7 @@ use crate::wire;
 #[cfg(feature = "redb")]
 mod redb_store;
 #[cfg(feature = "redb")]
-pub use redb_store::RedbStorage;
+pub use redb_store::{JOURNAL_BYTES_MAX, JOURNAL_LEN_MAX, RedbStorage};
 
 /// The layout version of stored state this build writes and reads. A store
 /// written by a later version is refused ([`StorageError::NewerFormat`]).

@@ -1,65 +1,5 @@
-//! A counter that never goes below its bound: escrow of rights.
-//!
-//! Stock that must not oversell. Each replica may only decrement what it
-//! holds *rights* for: an increment gives its rights to the replica that
-//! made it, a replica can hand rights to another with
-//! [`transfer`](BoundedCounter::transfer), and
-//! [`try_dec`](BoundedCounter::try_dec) refuses, without waiting on the
-//! network, when the rights held here fall short. Partitioned replicas sell
-//! only what they hold, so once they merge the value is still at or above
-//! the bound (Balegas et al., *Putting consistency back into eventual
-//! consistency*, SRDS 2015; AntidoteDB's `counter_b`).
-//!
-//! Three units, two partitioned regions, never oversold:
-//!
-//! ```
-//! use archipelago::clock::ReplicaId;
-//! use archipelago::crdt::{BoundedCounter, Crdt, RightsError};
-//!
-//! let (tokyo, frankfurt) = (ReplicaId::new(1), ReplicaId::new(2));
-//! let mut stock_tokyo = BoundedCounter::new();
-//! let restock = stock_tokyo.inc(tokyo, 3); // Tokyo holds the rights to 3 units
-//! let moved = stock_tokyo.transfer(tokyo, frankfurt, 1)?; // one of them for Frankfurt
-//! let mut stock_frankfurt = BoundedCounter::new();
-//! stock_frankfurt.merge(&restock);
-//! stock_frankfurt.merge(&moved);
-//!
-//! // A partition: each region sells what it holds, and no more.
-//! let sold_tokyo = stock_tokyo.try_dec(tokyo, 2)?;
-//! let sold_frankfurt = stock_frankfurt.try_dec(frankfurt, 1)?;
-//! // Sold out here; Tokyo still holds 2 as far as Frankfurt knows.
-//! let refused = stock_frankfurt.try_dec(frankfurt, 1).unwrap_err();
-//! assert_eq!(
-//!     refused,
-//!     RightsError::Insufficient { replica: frankfurt, requested: 1, available_here: 0, available_total: 2 }
-//! );
-//! assert!(stock_tokyo.try_dec(tokyo, 1).is_err());
-//!
-//! // The partition heals: 3 sold of 3, never below zero.
-//! stock_tokyo.merge(&sold_frankfurt);
-//! stock_frankfurt.merge(&sold_tokyo);
-//! assert_eq!(stock_tokyo, stock_frankfurt);
-//! assert_eq!(stock_tokyo.value(), 0);
-//! # Ok::<(), RightsError>(())
-//! ```
-//!
-//! # Guarantees
-//! - In every state any replica can reach, whatever order deltas arrive in
-//!   (duplicated, reordered, some lost), the value is at least the bound and
-//!   no replica's rights are negative. A decrement or transfer therefore
-//!   ships, as its delta, the whole state of the replica making it: the
-//!   rights it spent travel with it (for `n` replicas, at most `n² + n`
-//!   counts). An increment's delta is one count.
-//! - The bound is part of the type (`BoundedCounter<BOUND>`, 0 by
-//!   default), so every replica agrees on it. A counter starts *at* its
-//!   bound: `value() = BOUND + increments − decrements`.
-//! - Decoding refuses a state in which some replica has spent more rights
-//!   than it holds ([`InvalidRule::RightsOverdrawn`]). What decoding cannot
-//!   see is a replica that forks (two processes with one id writing
-//!   different histories): the engine's handshake refuses two peers with
-//!   one id.
-//! - Rights move only by an explicit `transfer`; moving them automatically
-//!   to where demand is is the engine's job, not this type's.
+//! [`BoundedCounter`]: escrow of rights (its page is the type's, since
+//! this module is private).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -106,8 +46,69 @@ pub enum RightsError {
     },
 }
 
-/// A counter whose value never goes below `BOUND`: each replica decrements
-/// only with rights it holds. See the [module page](self).
+/// A counter whose value never goes below `BOUND`: escrow of rights. Each
+/// replica decrements only with rights it holds.
+///
+/// Stock that must not oversell. Each replica may only decrement what it
+/// holds *rights* for: an increment gives its rights to the replica that
+/// made it, a replica can hand rights to another with
+/// [`transfer`](BoundedCounter::transfer), and
+/// [`try_dec`](BoundedCounter::try_dec) refuses, without waiting on the
+/// network, when the rights held here fall short. Partitioned replicas sell
+/// only what they hold, so once they merge the value is still at or above
+/// the bound (Balegas et al., *Putting consistency back into eventual
+/// consistency*, SRDS 2015; AntidoteDB's `counter_b`).
+///
+/// Three units, two partitioned regions, never oversold:
+///
+/// ```
+/// use archipelago::clock::ReplicaId;
+/// use archipelago::crdt::{BoundedCounter, Crdt, RightsError};
+///
+/// let (tokyo, frankfurt) = (ReplicaId::new(1), ReplicaId::new(2));
+/// let mut stock_tokyo = BoundedCounter::new();
+/// let restock = stock_tokyo.inc(tokyo, 3); // Tokyo holds the rights to 3 units
+/// let moved = stock_tokyo.transfer(tokyo, frankfurt, 1)?; // one of them for Frankfurt
+/// let mut stock_frankfurt = BoundedCounter::new();
+/// stock_frankfurt.merge(&restock);
+/// stock_frankfurt.merge(&moved);
+///
+/// // A partition: each region sells what it holds, and no more.
+/// let sold_tokyo = stock_tokyo.try_dec(tokyo, 2)?;
+/// let sold_frankfurt = stock_frankfurt.try_dec(frankfurt, 1)?;
+/// // Sold out here; Tokyo still holds 2 as far as Frankfurt knows.
+/// let refused = stock_frankfurt.try_dec(frankfurt, 1).unwrap_err();
+/// assert_eq!(
+///     refused,
+///     RightsError::Insufficient { replica: frankfurt, requested: 1, available_here: 0, available_total: 2 }
+/// );
+/// assert!(stock_tokyo.try_dec(tokyo, 1).is_err());
+///
+/// // The partition heals: 3 sold of 3, never below zero.
+/// stock_tokyo.merge(&sold_frankfurt);
+/// stock_frankfurt.merge(&sold_tokyo);
+/// assert_eq!(stock_tokyo, stock_frankfurt);
+/// assert_eq!(stock_tokyo.value(), 0);
+/// # Ok::<(), RightsError>(())
+/// ```
+///
+/// # Guarantees
+/// - In every state any replica can reach, whatever order deltas arrive in
+///   (duplicated, reordered, some lost), the value is at least the bound and
+///   no replica's rights are negative. A decrement or transfer therefore
+///   ships, as its delta, the whole state of the replica making it: the
+///   rights it spent travel with it (for `n` replicas, at most `n² + n`
+///   counts). An increment's delta is one count.
+/// - The bound is part of the type (`BoundedCounter<BOUND>`, 0 by
+///   default), so every replica agrees on it. A counter starts *at* its
+///   bound: `value() = BOUND + increments − decrements`.
+/// - Decoding refuses a state in which some replica has spent more rights
+///   than it holds ([`InvalidRule::RightsOverdrawn`]). What decoding cannot
+///   see is a replica that forks (two processes with one id writing
+///   different histories): the engine's handshake refuses two peers with
+///   one id.
+/// - Rights move only by an explicit `transfer`; moving them automatically
+///   to where demand is is the engine's job, not this type's.
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct BoundedCounter<const BOUND: i64 = 0> {
     /// Sorted by `(from, to)`, no zero count.
@@ -145,7 +146,7 @@ impl<const BOUND: i64> BoundedCounter<BOUND> {
 
     /// Subtracts `n` on behalf of `replica`, spending rights it holds;
     /// returns the delta (the whole state of this replica, see the
-    /// [module page](self)).
+    /// [type page](BoundedCounter)).
     ///
     /// # Errors
     /// [`RightsError::Insufficient`] when `replica` holds fewer than `n`

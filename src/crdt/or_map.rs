@@ -1,60 +1,5 @@
-//! A map of CRDTs with observed-remove, add-wins keys.
-//!
-//! A cart of quantities: each line a counter, lines added and removed
-//! concurrently at two regions.
-//!
-//! ```
-//! use archipelago::clock::ReplicaId;
-//! use archipelago::crdt::{Crdt, OrMap, PnCounter};
-//!
-//! let (tokyo, frankfurt) = (ReplicaId::new(1), ReplicaId::new(2));
-//! let mut cart_tokyo: OrMap<&str, PnCounter> = OrMap::new();
-//! let tea = cart_tokyo.update(tokyo, "tea", |q| q.inc(tokyo, 1));
-//! let rice = cart_tokyo.update(tokyo, "rice", |q| q.inc(tokyo, 1));
-//! let mut cart_frankfurt = OrMap::new();
-//! cart_frankfurt.merge(&tea);
-//! cart_frankfurt.merge(&rice);
-//!
-//! // Concurrently: Tokyo adds two more tea, Frankfurt drops the rice.
-//! let more_tea = cart_tokyo.update(tokyo, "tea", |q| q.inc(tokyo, 2));
-//! let no_rice = cart_frankfurt.remove(&"rice");
-//! cart_tokyo.merge(&no_rice);
-//! cart_frankfurt.merge(&more_tea);
-//!
-//! assert_eq!(cart_tokyo, cart_frankfurt);
-//! assert_eq!(cart_tokyo.get(&"tea").map(|q| q.value()), Some(3));
-//! assert!(cart_tokyo.get(&"rice").is_none());
-//! ```
-//!
-//! # Semantics
-//! - **Keys are add-wins.** Each update of a key is a write with its own
-//!   [`Dot`]; a remove drops the dots it has observed (keeping them in the
-//!   map's [`CausalContext`], no tombstone per key). An update concurrent
-//!   with a remove made a dot the remove did not see, so the key stays.
-//! - **Values merge by their own join.** Each dot of a key carries the value
-//!   as the replica writing it saw it; the key reads as the join of the
-//!   values of its surviving dots. An update folds the dots it observed into
-//!   its one new dot, so a key carries at most one dot per replica that
-//!   updated it concurrently, almost always exactly one.
-//! - **A remove resets what it observed.** After a remove, the value
-//!   restarts from `V::default()`: updating the key again does not bring the
-//!   old value back, and neither does merging an older state. An update
-//!   concurrent with the remove survives with the value *its* replica had
-//!   seen (as in Riak's maps): the remove resets exactly what no concurrent
-//!   update carried forward.
-//! - **Values can be maps**: `OrMap<K1, OrMap<K2, V>>` nests; each inner
-//!   map keeps its own context.
-//!
-//! # Deltas
-//! An update's delta holds its new dot, the dots it replaced, and the key's
-//! whole new value (for a fresh key, just the delta the closure returned).
-//! That value is small for counters and registers; for a nested map it is
-//! the whole inner map of that key. A remove's delta is the dots removed.
-//!
-//! A dot's value is fixed when the dot is made, so states holding the same
-//! dot hold the same value and a merge keeps its own copy. Decoding checks
-//! dots (never 0, each once, sorted per key, all in the context, every key
-//! with one) and leaves each value to its own decoder.
+//! [`OrMap`]: a map of CRDTs (its page is the type's, since this module
+//! is private).
 
 use std::borrow::{Borrow, Cow};
 use std::fmt;
@@ -72,8 +17,63 @@ use crate::wire::{InvalidRule, invalid};
 /// it. Sorted by dot, never empty; almost always exactly one.
 type Payloads<V> = SmallVec<[(Dot, V); 1]>;
 
-/// An observed-remove map whose values are CRDTs. See the
-/// [module page](self).
+/// A map of CRDTs with observed-remove, add-wins keys.
+///
+/// A cart of quantities: each line a counter, lines added and removed
+/// concurrently at two regions.
+///
+/// ```
+/// use archipelago::clock::ReplicaId;
+/// use archipelago::crdt::{Crdt, OrMap, PnCounter};
+///
+/// let (tokyo, frankfurt) = (ReplicaId::new(1), ReplicaId::new(2));
+/// let mut cart_tokyo: OrMap<&str, PnCounter> = OrMap::new();
+/// let tea = cart_tokyo.update(tokyo, "tea", |q| q.inc(tokyo, 1));
+/// let rice = cart_tokyo.update(tokyo, "rice", |q| q.inc(tokyo, 1));
+/// let mut cart_frankfurt = OrMap::new();
+/// cart_frankfurt.merge(&tea);
+/// cart_frankfurt.merge(&rice);
+///
+/// // Concurrently: Tokyo adds two more tea, Frankfurt drops the rice.
+/// let more_tea = cart_tokyo.update(tokyo, "tea", |q| q.inc(tokyo, 2));
+/// let no_rice = cart_frankfurt.remove(&"rice");
+/// cart_tokyo.merge(&no_rice);
+/// cart_frankfurt.merge(&more_tea);
+///
+/// assert_eq!(cart_tokyo, cart_frankfurt);
+/// assert_eq!(cart_tokyo.get(&"tea").map(|q| q.value()), Some(3));
+/// assert!(cart_tokyo.get(&"rice").is_none());
+/// ```
+///
+/// # Semantics
+/// - **Keys are add-wins.** Each update of a key is a write with its own
+///   [`Dot`]; a remove drops the dots it has observed (keeping them in the
+///   map's [`CausalContext`], no tombstone per key). An update concurrent
+///   with a remove made a dot the remove did not see, so the key stays.
+/// - **Values merge by their own join.** Each dot of a key carries the value
+///   as the replica writing it saw it; the key reads as the join of the
+///   values of its surviving dots. An update folds the dots it observed into
+///   its one new dot, so a key carries at most one dot per replica that
+///   updated it concurrently, almost always exactly one.
+/// - **A remove resets what it observed.** After a remove, the value
+///   restarts from `V::default()`: updating the key again does not bring the
+///   old value back, and neither does merging an older state. An update
+///   concurrent with the remove survives with the value *its* replica had
+///   seen (as in Riak's maps): the remove resets exactly what no concurrent
+///   update carried forward.
+/// - **Values can be maps**: `OrMap<K1, OrMap<K2, V>>` nests; each inner
+///   map keeps its own context.
+///
+/// # Deltas
+/// An update's delta holds its new dot, the dots it replaced, and the key's
+/// whole new value (for a fresh key, just the delta the closure returned).
+/// That value is small for counters and registers; for a nested map it is
+/// the whole inner map of that key. A remove's delta is the dots removed.
+///
+/// A dot's value is fixed when the dot is made, so states holding the same
+/// dot hold the same value and a merge keeps its own copy. Decoding checks
+/// dots (never 0, each once, sorted per key, all in the context, every key
+/// with one) and leaves each value to its own decoder.
 pub struct OrMap<K, V> {
     entries: SmallMap<K, Payloads<V>>,
     ctx: CausalContext,

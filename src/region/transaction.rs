@@ -241,7 +241,7 @@ impl Transaction<'_> {
 
 impl Region {
     /// Runs `f` as a transaction (see the module page of
-    /// [`transaction`](crate::region::transaction)): its writes are applied
+    /// [`crate::region::transaction`]): its writes are applied
     /// here all together, or not at all when `f` returns an error or
     /// panics, and reach every other region together. Returns what `f`
     /// returned and one session token covering all its writes (empty when

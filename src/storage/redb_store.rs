@@ -287,8 +287,8 @@ struct Journal {
 /// (redb's copy-on-write pages and double-buffered commit slot make it
 /// atomic on power loss). The transaction appends the commit to a journal;
 /// every [`JOURNAL_BYTES_MAX`] bytes (or [`JOURNAL_LEN_MAX`] commits) it
-/// folds the journal into the tables instead (see the [module
-/// page](self)). [`load`](Storage::load) reads the tables, then the
+/// folds the journal into the tables instead: a key written by many
+/// commits between two folds is written once. [`load`](Storage::load) reads the tables, then the
 /// journal on top.
 ///
 /// ```

@@ -1,23 +1,5 @@
-//! A peer that lies: a [`Transport`] adaptor that rewrites what the region
-//! behind it claims, for testing that honest regions do not believe it.
-//!
-//! The region behind a [`Forger`] runs the real engine; the forger rewrites
-//! its outgoing frames on the way out, so the lie is as well-formed as any
-//! frame the engine sends (the peers see an authenticated region with a
-//! bug, not line noise). What can be forged is listed in [`Forgery`].
-//!
-//! ```
-//! use archipelago::clock::ReplicaId;
-//! use archipelago::testing::{Forger, Forgery};
-//! use archipelago::transport::ChannelNetwork;
-//!
-//! let net = ChannelNetwork::new(7);
-//! let liar = Forger::new(
-//!     net.endpoint("liar"),
-//!     vec![Forgery::ClaimWrites { of: ReplicaId::new(1), count: u64::MAX }],
-//! );
-//! assert_eq!(liar.frames_forged(), 0); // nothing sent yet
-//! ```
+//! [`Forger`]: a peer that lies (its page is the type's, since this
+//! module is private).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,8 +44,26 @@ pub enum Forgery {
 /// The first made-up replica id of [`Forgery::PadHello`].
 const PADDED_REPLICAS_FROM: u64 = 1 << 63;
 
-/// A transport that forges the claims of the region using it (see the
-/// [module page](self)).
+/// A peer that lies: a [`Transport`] adaptor that rewrites what the region
+/// behind it claims, for testing that honest regions do not believe it.
+///
+/// The region behind a [`Forger`] runs the real engine; the forger rewrites
+/// its outgoing frames on the way out, so the lie is as well-formed as any
+/// frame the engine sends (the peers see an authenticated region with a
+/// bug, not line noise). What can be forged is listed in [`Forgery`].
+///
+/// ```
+/// use archipelago::clock::ReplicaId;
+/// use archipelago::testing::{Forger, Forgery};
+/// use archipelago::transport::ChannelNetwork;
+///
+/// let net = ChannelNetwork::new(7);
+/// let liar = Forger::new(
+///     net.endpoint("liar"),
+///     vec![Forgery::ClaimWrites { of: ReplicaId::new(1), count: u64::MAX }],
+/// );
+/// assert_eq!(liar.frames_forged(), 0); // nothing sent yet
+/// ```
 pub struct Forger<T> {
     inner: T,
     forgeries: Vec<Forgery>,
