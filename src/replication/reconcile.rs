@@ -102,7 +102,7 @@ pub use protocol::{Body, Exchange, Learned, Range, RangeMessage, reconcile};
 
 use serde::{Deserialize, Serialize};
 
-use crate::replication::store::item_hash;
+use crate::replication::store::{self, item_hash};
 use crate::wire::WireError;
 
 /// Parts a differing range is split into.
@@ -133,6 +133,16 @@ pub const EXCHANGE_MESSAGES_MAX: u32 = 256;
 const _: () = assert!(ITEM_LIST_LEN_MAX >= BRANCHING);
 const _: () = assert!(RANGES_PER_MESSAGE_MAX >= 4 * BRANCHING);
 const _: () = assert!(ITEMS_PER_MESSAGE_MAX >= ITEM_LIST_LEN_MAX);
+
+/// The fixed digest buckets today's anti-entropy compares, for benches
+/// that weigh the two schemes.
+pub const DIGEST_BUCKETS_TODAY: usize = store::DIGEST_BUCKETS;
+
+/// The digest bucket of `key` in today's anti-entropy (below
+/// [`DIGEST_BUCKETS_TODAY`]).
+pub fn digest_bucket(key: &[u8]) -> usize {
+    store::bucket_of(key)
+}
 
 /// A bijective 64-bit mixer (MurmurHash3's finalizer): every input bit
 /// flips each output bit with probability about 1/2.
