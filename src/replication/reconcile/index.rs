@@ -25,6 +25,9 @@ type Path = SmallVec<[u32; 64]>;
 #[derive(Clone, Debug)]
 struct Node {
     key: Key,
+    /// The key's first 8 bytes (zero-padded), big-endian: most comparisons
+    /// end here, without reading the key from the heap.
+    prefix: u64,
     /// The item's fingerprint ([`item_fingerprint`](super::item_fingerprint)).
     item: u64,
     /// Heap order: a parent's priority is at least its children's. Drawn
@@ -101,11 +104,12 @@ impl RangeIndex {
             // The key stays where it is: every subtree on its path changes
             // by the same difference.
             let delta = item.wrapping_sub(old);
+            let prefix = prefix_of(key);
             let mut t = self.root;
             while t != NIL {
                 let node = &mut self.nodes[t as usize];
                 node.sum = node.sum.wrapping_add(delta);
-                match key.cmp(&node.key) {
+                match node.order(key, prefix) {
                     std::cmp::Ordering::Less => t = node.left,
                     std::cmp::Ordering::Greater => t = node.right,
                     std::cmp::Ordering::Equal => {
@@ -121,6 +125,7 @@ impl RangeIndex {
         }
         let node = Node {
             key: key.into(),
+            prefix: prefix_of(key),
             item,
             priority: self.next_priority(),
             left: NIL,
@@ -138,7 +143,7 @@ impl RangeIndex {
                 (self.nodes.len() - 1) as u32
             }
         };
-        let (less, rest) = self.split(self.root, key);
+        let (less, rest) = self.split(self.root, key, prefix_of(key));
         let left = self.merge(less, n);
         self.root = self.merge(left, rest);
         debug_assert_eq!(self.get(key), Some(item));
@@ -156,10 +161,11 @@ impl RangeIndex {
 
     /// The fingerprint of `key`, if held.
     pub fn get(&self, key: &[u8]) -> Option<u64> {
+        let prefix = prefix_of(key);
         let mut t = self.root;
         while t != NIL {
             let node = &self.nodes[t as usize];
-            match key.cmp(&node.key) {
+            match node.order(key, prefix) {
                 std::cmp::Ordering::Less => t = node.left,
                 std::cmp::Ordering::Greater => t = node.right,
                 std::cmp::Ordering::Equal => return Some(node.item),
@@ -184,11 +190,12 @@ impl RangeIndex {
 
     /// The summary of the items with keys below `key`.
     pub fn below_key(&self, key: &[u8]) -> Summary {
+        let prefix = prefix_of(key);
         let mut acc = Summary::default();
         let mut t = self.root;
         while t != NIL {
             let node = &self.nodes[t as usize];
-            if *node.key < *key {
+            if node.order(key, prefix).is_gt() {
                 acc = acc
                     .plus(self.subtree(node.left))
                     .plus(Summary::of(node.item));
@@ -244,11 +251,12 @@ impl RangeIndex {
     /// The items with keys in `[lower, upper)`, in key order, with their
     /// fingerprints.
     pub fn items<'a>(&'a self, lower: &[u8], upper: &'a Bound) -> Items<'a> {
+        let prefix = prefix_of(lower);
         let mut stack = Path::new();
         let mut t = self.root;
         while t != NIL {
             let node = &self.nodes[t as usize];
-            if *node.key >= *lower {
+            if node.order(lower, prefix).is_le() {
                 stack.push(t);
                 t = node.left;
             } else {
@@ -293,17 +301,17 @@ impl RangeIndex {
     }
 
     /// Splits the subtree `t` into the keys below `key` and the rest.
-    fn split(&mut self, t: u32, key: &[u8]) -> (u32, u32) {
+    fn split(&mut self, t: u32, key: &[u8], prefix: u64) -> (u32, u32) {
         if t == NIL {
             return (NIL, NIL);
         }
-        if *self.nodes[t as usize].key < *key {
-            let (less, rest) = self.split(self.nodes[t as usize].right, key);
+        if self.nodes[t as usize].order(key, prefix).is_gt() {
+            let (less, rest) = self.split(self.nodes[t as usize].right, key, prefix);
             self.nodes[t as usize].right = less;
             self.pull(t);
             (t, rest)
         } else {
-            let (less, rest) = self.split(self.nodes[t as usize].left, key);
+            let (less, rest) = self.split(self.nodes[t as usize].left, key, prefix);
             self.nodes[t as usize].left = rest;
             self.pull(t);
             (less, t)
@@ -335,7 +343,7 @@ impl RangeIndex {
     fn remove_from(&mut self, t: u32, key: &[u8]) -> u32 {
         debug_assert_ne!(t, NIL, "the key is held");
         let node = &self.nodes[t as usize];
-        match key.cmp(&node.key) {
+        match node.order(key, prefix_of(key)) {
             std::cmp::Ordering::Less => {
                 let left = self.remove_from(node.left, key);
                 self.nodes[t as usize].left = left;
@@ -368,6 +376,26 @@ impl RangeIndex {
         self.rng = x;
         x
     }
+}
+
+impl Node {
+    /// How `key` (whose [`prefix_of`] is `prefix`) sorts against this
+    /// node's key.
+    #[inline]
+    fn order(&self, key: &[u8], prefix: u64) -> std::cmp::Ordering {
+        prefix.cmp(&self.prefix).then_with(|| key.cmp(&self.key))
+    }
+}
+
+/// The first 8 bytes of `key`, zero-padded, big-endian. When two keys'
+/// prefixes differ, they sort as their prefixes do (a shorter key padded
+/// with zeros sorts below the longer one it is a prefix of, or equal to
+/// it: then the keys decide).
+fn prefix_of(key: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    let n = key.len().min(8);
+    bytes[..n].copy_from_slice(&key[..n]);
+    u64::from_be_bytes(bytes)
 }
 
 /// The items of a key range in key order: see [`RangeIndex::items`].
