@@ -497,3 +497,17 @@ fn a_peer_cannot_make_an_exchange_unbounded() {
         Err(ReconcileError::Finished)
     );
 }
+
+/// Two 1M-key tables that differ in every state: the exchange ends within
+/// its message limit, every item shipped once. Slow (`--ignored`).
+#[test]
+#[ignore]
+fn a_million_differences_end_within_the_message_limit() {
+    let a: Table = (0u32..1_000_000)
+        .map(|k| (k.to_be_bytes().to_vec(), vec![0]))
+        .collect();
+    let b: Table = a.keys().map(|k| (k.clone(), vec![1])).collect();
+    let run = run(&a, &b, Limits::MESSAGE).unwrap();
+    println!("messages={} bytes={}", run.messages, run.bytes);
+    assert_eq!(run.a.send.len() + run.b.send.len(), 2_000_000);
+}
