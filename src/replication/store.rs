@@ -32,6 +32,13 @@ pub(crate) fn stable_hash(bytes: &[u8]) -> u64 {
     hash
 }
 
+/// The hash of one item, `key` (its encoding) holding `state` (its
+/// canonical encoding): what bucket digests sum, and what range-based
+/// reconciliation fingerprints (mixed, see `reconcile::item_fingerprint`).
+pub(crate) fn item_hash(key: &[u8], state: &[u8]) -> u64 {
+    stable_hash(key) ^ stable_hash(state).rotate_left(17)
+}
+
 pub(crate) fn bucket_of(key: &[u8]) -> usize {
     (stable_hash(key) % DIGEST_BUCKETS as u64) as usize
 }
@@ -305,8 +312,9 @@ where
             // Order-independent: the wrapping sum of each key's hash.
             let mut digest = 0u64;
             for (key, value) in &self.buckets[bucket] {
-                let state = wire::with_bare(value, stable_hash).unwrap_or(0);
-                digest = digest.wrapping_add(stable_hash(key) ^ state.rotate_left(17));
+                let item = wire::with_bare(value, |state| item_hash(key, state))
+                    .unwrap_or(stable_hash(key));
+                digest = digest.wrapping_add(item);
             }
             self.digests[bucket] = digest;
         }
