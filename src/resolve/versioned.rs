@@ -21,6 +21,26 @@ pub struct Versioned<T> {
     pub version: VersionVector,
     /// When, by which replica.
     pub stamp: Stamp,
+    /// Bytes of the value this build's `T` did not read: fields a newer
+    /// build's `T` wrote after the ones this build knows. Kept and written
+    /// out again after the value's own, so they reach the regions that
+    /// read them; never in the human-readable form.
+    #[serde(skip)]
+    unknown: Unknown,
+}
+
+/// The bytes of a delimited value its `T` left unread (usually none).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+struct Unknown(Option<Box<[u8]>>);
+
+impl Unknown {
+    fn from_bytes(bytes: &[u8]) -> Self {
+        Unknown((!bytes.is_empty()).then(|| bytes.into()))
+    }
+
+    fn bytes(&self) -> &[u8] {
+        self.0.as_deref().unwrap_or_default()
+    }
 }
 
 impl<T> Versioned<T> {
@@ -30,7 +50,17 @@ impl<T> Versioned<T> {
             value,
             version,
             stamp,
+            unknown: Unknown::default(),
         }
+    }
+
+    /// The bytes of the value this build's `T` did not read (empty unless
+    /// a newer build's `T`, with more trailing fields, wrote it): they are
+    /// kept and re-sent after the value's own bytes, so a field added in a
+    /// newer build survives passing through an older region. See
+    /// [`VersionSet`]'s section on schema evolution.
+    pub fn unknown_bytes(&self) -> &[u8] {
+        self.unknown.bytes()
     }
 
     /// The replica whose write this is.
@@ -146,13 +176,27 @@ impl<T: Clone + Serialize> Serialize for VersionSet<T> {
         use serde::ser::{SerializeStruct, SerializeTuple};
         let versions = &self.versions[..];
         match (self.removed.is_empty(), serializer.is_human_readable()) {
-            (true, _) => versions.serialize(serializer),
+            (true, true) => versions.serialize(serializer),
             (false, true) => {
                 let mut map = serializer.serialize_struct("VersionSet", 2)?;
                 map.serialize_field("versions", versions)?;
                 map.serialize_field("removed", &self.removed)?;
                 map.end()
             }
+            (_, false) if !crate::wire::legacy_layout() => {
+                let deleted = !self.removed.is_empty();
+                let header = DELIMITED_TAG + 2 * versions.len() as u64 + u64::from(deleted);
+                let mut tuple = serializer.serialize_tuple(2 + versions.len())?;
+                tuple.serialize_element(&header)?;
+                for version in versions {
+                    tuple.serialize_element(&DelimitedRef(version))?;
+                }
+                if deleted {
+                    tuple.serialize_element(&self.removed)?;
+                }
+                tuple.end()
+            }
+            (true, false) => versions.serialize(serializer),
             (false, false) => {
                 let mut tuple = serializer.serialize_tuple(3)?;
                 tuple.serialize_element(&DELETED_TAG)?;
@@ -164,6 +208,99 @@ impl<T: Clone + Serialize> Serialize for VersionSet<T> {
     }
 }
 
+/// A version in the delimited layout: `(value bytes, version, stamp)`,
+/// the value's bytes (its own, then the ones it kept unread) a byte string.
+struct DelimitedRef<'a, T>(&'a Versioned<T>);
+
+impl<T: Serialize> Serialize for DelimitedRef<'_, T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let mut tuple = serializer.serialize_tuple(3)?;
+        tuple.serialize_element(&ValueBytes(self.0))?;
+        tuple.serialize_element(&self.0.version)?;
+        tuple.serialize_element(&self.0.stamp)?;
+        tuple.end()
+    }
+}
+
+/// The value of a version as one byte string.
+struct ValueBytes<'a, T>(&'a Versioned<T>);
+
+impl<T: Serialize> Serialize for ValueBytes<'_, T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::Error;
+        let unknown = self.0.unknown.bytes();
+        crate::wire::with_bare(&self.0.value, |own| {
+            if unknown.is_empty() {
+                serializer.serialize_bytes(own)
+            } else {
+                let mut whole = Vec::with_capacity(own.len() + unknown.len());
+                whole.extend_from_slice(own);
+                whole.extend_from_slice(unknown);
+                serializer.serialize_bytes(&whole)
+            }
+        })
+        .map_err(S::Error::custom)?
+    }
+}
+
+/// A version in the delimited layout, decoding.
+struct DelimitedVersion<T>(Versioned<T>);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for DelimitedVersion<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_tuple(3, DelimitedVisitor(std::marker::PhantomData))
+    }
+}
+
+struct DelimitedVisitor<T>(std::marker::PhantomData<T>);
+
+impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for DelimitedVisitor<T> {
+    type Value = DelimitedVersion<T>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a delimited version")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        use serde::de::Error;
+        let missing = || A::Error::custom("a version ends early");
+        let ValueOf(value, unknown) = seq.next_element()?.ok_or_else(missing)?;
+        let version = seq.next_element()?.ok_or_else(missing)?;
+        let stamp = seq.next_element()?.ok_or_else(missing)?;
+        Ok(DelimitedVersion(Versioned {
+            value,
+            version,
+            stamp,
+            unknown,
+        }))
+    }
+}
+
+/// A value read tolerantly from its byte string, and what it left unread.
+struct ValueOf<T>(T, Unknown);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for ValueOf<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_bytes(ValueVisitor(std::marker::PhantomData))
+    }
+}
+
+struct ValueVisitor<T>(std::marker::PhantomData<T>);
+
+impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for ValueVisitor<T> {
+    type Value = ValueOf<T>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a value's bytes, borrowed from the frame")
+    }
+
+    fn visit_borrowed_bytes<E: serde::de::Error>(self, bytes: &'de [u8]) -> Result<Self::Value, E> {
+        let (value, rest) = crate::wire::decode_tolerant::<T>(bytes).map_err(E::custom)?;
+        Ok(ValueOf(value, Unknown::from_bytes(rest)))
+    }
+}
+
 /// The most versions a decoded `VersionSet` may hold: concurrent versions
 /// come one per replica, and no archipelago has this many.
 pub const VERSIONS_MAX: usize = 4096;
@@ -172,6 +309,16 @@ pub const VERSIONS_MAX: usize = 4096;
 /// set without one starts with its number of versions (at most one per
 /// replica: never this).
 pub const DELETED_TAG: u64 = u64::MAX;
+
+/// Where the header of a binary `VersionSet` in the delimited layout
+/// starts: the header is `DELIMITED_TAG + 2 × versions + deleted` (a
+/// 3-byte varint, above any count of the older layouts), then each
+/// version as `(value bytes, version, stamp)`, then the delete context
+/// when `deleted` is 1.
+pub const DELIMITED_TAG: u64 = 8192;
+
+/// The largest header of the delimited layout.
+const DELIMITED_TAG_MAX: u64 = DELIMITED_TAG + 2 * VERSIONS_MAX as u64 + 1;
 
 /// Accepts only an antichain that writes make, in `O(n log n + e log n)`
 /// for `n` versions holding `e` vector entries in all (a sort and one pass,
@@ -268,6 +415,23 @@ impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for BinaryVisitor<T> {
         use serde::de::Error;
         let missing = || A::Error::custom("a version set ends early");
         let count: u64 = seq.next_element()?.ok_or_else(missing)?;
+        if (DELIMITED_TAG..=DELIMITED_TAG_MAX).contains(&count) {
+            let (n, deleted) = (
+                (count - DELIMITED_TAG) / 2,
+                (count - DELIMITED_TAG) % 2 == 1,
+            );
+            let mut versions = Vec::with_capacity((n as usize).min(4));
+            for _ in 0..n {
+                let DelimitedVersion(version) = seq.next_element()?.ok_or_else(missing)?;
+                versions.push(version);
+            }
+            let removed = if deleted {
+                seq.next_element()?.ok_or_else(missing)?
+            } else {
+                VersionVector::new()
+            };
+            return Ok((versions, removed));
+        }
         if count == DELETED_TAG {
             let versions = seq.next_element()?.ok_or_else(missing)?;
             let removed = seq.next_element()?.ok_or_else(missing)?;
