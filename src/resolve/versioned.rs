@@ -135,6 +135,61 @@ impl<T> Resolution<T> {
 /// [`version`](VersionSet::version)), so it is never covered. The context
 /// is one vector, at most an entry per replica, and stays with the key.
 ///
+/// # Schema evolution
+/// Regions on different builds may hold one table with different structs
+/// during a deploy. Since protocol 5 (storage format 4) each version's
+/// value is **delimited**: a byte string of its own inside the set, read
+/// tolerantly. So when a struct changes between builds:
+///
+/// | change | safe? | what happens |
+/// | --- | --- | --- |
+/// | add a trailing field marked `#[serde(default)]` | yes | an older value reads with the default; a newer value read by an old build keeps the bytes it does not know ([`Versioned::unknown_bytes`]) and ships them on, so the field reaches the next new build |
+/// | add a trailing field without `#[serde(default)]` | no | an older value is undecodable at the new build (counted in `undecodable_values`) |
+/// | remove or reorder fields, change a field's type | no | bincode reads fields by position: values decode as the wrong fields or not at all |
+/// | add an enum variant in the middle, reorder variants | no | variants travel by index; add new variants at the end, and only once every region reads them |
+///
+/// A value an old build *writes* has only the old fields: the new field of
+/// that key reads as its default afterwards (the write replaced the
+/// version that carried it). Keep the new field optional until every
+/// region runs the new build. The tolerance covers the value's own
+/// trailing fields and those of a struct in its last field.
+///
+/// States of the older layout (protocol 4, storage format 3 and older:
+/// value, vector and stamp one after the other) still decode, told apart
+/// by their first bytes; they hold no delimiter, so only the struct they
+/// were written with reads them. Upgrade the library first, then change
+/// the struct once the values were rewritten (each is at its next write).
+/// Peers on protocol 4 are sent the older layout; the delimited one costs
+/// 3 bytes more per update (a 3-byte header where the count was 1 byte, a
+/// 1-byte length per value under 251 bytes: `cargo test --test suite
+/// schema_evolution::a_delimited -- --nocapture`).
+///
+/// ```
+/// use archipelago::clock::{Hlc, ManualClock, ReplicaId};
+/// use archipelago::resolve::VersionSet;
+/// use archipelago::wire;
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// struct V1 { visits: u32 }
+/// #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// struct V2 { visits: u32, #[serde(default)] nickname: Option<String> }
+///
+/// let hlc = Hlc::with_clock(ReplicaId::new(1), ManualClock::new(1_000));
+/// let mut old = VersionSet::new();
+/// old.write(hlc.stamp(), V1 { visits: 3 });
+/// let read: VersionSet<V2> = wire::decode(&wire::encode(&old)?)?;
+/// assert_eq!(read.versions()[0].value, V2 { visits: 3, nickname: None });
+///
+/// let mut new = VersionSet::new();
+/// new.write(hlc.stamp(), V2 { visits: 4, nickname: Some("Aiko".into()) });
+/// let bytes = wire::encode(&new)?;
+/// let at_old: VersionSet<V1> = wire::decode(&bytes)?;
+/// assert_eq!(at_old.versions()[0].value, V1 { visits: 4 });
+/// assert_eq!(wire::encode(&at_old)?, bytes, "the unknown field travels on");
+/// # Ok::<(), wire::WireError>(())
+/// ```
+///
 /// ```
 /// use archipelago::clock::{Hlc, ManualClock, ReplicaId};
 /// use archipelago::crdt::Crdt;
@@ -163,12 +218,16 @@ pub struct VersionSet<T: Clone> {
     removed: VersionVector,
 }
 
-/// The encodings, both readable by builds that predate deletes whenever
-/// the set was never deleted:
-/// - **binary** (`wire`): a set without a delete context is what it always
-///   was, the length-prefixed list of its versions; one with a context is
-///   [`DELETED_TAG`] (a length no list of versions has), then the list,
-///   then the context;
+/// The encodings:
+/// - **binary** (`wire`), since protocol 5: the header
+///   [`DELIMITED_TAG`]` + 2 × versions + deleted`, then each version as
+///   `(value bytes, vector, stamp)`, then the delete context when deleted
+///   (see *Schema evolution* on [`VersionSet`]);
+/// - **binary, older layout** (what peers of protocol 4 are sent, and what
+///   stores of format 3 hold; still decoded): a set without a delete
+///   context is the length-prefixed list of its versions; one with a
+///   context is [`DELETED_TAG`] (a length no list of versions has), then
+///   the list, then the context;
 /// - **human-readable** (JSON): the list of versions, or
 ///   `{"versions": [...], "removed": {...}}` once deleted.
 impl<T: Clone + Serialize> Serialize for VersionSet<T> {
