@@ -314,6 +314,18 @@ pub(crate) fn encode_bare_legacy_into<T: Serialize + ?Sized>(
     delimited::in_legacy_layout(|| encode_into(value, out))
 }
 
+/// A frame of `value` as [`encode`] makes it, in the layout of protocol 4
+/// (see [`encode_bare_legacy_into`]): for the fuzz corpus, which keeps
+/// the older layout's decoder under test.
+///
+/// # Errors
+/// As [`encode`].
+pub(crate) fn encode_legacy<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, WireError> {
+    let mut frame = vec![WIRE_VERSION];
+    encode_bare_legacy_into(value, &mut frame)?;
+    Ok(frame)
+}
+
 /// Runs `f` on the body of `value`, encoded into a per-thread scratch
 /// buffer (no allocation once warm). Re-entrant: a nested call gets a
 /// fresh buffer.
