@@ -406,7 +406,13 @@ impl<T: Transport> Engine<T> {
     }
 
     /// Encodes and sends `out` (see [`send_all`]).
-    fn send(&mut self, out: Outgoing) {
+    fn send(&mut self, mut out: Outgoing) {
+        let carries_states = out
+            .iter()
+            .any(|(_, m)| matches!(m, Message::Batch { .. } | Message::SyncStates { .. }));
+        if carries_states && !self.shared.core.is_poisoned() {
+            self.shared.lock().downgrade_for_old_peers(&mut out);
+        }
         send_all(&self.transport, out, &mut self.sent);
     }
 

@@ -17,6 +17,11 @@
 //! feed from bounded queues that never block writes; counters give the
 //! total and the recent rate per table.
 //!
+//! **Values may evolve between builds.** Each value travels as a byte
+//! string of its own, so a struct can gain a trailing `#[serde(default)]`
+//! field while old regions still run: see *Schema evolution* on
+//! [`VersionSet`] for what changes are safe.
+//!
 //! ## Which strategy
 //!
 //! | data | use | why |
@@ -73,4 +78,4 @@ pub use audit::{
 };
 pub use registry::{RegistryError, ResolverRegistry};
 pub use strategy::{DeepMerge, FirstWriteWins, LastWriteWins, Merge, Resolver, Siblings, Strategy};
-pub use versioned::{DELETED_TAG, Resolution, VERSIONS_MAX, VersionSet, Versioned};
+pub use versioned::{DELETED_TAG, DELIMITED_TAG, Resolution, VERSIONS_MAX, VersionSet, Versioned};

@@ -114,8 +114,14 @@ pub use redb_store::{JOURNAL_BYTES_MAX, JOURNAL_LEN_MAX, RedbStorage};
 /// a build of version 2 cannot decode, so such a build refuses the store
 /// with [`StorageError::NewerFormat`] instead of calling it corrupt. Older
 /// stores are read as they are, and written as the current version from
-/// their first commit on.
-pub const STORAGE_FORMAT_VERSION: u32 = 3;
+/// their first commit on. Version 4 delimits the user values inside
+/// resolver tables' states (see [`VersionSet`](crate::resolve::VersionSet),
+/// *Schema evolution*): a build of version 3 would read a delimited state
+/// as undecodable, so it refuses the store. The migration is in the
+/// decoder: states of version 3 and older read as they are (their layout
+/// is told apart by its first bytes), and each is written delimited when
+/// its key next changes.
+pub const STORAGE_FORMAT_VERSION: u32 = 4;
 
 /// What went wrong with a region's storage.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

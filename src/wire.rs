@@ -93,6 +93,9 @@ pub const fn decode_budget_bytes(body_bytes: usize) -> usize {
 }
 
 mod budget;
+mod delimited;
+
+pub(crate) use delimited::{decode_tolerant, legacy_layout};
 
 const fn config() -> Config {
     bincode::config::standard().with_limit::<FRAME_BYTES_MAX>()
@@ -298,6 +301,31 @@ pub(crate) fn encode_bare_into<T: Serialize + ?Sized>(
     encode_into(value, out)
 }
 
+/// Appends the body of `value` to `out` as [`encode_bare_into`] does, in
+/// the layout peers of protocol 4 and older read: user values inside
+/// version sets not delimited (see [`Versioned`](crate::resolve::Versioned)).
+///
+/// # Errors
+/// As [`encode`].
+pub(crate) fn encode_bare_legacy_into<T: Serialize + ?Sized>(
+    value: &T,
+    out: &mut Vec<u8>,
+) -> Result<(), WireError> {
+    delimited::in_legacy_layout(|| encode_into(value, out))
+}
+
+/// A frame of `value` as [`encode`] makes it, in the layout of protocol 4
+/// (see [`encode_bare_legacy_into`]): for the fuzz corpus, which keeps
+/// the older layout's decoder under test.
+///
+/// # Errors
+/// As [`encode`].
+pub(crate) fn encode_legacy<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, WireError> {
+    let mut frame = vec![WIRE_VERSION];
+    encode_bare_legacy_into(value, &mut frame)?;
+    Ok(frame)
+}
+
 /// Runs `f` on the body of `value`, encoded into a per-thread scratch
 /// buffer (no allocation once warm). Re-entrant: a nested call gets a
 /// fresh buffer.
@@ -329,13 +357,16 @@ pub(crate) fn decode_bare<T: DeserializeOwned>(body: &[u8]) -> Result<T, WireErr
     if body.len() > FRAME_BYTES_MAX {
         return Err(WireError::TooLarge { len: body.len() });
     }
-    let budget = budget::Budget::new(decode_budget_bytes(body.len()));
+    let budget = std::rc::Rc::new(budget::Budget::new(decode_budget_bytes(body.len())));
     BROKEN_RULE.with(|slot| slot.set(None));
+    // Delimited values inside the body charge the same budget.
+    let outer = delimited::FRAME_BUDGET.with(|b| b.replace(Some(budget.clone())));
     let decoded = bincode::serde::seed_decode_from_slice(
         budget::BudgetedSeed::<T>::new(&budget),
         body,
         config(),
     );
+    delimited::FRAME_BUDGET.with(|b| *b.borrow_mut() = outer);
     let broken = BROKEN_RULE.with(std::cell::Cell::take);
     let (value, read) = decoded.map_err(|e| {
         if budget.exceeded() {

@@ -133,16 +133,49 @@ fn every_crdt_state_of_format_1_decodes() {
     let mut theirs = VersionSet::new();
     theirs.write(stamp(8, FRANKFURT), "Aiko T.".to_string());
     archipelago::crdt::Crdt::merge(&mut versions, &theirs);
-    check("states/v1/version_set.bin", &versions);
-    // Deletes came later: a set never deleted encodes as before them.
+    // Version sets are written in the delimited layout since protocol 5
+    // (`every_version_set_of_format_2_decodes`): these still decode.
+    check_decodes("states/v1/version_set.bin", &versions);
+    // Deletes came later: a set never deleted encoded as before them.
     let mut deleted = versions.clone();
     deleted.remove();
-    check("states/v1/version_set_deleted.bin", &deleted);
+    check_decodes("states/v1/version_set_deleted.bin", &deleted);
 
     let mut vector = VersionVector::new();
     vector.raise(TOKYO, 12);
     vector.raise(FRANKFURT, 7);
     check("states/v1/version_vector.bin", &vector);
+}
+
+/// Version sets in the delimited layout (protocol 5 on): each value a byte
+/// string of its own, so a struct can gain trailing fields.
+#[test]
+fn every_version_set_of_format_2_decodes() {
+    let mut versions = VersionSet::new();
+    versions.write(stamp(7, TOKYO), "Aiko".to_string());
+    let mut theirs = VersionSet::new();
+    theirs.write(stamp(8, FRANKFURT), "Aiko T.".to_string());
+    archipelago::crdt::Crdt::merge(&mut versions, &theirs);
+    check("states/v2/version_set.bin", &versions);
+    let mut deleted = versions.clone();
+    deleted.remove();
+    check("states/v2/version_set_deleted.bin", &deleted);
+    let mut wide = VersionSet::new();
+    wide.write(stamp(9, WIDE_TOKYO), 42u64);
+    check("states/v2/version_set_64_bit_ids.bin", &wide);
+}
+
+/// `path`'s committed fixture decodes into `value` (an encoding of a
+/// format since replaced: today's code writes another).
+fn check_decodes<T>(path: &str, value: &T)
+where
+    T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug,
+{
+    let committed = std::fs::read(fixtures().join(path))
+        .unwrap_or_else(|e| panic!("fixture {path} is missing: {e}"));
+    let decoded: T = wire::decode(&committed)
+        .unwrap_or_else(|e| panic!("fixture {path} no longer decodes: {e}"));
+    assert_eq!(&decoded, value, "fixture {path} decodes to another value");
 }
 
 #[test]
@@ -313,4 +346,99 @@ fn version_sets_round_trip_through_json_in_both_forms() {
     let back: VersionSet<String> = serde_json::from_str(&json).unwrap();
     assert_eq!(back, set);
     assert!(back.is_empty() && !back.removed().is_empty());
+}
+
+/// A region's store of storage format 3 (redb), made once by a build whose
+/// resolver table held a struct of one field: today's build opens it with
+/// that struct and rewrites the value (delimited); then a build whose
+/// struct has gained a trailing `#[serde(default)]` field reads it with the
+/// default, and writes the new field beside it.
+#[cfg(feature = "redb")]
+#[test]
+fn a_redb_store_of_format_3_opens_with_a_struct_that_gained_a_field() {
+    use crate::schema_evolution::{ProfileV1, ProfileV2};
+    use archipelago::region::{AckLevel, Region};
+    use archipelago::resolve::LastWriteWins;
+
+    let runtime = common::paused_runtime();
+    let committed = fixtures().join("storage/v3/ap-northeast");
+    if !committed.exists() {
+        assert!(
+            blessing(),
+            "fixture storage/v3 is missing: ARCHIPELAGO_BLESS_FIXTURES=1 writes it"
+        );
+        runtime.block_on(async {
+            let region = Region::builder("ap-northeast")
+                .data_dir(&committed)
+                .clock(common::TokioClock::new(0))
+                .build()
+                .unwrap();
+            let profiles = region
+                .table_with::<u64, ProfileV1>("profiles", LastWriteWins)
+                .unwrap()
+                .with_ack(AckLevel::Local);
+            profiles.put(&42u64, ProfileV1 { visits: 3 }).await.unwrap();
+            region.shutdown().await;
+        });
+    }
+    let dir = std::env::temp_dir().join(format!("archipelago-golden-v3-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(&committed).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+    }
+    // Start 2: the library upgraded, the struct not yet (states of format 3
+    // hold values not delimited, which only the same struct reads): the
+    // value reads, and a write stores it delimited.
+    runtime.block_on(async {
+        let region = Region::builder("ap-northeast")
+            .data_dir(&dir)
+            .clock(common::TokioClock::new(0))
+            .build()
+            .expect("a store of format 3 opens");
+        assert_eq!(region.incarnation(), 2);
+        let profiles = region
+            .table_with::<u64, ProfileV1>("profiles", LastWriteWins)
+            .unwrap()
+            .with_ack(AckLevel::Local);
+        let stored = profiles.read(&42u64).await.unwrap().expect("the profile");
+        assert_eq!(stored.value(), Some(&ProfileV1 { visits: 3 }));
+        profiles.put(&42u64, ProfileV1 { visits: 4 }).await.unwrap();
+        assert_eq!(region.stats().undecodable_values, 0);
+        region.shutdown().await;
+    });
+    // Starts 3 and 4: the struct gained a field. The stored value reads
+    // with its default; the new field, once written, reads back.
+    let nickname = Some("Aiko".to_string());
+    for start in 3..=4 {
+        runtime.block_on(async {
+            let region = Region::builder("ap-northeast")
+                .data_dir(&dir)
+                .clock(common::TokioClock::new(0))
+                .build()
+                .unwrap();
+            assert_eq!(region.incarnation(), start);
+            let profiles = region
+                .table_with::<u64, ProfileV2>("profiles", LastWriteWins)
+                .unwrap()
+                .with_ack(AckLevel::Local);
+            let stored = profiles.read(&42u64).await.unwrap().expect("the profile");
+            let expected = ProfileV2 {
+                visits: 4,
+                nickname: if start == 3 { None } else { nickname.clone() },
+            };
+            assert_eq!(stored.value(), Some(&expected), "start {start}");
+            if start == 3 {
+                let written = ProfileV2 {
+                    visits: 4,
+                    nickname: nickname.clone(),
+                };
+                profiles.put(&42u64, written).await.unwrap();
+            }
+            assert_eq!(region.stats().undecodable_values, 0);
+            region.shutdown().await;
+        });
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -205,3 +205,50 @@ fn a_peer_pinned_to_protocol_3_gets_no_homed_messages() {
         old.shutdown().await;
     });
 }
+
+/// A peer pinned to protocol 4 (before delimited values) is sent resolver
+/// states in the layout it reads, and its own replicate here: strings both
+/// ways by batches, nothing undecodable, nothing rejected.
+#[test]
+fn a_peer_pinned_to_protocol_4_gets_values_it_reads() {
+    use archipelago::resolve::LastWriteWins;
+    paused_runtime().block_on(async {
+        let net = ChannelNetwork::new(14);
+        let new = region_on(&net, "ap-northeast", None, RegionConfig::default());
+        let old_config = RegionConfig {
+            protocol_version_max: 4,
+            ..RegionConfig::default()
+        };
+        let old = region_on(&net, "eu-central", None, old_config);
+        let names = |region: &Region| {
+            region
+                .table_with::<u64, String>("names", LastWriteWins)
+                .unwrap()
+        };
+        let (names_new, names_old) = (names(&new), names(&old));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(protocol_with(&new, "eu-central"), 4);
+        let syncs = (new.stats().syncs_completed, old.stats().syncs_completed);
+        names_new.put(&1, "Aiko".to_string()).await.unwrap();
+        names_old.put(&2, "Ben".to_string()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let read = |t: &archipelago::region::ResolverTable<u64, String>, k: u64| {
+            let t = t.clone();
+            async move { t.read(&k).await.unwrap().and_then(|r| r.value().cloned()) }
+        };
+        assert_eq!(read(&names_old, 1).await.as_deref(), Some("Aiko"));
+        assert_eq!(read(&names_new, 2).await.as_deref(), Some("Ben"));
+        for region in [&new, &old] {
+            let stats = region.stats();
+            assert_eq!(stats.undecodable_values, 0, "{}", region.name());
+            assert_eq!(stats.rejected_frames, 0, "{}", region.name());
+        }
+        assert_eq!(
+            (new.stats().syncs_completed, old.stats().syncs_completed),
+            syncs,
+            "batches, not a repair"
+        );
+        new.shutdown().await;
+        old.shutdown().await;
+    });
+}

@@ -47,6 +47,7 @@ mod retire;
 mod review_regressions;
 mod rights_movement;
 mod rolling_upgrade;
+mod schema_evolution;
 mod session_guarantees;
 mod session_tokens;
 mod slow_peer;

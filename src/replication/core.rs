@@ -28,6 +28,7 @@ use crate::storage::{Commit, Progress, Snapshot, StorageError};
 use crate::wire;
 
 mod anti_entropy;
+mod legacy;
 mod peers;
 mod receive;
 

@@ -2009,3 +2009,45 @@ fn a_protocol_1_peer_is_asked_a_bounded_number_of_times() {
     a.peer_up("b", t0 + step * 100);
     assert_eq!(a.peers["b"].protocol_reannounced, 0);
 }
+
+/// A batch to a peer agreed on protocol 4 carries version sets in the older
+/// layout (a list of versions, values not delimited); the same batch to a
+/// peer of protocol 5 leaves as it was written.
+#[test]
+fn batches_to_a_protocol_4_peer_carry_the_older_layout() {
+    use crate::resolve::{VersionSet, Versioned};
+    let mut a = core("a", 1, RegionConfig::default(), &[]);
+    declare::<VersionSet<String>>(&mut a, "names");
+    let mut set = VersionSet::new();
+    let delta = set.write(a.hlc.stamp(), "Aiko".to_string());
+    let delimited = bare(&delta);
+    let (tables, entries) = pack_entries("names", vec![(k(1), delimited.clone())]);
+    up(&mut a, "old", now());
+    up(&mut a, "new", now());
+    a.peers.get_mut("old").unwrap().protocol = 4;
+    a.peers.get_mut("new").unwrap().protocol = PROTOCOL_VERSION;
+    let batch = Message::Batch {
+        origin: a.replica,
+        first: 1,
+        last: 1,
+        deps: VersionVector::new(),
+        sent_at: a.hlc.now(),
+        tables,
+        entries,
+    };
+    let mut out = vec![
+        ("old".to_string(), batch.clone()),
+        ("new".to_string(), batch),
+    ];
+    a.downgrade_for_old_peers(&mut out);
+    let value_of = |m: &Message| {
+        let Message::Batch { entries, .. } = m else {
+            panic!("a batch")
+        };
+        let (_, _, value) = Entries::new(&entries.0, 1).next().unwrap().unwrap();
+        value.to_vec()
+    };
+    let old: Vec<Versioned<String>> = wire::decode_bare(&value_of(&out[0].1)).unwrap();
+    assert_eq!(old, delta.versions());
+    assert_eq!(value_of(&out[1].1), delimited);
+}

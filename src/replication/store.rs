@@ -92,6 +92,9 @@ pub(crate) trait TableStore: Send {
     fn take_changes(&mut self) -> Vec<(Key, Vec<u8>)>;
     /// Counts `key` as changed again (its commit failed).
     fn mark_changed(&mut self, key: &[u8]);
+    /// `value` (a delta or a state of this table) in the layout peers of
+    /// protocol 4 read (user values not delimited), when that differs.
+    fn legacy_layout(&self, value: &[u8]) -> Option<Vec<u8>>;
 }
 
 /// Stored states of one key: length-prefixed encoded states, merged in
@@ -272,6 +275,13 @@ where
 
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
+    }
+
+    fn legacy_layout(&self, value: &[u8]) -> Option<Vec<u8>> {
+        let decoded: V = wire::decode_bare(value).ok()?;
+        let mut legacy = Vec::with_capacity(value.len());
+        wire::encode_bare_legacy_into(&decoded, &mut legacy).ok()?;
+        (legacy != value).then_some(legacy)
     }
 
     fn stage(&mut self, value: &[u8], stamps_max: Timestamp) -> Result<(), StageError> {

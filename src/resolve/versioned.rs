@@ -21,6 +21,26 @@ pub struct Versioned<T> {
     pub version: VersionVector,
     /// When, by which replica.
     pub stamp: Stamp,
+    /// Bytes of the value this build's `T` did not read: fields a newer
+    /// build's `T` wrote after the ones this build knows. Kept and written
+    /// out again after the value's own, so they reach the regions that
+    /// read them; never in the human-readable form.
+    #[serde(skip)]
+    unknown: Unknown,
+}
+
+/// The bytes of a delimited value its `T` left unread (usually none).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+struct Unknown(Option<Box<[u8]>>);
+
+impl Unknown {
+    fn from_bytes(bytes: &[u8]) -> Self {
+        Unknown((!bytes.is_empty()).then(|| bytes.into()))
+    }
+
+    fn bytes(&self) -> &[u8] {
+        self.0.as_deref().unwrap_or_default()
+    }
 }
 
 impl<T> Versioned<T> {
@@ -30,7 +50,17 @@ impl<T> Versioned<T> {
             value,
             version,
             stamp,
+            unknown: Unknown::default(),
         }
+    }
+
+    /// The bytes of the value this build's `T` did not read (empty unless
+    /// a newer build's `T`, with more trailing fields, wrote it): they are
+    /// kept and re-sent after the value's own bytes, so a field added in a
+    /// newer build survives passing through an older region. See
+    /// [`VersionSet`]'s section on schema evolution.
+    pub fn unknown_bytes(&self) -> &[u8] {
+        self.unknown.bytes()
     }
 
     /// The replica whose write this is.
@@ -105,6 +135,61 @@ impl<T> Resolution<T> {
 /// [`version`](VersionSet::version)), so it is never covered. The context
 /// is one vector, at most an entry per replica, and stays with the key.
 ///
+/// # Schema evolution
+/// Regions on different builds may hold one table with different structs
+/// during a deploy. Since protocol 5 (storage format 4) each version's
+/// value is **delimited**: a byte string of its own inside the set, read
+/// tolerantly. So when a struct changes between builds:
+///
+/// | change | safe? | what happens |
+/// | --- | --- | --- |
+/// | add a trailing field marked `#[serde(default)]` | yes | an older value reads with the default; a newer value read by an old build keeps the bytes it does not know ([`Versioned::unknown_bytes`]) and ships them on, so the field reaches the next new build |
+/// | add a trailing field without `#[serde(default)]` | no | an older value is undecodable at the new build (counted in `undecodable_values`) |
+/// | remove or reorder fields, change a field's type | no | bincode reads fields by position: values decode as the wrong fields or not at all |
+/// | add an enum variant in the middle, reorder variants | no | variants travel by index; add new variants at the end, and only once every region reads them |
+///
+/// A value an old build *writes* has only the old fields: the new field of
+/// that key reads as its default afterwards (the write replaced the
+/// version that carried it). Keep the new field optional until every
+/// region runs the new build. The tolerance covers the value's own
+/// trailing fields and those of a struct in its last field.
+///
+/// States of the older layout (protocol 4, storage format 3 and older:
+/// value, vector and stamp one after the other) still decode, told apart
+/// by their first bytes; they hold no delimiter, so only the struct they
+/// were written with reads them. Upgrade the library first, then change
+/// the struct once the values were rewritten (each is at its next write).
+/// Peers on protocol 4 are sent the older layout; the delimited one costs
+/// 3 bytes more per update (a 3-byte header where the count was 1 byte, a
+/// 1-byte length per value under 251 bytes: `cargo test --test suite
+/// schema_evolution::a_delimited -- --nocapture`).
+///
+/// ```
+/// use archipelago::clock::{Hlc, ManualClock, ReplicaId};
+/// use archipelago::resolve::VersionSet;
+/// use archipelago::wire;
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// struct V1 { visits: u32 }
+/// #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// struct V2 { visits: u32, #[serde(default)] nickname: Option<String> }
+///
+/// let hlc = Hlc::with_clock(ReplicaId::new(1), ManualClock::new(1_000));
+/// let mut old = VersionSet::new();
+/// old.write(hlc.stamp(), V1 { visits: 3 });
+/// let read: VersionSet<V2> = wire::decode(&wire::encode(&old)?)?;
+/// assert_eq!(read.versions()[0].value, V2 { visits: 3, nickname: None });
+///
+/// let mut new = VersionSet::new();
+/// new.write(hlc.stamp(), V2 { visits: 4, nickname: Some("Aiko".into()) });
+/// let bytes = wire::encode(&new)?;
+/// let at_old: VersionSet<V1> = wire::decode(&bytes)?;
+/// assert_eq!(at_old.versions()[0].value, V1 { visits: 4 });
+/// assert_eq!(wire::encode(&at_old)?, bytes, "the unknown field travels on");
+/// # Ok::<(), wire::WireError>(())
+/// ```
+///
 /// ```
 /// use archipelago::clock::{Hlc, ManualClock, ReplicaId};
 /// use archipelago::crdt::Crdt;
@@ -133,12 +218,16 @@ pub struct VersionSet<T: Clone> {
     removed: VersionVector,
 }
 
-/// The encodings, both readable by builds that predate deletes whenever
-/// the set was never deleted:
-/// - **binary** (`wire`): a set without a delete context is what it always
-///   was, the length-prefixed list of its versions; one with a context is
-///   [`DELETED_TAG`] (a length no list of versions has), then the list,
-///   then the context;
+/// The encodings:
+/// - **binary** (`wire`), since protocol 5: the header
+///   [`DELIMITED_TAG`]` + 2 × versions + deleted`, then each version as
+///   `(value bytes, vector, stamp)`, then the delete context when deleted
+///   (see *Schema evolution* on [`VersionSet`]);
+/// - **binary, older layout** (what peers of protocol 4 are sent, and what
+///   stores of format 3 hold; still decoded): a set without a delete
+///   context is the length-prefixed list of its versions; one with a
+///   context is [`DELETED_TAG`] (a length no list of versions has), then
+///   the list, then the context;
 /// - **human-readable** (JSON): the list of versions, or
 ///   `{"versions": [...], "removed": {...}}` once deleted.
 impl<T: Clone + Serialize> Serialize for VersionSet<T> {
@@ -146,13 +235,27 @@ impl<T: Clone + Serialize> Serialize for VersionSet<T> {
         use serde::ser::{SerializeStruct, SerializeTuple};
         let versions = &self.versions[..];
         match (self.removed.is_empty(), serializer.is_human_readable()) {
-            (true, _) => versions.serialize(serializer),
+            (true, true) => versions.serialize(serializer),
             (false, true) => {
                 let mut map = serializer.serialize_struct("VersionSet", 2)?;
                 map.serialize_field("versions", versions)?;
                 map.serialize_field("removed", &self.removed)?;
                 map.end()
             }
+            (_, false) if !crate::wire::legacy_layout() => {
+                let deleted = !self.removed.is_empty();
+                let header = DELIMITED_TAG + 2 * versions.len() as u64 + u64::from(deleted);
+                let mut tuple = serializer.serialize_tuple(2 + versions.len())?;
+                tuple.serialize_element(&header)?;
+                for version in versions {
+                    tuple.serialize_element(&DelimitedRef(version))?;
+                }
+                if deleted {
+                    tuple.serialize_element(&self.removed)?;
+                }
+                tuple.end()
+            }
+            (true, false) => versions.serialize(serializer),
             (false, false) => {
                 let mut tuple = serializer.serialize_tuple(3)?;
                 tuple.serialize_element(&DELETED_TAG)?;
@@ -164,6 +267,99 @@ impl<T: Clone + Serialize> Serialize for VersionSet<T> {
     }
 }
 
+/// A version in the delimited layout: `(value bytes, version, stamp)`,
+/// the value's bytes (its own, then the ones it kept unread) a byte string.
+struct DelimitedRef<'a, T>(&'a Versioned<T>);
+
+impl<T: Serialize> Serialize for DelimitedRef<'_, T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let mut tuple = serializer.serialize_tuple(3)?;
+        tuple.serialize_element(&ValueBytes(self.0))?;
+        tuple.serialize_element(&self.0.version)?;
+        tuple.serialize_element(&self.0.stamp)?;
+        tuple.end()
+    }
+}
+
+/// The value of a version as one byte string.
+struct ValueBytes<'a, T>(&'a Versioned<T>);
+
+impl<T: Serialize> Serialize for ValueBytes<'_, T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::Error;
+        let unknown = self.0.unknown.bytes();
+        crate::wire::with_bare(&self.0.value, |own| {
+            if unknown.is_empty() {
+                serializer.serialize_bytes(own)
+            } else {
+                let mut whole = Vec::with_capacity(own.len() + unknown.len());
+                whole.extend_from_slice(own);
+                whole.extend_from_slice(unknown);
+                serializer.serialize_bytes(&whole)
+            }
+        })
+        .map_err(S::Error::custom)?
+    }
+}
+
+/// A version in the delimited layout, decoding.
+struct DelimitedVersion<T>(Versioned<T>);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for DelimitedVersion<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_tuple(3, DelimitedVisitor(std::marker::PhantomData))
+    }
+}
+
+struct DelimitedVisitor<T>(std::marker::PhantomData<T>);
+
+impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for DelimitedVisitor<T> {
+    type Value = DelimitedVersion<T>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a delimited version")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        use serde::de::Error;
+        let missing = || A::Error::custom("a version ends early");
+        let ValueOf(value, unknown) = seq.next_element()?.ok_or_else(missing)?;
+        let version = seq.next_element()?.ok_or_else(missing)?;
+        let stamp = seq.next_element()?.ok_or_else(missing)?;
+        Ok(DelimitedVersion(Versioned {
+            value,
+            version,
+            stamp,
+            unknown,
+        }))
+    }
+}
+
+/// A value read tolerantly from its byte string, and what it left unread.
+struct ValueOf<T>(T, Unknown);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for ValueOf<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_bytes(ValueVisitor(std::marker::PhantomData))
+    }
+}
+
+struct ValueVisitor<T>(std::marker::PhantomData<T>);
+
+impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for ValueVisitor<T> {
+    type Value = ValueOf<T>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a value's bytes, borrowed from the frame")
+    }
+
+    fn visit_borrowed_bytes<E: serde::de::Error>(self, bytes: &'de [u8]) -> Result<Self::Value, E> {
+        let (value, rest) = crate::wire::decode_tolerant::<T>(bytes).map_err(E::custom)?;
+        Ok(ValueOf(value, Unknown::from_bytes(rest)))
+    }
+}
+
 /// The most versions a decoded `VersionSet` may hold: concurrent versions
 /// come one per replica, and no archipelago has this many.
 pub const VERSIONS_MAX: usize = 4096;
@@ -172,6 +368,16 @@ pub const VERSIONS_MAX: usize = 4096;
 /// set without one starts with its number of versions (at most one per
 /// replica: never this).
 pub const DELETED_TAG: u64 = u64::MAX;
+
+/// Where the header of a binary `VersionSet` in the delimited layout
+/// starts: the header is `DELIMITED_TAG + 2 × versions + deleted` (a
+/// 3-byte varint, above any count of the older layouts), then each
+/// version as `(value bytes, version, stamp)`, then the delete context
+/// when `deleted` is 1.
+pub const DELIMITED_TAG: u64 = 8192;
+
+/// The largest header of the delimited layout.
+const DELIMITED_TAG_MAX: u64 = DELIMITED_TAG + 2 * VERSIONS_MAX as u64 + 1;
 
 /// Accepts only an antichain that writes make, in `O(n log n + e log n)`
 /// for `n` versions holding `e` vector entries in all (a sort and one pass,
@@ -268,6 +474,23 @@ impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for BinaryVisitor<T> {
         use serde::de::Error;
         let missing = || A::Error::custom("a version set ends early");
         let count: u64 = seq.next_element()?.ok_or_else(missing)?;
+        if (DELIMITED_TAG..=DELIMITED_TAG_MAX).contains(&count) {
+            let (n, deleted) = (
+                (count - DELIMITED_TAG) / 2,
+                (count - DELIMITED_TAG) % 2 == 1,
+            );
+            let mut versions = Vec::with_capacity((n as usize).min(4));
+            for _ in 0..n {
+                let DelimitedVersion(version) = seq.next_element()?.ok_or_else(missing)?;
+                versions.push(version);
+            }
+            let removed = if deleted {
+                seq.next_element()?.ok_or_else(missing)?
+            } else {
+                VersionVector::new()
+            };
+            return Ok((versions, removed));
+        }
         if count == DELETED_TAG {
             let versions = seq.next_element()?.ok_or_else(missing)?;
             let removed = seq.next_element()?.ok_or_else(missing)?;

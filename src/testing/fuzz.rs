@@ -44,8 +44,8 @@ use std::cell::Cell;
 use std::fmt::{self, Debug};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::clock::{CausalContext, Dot, ReplicaId, Stamp, Timestamp, VersionVector};
 use crate::crdt::{
@@ -637,6 +637,49 @@ impl FuzzValue for OrMap<u64, OrMap<String, PnCounter>> {
     }
 }
 
+/// A struct value of a resolver table, its last field optional with a
+/// default: the shape schema evolution decodes tolerantly.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FuzzProfile {
+    /// A leading field.
+    pub visits: u32,
+    /// A trailing field a newer struct added.
+    #[serde(default)]
+    pub nickname: Option<String>,
+}
+
+impl FuzzValue for VersionSet<FuzzProfile> {
+    const NAME: &'static str = "VersionSet<FuzzProfile>";
+    fn samples(rng: &mut FuzzRng) -> Vec<Self> {
+        let mut a = VersionSet::new();
+        let mut b = VersionSet::new();
+        let stamp = |ms, r| Stamp::new(Timestamp::new(ms, 0), ReplicaId::new(r));
+        let profile = |rng: &mut FuzzRng| FuzzProfile {
+            visits: rng.next_u64() as u32,
+            nickname: rng.one_in(2).then(|| rng.text()),
+        };
+        let da = a.write(stamp(1_000, 1), profile(rng));
+        let db = b.write(stamp(1_001, 2), profile(rng));
+        a.merge(&db);
+        let mut deleted = a.clone();
+        deleted.remove();
+        vec![da, a, deleted]
+    }
+    fn mutate(&mut self, rng: &mut FuzzRng) {
+        let nickname = rng.one_in(2).then(|| rng.text());
+        self.write(
+            rng.stamp(),
+            FuzzProfile {
+                visits: rng.next_u64() as u32,
+                nickname,
+            },
+        );
+    }
+    fn laws(&self) -> Result<(), String> {
+        crdt_laws(self)
+    }
+}
+
 impl FuzzValue for VersionSet<String> {
     const NAME: &'static str = "VersionSet<String>";
     fn samples(rng: &mut FuzzRng) -> Vec<Self> {
@@ -974,10 +1017,21 @@ impl<T: FuzzValue> Target for Typed<T> {
     }
 
     fn samples(&self, rng: &mut FuzzRng) -> Vec<Vec<u8>> {
-        T::samples(rng)
-            .iter()
-            .filter_map(|v| wire::encode(v).ok())
-            .collect()
+        let mut frames = Vec::new();
+        for value in T::samples(rng) {
+            let Ok(frame) = wire::encode(&value) else {
+                continue;
+            };
+            // The older layout (version sets before protocol 5) still
+            // decodes: its frames join the corpus where they differ.
+            if let Ok(legacy) = wire::encode_legacy(&value)
+                && legacy != frame
+            {
+                frames.push(legacy);
+            }
+            frames.push(frame);
+        }
+        frames
     }
 
     fn check(&self, frame: &[u8], check_alloc: bool) -> Result<Outcome, String> {
@@ -1044,6 +1098,7 @@ static TARGETS: &[&dyn Target] = targets!(
     BoundedCounter,
     OrMap<u64, OrMap<String, PnCounter>>,
     VersionSet<String>,
+    VersionSet<FuzzProfile>,
     Versioned<String>,
     SessionToken,
     Identity,
