@@ -16,7 +16,12 @@ use super::*;
 ///   home) of a homed table's key made away from its home is forwarded to
 ///   the home and answered ([`Region::homed_table`]). A region forwards
 ///   only on connections of protocol 4 or later.
-pub const PROTOCOL_VERSION: u16 = 4;
+/// - **5**: protocol 4, and homes that move by epochs: a home answers a
+///   forwarded operation with the key's epoch, and refuses one for a key
+///   whose home moved away naming the new home and epoch
+///   ([`HomedTable::move_home`](crate::region::HomedTable::move_home)).
+///   A region moves homes only when no peer it speaks with is older.
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// The oldest engine protocol this build still speaks: a peer announcing
 /// nothing speaks 1.

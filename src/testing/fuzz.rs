@@ -833,6 +833,21 @@ impl FuzzValue for Message {
                     value: Some(message::Blob(vec![75])),
                 },
             },
+            Message::HomedReply {
+                id: 42,
+                outcome: HomedOutcome::DoneAt {
+                    written: Some(Dot::new(ReplicaId::new(3), 42)),
+                    value: Some(message::Blob(vec![80])),
+                    epoch: 1 << 32,
+                },
+            },
+            Message::HomedReply {
+                id: 43,
+                outcome: HomedOutcome::Refused(crate::region::HomedRefusal::Moved {
+                    home: "eu-central".into(),
+                    epoch: 2,
+                }),
+            },
         ]
     }
     fn mutate(&mut self, rng: &mut FuzzRng) {
@@ -910,7 +925,7 @@ impl FuzzValue for Message {
                 2 => key.0.truncate(rng.below(key.0.len() + 1)),
                 _ => op.0.push(rng.next_u64() as u8),
             },
-            Message::HomedReply { id, outcome } => match rng.below(4) {
+            Message::HomedReply { id, outcome } => match rng.below(6) {
                 0 => *id = rng.edgy_u64(),
                 1 => {
                     *outcome = HomedOutcome::Rejected {
@@ -921,6 +936,19 @@ impl FuzzValue for Message {
                     *outcome = HomedOutcome::Refused(crate::region::HomedRefusal::NotHome {
                         home: Some(rng.text()),
                     })
+                }
+                3 => {
+                    *outcome = HomedOutcome::Refused(crate::region::HomedRefusal::Moved {
+                        home: rng.text(),
+                        epoch: rng.edgy_u64(),
+                    })
+                }
+                4 => {
+                    *outcome = HomedOutcome::DoneAt {
+                        written: Some(Dot::new(rng.replica(), rng.edgy_u64())),
+                        value: None,
+                        epoch: rng.edgy_u64(),
+                    }
                 }
                 _ => {
                     *outcome = HomedOutcome::Done {
