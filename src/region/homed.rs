@@ -72,6 +72,13 @@
 //! // Linearizable for that key: asks Tokyo.
 //! let read = accounts.read_at_home("jp-aiko").await?;
 //! assert_eq!(read.value.map(|a| a.balance), Some(100));
+//!
+//! // Aiko moves to Berlin: her account's home follows, at epoch 1.
+//! let moved = accounts.move_home("jp-aiko", "eu-central").await?;
+//! assert_eq!((moved.home.as_str(), moved.epoch), ("eu-central", 1));
+//! tokio::time::sleep(std::time::Duration::from_millis(50)).await; // the handoff replicates
+//! let deposit = accounts.apply("jp-aiko", Entry::Deposit(1)).await?;
+//! assert_eq!((deposit.home.as_str(), deposit.epoch, deposit.value.balance), ("eu-central", 1, 101));
 //! # Ok(()) }
 //! ```
 //!
@@ -111,10 +118,69 @@
 //!   leaves once the write is committed there, and a write made at the
 //!   home returns once committed: [`AckLevel::Local`] at the home. Without
 //!   storage it is applied in the home's memory.
-//! - **Not yet.** Moving a key's home (a planned handoff at a higher
-//!   epoch, fenced) and operator failover when a home is lost are the next
-//!   step: today a home that is down makes its keys unwritable until it is
-//!   back, and readable only locally.
+//!
+//! # Moving homes: epochs and fencing
+//! Every key has an *epoch*: 0 while its home is the placement's. A
+//! region's *view* of a key is the home its state names once the key
+//! moved (epoch above 0), else the placement's: **a move overrides the
+//! placement function and pins**. A region accepts a key's operations
+//! only when its view names itself, checked under its state lock.
+//! - **Planned handoff** ([`HomedTable::move_home`], a user relocated):
+//!   carried out at the key's home, which writes the key's last state at
+//!   epoch + 1 naming the new home (one local write, replicated like any
+//!   other). From that write on the old home's view names the new home;
+//!   the new home's view names itself once the handoff replicated there,
+//!   so it starts from the old home's last state. Operations that reach a
+//!   region that is no longer home are refused ([`HomedRefusal::Moved`],
+//!   naming the new home and epoch, counted in `homed_fenced`) and the
+//!   asking region sends them on there, up to [`HOMED_REDIRECTS_MAX`]
+//!   times within the forward timeout (`homed_redirects`); a new home not
+//!   yet caught up refuses them ([`HomedRefusal::NotHome`] naming the old
+//!   home), and the caller gets that refusal: nothing applied, try again.
+//! - **Fencing.** Epoch 0's home is the placement's, the same everywhere;
+//!   the home of epoch e + 1 is named once, by the single home of epoch e,
+//!   which then never accepts the key again (states only grow). So no two
+//!   regions accept a write of a key in one epoch, whatever the network
+//!   loses, duplicates or reorders, and across a partition in the middle of
+//!   the handoff (tests/homed_epochs.rs checks it from the history of
+//!   acknowledged writes, each of which reports its [`HomedWrite::epoch`]).
+//! - **Restart.** The view is the table's state: with storage it survives
+//!   a restart (a handoff leaves a region only once committed), so a
+//!   restarted old home does not accept the key again. A region without
+//!   storage restarts empty, at the placement's view, until anti-entropy
+//!   brings the key back.
+//!
+//! # Operator failover, and why it is not automatic
+//! [`HomedTable::fail_over_home`] (every key held here whose home is the
+//! lost one) and [`HomedTable::fail_over_key`] are an operator's call: the
+//! region called writes, for each key, the value it holds at the first
+//! epoch of the next failover generation ([`HOMED_FAILOVER_EPOCH_STRIDE`])
+//! naming the new home. The lost home, once it returns and hears of it,
+//! refuses the key: fenced.
+//!
+//! **What a write acknowledged at the lost home may lose:** every write it
+//! acknowledged that had not replicated to the region making the failover
+//! before the call, including those it went on acknowledging while cut
+//! off: the failover's state outranks them everywhere (a higher epoch), so
+//! they vanish when it returns. Reconcile them from the lost home's own
+//! log if they matter; read [`HomedTable::meta`] to see what survived.
+//!
+//! Failover is not automatic because a region cannot tell a home that is
+//! down from one it is cut off from. Say Tokyo, home of `jp-aiko`, is
+//! partitioned from Frankfurt and Virginia but serves Tokyo's clients. If
+//! Frankfurt failed over on its own after a timeout, Tokyo and Frankfurt
+//! would both accept debits of `jp-aiko` at once (split brain): an account
+//! debited twice. And if Frankfurt and Virginia each did so, naming
+//! themselves, two homes would share the failover's epoch. Deciding safely
+//! needs a majority to agree who is home (a consensus engine, later); until
+//! then an operator, who can see that Tokyo is really lost (or fence it,
+//! by cutting it off from clients), makes the call once, from one region.
+//! A failover of a home that is alive loses its writes as above.
+//!
+//! Moves need every region at protocol 5: a region of protocol 4 would go
+//! on placing a moved key at its former home. A region refuses to move
+//! homes while it speaks with an older peer ([`RegionError::MoveProtocol`]);
+//! a region down at the time is the operator's to upgrade first.
 
 use std::any::Any;
 use std::borrow::Borrow;
