@@ -569,3 +569,54 @@ fn a_restarted_home_keeps_its_view_of_epochs() {
         std::fs::remove_dir_all(&dir).unwrap();
     });
 }
+
+/// A peer of protocol 4 (a rolling upgrade): forwarded writes work as
+/// before (epoch 0 in the answer), but no home moves while it is there.
+#[test]
+fn a_protocol_4_peer_keeps_homed_writes_and_blocks_moves() {
+    paused_runtime().block_on(async {
+        let net = ChannelNetwork::new(45);
+        let old = RegionConfig {
+            protocol_version_max: 4,
+            ..RegionConfig::default()
+        };
+        let regions = vec![
+            region_on(&net, NAMES[0], None, old),
+            region_on(&net, NAMES[1], None, RegionConfig::default()),
+        ];
+        for r in &regions {
+            accounts(r);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let key = "ap-northeast/acct";
+        let write = accounts(&regions[1]).apply(key, Deposit(2)).await.unwrap();
+        assert_eq!(
+            (write.home.as_str(), write.epoch, write.value.balance),
+            ("ap-northeast", 0, 2)
+        );
+        let refused = accounts(&regions[1])
+            .move_home(key, "eu-central")
+            .await
+            .unwrap_err();
+        match refused {
+            RegionError::MoveProtocol {
+                region, protocol, ..
+            } => {
+                assert_eq!((region.as_str(), protocol), ("ap-northeast", 4));
+            }
+            other => panic!("{other}"),
+        }
+        let failover = accounts(&regions[1])
+            .fail_over_home("ap-northeast", "eu-central")
+            .await;
+        assert!(
+            matches!(failover, Err(RegionError::MoveProtocol { .. })),
+            "{failover:?}"
+        );
+        let stats: Vec<_> = regions.iter().map(Region::stats).collect();
+        assert_eq!(stats.iter().map(|s| s.homed_moves).sum::<u64>(), 0);
+        assert_eq!(stats[0].homed_served, 1);
+        assert_nothing_rejected(&regions);
+        shutdown(&regions).await;
+    });
+}

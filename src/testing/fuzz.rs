@@ -833,21 +833,6 @@ impl FuzzValue for Message {
                     value: Some(message::Blob(vec![75])),
                 },
             },
-            Message::HomedReply {
-                id: 42,
-                outcome: HomedOutcome::DoneAt {
-                    written: Some(Dot::new(ReplicaId::new(3), 42)),
-                    value: Some(message::Blob(vec![80])),
-                    epoch: 1 << 32,
-                },
-            },
-            Message::HomedReply {
-                id: 43,
-                outcome: HomedOutcome::Refused(crate::region::HomedRefusal::Moved {
-                    home: "eu-central".into(),
-                    epoch: 2,
-                }),
-            },
         ]
     }
     fn mutate(&mut self, rng: &mut FuzzRng) {
