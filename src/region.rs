@@ -163,12 +163,15 @@
 //! | [`HomedTable::read`] | local | local, eventual |
 //! | [`HomedTable::read_at_home`] | local, linearizable | asks the home: linearizable for the key |
 //! | [`HomedTable::read_session`] | waits for the session's tokens | the same: a forwarded write's token waits for its replication here |
+//! | [`HomedTable::move_home`] | hands the key off at the next epoch (its last state travels with it); then refuses the key's writes, naming the new home | forwarded to the home, as a write |
+//! | [`HomedTable::fail_over_home`] | an operator's call when a home is lost: this region names a new home at the next failover epoch; the lost home is fenced once it hears of it | the same |
 //!
 //! A value refuses an operation through [`HomedValue::apply`]: the typed
 //! rejection comes back to the caller ([`HomedError::Rejected`]).
 //! [`RegionStats`] counts `homed_forwarded`, `homed_served`,
-//! `homed_duplicates` and `homed_refused`. Moving homes (epochs) is not
-//! there yet: a home that is down leaves its keys unwritable until back.
+//! `homed_duplicates`, `homed_refused`, `homed_moves`, `homed_fenced`
+//! and `homed_redirects`. Homes move by epochs (protocol 5 everywhere):
+//! no two regions accept a key's writes in the same epoch.
 //!
 //! ## Guarantees
 //! - Local reads and writes never wait for another region.
@@ -346,6 +349,9 @@
 //! | `archipelago_homed_served_total` | counter | | requests | forwarded operations served here as the key's home (applied, read or rejected) |
 //! | `archipelago_homed_duplicates_total` | counter | | requests | forwarded requests received again and answered from memory, not applied again |
 //! | `archipelago_homed_refused_total` | counter | | requests | forwarded requests refused here (not the home, not a homed table, types that do not fit, expired) |
+//! | `archipelago_homed_moves_total` | counter | | keys | keys whose home this region moved (handoffs as the old home, operator failovers) |
+//! | `archipelago_homed_fenced_total` | counter | | operations | homed operations refused here because the key's home moved away (fenced) |
+//! | `archipelago_homed_redirects_total` | counter | | operations | homed operations sent on to the home a refusal named |
 //! | `archipelago_hlc_remote_rejects_total` | counter | | timestamps | remote timestamps past this region's clock plus its max offset, not followed beyond that bound ([`RegionStats::hlc_remote_rejects`]) |
 //! | `archipelago_conflicts_total` | counter | `table`, `strategy` | conflicts | conflicts resolved in a resolver table, labelled with its resolver's [`Strategy::as_str`](crate::resolve::Strategy::as_str) |
 //! | `archipelago_commits_total` | counter | | commits | commits to storage |
@@ -399,8 +405,9 @@ pub use config::{
 };
 pub use error::{EngineFailure, HandshakeRefusal, RegionError};
 pub use homed::{
-    HOMED_FORWARDS_PENDING_MAX, HOMED_REPLIES_REMEMBERED_MAX, HOMED_REPLY_BYTES_REMEMBERED_MAX,
-    HomedError, HomedMeta, HomedRead, HomedRefusal, HomedTable, HomedValue, HomedWrite, Placement,
+    HOMED_FAILOVER_EPOCH_STRIDE, HOMED_FORWARDS_PENDING_MAX, HOMED_REDIRECTS_MAX,
+    HOMED_REPLIES_REMEMBERED_MAX, HOMED_REPLY_BYTES_REMEMBERED_MAX, HomedError, HomedFailover,
+    HomedMeta, HomedMove, HomedRead, HomedRefusal, HomedTable, HomedValue, HomedWrite, Placement,
 };
 pub use stats::{PeerFlush, PeerStats, RegionStats, RejectReason, ShutdownReport, TableStats};
 use table::Declared;
@@ -1282,6 +1289,9 @@ impl Region {
             homed_served: c.homed_served,
             homed_duplicates: c.homed_duplicates,
             homed_refused: c.homed_refused,
+            homed_moves: c.homed_moves,
+            homed_fenced: c.homed_fenced,
+            homed_redirects: c.homed_redirects,
             hlc_remote_rejects: core.hlc.remote_rejects(),
             incarnation: core.incarnation,
             committed: core.durable.as_ref().map(|d| d.seq),

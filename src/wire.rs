@@ -320,6 +320,7 @@ pub(crate) fn encode_bare_legacy_into<T: Serialize + ?Sized>(
 ///
 /// # Errors
 /// As [`encode`].
+#[cfg(feature = "testing")]
 pub(crate) fn encode_legacy<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, WireError> {
     let mut frame = vec![WIRE_VERSION];
     encode_bare_legacy_into(value, &mut frame)?;

@@ -35,6 +35,7 @@ mod durability_regressions;
 mod fuzz;
 mod golden_fixtures;
 mod hlc;
+mod homed_epochs;
 mod homed_history;
 mod homed_tables;
 mod id_uniqueness;

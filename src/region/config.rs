@@ -16,12 +16,18 @@ use super::*;
 ///   home) of a homed table's key made away from its home is forwarded to
 ///   the home and answered ([`Region::homed_table`]). A region forwards
 ///   only on connections of protocol 4 or later.
-/// - **5**: protocol 4, with the user values inside resolver tables'
-///   states delimited (a length in front), so a struct that gained a
-///   trailing `#[serde(default)]` field decodes at either build and keeps
-///   the bytes it does not know ([`VersionSet`](crate::resolve::VersionSet),
-///   *Schema evolution*). A region re-encodes the states it sends on a
-///   connection of protocol 4 or older in the older layout.
+/// - **5**: protocol 4, and
+///   - the user values inside resolver tables' states delimited (a length
+///     in front), so a struct that gained a trailing `#[serde(default)]`
+///     field decodes at either build and keeps the bytes it does not know
+///     ([`VersionSet`](crate::resolve::VersionSet), *Schema evolution*); a
+///     region re-encodes the states it sends on a connection of protocol 4
+///     or older in the older layout;
+///   - homes that move by epochs: a home answers a forwarded operation
+///     with the key's epoch, and refuses one for a key whose home moved
+///     away naming the new home and epoch
+///     ([`HomedTable::move_home`](crate::region::HomedTable::move_home)).
+///     A region moves homes only when no peer it speaks with is older.
 pub const PROTOCOL_VERSION: u16 = 5;
 
 /// The oldest engine protocol this build still speaks: a peer announcing

@@ -138,6 +138,30 @@ pub enum RegionError {
         /// The protocol of the connection.
         protocol: u16,
     },
+    /// A home move named a region that is neither this one nor one of
+    /// its peers ([`HomedTable::move_home`](crate::region::HomedTable::move_home),
+    /// the failovers): nothing moved.
+    #[error("table {table:?}: {home} is not a region this one knows")]
+    UnknownHome {
+        /// The table.
+        table: String,
+        /// The region named as the new home.
+        home: String,
+    },
+    /// A home move while this region speaks with a peer of a protocol
+    /// older than moving homes (5, see
+    /// [`PROTOCOL_VERSION`](crate::region::PROTOCOL_VERSION)): that peer
+    /// would go on placing the key at its former home, so nothing moved.
+    /// Move homes once every region runs a build of protocol 5.
+    #[error("table {table:?}: peer {region} speaks protocol {protocol}; moving homes needs 5")]
+    MoveProtocol {
+        /// The table.
+        table: String,
+        /// The older peer.
+        region: String,
+        /// The protocol of its connection.
+        protocol: u16,
+    },
     /// The region asked as the key's home refused the request (see
     /// [`HomedRefusal`](crate::region::HomedRefusal)): nothing was applied.
     #[error("table {table:?}: home {home} refused the request: {refusal}")]

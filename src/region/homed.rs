@@ -72,6 +72,13 @@
 //! // Linearizable for that key: asks Tokyo.
 //! let read = accounts.read_at_home("jp-aiko").await?;
 //! assert_eq!(read.value.map(|a| a.balance), Some(100));
+//!
+//! // Aiko moves to Berlin: her account's home follows, at epoch 1.
+//! let moved = accounts.move_home("jp-aiko", "eu-central").await?;
+//! assert_eq!((moved.home.as_str(), moved.epoch), ("eu-central", 1));
+//! tokio::time::sleep(std::time::Duration::from_millis(50)).await; // the handoff replicates
+//! let deposit = accounts.apply("jp-aiko", Entry::Deposit(1)).await?;
+//! assert_eq!((deposit.home.as_str(), deposit.epoch, deposit.value.balance), ("eu-central", 1, 101));
 //! # Ok(()) }
 //! ```
 //!
@@ -111,10 +118,69 @@
 //!   leaves once the write is committed there, and a write made at the
 //!   home returns once committed: [`AckLevel::Local`] at the home. Without
 //!   storage it is applied in the home's memory.
-//! - **Not yet.** Moving a key's home (a planned handoff at a higher
-//!   epoch, fenced) and operator failover when a home is lost are the next
-//!   step: today a home that is down makes its keys unwritable until it is
-//!   back, and readable only locally.
+//!
+//! # Moving homes: epochs and fencing
+//! Every key has an *epoch*: 0 while its home is the placement's. A
+//! region's *view* of a key is the home its state names once the key
+//! moved (epoch above 0), else the placement's: **a move overrides the
+//! placement function and pins**. A region accepts a key's operations
+//! only when its view names itself, checked under its state lock.
+//! - **Planned handoff** ([`HomedTable::move_home`], a user relocated):
+//!   carried out at the key's home, which writes the key's last state at
+//!   epoch + 1 naming the new home (one local write, replicated like any
+//!   other). From that write on the old home's view names the new home;
+//!   the new home's view names itself once the handoff replicated there,
+//!   so it starts from the old home's last state. Operations that reach a
+//!   region that is no longer home are refused ([`HomedRefusal::Moved`],
+//!   naming the new home and epoch, counted in `homed_fenced`) and the
+//!   asking region sends them on there, up to [`HOMED_REDIRECTS_MAX`]
+//!   times within the forward timeout (`homed_redirects`); a new home not
+//!   yet caught up refuses them ([`HomedRefusal::NotHome`] naming the old
+//!   home), and the caller gets that refusal: nothing applied, try again.
+//! - **Fencing.** Epoch 0's home is the placement's, the same everywhere;
+//!   the home of epoch e + 1 is named once, by the single home of epoch e,
+//!   which then never accepts the key again (states only grow). So no two
+//!   regions accept a write of a key in one epoch, whatever the network
+//!   loses, duplicates or reorders, and across a partition in the middle of
+//!   the handoff (tests/homed_epochs.rs checks it from the history of
+//!   acknowledged writes, each of which reports its [`HomedWrite::epoch`]).
+//! - **Restart.** The view is the table's state: with storage it survives
+//!   a restart (a handoff leaves a region only once committed), so a
+//!   restarted old home does not accept the key again. A region without
+//!   storage restarts empty, at the placement's view, until anti-entropy
+//!   brings the key back.
+//!
+//! # Operator failover, and why it is not automatic
+//! [`HomedTable::fail_over_home`] (every key held here whose home is the
+//! lost one) and [`HomedTable::fail_over_key`] are an operator's call: the
+//! region called writes, for each key, the value it holds at the first
+//! epoch of the next failover generation ([`HOMED_FAILOVER_EPOCH_STRIDE`])
+//! naming the new home. The lost home, once it returns and hears of it,
+//! refuses the key: fenced.
+//!
+//! **What a write acknowledged at the lost home may lose:** every write it
+//! acknowledged that had not replicated to the region making the failover
+//! before the call, including those it went on acknowledging while cut
+//! off: the failover's state outranks them everywhere (a higher epoch), so
+//! they vanish when it returns. Reconcile them from the lost home's own
+//! log if they matter; read [`HomedTable::meta`] to see what survived.
+//!
+//! Failover is not automatic because a region cannot tell a home that is
+//! down from one it is cut off from. Say Tokyo, home of `jp-aiko`, is
+//! partitioned from Frankfurt and Virginia but serves Tokyo's clients. If
+//! Frankfurt failed over on its own after a timeout, Tokyo and Frankfurt
+//! would both accept debits of `jp-aiko` at once (split brain): an account
+//! debited twice. And if Frankfurt and Virginia each did so, naming
+//! themselves, two homes would share the failover's epoch. Deciding safely
+//! needs a majority to agree who is home (a consensus engine, later); until
+//! then an operator, who can see that Tokyo is really lost (or fence it,
+//! by cutting it off from clients), makes the call once, from one region.
+//! A failover of a home that is alive loses its writes as above.
+//!
+//! Moves need every region at protocol 5: a region of protocol 4 would go
+//! on placing a moved key at its former home. A region refuses to move
+//! homes while it speaks with an older peer ([`RegionError::MoveProtocol`]);
+//! a region down at the time is the operator's to upgrade first.
 
 use std::any::Any;
 use std::borrow::Borrow;
@@ -124,7 +190,7 @@ use serde::Deserialize;
 
 use super::*;
 use crate::clock::Dot;
-use crate::replication::homed::{Answer, HomedOps};
+use crate::replication::homed::{Answer, HOMED_EPOCHS_PROTOCOL, HOMED_PROTOCOL, HomedOps};
 use crate::replication::message::{Blob, HomedOutcome};
 
 /// Most homed operations a region keeps waiting for their homes' answers
@@ -141,6 +207,18 @@ pub const HOMED_REPLIES_REMEMBERED_MAX: usize = 16_384;
 /// Most bytes (values and rejections) of the replies a home remembers
 /// (same rule as [`HOMED_REPLIES_REMEMBERED_MAX`]).
 pub const HOMED_REPLY_BYTES_REMEMBERED_MAX: usize = 16 << 20;
+
+/// The epochs an operator failover jumps to: the next multiple of this
+/// (epochs `n * stride` to `(n + 1) * stride - 1` are failover generation
+/// `n`; planned handoffs step by one within a generation). A lost home
+/// that handed a key off while cut away from the operator stays below the
+/// failover's epoch, so its successor is fenced too.
+pub const HOMED_FAILOVER_EPOCH_STRIDE: u64 = 1 << 32;
+
+/// Most times one homed operation is sent on to the home a refusal names
+/// ([`HomedRefusal::Moved`]), all within one `homed_forward_timeout`;
+/// past it the refusal is the caller's error.
+pub const HOMED_REDIRECTS_MAX: usize = 4;
 
 /// A value type of a homed table: what its operations are, and how its
 /// home applies them.
@@ -315,6 +393,19 @@ pub enum HomedRefusal {
     /// [`HomedValue::apply`] panicked at the home (logged there).
     #[error("the operation panicked at the home")]
     Panicked,
+    /// The key's home moved away from the region asked (a handoff or a
+    /// failover, see [`HomedTable::move_home`]): it names the key's home
+    /// and epoch by its view. Sent only to regions of protocol 5 or later
+    /// (older ones get [`NotHome`](HomedRefusal::NotHome) naming the same
+    /// home); the asking region sends the operation on to that home, up to
+    /// [`HOMED_REDIRECTS_MAX`] times, so a caller sees it only past that.
+    #[error("the key's home moved to {home} at epoch {epoch}")]
+    Moved {
+        /// The key's home by the refusing region's view.
+        home: String,
+        /// The key's epoch there.
+        epoch: u64,
+    },
 }
 
 impl HomedRefusal {
@@ -322,6 +413,7 @@ impl HomedRefusal {
     pub(crate) fn size(&self) -> usize {
         match self {
             HomedRefusal::NotHome { home } => 16 + home.as_ref().map_or(0, String::len),
+            HomedRefusal::Moved { home, .. } => 24 + home.len(),
             _ => 8,
         }
     }
@@ -354,6 +446,37 @@ pub struct HomedWrite<V> {
     pub token: SessionToken,
     /// The key's value at the home right after the write.
     pub value: V,
+    /// The home that applied it.
+    pub home: String,
+    /// The key's epoch at that home when it applied it: no other region
+    /// accepts a write of the key in this epoch (0 from a home of
+    /// protocol 4).
+    pub epoch: u64,
+}
+
+/// A key's home moved ([`HomedTable::move_home`]).
+#[derive(Clone, Debug)]
+pub struct HomedMove {
+    /// The key's home from `epoch` on.
+    pub home: String,
+    /// The epoch the key moved to (its epoch then, when it was home
+    /// already: nothing was written).
+    pub epoch: u64,
+    /// The old home's token for the handoff (what it wrote last, when
+    /// nothing was written): a session that records it reads the key's
+    /// last state anywhere.
+    pub token: SessionToken,
+}
+
+/// What an operator failover did ([`HomedTable::fail_over_home`]).
+#[derive(Clone, Debug, Default)]
+pub struct HomedFailover {
+    /// Keys this region moved to the new home.
+    pub keys: usize,
+    /// The highest epoch they moved to (0 when none moved).
+    pub epoch: u64,
+    /// This region's token for its last failover write (empty when none).
+    pub token: SessionToken,
 }
 
 /// A read at the key's home.
@@ -363,18 +486,23 @@ pub struct HomedRead<V> {
     pub value: Option<V>,
     /// The home's token for the key's last write (empty when none).
     pub token: SessionToken,
+    /// The key's epoch at the home (0 from a home of protocol 4).
+    pub epoch: u64,
 }
 
 /// What a homed table's stored value says of its writer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HomedMeta {
-    /// The epoch of the home that wrote it (0 until homes can move).
+    /// The key's epoch: 0 for the placement's home, above once it moved.
     pub epoch: u64,
-    /// The region that wrote it: the key's home in that epoch.
+    /// The key's home in that epoch (at epoch 0, the region that wrote
+    /// it, the placement's home).
     pub home: String,
-    /// Writes to the key in that epoch, this one included.
+    /// Writes of the home to the key in that epoch, this one included (0:
+    /// the handoff or failover that opened the epoch, written by the
+    /// former home or an operator's region).
     pub version: u64,
-    /// The dot of the write at the home.
+    /// The dot of the write (the home's, or the handoff's).
     pub written: Option<Dot>,
 }
 
@@ -406,6 +534,21 @@ impl<V> HomedState<V> {
     fn rank(&self) -> (u64, u64, Option<Dot>) {
         (self.epoch, self.version, self.written)
     }
+
+    /// The key's epoch and home by a region's view: a moved key's (epoch
+    /// above 0) is the home its state names, whatever the placement says
+    /// (`placed`); until then the placement's.
+    fn view(state: Option<&Self>, placed: Option<String>) -> (u64, Option<String>) {
+        match state {
+            Some(s) if s.epoch > 0 => (s.epoch, Some(s.home.clone())),
+            _ => (0, placed),
+        }
+    }
+}
+
+/// The first epoch of the failover generation after `epoch`'s.
+fn failover_epoch(epoch: u64) -> u64 {
+    (epoch / HOMED_FAILOVER_EPOCH_STRIDE + 1).saturating_mul(HOMED_FAILOVER_EPOCH_STRIDE)
 }
 
 impl<V: Clone + Default + Serialize> Crdt for HomedState<V> {
@@ -437,6 +580,8 @@ pub(crate) enum HomedOp<V: HomedValue> {
     Put(V),
     /// Apply a value operation.
     Apply(V::Op),
+    /// Hand the key off to the home `to`, at the next epoch (protocol 5).
+    Move { to: String },
 }
 
 /// What an operation came to at the home.
@@ -444,33 +589,75 @@ enum Applied<V: HomedValue> {
     Wrote {
         dot: Dot,
         value: V,
+        epoch: u64,
     },
     Read {
         written: Option<Dot>,
         value: Option<V>,
+        epoch: u64,
     },
     Rejected(V::Rejection),
     Panicked(Box<dyn Any + Send>),
+    /// This region is not the key's home by its view: the home it sees
+    /// (at `epoch`), and the operation, not applied.
+    NotHere {
+        home: Option<String>,
+        epoch: u64,
+        op: HomedOp<V>,
+    },
 }
 
-/// Applies `op` to `key` of the homed table in `slot`, as the key's home:
-/// a local write (one dot) unless it is a read or refused.
+/// Applies `op` to `key` of the homed table in `slot`, if this region is
+/// the key's home by its view (`placed`: the placement's home for it): a
+/// local write (one dot) unless it is a read or refused. The view is read
+/// under the state's lock, so no write lands after a handoff here.
 fn apply_at_home<V: HomedValue>(
     core: &mut Core,
     slot: usize,
     key: &[u8],
     op: HomedOp<V>,
+    placed: Option<String>,
 ) -> Result<Applied<V>, RegionError> {
     let store = core
         .store::<CrdtStore<HomedState<V>>>(slot)
         .expect("declared as a homed table of V");
     let current = store.get(key);
+    let (epoch, home) = HomedState::view(current, placed);
+    if home.as_deref() != Some(core.name.as_str()) {
+        if epoch > 0 {
+            core.counters.homed_fenced += 1;
+            tracing::debug!(region = %core.name, epoch, home = ?home, "homed: the key's home moved away: fenced");
+        }
+        return Ok(Applied::NotHere { home, epoch, op });
+    }
+    let (version, written) = current.map_or((0, None), |s| (s.version, s.written));
+    debug_assert!(
+        current.is_none_or(|s| s.epoch == epoch),
+        "a home writes at its key's epoch"
+    );
     let value = match op {
         HomedOp::Read => {
             return Ok(Applied::Read {
-                written: current.and_then(|s| s.written),
+                written,
                 value: current.map(|s| s.value.clone()),
+                epoch,
             });
+        }
+        HomedOp::Move { to } if to == core.name => {
+            // Home already: nothing to hand off.
+            return Ok(Applied::Read {
+                written,
+                value: None,
+                epoch,
+            });
+        }
+        HomedOp::Move { to } => {
+            // The handoff: the key's last state, at the next epoch, naming
+            // the new home. From here on this region's view names `to`.
+            let value = current.map(|s| s.value.clone()).unwrap_or_default();
+            core.counters.homed_moves += 1;
+            tracing::info!(region = %core.name, to = %to, epoch = epoch + 1, "homed: key handed off");
+            return write_homed(core, slot, key, (epoch + 1, to, 0), value);
         }
         HomedOp::Put(value) => value,
         HomedOp::Apply(op) => {
@@ -484,12 +671,24 @@ fn apply_at_home<V: HomedValue>(
             }
         }
     };
-    let (epoch, version) = current.map_or((0, 0), |s| (s.epoch, s.version));
+    let home = core.name.clone();
+    write_homed(core, slot, key, (epoch, home, version + 1), value)
+}
+
+/// Writes `value` under `key` of the homed table in `slot` as `(epoch,
+/// home, version)`: one local write (one dot), replicated like any other.
+fn write_homed<V: HomedValue>(
+    core: &mut Core,
+    slot: usize,
+    key: &[u8],
+    (epoch, home, version): (u64, String, u64),
+    value: V,
+) -> Result<Applied<V>, RegionError> {
     let dot = Dot::new(core.replica, core.seq + 1);
     let delta = HomedState {
         epoch,
-        home: core.name.clone(),
-        version: version + 1,
+        home,
+        version,
         written: Some(dot),
         value,
     };
@@ -512,7 +711,39 @@ fn apply_at_home<V: HomedValue>(
     Ok(Applied::Wrote {
         dot,
         value: delta.value,
+        epoch,
     })
+}
+
+/// An operator's failover of `key` of the homed table in `slot` to `to`,
+/// written here: when `lost` is given, only if the key's home by this
+/// region's view is `lost`. The key's epoch is raised to the next failover
+/// generation's, with the value this region holds. The dot and epoch
+/// written, or `None` when the key was not `lost`'s (or is `to`'s).
+fn fail_over_at<V: HomedValue>(
+    core: &mut Core,
+    slot: usize,
+    key: &[u8],
+    (lost, to): (Option<&str>, &str),
+    placed: Option<String>,
+) -> Result<Option<(Dot, u64)>, RegionError> {
+    let store = core
+        .store::<CrdtStore<HomedState<V>>>(slot)
+        .expect("declared as a homed table of V");
+    let current = store.get(key);
+    let (epoch, home) = HomedState::view(current, placed);
+    if home.as_deref() == Some(to) || lost.is_some_and(|lost| home.as_deref() != Some(lost)) {
+        return Ok(None);
+    }
+    let value = current.map(|s| s.value.clone()).unwrap_or_default();
+    let next = failover_epoch(epoch);
+    debug_assert!(next > epoch, "a failover raises the epoch");
+    core.counters.homed_moves += 1;
+    tracing::warn!(region = %core.name, from = ?home, to, epoch = next, "homed: key failed over by the operator");
+    match write_homed(core, slot, key, (next, to.to_owned(), 0), value)? {
+        Applied::Wrote { dot, epoch, .. } => Ok(Some((dot, epoch))),
+        _ => unreachable!("write_homed writes"),
+    }
 }
 
 /// The engine's view of one homed table of keys `K` and values `V`.
@@ -526,28 +757,49 @@ where
     K: Serialize + DeserializeOwned + Send + Sync + 'static,
     V: HomedValue,
 {
-    fn home_of(&self, key: &[u8]) -> Result<Option<String>, WireError> {
-        self.placement.home_of_bytes(key)
-    }
-
-    fn serve(&self, core: &mut Core, slot: usize, key: &[u8], op: &[u8]) -> (HomedOutcome, bool) {
+    fn serve(
+        &self,
+        core: &mut Core,
+        slot: usize,
+        key: &[u8],
+        op: &[u8],
+        epochs: bool,
+    ) -> (HomedOutcome, bool) {
         let codec = (HomedOutcome::Refused(HomedRefusal::Codec), false);
+        let Ok(placed) = self.placement.home_of_bytes(key) else {
+            return codec;
+        };
         let Ok(op) = wire::decode_bare::<HomedOp<V>>(op) else {
             return codec;
         };
+        if matches!(op, HomedOp::Move { .. }) && !epochs {
+            // Only a region of protocol 5 moves homes.
+            return codec;
+        }
         let read = matches!(op, HomedOp::Read);
         let encode = |v: &V| wire::with_bare(v, |b| Blob(b.to_vec())).ok();
-        let outcome = match apply_at_home(core, slot, key, op) {
-            Ok(Applied::Wrote { dot, value }) => HomedOutcome::Done {
-                written: Some(dot),
-                value: Some(encode(&value).unwrap_or_default()),
-            },
-            Ok(Applied::Read { written, value }) => match value.as_ref().map(encode) {
-                Some(None) => return codec,
-                encoded => HomedOutcome::Done {
+        let done = |written, value, epoch| {
+            if epochs {
+                HomedOutcome::DoneAt {
                     written,
-                    value: encoded.flatten(),
-                },
+                    value,
+                    epoch,
+                }
+            } else {
+                HomedOutcome::Done { written, value }
+            }
+        };
+        let outcome = match apply_at_home(core, slot, key, op, placed) {
+            Ok(Applied::Wrote { dot, value, epoch }) => {
+                done(Some(dot), Some(encode(&value).unwrap_or_default()), epoch)
+            }
+            Ok(Applied::Read {
+                written,
+                value,
+                epoch,
+            }) => match value.as_ref().map(encode) {
+                Some(None) => return codec,
+                encoded => done(written, encoded.flatten(), epoch),
             },
             Ok(Applied::Rejected(rejection)) => {
                 match wire::with_bare(&rejection, |b| Blob(b.to_vec())) {
@@ -558,6 +810,14 @@ where
             Ok(Applied::Panicked(_)) => {
                 tracing::error!(region = %core.name, value = type_name::<V>(), "homed: HomedValue::apply panicked on a forwarded operation; nothing applied");
                 HomedOutcome::Refused(HomedRefusal::Panicked)
+            }
+            Ok(Applied::NotHere {
+                home: Some(home),
+                epoch,
+                ..
+            }) if epoch > 0 && epochs => HomedOutcome::Refused(HomedRefusal::Moved { home, epoch }),
+            Ok(Applied::NotHere { home, .. }) => {
+                HomedOutcome::Refused(HomedRefusal::NotHome { home })
             }
             Err(_) => return codec,
         };
@@ -611,19 +871,21 @@ impl Region {
         Ok(HomedTable { table, placement })
     }
 
-    /// Applies `op` here, as the key's home: under the state's lock, like
-    /// a local write.
+    /// Applies `op` here, if this region is the key's home by its view
+    /// (`placed`: the placement's home): under the state's lock, like a
+    /// local write.
     fn apply_homed<V: HomedValue>(
         &self,
         slot: usize,
         key: &[u8],
         op: HomedOp<V>,
+        placed: Option<String>,
     ) -> Result<Applied<V>, RegionError> {
         let mut core = self.core()?;
         if !matches!(op, HomedOp::Read) && self.inner.closed.load(Ordering::Acquire) {
             return Err(RegionError::Closed);
         }
-        let applied = apply_at_home(&mut core, slot, key, op)?;
+        let applied = apply_at_home(&mut core, slot, key, op, placed)?;
         if let Applied::Panicked(panic) = applied {
             // The caller's value type panicked: its panic, after the lock.
             drop(core);
@@ -632,16 +894,16 @@ impl Region {
         Ok(applied)
     }
 
-    /// Forwards the encoded `op` on `key` of `table` to `home` and waits,
-    /// up to `homed_forward_timeout`, for its answer.
+    /// Forwards the encoded `op` on `key` of `table` to `home` (on a
+    /// connection of `protocol_min` or later) and waits for its answer, up
+    /// to `homed_forward_timeout` after `started`.
     async fn forward_homed(
         &self,
-        table: &str,
-        home: &str,
+        (table, home): (&str, &str),
         key: Vec<u8>,
         op: Vec<u8>,
+        (started, protocol_min): (Instant, u16),
     ) -> Result<HomedOutcome, RegionError> {
-        let started = Instant::now();
         let unreachable = |maybe_applied| RegionError::HomeUnreachable {
             table: table.to_owned(),
             home: home.to_owned(),
@@ -658,7 +920,7 @@ impl Region {
                 // No transport: no home can ever be reached.
                 return Err(unreachable(false));
             }
-            core.forward(home, table, key, op, reply)?
+            core.forward((home, table), key, op, protocol_min, reply)?
         };
         let deadline = started + self.inner.config.homed_forward_timeout;
         let answered = match tokio::time::timeout_at(deadline, &mut answer).await {
@@ -685,6 +947,26 @@ impl Region {
             }),
         }
     }
+
+    /// Checks that this region may move homes: `to` is a region it knows,
+    /// and no peer it speaks with is of a protocol older than 5.
+    fn check_move(&self, table: &str, to: &str) -> Result<(), RegionError> {
+        let core = self.core()?;
+        if !core.knows_region(to) {
+            return Err(RegionError::UnknownHome {
+                table: table.to_owned(),
+                home: to.to_owned(),
+            });
+        }
+        if let Some((region, protocol)) = core.peer_without_epochs() {
+            return Err(RegionError::MoveProtocol {
+                table: table.to_owned(),
+                region,
+                protocol,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// What an operation came to, in the caller's types.
@@ -694,6 +976,13 @@ enum Outcome<V: HomedValue> {
         value: Option<V>,
     },
     Rejected(V::Rejection),
+}
+
+/// Where an operation was carried out: the home, and the key's epoch
+/// there (0 from a home of protocol 4).
+struct At {
+    home: String,
+    epoch: u64,
 }
 
 /// A handle on a homed table: keys `K`, values `V` written only at each
@@ -732,7 +1021,9 @@ where
         self.table.name()
     }
 
-    /// The home of `key` by the table's placement.
+    /// The home of `key` by this region's view: the home its state names
+    /// once the key moved ([`move_home`](HomedTable::move_home), a
+    /// failover), else the table's placement's.
     ///
     /// # Errors
     /// [`RegionError::NoHome`] when the placement names none;
@@ -742,11 +1033,10 @@ where
         K: Borrow<Q>,
         Q: Serialize + ?Sized,
     {
-        self.placement
-            .home_of(key)?
-            .ok_or_else(|| RegionError::NoHome {
-                table: self.name().to_owned(),
-            })
+        let key = wire::with_bare(key, <[u8]>::to_vec).map_err(RegionError::Encode)?;
+        self.view(&key)?.1.ok_or_else(|| RegionError::NoHome {
+            table: self.name().to_owned(),
+        })
     }
 
     /// Replaces the value under `key` with `value`, at its home. Returns
@@ -769,15 +1059,18 @@ where
             ) => Ok(SessionToken::from_dot(dot)),
             // A put is never rejected, and always writes: a home that says
             // otherwise does not speak our types.
-            (home, _) => Err(self.refused(&home, HomedRefusal::Codec)),
+            (at, _) => Err(self.refused(&at.home, HomedRefusal::Codec)),
         }
     }
 
     /// Applies `op` to the value under `key` (the default value when
     /// absent), at its home: here at once when this region is the home,
     /// else forwarded to it and waited for, up to
-    /// `homed_forward_timeout`. Returns the home's token for the write and
-    /// the value after it.
+    /// `homed_forward_timeout`. Returns the home's token for the write,
+    /// the value after it, and the home and epoch that applied it. A home
+    /// that refuses it because the key moved away
+    /// ([`HomedRefusal::Moved`]) names the new home: the operation is sent
+    /// there, up to [`HOMED_REDIRECTS_MAX`] times within the timeout.
     ///
     /// # Errors
     /// [`HomedError::Rejected`] when the value refused `op` (nothing
@@ -799,7 +1092,7 @@ where
         K: Borrow<Q>,
         Q: Serialize + ?Sized,
     {
-        let (home, outcome) = self.execute(key, HomedOp::Apply(op)).await?;
+        let (at, outcome) = self.execute(key, HomedOp::Apply(op)).await?;
         match outcome {
             Outcome::Done {
                 written: Some(dot),
@@ -807,9 +1100,14 @@ where
             } => Ok(HomedWrite {
                 token: SessionToken::from_dot(dot),
                 value,
+                home: at.home,
+                epoch: at.epoch,
             }),
-            Outcome::Done { .. } => Err(self.refused(&home, HomedRefusal::Codec).into()),
-            Outcome::Rejected(rejection) => Err(HomedError::Rejected { home, rejection }),
+            Outcome::Done { .. } => Err(self.refused(&at.home, HomedRefusal::Codec).into()),
+            Outcome::Rejected(rejection) => Err(HomedError::Rejected {
+                home: at.home,
+                rejection,
+            }),
         }
     }
 
@@ -869,7 +1167,8 @@ where
     /// The value under `key` at its home: linearizable for that key (see
     /// the [module page](crate::region::homed)). Read here at once when
     /// this region is the home; else asked of the home and waited for, up
-    /// to `homed_forward_timeout`.
+    /// to `homed_forward_timeout` (following a moved key's home as
+    /// [`apply`](HomedTable::apply) does).
     ///
     /// # Errors
     /// As [`apply`](HomedTable::apply), but for rejections.
@@ -879,14 +1178,155 @@ where
         Q: Serialize + ?Sized,
     {
         match self.execute(key, HomedOp::Read).await? {
-            (_, Outcome::Done { written, value }) => Ok(HomedRead {
+            (at, Outcome::Done { written, value }) => Ok(HomedRead {
                 value,
                 token: written.map(SessionToken::from_dot).unwrap_or_default(),
+                epoch: at.epoch,
             }),
             // A read is never rejected: a home that says otherwise does not
             // speak our types.
-            (home, Outcome::Rejected(_)) => Err(self.refused(&home, HomedRefusal::Codec)),
+            (at, Outcome::Rejected(_)) => Err(self.refused(&at.home, HomedRefusal::Codec)),
         }
+    }
+
+    /// Moves the home of `key` to the region `new_home` (a planned
+    /// handoff: the user relocated). Carried out at the key's current home
+    /// (forwarded there when it is another region, like a write): under
+    /// its state lock it writes the key's last state at the next epoch,
+    /// naming `new_home`, and from then on refuses the key's operations
+    /// naming the new home ([`HomedRefusal::Moved`]). The new home accepts
+    /// the key's writes once that handoff has replicated to it, so it
+    /// starts from the old home's last state; until then it refuses them
+    /// too (placing the key at the old home). Moving a key to its home is
+    /// a no-op. See the [module page](crate::region::homed) for fencing.
+    ///
+    /// # Errors
+    /// [`RegionError::UnknownHome`] when `new_home` is neither this region
+    /// nor one of its peers; [`RegionError::MoveProtocol`] when a peer
+    /// this region speaks with is of a protocol older than 5; else as
+    /// [`apply`](HomedTable::apply) (with [`RegionError::HomeProtocol`]
+    /// for a home older than 5). `HomeUnreachable` with `maybe_applied`:
+    /// the handoff may have happened (see [`home_of`](HomedTable::home_of)
+    /// once it replicated, or move again: a second move is answered from
+    /// the new home's view).
+    pub async fn move_home<Q>(&self, key: &Q, new_home: &str) -> Result<HomedMove, RegionError>
+    where
+        K: Borrow<Q>,
+        Q: Serialize + ?Sized,
+    {
+        self.table.region.check_move(self.name(), new_home)?;
+        let op = HomedOp::Move {
+            to: new_home.to_owned(),
+        };
+        match self.execute(key, op).await? {
+            // Moved, or home already (nothing written): `new_home` is home.
+            (at, Outcome::Done { written, .. }) => {
+                debug_assert!(
+                    at.epoch > 0 || at.home == new_home,
+                    "a handoff raises the epoch"
+                );
+                Ok(HomedMove {
+                    home: new_home.to_owned(),
+                    epoch: at.epoch,
+                    token: written.map(SessionToken::from_dot).unwrap_or_default(),
+                })
+            }
+            (at, Outcome::Rejected(_)) => Err(self.refused(&at.home, HomedRefusal::Codec)),
+        }
+    }
+
+    /// An operator's failover of every key held here whose home by this
+    /// region's view is `lost_home`, to `new_home`: for each, this region
+    /// writes the value it holds at the first epoch of the next failover
+    /// generation (see [`HOMED_FAILOVER_EPOCH_STRIDE`]), naming
+    /// `new_home`. The new home accepts the keys' writes once that has
+    /// replicated to it; `lost_home`, once it hears of it, refuses them
+    /// (fenced), and what it accepted at the old epoch that had not
+    /// replicated here before the call is **lost**: the failover's state
+    /// outranks it everywhere. Keys never replicated here are not moved:
+    /// move them with [`fail_over_key`](HomedTable::fail_over_key).
+    ///
+    /// Call it once, from one region, and only for a home that is lost:
+    /// two regions failing a home over at once, or a failover of a home
+    /// that is alive, make two homes for a key (split brain; see the
+    /// [module page](crate::region::homed)). With storage here it returns
+    /// once the failover is committed.
+    ///
+    /// # Errors
+    /// [`RegionError::UnknownHome`] when `new_home` is not a region this
+    /// one knows; [`RegionError::MoveProtocol`] when a peer this region
+    /// speaks with is older than protocol 5; [`RegionError::Encode`],
+    /// [`RegionError::Closed`].
+    pub async fn fail_over_home(
+        &self,
+        lost_home: &str,
+        new_home: &str,
+    ) -> Result<HomedFailover, RegionError> {
+        self.table.region.check_move(self.name(), new_home)?;
+        let keys: Vec<Box<[u8]>> = {
+            let core = self.table.region.core()?;
+            let store = core
+                .store::<CrdtStore<HomedState<V>>>(self.table.slot)
+                .expect("declared as a homed table of V");
+            store.iter().map(|(key, _)| Box::from(&key[..])).collect()
+        };
+        let mut done = HomedFailover::default();
+        for key in keys {
+            let placed = self.placement.home_of_bytes(&key).ok().flatten();
+            let written = {
+                let mut core = self.table.region.core()?;
+                if self.table.region.inner.closed.load(Ordering::Acquire) {
+                    return Err(RegionError::Closed);
+                }
+                let to = (Some(lost_home), new_home);
+                fail_over_at::<V>(&mut core, self.table.slot, &key, to, placed)?
+            };
+            if let Some((dot, epoch)) = written {
+                done.keys += 1;
+                done.epoch = done.epoch.max(epoch);
+                done.token = SessionToken::from_dot(dot);
+            }
+        }
+        self.committed(&done.token).await?;
+        Ok(done)
+    }
+
+    /// An operator's failover of `key` to `new_home`, whatever its home
+    /// (also a key never replicated here: it starts from the default
+    /// value), as [`fail_over_home`](HomedTable::fail_over_home) does for
+    /// a lost home's keys. A no-op when `new_home` is the key's home here.
+    ///
+    /// # Errors
+    /// As [`fail_over_home`](HomedTable::fail_over_home).
+    pub async fn fail_over_key<Q>(
+        &self,
+        key: &Q,
+        new_home: &str,
+    ) -> Result<HomedFailover, RegionError>
+    where
+        K: Borrow<Q>,
+        Q: Serialize + ?Sized,
+    {
+        self.table.region.check_move(self.name(), new_home)?;
+        let key = wire::with_bare(key, <[u8]>::to_vec).map_err(RegionError::Encode)?;
+        let placed = self
+            .placement
+            .home_of_bytes(&key)
+            .map_err(RegionError::Encode)?;
+        let written = {
+            let mut core = self.table.region.core()?;
+            if self.table.region.inner.closed.load(Ordering::Acquire) {
+                return Err(RegionError::Closed);
+            }
+            fail_over_at::<V>(&mut core, self.table.slot, &key, (None, new_home), placed)?
+        };
+        let done = written.map_or_else(HomedFailover::default, |(dot, epoch)| HomedFailover {
+            keys: 1,
+            epoch,
+            token: SessionToken::from_dot(dot),
+        });
+        self.committed(&done.token).await?;
+        Ok(done)
     }
 
     /// What the value under `key` here says of its writer (`None` when
@@ -925,57 +1365,182 @@ where
         }
     }
 
-    /// Carries out `op` on `key` at its home (here, or forwarded): the
-    /// home, and what `op` came to there.
-    async fn execute<Q>(&self, key: &Q, op: HomedOp<V>) -> Result<(String, Outcome<V>), RegionError>
+    /// Waits, with storage here, until this region's write `token` (its
+    /// own dot; none when empty) is committed.
+    async fn committed(&self, token: &SessionToken) -> Result<(), RegionError> {
+        let region = &self.table.region;
+        let seq = token.as_vector().get(region.replica());
+        if region.inner.durable && seq > 0 {
+            region.wait_committed(seq).await?;
+        }
+        Ok(())
+    }
+
+    /// The key's epoch and home (bare encoding `key`) by this region's
+    /// view.
+    fn view(&self, key: &[u8]) -> Result<(u64, Option<String>), RegionError> {
+        let placed = self
+            .placement
+            .home_of_bytes(key)
+            .map_err(RegionError::Encode)?;
+        let core = self.table.region.core()?;
+        let store = core
+            .store::<CrdtStore<HomedState<V>>>(self.table.slot)
+            .expect("declared as a homed table of V");
+        Ok(HomedState::view(store.get(key), placed))
+    }
+
+    /// Carries out `op` on `key` at its home (here, or forwarded),
+    /// following a moved key's home: where, and what `op` came to there.
+    async fn execute<Q>(&self, key: &Q, op: HomedOp<V>) -> Result<(At, Outcome<V>), RegionError>
     where
         K: Borrow<Q>,
         Q: Serialize + ?Sized,
     {
         let region = &self.table.region;
+        let started = Instant::now();
         let key = wire::with_bare(key, <[u8]>::to_vec).map_err(RegionError::Encode)?;
-        let home = self
+        let protocol_min = if matches!(op, HomedOp::Move { .. }) {
+            HOMED_EPOCHS_PROTOCOL
+        } else {
+            HOMED_PROTOCOL
+        };
+        let placed = self
             .placement
             .home_of_bytes(&key)
-            .map_err(RegionError::Encode)?
-            .ok_or_else(|| RegionError::NoHome {
-                table: self.name().to_owned(),
-            })?;
-        if home == region.name() {
-            let outcome = match region.apply_homed::<V>(self.table.slot, &key, op)? {
-                Applied::Wrote { dot, value } => {
-                    if region.inner.durable {
-                        region.wait_committed(dot.counter).await?;
-                    }
-                    Outcome::Done {
-                        written: Some(dot),
-                        value: Some(value),
-                    }
+            .map_err(RegionError::Encode)?;
+        let (mut epoch, home) = self.view(&key)?;
+        let mut home = home.ok_or_else(|| RegionError::NoHome {
+            table: self.name().to_owned(),
+        })?;
+        let mut op = Some(op);
+        let mut encoded: Option<Vec<u8>> = None;
+        let mut redirects = 0;
+        loop {
+            // Follows a refusal naming the key's home at a later epoch.
+            let mut redirect = |to: String, at: u64, home: &mut String, epoch: &mut u64| {
+                if redirects >= HOMED_REDIRECTS_MAX || *home == to {
+                    return false;
                 }
-                Applied::Read { written, value } => Outcome::Done { written, value },
-                Applied::Rejected(rejection) => Outcome::Rejected(rejection),
-                Applied::Panicked(_) => unreachable!("apply_homed resumes the panic"),
+                redirects += 1;
+                region.core_any().counters.homed_redirects += 1;
+                tracing::debug!(region = %region.name(), from = %home, to = %to, epoch = at, "homed: sent on to the key's home");
+                *home = to;
+                *epoch = at;
+                true
             };
-            return Ok((home, outcome));
-        }
-        let op = wire::with_bare(&op, <[u8]>::to_vec).map_err(RegionError::Encode)?;
-        let outcome = region.forward_homed(self.name(), &home, key, op).await?;
-        let codec = || self.refused(&home, HomedRefusal::Codec);
-        let outcome = match outcome {
-            HomedOutcome::Done { written, value } => {
-                let value = match value {
-                    Some(bytes) => Some(wire::decode_bare::<V>(&bytes.0).map_err(|_| codec())?),
-                    None => None,
+            if home == region.name() {
+                let this = match op.take() {
+                    Some(op) => op,
+                    None => wire::decode_bare::<HomedOp<V>>(encoded.as_deref().unwrap_or_default())
+                        .map_err(RegionError::Encode)?,
                 };
-                Outcome::Done { written, value }
+                let outcome =
+                    match region.apply_homed::<V>(self.table.slot, &key, this, placed.clone())? {
+                        Applied::Wrote { dot, value, epoch } => {
+                            if region.inner.durable {
+                                region.wait_committed(dot.counter).await?;
+                            }
+                            (
+                                epoch,
+                                Outcome::Done {
+                                    written: Some(dot),
+                                    value: Some(value),
+                                },
+                            )
+                        }
+                        Applied::Read {
+                            written,
+                            value,
+                            epoch,
+                        } => (epoch, Outcome::Done { written, value }),
+                        Applied::Rejected(rejection) => (epoch, Outcome::Rejected(rejection)),
+                        Applied::Panicked(_) => unreachable!("apply_homed resumes the panic"),
+                        Applied::NotHere {
+                            home: Some(to),
+                            epoch: at,
+                            op: back,
+                        } if at > 0 => {
+                            op = Some(back);
+                            if redirect(to, at, &mut home, &mut epoch) {
+                                continue;
+                            }
+                            return Err(self.refused(
+                                &home,
+                                HomedRefusal::Moved {
+                                    home: home.clone(),
+                                    epoch: at,
+                                },
+                            ));
+                        }
+                        Applied::NotHere {
+                            home: placed_home, ..
+                        } => {
+                            return Err(
+                                self.refused(&home, HomedRefusal::NotHome { home: placed_home })
+                            );
+                        }
+                    };
+                return Ok((
+                    At {
+                        home,
+                        epoch: outcome.0,
+                    },
+                    outcome.1,
+                ));
             }
-            HomedOutcome::Rejected { rejection } => {
-                let rejection =
-                    wire::decode_bare::<V::Rejection>(&rejection.0).map_err(|_| codec())?;
-                Outcome::Rejected(rejection)
-            }
-            HomedOutcome::Refused(refusal) => return Err(self.refused(&home, refusal)),
-        };
-        Ok((home, outcome))
+            let bytes = match &encoded {
+                Some(bytes) => bytes.clone(),
+                None => {
+                    let op = op.as_ref().expect("not yet encoded, so not taken");
+                    let bytes = wire::with_bare(op, <[u8]>::to_vec).map_err(RegionError::Encode)?;
+                    encoded = Some(bytes.clone());
+                    bytes
+                }
+            };
+            let outcome = region
+                .forward_homed(
+                    (self.name(), &home),
+                    key.clone(),
+                    bytes,
+                    (started, protocol_min),
+                )
+                .await?;
+            let codec = || self.refused(&home, HomedRefusal::Codec);
+            let (written, value, at) = match outcome {
+                HomedOutcome::Done { written, value } => (written, value, 0),
+                HomedOutcome::DoneAt {
+                    written,
+                    value,
+                    epoch,
+                } => (written, value, epoch),
+                HomedOutcome::Rejected { rejection } => {
+                    let rejection =
+                        wire::decode_bare::<V::Rejection>(&rejection.0).map_err(|_| codec())?;
+                    return Ok((At { home, epoch }, Outcome::Rejected(rejection)));
+                }
+                HomedOutcome::Refused(HomedRefusal::Moved {
+                    home: to,
+                    epoch: at,
+                }) => {
+                    if redirect(to.clone(), at, &mut home, &mut epoch) {
+                        continue;
+                    }
+                    return Err(self.refused(
+                        &home,
+                        HomedRefusal::Moved {
+                            home: to,
+                            epoch: at,
+                        },
+                    ));
+                }
+                HomedOutcome::Refused(refusal) => return Err(self.refused(&home, refusal)),
+            };
+            let value = match value {
+                Some(bytes) => Some(wire::decode_bare::<V>(&bytes.0).map_err(|_| codec())?),
+                None => None,
+            };
+            return Ok((At { home, epoch: at }, Outcome::Done { written, value }));
+        }
     }
 }

@@ -103,6 +103,9 @@ fn publish_region(core: &Core, region: &str) {
         ("archipelago_homed_served_total", c.homed_served),
         ("archipelago_homed_duplicates_total", c.homed_duplicates),
         ("archipelago_homed_refused_total", c.homed_refused),
+        ("archipelago_homed_moves_total", c.homed_moves),
+        ("archipelago_homed_fenced_total", c.homed_fenced),
+        ("archipelago_homed_redirects_total", c.homed_redirects),
         (
             "archipelago_hlc_remote_rejects_total",
             core.hlc.remote_rejects(),

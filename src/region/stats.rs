@@ -88,6 +88,23 @@ pub struct RegionStats {
     /// not a homed table here, types that do not fit, expired): nothing
     /// applied.
     pub homed_refused: u64,
+    /// Homes of keys moved by this region: handoffs written here as the
+    /// key's old home ([`HomedTable::move_home`]) and failovers written
+    /// here by an operator ([`HomedTable::fail_over_home`],
+    /// [`HomedTable::fail_over_key`]), one per key.
+    ///
+    /// [`HomedTable::move_home`]: crate::region::HomedTable::move_home
+    /// [`HomedTable::fail_over_home`]: crate::region::HomedTable::fail_over_home
+    /// [`HomedTable::fail_over_key`]: crate::region::HomedTable::fail_over_key
+    pub homed_moves: u64,
+    /// Homed operations this region refused, local or forwarded, because
+    /// the key's home moved away from here (its view of the key is at an
+    /// epoch above 0 and names another home): fenced, nothing applied.
+    pub homed_fenced: u64,
+    /// Homed operations this region sent on to the home named by a
+    /// refusal ([`HomedRefusal::Moved`](crate::region::HomedRefusal::Moved)):
+    /// each hop counted.
+    pub homed_redirects: u64,
     /// Remote timestamps (of batches and transfers) past this region's
     /// clock plus its max offset, which the clock did not follow beyond
     /// that bound ([`Hlc::remote_rejects`](crate::clock::Hlc::remote_rejects)).

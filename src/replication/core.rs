@@ -480,6 +480,9 @@ pub(crate) struct Counters {
     pub(crate) homed_served: u64,
     pub(crate) homed_duplicates: u64,
     pub(crate) homed_refused: u64,
+    pub(crate) homed_moves: u64,
+    pub(crate) homed_fenced: u64,
+    pub(crate) homed_redirects: u64,
 }
 
 impl Core {

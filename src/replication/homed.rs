@@ -37,21 +37,31 @@ use crate::region::{
     HOMED_FORWARDS_PENDING_MAX, HOMED_REPLIES_REMEMBERED_MAX, HOMED_REPLY_BYTES_REMEMBERED_MAX,
     HomedRefusal, RegionError, RejectReason,
 };
-use crate::wire::WireError;
 
 /// The first engine protocol with homed operations.
 pub(crate) const HOMED_PROTOCOL: u16 = 4;
 
+/// The first engine protocol whose homes move by epochs: replies carry
+/// the key's epoch, refusals name the home a key moved to, and handoffs
+/// travel.
+pub(crate) const HOMED_EPOCHS_PROTOCOL: u16 = 5;
+
 /// What the engine needs of one homed table, whatever its key and value
 /// types: built for `K`, `V` when the table is declared.
 pub(crate) trait HomedOps: Send + Sync {
-    /// The home of the key (its bare encoding) by the table's placement;
-    /// `None` when the placement names none.
-    fn home_of(&self, key: &[u8]) -> Result<Option<String>, WireError>;
     /// Applies (or reads) the encoded operation `op` on `key` of the table
-    /// in `slot`, as the key's home: the outcome, and whether it was a
-    /// read (reads are not remembered).
-    fn serve(&self, core: &mut Core, slot: usize, key: &[u8], op: &[u8]) -> (HomedOutcome, bool);
+    /// in `slot`, if this region is the key's home by its view (the
+    /// placement, or the epoch its state is at): the outcome, and whether
+    /// it was a read (reads are not remembered). `epochs`: the requester
+    /// speaks protocol 5 (an epoch in the answer, `Moved` refusals).
+    fn serve(
+        &self,
+        core: &mut Core,
+        slot: usize,
+        key: &[u8],
+        op: &[u8],
+        epochs: bool,
+    ) -> (HomedOutcome, bool);
     /// Itself, for a later handle to find its placement.
     fn as_any(&self) -> &dyn Any;
 }
@@ -71,6 +81,8 @@ struct Forward {
     table: String,
     key: Blob,
     op: Blob,
+    /// The oldest protocol the home's connection may speak for it.
+    protocol_min: u16,
     /// When it last left (`None`: never).
     sent_at: Option<Instant>,
     reply: oneshot::Sender<Answer>,
@@ -178,14 +190,15 @@ impl Core {
         Arc::clone(self.homed.tables.entry(slot).or_insert(ops))
     }
 
-    /// Registers a forward of `op` on `key` of `table` to `home`; the
-    /// answer comes on `reply`. Returns its id.
+    /// Registers a forward of `op` on `key` of `table` to `home`, sent
+    /// only on a connection of `protocol_min` or later; the answer comes
+    /// on `reply`. Returns its id.
     pub(crate) fn forward(
         &mut self,
-        home: &str,
-        table: &str,
+        (home, table): (&str, &str),
         key: Vec<u8>,
         op: Vec<u8>,
+        protocol_min: u16,
         reply: oneshot::Sender<Answer>,
     ) -> Result<u64, RegionError> {
         if self.homed.pending.len() >= HOMED_FORWARDS_PENDING_MAX {
@@ -203,7 +216,7 @@ impl Core {
         if let Some(peer) = self.peers.get(home)
             && peer.connected
             && peer.greeted
-            && peer.speaks_below(HOMED_PROTOCOL, self.config.protocol_version_max)
+            && peer.speaks_below(protocol_min, self.config.protocol_version_max)
         {
             return Err(RegionError::HomeProtocol {
                 table: table.to_owned(),
@@ -220,6 +233,7 @@ impl Core {
                 table: table.to_owned(),
                 key: Blob(key),
                 op: Blob(op),
+                protocol_min,
                 sent_at: None,
                 reply,
             },
@@ -257,9 +271,9 @@ impl Core {
             {
                 continue;
             }
-            if peer.protocol < HOMED_PROTOCOL {
+            if peer.protocol < forward.protocol_min {
                 // Else its announcement may still come: it waits.
-                if peer.speaks_below(HOMED_PROTOCOL, ours_max) {
+                if peer.speaks_below(forward.protocol_min, ours_max) {
                     failed.push((id, peer.protocol));
                 }
                 continue;
@@ -348,13 +362,16 @@ impl Core {
             tracing::warn!(region = %self.name, peer = from, id, "homed: request older than the replies remembered: refused, not applied");
             return reply(HomedOutcome::Refused(HomedRefusal::Expired));
         }
-        let (outcome, read) = self.serve_homed(table, key, op);
+        let epochs = peer.protocol >= HOMED_EPOCHS_PROTOCOL;
+        let (outcome, read) = self.serve_homed(table, key, op, epochs);
         match &outcome {
             HomedOutcome::Refused(refusal) => {
                 self.counters.homed_refused += 1;
                 tracing::info!(region = %self.name, peer = from, table, %refusal, "homed: request refused");
             }
-            HomedOutcome::Done { .. } | HomedOutcome::Rejected { .. } => {
+            HomedOutcome::Done { .. }
+            | HomedOutcome::DoneAt { .. }
+            | HomedOutcome::Rejected { .. } => {
                 self.counters.homed_served += 1;
             }
         }
@@ -366,7 +383,13 @@ impl Core {
 
     /// Serves one forwarded operation: the outcome, and whether it was a
     /// read.
-    fn serve_homed(&mut self, table: &str, key: &[u8], op: &[u8]) -> (HomedOutcome, bool) {
+    fn serve_homed(
+        &mut self,
+        table: &str,
+        key: &[u8],
+        op: &[u8],
+        epochs: bool,
+    ) -> (HomedOutcome, bool) {
         let refused = |refusal| (HomedOutcome::Refused(refusal), false);
         let Some(slot) = self.slot_of(table) else {
             return refused(HomedRefusal::NotHomed);
@@ -374,13 +397,23 @@ impl Core {
         let Some(ops) = self.homed.tables.get(&slot).cloned() else {
             return refused(HomedRefusal::NotHomed);
         };
-        match ops.home_of(key) {
-            Err(_) => refused(HomedRefusal::Codec),
-            Ok(home) if home.as_deref() != Some(self.name.as_str()) => {
-                refused(HomedRefusal::NotHome { home })
-            }
-            Ok(_) => ops.serve(self, slot, key, op),
-        }
+        ops.serve(self, slot, key, op, epochs)
+    }
+
+    /// A peer this region speaks with at a protocol older than homes that
+    /// move (5), if any: its name and protocol. Such a peer would go on
+    /// placing a moved key at its former home.
+    pub(crate) fn peer_without_epochs(&self) -> Option<(String, u16)> {
+        self.peers
+            .iter()
+            .filter(|(_, p)| p.connected && p.greeted && p.protocol < HOMED_EPOCHS_PROTOCOL)
+            .map(|(name, p)| (name.clone(), p.protocol))
+            .min()
+    }
+
+    /// True when `region` is this region or one of its peers.
+    pub(crate) fn knows_region(&self, region: &str) -> bool {
+        region == self.name || self.peers.contains_key(region)
     }
 
     /// The home answers forward `id`: hands the outcome to its caller.

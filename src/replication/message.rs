@@ -256,6 +256,15 @@ pub(crate) enum HomedOutcome {
     Rejected { rejection: Blob },
     /// The home would not take the request: nothing was applied.
     Refused(HomedRefusal),
+    /// As [`Done`](HomedOutcome::Done), with the epoch of the key at the
+    /// home when it applied (or read) it (protocol 5 on: sent only to
+    /// requesters on connections of protocol 5 or later). Last of the
+    /// variants (bincode tags are positional).
+    DoneAt {
+        written: Option<Dot>,
+        value: Option<Blob>,
+        epoch: u64,
+    },
 }
 
 impl HomedOutcome {
@@ -265,6 +274,7 @@ impl HomedOutcome {
             HomedOutcome::Done { value, .. } => value.as_ref().map_or(0, |v| v.0.len()) + 24,
             HomedOutcome::Rejected { rejection } => rejection.0.len() + 8,
             HomedOutcome::Refused(refusal) => refusal.size(),
+            HomedOutcome::DoneAt { value, .. } => value.as_ref().map_or(0, |v| v.0.len()) + 32,
         }
     }
 }

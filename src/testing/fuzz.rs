@@ -953,7 +953,7 @@ impl FuzzValue for Message {
                 2 => key.0.truncate(rng.below(key.0.len() + 1)),
                 _ => op.0.push(rng.next_u64() as u8),
             },
-            Message::HomedReply { id, outcome } => match rng.below(4) {
+            Message::HomedReply { id, outcome } => match rng.below(6) {
                 0 => *id = rng.edgy_u64(),
                 1 => {
                     *outcome = HomedOutcome::Rejected {
@@ -964,6 +964,19 @@ impl FuzzValue for Message {
                     *outcome = HomedOutcome::Refused(crate::region::HomedRefusal::NotHome {
                         home: Some(rng.text()),
                     })
+                }
+                3 => {
+                    *outcome = HomedOutcome::Refused(crate::region::HomedRefusal::Moved {
+                        home: rng.text(),
+                        epoch: rng.edgy_u64(),
+                    })
+                }
+                4 => {
+                    *outcome = HomedOutcome::DoneAt {
+                        written: Some(Dot::new(rng.replica(), rng.edgy_u64())),
+                        value: None,
+                        epoch: rng.edgy_u64(),
+                    }
                 }
                 _ => {
                     *outcome = HomedOutcome::Done {
