@@ -18,11 +18,10 @@ use archipelago::region::{
     Region, RegionConfig, RegionError,
 };
 use archipelago::transport::{ChannelNetwork, LinkFaults};
+use common::accounts::{NAMES, assert_nothing_rejected, shutdown};
 use common::{TestRng, paused_runtime, region_on, seed_from_env};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
-
-const NAMES: [&str; 3] = ["ap-northeast", "eu-central", "us-east"];
 
 /// An account's balance.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -72,18 +71,6 @@ async fn three_regions(net: &ChannelNetwork) -> Vec<Region> {
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     regions
-}
-
-fn assert_nothing_rejected(regions: &[Region]) {
-    for r in regions {
-        assert_eq!(r.stats().rejected_frames, 0, "{}", r.name());
-    }
-}
-
-async fn shutdown(regions: &[Region]) {
-    for r in regions {
-        r.shutdown().await;
-    }
 }
 
 /// Every acknowledged write as its caller saw it: key, epoch, the home

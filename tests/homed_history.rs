@@ -29,50 +29,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use archipelago::region::{
-    HomedError, HomedRefusal, HomedTable, HomedValue, Region, RegionConfig, RegionError,
+    HomedError, HomedRefusal, HomedTable, Region, RegionConfig, RegionError,
 };
 use archipelago::testing::fuzz::FuzzRng;
 use archipelago::testing::linearizability::{CheckError, History, Model, check};
 use archipelago::transport::{ChannelNetwork, LinkFaults};
+use common::accounts::{Account, Entry, NAMES};
 use common::{paused_runtime, region_on, seed_from_env};
-use serde::{Deserialize, Serialize};
 
-const NAMES: [&str; 3] = ["ap-northeast", "eu-central", "us-east"];
 const CLIENTS_PER_REGION: usize = 2;
 const OPS_PER_CLIENT: usize = 30;
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-struct Account {
-    balance: u64,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-enum Entry {
-    Deposit(u64),
-    Withdraw(u64),
-}
-
-#[derive(Debug, PartialEq, Serialize, Deserialize)]
-struct InsufficientFunds {
-    balance: u64,
-}
-
-impl HomedValue for Account {
-    type Op = Entry;
-    type Rejection = InsufficientFunds;
-    fn apply(&mut self, op: Entry) -> Result<(), InsufficientFunds> {
-        match op {
-            Entry::Deposit(n) => self.balance += n,
-            Entry::Withdraw(n) if n > self.balance => {
-                return Err(InsufficientFunds {
-                    balance: self.balance,
-                });
-            }
-            Entry::Withdraw(n) => self.balance -= n,
-        }
-        Ok(())
-    }
-}
 
 /// What a client asked of an account.
 #[derive(Clone, Debug)]

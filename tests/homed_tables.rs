@@ -11,50 +11,14 @@ use crate::common;
 
 use std::time::Duration;
 
-use archipelago::region::{HomedError, HomedTable, HomedValue, Region, RegionConfig, RegionError};
+use archipelago::region::{HomedError, HomedTable, Region, RegionConfig, RegionError};
 use archipelago::session::Session;
 use archipelago::transport::{ChannelNetwork, LinkFaults};
+use common::accounts::{
+    Account, Entry, InsufficientFunds, NAMES, assert_nothing_rejected, shutdown,
+};
 use common::{paused_runtime, region_on, seed_from_env};
-use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
-
-const NAMES: [&str; 3] = ["ap-northeast", "eu-central", "us-east"];
-
-/// An account: a balance that never goes below zero.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-struct Account {
-    balance: u64,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-enum Entry {
-    Deposit(u64),
-    Withdraw(u64),
-}
-
-#[derive(Debug, PartialEq, Serialize, Deserialize)]
-struct InsufficientFunds {
-    balance: u64,
-    wanted: u64,
-}
-
-impl HomedValue for Account {
-    type Op = Entry;
-    type Rejection = InsufficientFunds;
-    fn apply(&mut self, op: Entry) -> Result<(), InsufficientFunds> {
-        match op {
-            Entry::Deposit(n) => self.balance += n,
-            Entry::Withdraw(n) if n > self.balance => {
-                return Err(InsufficientFunds {
-                    balance: self.balance,
-                    wanted: n,
-                });
-            }
-            Entry::Withdraw(n) => self.balance -= n,
-        }
-        Ok(())
-    }
-}
 
 /// The account homed at `region`: `"<region>/acct"`.
 fn account(region: &str) -> String {
@@ -86,18 +50,6 @@ async fn three_regions(net: &ChannelNetwork) -> Vec<Region> {
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     regions
-}
-
-fn assert_nothing_rejected(regions: &[Region]) {
-    for r in regions {
-        assert_eq!(r.stats().rejected_frames, 0, "{}", r.name());
-    }
-}
-
-async fn shutdown(regions: &[Region]) {
-    for r in regions {
-        r.shutdown().await;
-    }
 }
 
 /// Every region deposits into every region's account: at the home it

@@ -1,6 +1,8 @@
 //! Shared set-up for the engine tests: regions on a paused tokio clock.
 #![allow(dead_code)]
 
+pub mod accounts;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
