@@ -1,5 +1,7 @@
 //! Transactions are seen whole in every region: a checker over random
-//! workloads under loss, partitions and heals.
+//! workloads under loss, partitions and heals, and crashes and restarts of
+//! regions with storage; and a region bootstrapped from empty by
+//! anti-entropy never shows half a transaction.
 
 use crate::common;
 
@@ -7,6 +9,7 @@ use std::time::Duration;
 
 use archipelago::crdt::GCounter;
 use archipelago::region::{Region, RegionConfig, RegionError};
+use archipelago::storage::MemoryStorage;
 use archipelago::transport::{ChannelNetwork, LinkFaults};
 
 const NAMES: [&str; 3] = ["ap", "eu", "us"];
@@ -31,83 +34,209 @@ fn visible(region: &Region, t: u64, k: u32) -> u32 {
     n
 }
 
+/// Writes transaction `t` of `k` increments (over both tables) at `region`.
+fn write_transaction(region: &Region, t: u64, k: u32) {
+    let a = region.table::<(u64, u32), GCounter>("a").unwrap();
+    let b = region.table::<(u64, u32), GCounter>("b").unwrap();
+    region
+        .transaction(|tx| {
+            for i in 0..k {
+                let table = if i % 2 == 0 { &a } else { &b };
+                tx.update(table, &(t, i), |c, ctx| {
+                    c.apply(|c| c.inc(ctx.replica(), 1))
+                })?;
+            }
+            Ok::<_, RegionError>(())
+        })
+        .unwrap();
+}
+
 #[test]
 fn no_region_ever_shows_part_of_a_transaction() {
-    check(RegionConfig::default());
+    check(RegionConfig::default(), false);
 }
 
 /// Batches of a transaction's size at most: segment cuts come often.
 #[test]
 fn no_region_ever_shows_part_of_a_transaction_in_small_batches() {
-    check(RegionConfig {
-        batch_len_max: 64,
-        ..RegionConfig::default()
-    });
+    check(
+        RegionConfig {
+            batch_len_max: 64,
+            ..RegionConfig::default()
+        },
+        false,
+    );
 }
 
-fn check(config: RegionConfig) {
-    let seed: u64 = std::env::var("TXN_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(13);
-    println!("TXN_SEED={seed}");
+/// Every region has storage, and regions crash (no shutdown: what was not
+/// committed is gone) and restart on their storage, or shut down and
+/// restart: still no region shows part of a transaction, the survivors
+/// converge, and a transaction lost in a crash is lost everywhere.
+#[test]
+fn no_region_shows_part_of_a_transaction_across_crashes_and_restarts() {
+    check(RegionConfig::default(), true);
+}
+
+/// The seed (`TXN_SEED`, default 13) and a xorshift generator over it.
+fn rng() -> (u64, impl FnMut() -> u64) {
+    let seed = common::seed_from_env("TXN_SEED", 13);
+    eprintln!("TXN_SEED={seed}");
+    let mut rng = seed.wrapping_mul(6364136223846793005) | 1;
+    let next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    (seed, next)
+}
+
+fn check(config: RegionConfig, restarts: bool) {
+    let (seed, mut next) = rng();
     common::paused_runtime().block_on(async move {
         let net = ChannelNetwork::new(seed);
-        let regions: Vec<Region> = NAMES
-            .iter()
-            .map(|n| common::region(&net, n, 0, config.clone()))
-            .collect();
-        let mut rng = seed.wrapping_mul(6364136223846793005) | 1;
-        let mut next = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
+        let mut disks: Vec<MemoryStorage> = NAMES.iter().map(|_| MemoryStorage::new()).collect();
+        let build = |i: usize, disks: &[MemoryStorage]| {
+            if restarts {
+                common::region_on(&net, NAMES[i], Some(&disks[i]), config.clone())
+            } else {
+                common::region(&net, NAMES[i], 0, config.clone())
+            }
         };
-        let mut txns: Vec<(u64, u32)> = Vec::new();
+        let mut regions: Vec<Region> = (0..NAMES.len()).map(|i| build(i, &disks)).collect();
+        // Transactions a crash may have lost: those of the crashed region
+        // made before it crashed.
+        let mut maybe_lost = std::collections::BTreeSet::new();
+        let (mut crashes, mut restarted) = (0, 0);
+        // (step, writes, region) of every transaction made.
+        let mut txns: Vec<(u64, u32, usize)> = Vec::new();
         for step in 0..300u64 {
-            match next() % 10 {
+            match next() % 12 {
                 0 => net.partition(NAMES[(next() % 3) as usize], NAMES[(next() % 3) as usize]),
                 1 => net.heal_all(),
                 2 => net.set_faults_all(LinkFaults::new().loss(0.4)),
                 3 => net.set_faults_all(LinkFaults::new()),
+                10 | 11 if restarts => {
+                    let r = (next() % 3) as usize;
+                    let old = regions.remove(r);
+                    if next() % 2 == 0 {
+                        // A crash: the dead process commits nothing more.
+                        drop(old);
+                        disks[r] = disks[r].crash();
+                        maybe_lost.extend(txns.iter().filter(|t| t.2 == r).map(|t| t.0));
+                        crashes += 1;
+                    } else {
+                        old.shutdown().await;
+                        restarted += 1;
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    regions.insert(r, build(r, &disks));
+                }
                 _ => {
-                    let r = &regions[(next() % 3) as usize];
+                    let r = (next() % 3) as usize;
                     let k = 2 + (next() % 63) as u32;
-                    let a = r.table::<(u64, u32), GCounter>("a").unwrap();
-                    let b = r.table::<(u64, u32), GCounter>("b").unwrap();
-                    r.transaction(|tx| {
-                        for i in 0..k {
-                            let table = if i % 2 == 0 { &a } else { &b };
-                            tx.update(table, &(step, i), |c, ctx| {
-                                c.apply(|c| c.inc(ctx.replica(), 1))
-                            })?;
-                        }
-                        Ok::<_, RegionError>(())
-                    })
-                    .unwrap();
-                    txns.push((step, k));
+                    write_transaction(&regions[r], step, k);
+                    txns.push((step, k, r));
                 }
             }
             tokio::time::sleep(Duration::from_millis(next() % 20)).await;
-            for region in &regions {
-                for &(t, k) in &txns {
-                    let n = visible(region, t, k);
-                    assert!(
-                        n == 0 || n == k,
-                        "seed {seed}: {} shows {n} of {k} writes of transaction {t}",
-                        region.name()
-                    );
-                }
-            }
+            assert_whole(seed, &regions, &txns);
         }
         net.heal_all();
         net.set_faults_all(LinkFaults::new());
         tokio::time::sleep(Duration::from_secs(30)).await;
-        for region in &regions {
-            for &(t, k) in &txns {
-                assert_eq!(visible(region, t, k), k, "seed {seed}: converged");
+        let mut lost = 0;
+        for &(t, k, _) in &txns {
+            let seen: Vec<u32> = regions.iter().map(|r| visible(r, t, k)).collect();
+            if maybe_lost.contains(&t) && seen.iter().all(|&n| n == 0) {
+                lost += 1;
+                continue;
             }
+            assert!(seen.iter().all(|&n| n == k), "seed {seed}: transaction {t} of {k}: {seen:?}");
         }
+        for r in &regions {
+            assert_eq!(r.stats().rejected_frames, 0, "seed {seed}: {}", r.name());
+        }
+        eprintln!(
+            "seed {seed}: {} transactions, {crashes} crashes, {restarted} restarts, {lost} lost in crashes",
+            txns.len()
+        );
+        if restarts {
+            assert!(crashes > 0 && restarted > 0, "seed {seed}: no crash or no restart");
+        }
+    });
+}
+
+/// No region shows part of any transaction in `txns`.
+fn assert_whole(seed: u64, regions: &[Region], txns: &[(u64, u32, usize)]) {
+    for region in regions {
+        for &(t, k, _) in txns {
+            let n = visible(region, t, k);
+            assert!(
+                n == 0 || n == k,
+                "seed {seed}: {} shows {n} of {k} writes of transaction {t}",
+                region.name()
+            );
+        }
+    }
+}
+
+/// A region that joins empty is brought up to date by anti-entropy alone
+/// (its peers' outboxes never held writes for it), in transfers cut into
+/// many chunks; it shows each transaction whole or not at all at every
+/// moment of the catch-up.
+#[test]
+fn a_region_bootstrapped_by_anti_entropy_never_shows_half_a_transaction() {
+    let (seed, mut next) = rng();
+    common::paused_runtime().block_on(async move {
+        let config = RegionConfig {
+            // Transfers of several chunks, so a partial transfer exists.
+            sync_chunk_bytes_max: 4 * 1024,
+            ..RegionConfig::default()
+        };
+        let net = ChannelNetwork::new(seed);
+        let mut regions: Vec<Region> = NAMES[..2]
+            .iter()
+            .map(|n| common::region_on(&net, n, None, config.clone()))
+            .collect();
+        let mut txns = Vec::new();
+        for t in 0..200u64 {
+            let r = (next() % 2) as usize;
+            let k = 2 + (next() % 63) as u32;
+            write_transaction(&regions[r], t, k);
+            txns.push((t, k, r));
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        regions.push(common::region_on(&net, NAMES[2], None, config.clone()));
+        let joined = &regions[2];
+        let mut partial_views = 0;
+        for _ in 0..20_000 {
+            assert_whole(seed, std::slice::from_ref(joined), &txns);
+            let shown = txns.iter().filter(|&&(t, k, _)| visible(joined, t, k) == k).count();
+            if shown == txns.len() {
+                break;
+            }
+            partial_views += usize::from(shown > 0);
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let stats = joined.stats();
+        let sync_bytes: u64 = stats.peers.iter().map(|p| p.sync_bytes_received).sum();
+        assert!(
+            txns.iter().all(|&(t, k, _)| visible(joined, t, k) == k),
+            "seed {seed}: the new region caught up"
+        );
+        assert_eq!(stats.batches_applied, 0, "seed {seed}: caught up by batches, not anti-entropy");
+        assert!(stats.syncs_completed >= 1, "seed {seed}: no exchange");
+        assert!(
+            sync_bytes > 2 * config.sync_chunk_bytes_max as u64,
+            "seed {seed}: {sync_bytes} bytes: the transfer was not cut into chunks"
+        );
+        for r in &regions {
+            assert_eq!(r.stats().rejected_frames, 0, "seed {seed}: {}", r.name());
+        }
+        eprintln!(
+            "seed {seed}: {} states in {} bytes received, {partial_views} views with some transactions shown",
+            stats.sync_states_received, sync_bytes
+        );
     });
 }
