@@ -39,7 +39,7 @@ use archipelago::region::{
     HomedError, HomedRefusal, HomedTable, Region, RegionConfig, RegionError,
 };
 use archipelago::testing::fuzz::FuzzRng;
-use archipelago::testing::linearizability::{CheckError, History, Model, check};
+use archipelago::testing::linearizability::{CheckError, Checked, History, Model, check};
 use archipelago::transport::{ChannelNetwork, LinkFaults};
 use common::accounts::{Account, Entry, NAMES};
 use common::{paused_runtime, region_on, seed_from_env};
@@ -282,6 +282,25 @@ fn runs() -> u64 {
         .unwrap_or(2)
 }
 
+/// Checks one run's history (panics naming the seed if a key is not
+/// linearizable) and that no region rejected a frame; returns the check
+/// and how many operations returned.
+fn check_run(seed: u64, log: &Log, regions: &[Region]) -> (Checked, usize) {
+    let checked = match check(&AccountModel, log) {
+        Ok(checked) => checked,
+        Err(e) => panic!("seed {seed}: {e}"),
+    };
+    for r in regions {
+        assert_eq!(r.stats().rejected_frames, 0, "seed {seed}: {}", r.name());
+    }
+    let (returned, open, not_applied) = log.counts();
+    eprintln!(
+        "seed {seed}: {checked:?}; {returned} returned, {open} unknown, {not_applied} not applied"
+    );
+    assert!(returned >= 100, "seed {seed}: {returned} returned");
+    (checked, returned)
+}
+
 /// Acknowledged operations on homed keys are linearizable per key, under
 /// loss, duplication, reordering, delay and partitions; the regions
 /// converge on the homes' values, written in epoch 0 by the homes only.
@@ -295,30 +314,17 @@ fn homed_operations_from_three_regions_are_linearizable_under_faults() {
         eprintln!("homed history: HOMED_HISTORY_SEED={seed}");
         paused_runtime().block_on(async {
             let (log, tally, regions) = workload(seed, Reads::AtHome, false).await;
-            let checked = match check(&AccountModel, &log) {
-                Ok(checked) => checked,
-                Err(e) => panic!("seed {seed}: {e}"),
-            };
-            let (returned, open, not_applied) = log.counts();
-            eprintln!(
-                "seed {seed}: {checked:?}; {returned} returned, {open} unknown, \
-                 {not_applied} not applied, {} refused",
-                tally.refused
-            );
+            let (checked, _) = check_run(seed, &log, &regions);
             // The run met what it is meant to meet: forwarded operations,
             // refusals by the value, duplicates, and calls the partitions
             // cut off (without them the check proves little).
             assert_eq!(checked.keys, 3, "seed {seed}");
-            assert!(returned >= 100, "seed {seed}: {returned} returned");
             assert!(tally.refused > 0, "seed {seed}: no withdrawal refused");
             cut_off += tally.unknown + tally.not_applied;
             let forwarded: u64 = regions.iter().map(|r| r.stats().homed_forwarded).sum();
             let duplicates: u64 = regions.iter().map(|r| r.stats().homed_duplicates).sum();
             assert!(forwarded >= 100, "seed {seed}: {forwarded} forwarded");
             assert!(duplicates > 0, "seed {seed}: no duplicate request");
-            for r in &regions {
-                assert_eq!(r.stats().rejected_frames, 0, "seed {seed}: {}", r.name());
-            }
             // Converged on what the homes wrote, in epoch 0.
             for name in NAMES {
                 let key = account(name);
@@ -376,22 +382,13 @@ fn homed_operations_stay_linearizable_while_homes_move() {
         eprintln!("homed history with moves: HOMED_HISTORY_SEED={seed}");
         paused_runtime().block_on(async {
             let (log, tally, regions) = workload(seed, Reads::AtHome, true).await;
-            let checked = match check(&AccountModel, &log) {
-                Ok(checked) => checked,
-                Err(e) => panic!("seed {seed}: {e}"),
-            };
-            let (returned, open, not_applied) = log.counts();
+            check_run(seed, &log, &regions);
             let moves: u64 = regions.iter().map(|r| r.stats().homed_moves).sum();
             eprintln!(
-                "seed {seed}: {checked:?}; {returned} returned, {open} unknown, \
-                 {not_applied} not applied, {} refused, {} moves ({moves} applied)",
+                "seed {seed}: {} refused, {} moves ({moves} applied)",
                 tally.refused, tally.moved
             );
-            assert!(returned >= 100, "seed {seed}: {returned} returned");
             moved += tally.moved;
-            for r in &regions {
-                assert_eq!(r.stats().rejected_frames, 0, "seed {seed}: {}", r.name());
-            }
             for name in NAMES {
                 let key = account(name);
                 let metas: Vec<_> = regions

@@ -1391,14 +1391,14 @@ where
     }
 
     /// Carries out `op` on `key` at its home (here, or forwarded),
-    /// following a moved key's home: where, and what `op` came to there.
+    /// following a moved key's home up to [`HOMED_REDIRECTS_MAX`] times:
+    /// where, and what `op` came to there.
     async fn execute<Q>(&self, key: &Q, op: HomedOp<V>) -> Result<(At, Outcome<V>), RegionError>
     where
         K: Borrow<Q>,
         Q: Serialize + ?Sized,
     {
         let region = &self.table.region;
-        let started = Instant::now();
         let key = wire::with_bare(key, <[u8]>::to_vec).map_err(RegionError::Encode)?;
         let protocol_min = if matches!(op, HomedOp::Move { .. }) {
             HOMED_EPOCHS_PROTOCOL
@@ -1413,134 +1413,188 @@ where
         let mut home = home.ok_or_else(|| RegionError::NoHome {
             table: self.name().to_owned(),
         })?;
-        let mut op = Some(op);
-        let mut encoded: Option<Vec<u8>> = None;
+        let mut call = Call {
+            key,
+            placed,
+            op: Some(op),
+            encoded: None,
+            started: Instant::now(),
+            protocol_min,
+        };
         let mut redirects = 0;
         loop {
-            // Follows a refusal naming the key's home at a later epoch.
-            let mut redirect = |to: String, at: u64, home: &mut String, epoch: &mut u64| {
-                if redirects >= HOMED_REDIRECTS_MAX || *home == to {
-                    return false;
-                }
-                redirects += 1;
-                region.core_any().counters.homed_redirects += 1;
-                tracing::debug!(region = %region.name(), from = %home, to = %to, epoch = at, "homed: sent on to the key's home");
-                *home = to;
-                *epoch = at;
-                true
+            let step = if home == region.name() {
+                self.step_here(&mut call, epoch).await?
+            } else {
+                self.step_away(&mut call, &home, epoch).await?
             };
-            if home == region.name() {
-                let this = match op.take() {
-                    Some(op) => op,
-                    None => wire::decode_bare::<HomedOp<V>>(encoded.as_deref().unwrap_or_default())
-                        .map_err(RegionError::Encode)?,
-                };
-                let outcome =
-                    match region.apply_homed::<V>(self.table.slot, &key, this, placed.clone())? {
-                        Applied::Wrote { dot, value, epoch } => {
-                            if region.inner.durable {
-                                region.wait_committed(dot.counter).await?;
-                            }
-                            (
-                                epoch,
-                                Outcome::Done {
-                                    written: Some(dot),
-                                    value: Some(value),
-                                },
-                            )
-                        }
-                        Applied::Read {
-                            written,
-                            value,
-                            epoch,
-                        } => (epoch, Outcome::Done { written, value }),
-                        Applied::Rejected(rejection) => (epoch, Outcome::Rejected(rejection)),
-                        Applied::Panicked(_) => unreachable!("apply_homed resumes the panic"),
-                        Applied::NotHere {
-                            home: Some(to),
-                            epoch: at,
-                            op: back,
-                        } if at > 0 => {
-                            op = Some(back);
-                            if redirect(to, at, &mut home, &mut epoch) {
-                                continue;
-                            }
-                            return Err(self.refused(
-                                &home,
-                                HomedRefusal::Moved {
-                                    home: home.clone(),
-                                    epoch: at,
-                                },
-                            ));
-                        }
-                        Applied::NotHere {
-                            home: placed_home, ..
-                        } => {
-                            return Err(
-                                self.refused(&home, HomedRefusal::NotHome { home: placed_home })
-                            );
-                        }
-                    };
-                return Ok((
-                    At {
-                        home,
-                        epoch: outcome.0,
+            let (to, at) = match step {
+                Step::Done(at, outcome) => return Ok((at, outcome)),
+                Step::Moved { to, epoch } => (to, epoch),
+            };
+            if redirects >= HOMED_REDIRECTS_MAX || home == to {
+                return Err(self.refused(
+                    &home,
+                    HomedRefusal::Moved {
+                        home: to,
+                        epoch: at,
                     },
-                    outcome.1,
                 ));
             }
-            let bytes = match &encoded {
-                Some(bytes) => bytes.clone(),
-                None => {
-                    let op = op.as_ref().expect("not yet encoded, so not taken");
-                    let bytes = wire::with_bare(op, <[u8]>::to_vec).map_err(RegionError::Encode)?;
-                    encoded = Some(bytes.clone());
-                    bytes
-                }
-            };
-            let outcome = region
-                .forward_homed(
-                    (self.name(), &home),
-                    key.clone(),
-                    bytes,
-                    (started, protocol_min),
-                )
-                .await?;
-            let codec = || self.refused(&home, HomedRefusal::Codec);
-            let (written, value, at) = match outcome {
-                HomedOutcome::Done { written, value } => (written, value, 0),
-                HomedOutcome::DoneAt {
-                    written,
-                    value,
-                    epoch,
-                } => (written, value, epoch),
-                HomedOutcome::Rejected { rejection } => {
-                    let rejection =
-                        wire::decode_bare::<V::Rejection>(&rejection.0).map_err(|_| codec())?;
-                    return Ok((At { home, epoch }, Outcome::Rejected(rejection)));
-                }
-                HomedOutcome::Refused(HomedRefusal::Moved {
-                    home: to,
-                    epoch: at,
-                }) => {
-                    if redirect(to.clone(), at, &mut home, &mut epoch) {
-                        continue;
-                    }
-                    return Err(self.refused(
-                        &home,
-                        HomedRefusal::Moved {
-                            home: to,
-                            epoch: at,
-                        },
-                    ));
-                }
-                HomedOutcome::Refused(refusal) => return Err(self.refused(&home, refusal)),
-            };
-            let value = match value {
-                Some(bytes) => Some(wire::decode_bare::<V>(&bytes.0).map_err(|_| codec())?),
-                None => None,
-            };
-            return Ok((At { home, epoch: at }, Outcome::Done { written, value }));
+            redirects += 1;
+            region.core_any().counters.homed_redirects += 1;
+            tracing::debug!(region = %region.name(), from = %home, to = %to, epoch = at, "homed: sent on to the key's home");
+            home = to;
+            epoch = at;
         }
     }
+
+    /// One attempt here, where we believe the key's home is (at `epoch`).
+    async fn step_here(&self, call: &mut Call<V>, epoch: u64) -> Result<Step<V>, RegionError> {
+        let region = &self.table.region;
+        let op = call.take_op()?;
+        let here = || region.name().to_owned();
+        match region.apply_homed::<V>(self.table.slot, &call.key, op, call.placed.clone())? {
+            Applied::Wrote { dot, value, epoch } => {
+                if region.inner.durable {
+                    region.wait_committed(dot.counter).await?;
+                }
+                let outcome = Outcome::Done {
+                    written: Some(dot),
+                    value: Some(value),
+                };
+                Ok(Step::Done(
+                    At {
+                        home: here(),
+                        epoch,
+                    },
+                    outcome,
+                ))
+            }
+            Applied::Read {
+                written,
+                value,
+                epoch,
+            } => Ok(Step::Done(
+                At {
+                    home: here(),
+                    epoch,
+                },
+                Outcome::Done { written, value },
+            )),
+            Applied::Rejected(rejection) => Ok(Step::Done(
+                At {
+                    home: here(),
+                    epoch,
+                },
+                Outcome::Rejected(rejection),
+            )),
+            Applied::Panicked(_) => unreachable!("apply_homed resumes the panic"),
+            Applied::NotHere {
+                home: Some(to),
+                epoch: at,
+                op: back,
+            } if at > 0 => {
+                call.op = Some(back);
+                Ok(Step::Moved { to, epoch: at })
+            }
+            Applied::NotHere { home: placed, .. } => {
+                Err(self.refused(region.name(), HomedRefusal::NotHome { home: placed }))
+            }
+        }
+    }
+
+    /// One attempt at `home`, another region: the operation forwarded and
+    /// its reply decoded.
+    async fn step_away(
+        &self,
+        call: &mut Call<V>,
+        home: &str,
+        epoch: u64,
+    ) -> Result<Step<V>, RegionError> {
+        let bytes = call.encoded_op()?;
+        let outcome = self
+            .table
+            .region
+            .forward_homed(
+                (self.name(), home),
+                call.key.clone(),
+                bytes,
+                (call.started, call.protocol_min),
+            )
+            .await?;
+        let codec = || self.refused(home, HomedRefusal::Codec);
+        let (written, value, at) = match outcome {
+            HomedOutcome::Done { written, value } => (written, value, 0),
+            HomedOutcome::DoneAt {
+                written,
+                value,
+                epoch,
+            } => (written, value, epoch),
+            HomedOutcome::Rejected { rejection } => {
+                let rejection =
+                    wire::decode_bare::<V::Rejection>(&rejection.0).map_err(|_| codec())?;
+                let at = At {
+                    home: home.to_owned(),
+                    epoch,
+                };
+                return Ok(Step::Done(at, Outcome::Rejected(rejection)));
+            }
+            HomedOutcome::Refused(HomedRefusal::Moved { home: to, epoch }) => {
+                return Ok(Step::Moved { to, epoch });
+            }
+            HomedOutcome::Refused(refusal) => return Err(self.refused(home, refusal)),
+        };
+        let value = match value {
+            Some(bytes) => Some(wire::decode_bare::<V>(&bytes.0).map_err(|_| codec())?),
+            None => None,
+        };
+        let at = At {
+            home: home.to_owned(),
+            epoch: at,
+        };
+        Ok(Step::Done(at, Outcome::Done { written, value }))
+    }
+}
+
+/// One operation on its way to its key's home: the operation itself until
+/// it is first carried out here, its encoding once it is first forwarded.
+struct Call<V: HomedValue> {
+    key: Vec<u8>,
+    placed: Option<String>,
+    op: Option<HomedOp<V>>,
+    encoded: Option<Vec<u8>>,
+    started: Instant,
+    protocol_min: u16,
+}
+
+impl<V: HomedValue> Call<V> {
+    /// The operation to carry out here (decoded again if it was forwarded
+    /// first and sent back here by a move).
+    fn take_op(&mut self) -> Result<HomedOp<V>, RegionError> {
+        match self.op.take() {
+            Some(op) => Ok(op),
+            None => wire::decode_bare::<HomedOp<V>>(self.encoded.as_deref().unwrap_or_default())
+                .map_err(RegionError::Encode),
+        }
+    }
+
+    /// The operation's encoding, made once.
+    fn encoded_op(&mut self) -> Result<Vec<u8>, RegionError> {
+        if let Some(bytes) = &self.encoded {
+            return Ok(bytes.clone());
+        }
+        let op = self.op.as_ref().expect("not yet encoded, so not taken");
+        let bytes = wire::with_bare(op, <[u8]>::to_vec).map_err(RegionError::Encode)?;
+        self.encoded = Some(bytes.clone());
+        Ok(bytes)
+    }
+}
+
+/// What one attempt at the home we believe in came to.
+enum Step<V: HomedValue> {
+    /// Carried out there: where, and what it came to.
+    Done(At, Outcome<V>),
+    /// That home says the key moved to `to` at `epoch`.
+    Moved { to: String, epoch: u64 },
 }

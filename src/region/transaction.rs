@@ -88,7 +88,7 @@ impl Debug for Transaction<'_> {
 }
 
 impl Transaction<'_> {
-    fn mutation<V>(&mut self, slot: usize, key: &[u8]) -> &mut Mutation<V>
+    fn mutation<V>(&mut self, slot: usize, key: Vec<u8>) -> &mut Mutation<V>
     where
         V: Crdt + Serialize + DeserializeOwned + Send + 'static,
     {
@@ -103,10 +103,10 @@ impl Transaction<'_> {
                     .core
                     .store::<CrdtStore<V>>(slot)
                     .expect("declared by the handle")
-                    .get(key);
+                    .get(&key);
                 self.staged.push(Staged {
                     slot,
-                    key: key.to_vec(),
+                    key,
                     mutation: Box::new(Mutation {
                         held: stored.is_some(),
                         working: stored.cloned().unwrap_or_default(),
@@ -146,7 +146,7 @@ impl Transaction<'_> {
             hlc: self.hlc,
             stamp: std::cell::Cell::new(None),
         };
-        let mutation = self.mutation::<V>(table.slot, &key);
+        let mutation = self.mutation::<V>(table.slot, key);
         mutate(mutation, &ctx);
         Ok(())
     }
@@ -170,7 +170,7 @@ impl Transaction<'_> {
         let mut key = Vec::new();
         wire::encode_bare_into(key_of, &mut key)?;
         let stamp = self.hlc.stamp();
-        self.mutation::<VersionSet<T>>(table.slot, &key)
+        self.mutation::<VersionSet<T>>(table.slot, key)
             .apply(|s| s.write(stamp, value));
         Ok(())
     }
@@ -281,14 +281,21 @@ impl Region {
             }
         };
         let value = result?;
-        // Encode every delta before anything changes.
+        // Encode every delta before anything changes, into one buffer.
+        let mut deltas = Vec::new();
         let mut encoded = Vec::with_capacity(staged.len());
         let mut bytes = 0usize;
         for s in &staged {
-            let mut out = Vec::new();
-            if (s.encode)(&*s.mutation, &mut out).map_err(RegionError::Encode)? {
-                bytes += s.key.len() + out.len();
-                encoded.push((s, out));
+            let start = deltas.len();
+            if (s.encode)(&*s.mutation, &mut deltas).map_err(RegionError::Encode)? {
+                bytes += s.key.len() + deltas.len() - start;
+                encoded.push((s, start..deltas.len()));
+            } else {
+                debug_assert_eq!(
+                    deltas.len(),
+                    start,
+                    "an update without a delta encodes nothing"
+                );
             }
         }
         let writes_max = core.config.batch_len_max;
@@ -311,11 +318,11 @@ impl Region {
             core.outbox
                 .begin_group(first, encoded.len(), bytes, writes_max, bytes_max);
         }
+        // Dots are consecutive: the last write's token covers them all.
         let mut token = SessionToken::new();
         for (s, delta) in &encoded {
             (s.merge)(&mut core, s.slot, &s.key, &*s.mutation);
-            let t = core.record_write(s.slot, &s.key, delta);
-            token.merge(&t);
+            token = core.record_write(s.slot, &s.key, &deltas[delta.clone()]);
         }
         if grouped {
             core.outbox.end_group();
