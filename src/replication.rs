@@ -258,6 +258,45 @@ enum Received {
     Down(String),
 }
 
+impl Received {
+    /// What the event is, for the engine's lock-hold event.
+    fn kind(&self) -> &'static str {
+        match self {
+            Received::Frame(_, Ok(message)) => match message {
+                Message::Batch { .. } => "batch",
+                Message::Ack { .. } => "ack",
+                Message::SyncRequest { .. } => "sync request",
+                Message::SyncStates { .. } => "sync states",
+                Message::SyncDone { .. } => "sync done",
+                _ => "frame",
+            },
+            Received::Frame(_, Err(_)) => "undecodable frame",
+            Received::Up(_) => "peer up",
+            Received::Down(_) => "peer down",
+        }
+    }
+}
+
+/// The engine logs (a `debug` event) every time it held the state's lock
+/// at least this long: every local read and write waits behind it, so
+/// these events are where a write's latency spike comes from (see
+/// `benches/ae_latency.rs`).
+const LOCK_HELD_LOG_MIN: Duration = Duration::from_millis(10);
+
+/// Logs a hold of the state's lock of region `region` since `since`
+/// handling `what`, when it lasted [`LOCK_HELD_LOG_MIN`] or more.
+fn log_long_hold(region: &str, what: &str, since: Instant) {
+    let held = since.elapsed();
+    if held >= LOCK_HELD_LOG_MIN {
+        tracing::debug!(
+            region,
+            what,
+            held_ms = held.as_millis() as u64,
+            "engine held the state's lock long: local reads and writes waited"
+        );
+    }
+}
+
 /// Whether a message may leave before the next commit: with storage,
 /// acknowledgements and state transfers wait until what they vouch for is
 /// on disk (a crash must not take back what a peer was told we hold).
@@ -446,10 +485,13 @@ impl<T: Transport> Engine<T> {
     fn on_transport_event(&mut self, event: TransportEvent) {
         let now = Instant::now();
         let (event, frame_len) = decode_event(event);
+        let kind = event.kind();
         let mut core = self.shared.lock();
+        let locked = Instant::now();
         core.count_sent(&mut self.sent);
         let out = handle_received(&mut core, &mut self.held, event, frame_len, now);
         self.shared.publish(&core);
+        log_long_hold(&core.name, kind, locked);
         drop(core);
         let out = self.hold_until_commit(out);
         self.send(out);
@@ -501,8 +543,8 @@ impl<T: Transport> Engine<T> {
             // fails (peers resend, and the commit is retried).
             self.commit_and_send_held().await;
         }
-        let now = Instant::now();
         let mut core = self.shared.lock();
+        let now = Instant::now();
         core.count_sent(&mut self.sent);
         core.check_retransmit(now);
         core.expire_syncs(now);
@@ -521,6 +563,7 @@ impl<T: Transport> Engine<T> {
             self.published_at = Some(now);
             crate::region::metrics::publish(&core);
         }
+        log_long_hold(&core.name, "tick", now);
         drop(core);
         self.send(out);
     }
