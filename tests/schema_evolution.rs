@@ -668,3 +668,36 @@ fn a_crdt_layout_tag_no_build_writes_is_refused() {
         "{refused:?}"
     );
 }
+
+/// Concurrent siblings of the new struct, merged at an old build in
+/// either order, keep each sibling's unknown bytes: equal states, equal
+/// bytes, and the new build reads both fields back.
+#[test]
+fn concurrent_new_siblings_merged_at_an_old_build_keep_their_fields() {
+    use archipelago::clock::ReplicaId;
+    use archipelago::crdt::Crdt;
+    let (tokyo, frankfurt) = (ReplicaId::new(1), ReplicaId::new(2));
+    let mut a = MvRegister::new();
+    a.write(tokyo, aiko(1));
+    let mut b = MvRegister::new();
+    b.write(frankfurt, aiko(2));
+    let old = |m: &MvRegister<ProfileV2>| -> MvRegister<ProfileV1> {
+        wire::decode(&wire::encode(m).unwrap()).unwrap()
+    };
+    let (mut ab, mut ba) = (old(&a), old(&b));
+    ab.merge(&old(&b));
+    ba.merge(&old(&a));
+    assert_eq!(ab, ba);
+    assert_eq!(ab.unknown_bytes().count(), 2);
+    let bytes = wire::encode(&ab).unwrap();
+    assert_eq!(bytes, wire::encode(&ba).unwrap(), "canonical");
+    let back: MvRegister<ProfileV2> = wire::decode(&bytes).unwrap();
+    let mut both = a.clone();
+    both.merge(&b);
+    assert_eq!(back, both);
+    assert_eq!(
+        bytes,
+        wire::encode(&both).unwrap(),
+        "the same bytes as at the new build"
+    );
+}
