@@ -120,8 +120,13 @@ pub use redb_store::{JOURNAL_BYTES_MAX, JOURNAL_LEN_MAX, RedbStorage};
 /// as undecodable, so it refuses the store. The migration is in the
 /// decoder: states of version 3 and older read as they are (their layout
 /// is told apart by its first bytes), and each is written delimited when
-/// its key next changes.
-pub const STORAGE_FORMAT_VERSION: u32 = 4;
+/// its key next changes. Version 5 does the same for the values inside
+/// [`LwwRegister`](crate::crdt::LwwRegister), [`LwwMap`](crate::crdt::LwwMap)
+/// and [`MvRegister`](crate::crdt::MvRegister) states (see *Schema
+/// evolution* on each), with the same lazy migration: states of version 4
+/// and older read as they are, and each is written delimited when its key
+/// next changes.
+pub const STORAGE_FORMAT_VERSION: u32 = 5;
 
 /// What went wrong with a region's storage.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -95,7 +95,10 @@ pub const fn decode_budget_bytes(body_bytes: usize) -> usize {
 mod budget;
 mod delimited;
 
-pub(crate) use delimited::{decode_tolerant, legacy_layout};
+pub(crate) use delimited::{
+    DELIMITED_CRDT_PROTOCOL, DELIMITED_LEN_TAG, DELIMITED_PROTOCOL, Unknown, ValueBytes, ValueOf,
+    legacy_layout, positional_crdt_values, varint_rest,
+};
 
 const fn config() -> Config {
     bincode::config::standard().with_limit::<FRAME_BYTES_MAX>()
@@ -209,6 +212,10 @@ pub enum InvalidRule {
     /// [`VERSIONS_MAX`](crate::resolve::VERSIONS_MAX).
     #[error("more versions than a version set may hold")]
     TooManyVersions,
+    /// A first byte naming a layout no build writes (a register's or a
+    /// map row's tag other than those of its older and delimited layouts).
+    #[error("a layout tag no build writes")]
+    UnknownLayout,
 }
 
 thread_local! {
@@ -302,28 +309,35 @@ pub(crate) fn encode_bare_into<T: Serialize + ?Sized>(
 }
 
 /// Appends the body of `value` to `out` as [`encode_bare_into`] does, in
-/// the layout peers of protocol 4 and older read: user values inside
-/// version sets not delimited (see [`Versioned`](crate::resolve::Versioned)).
+/// the layout peers of protocol `protocol` read: user values inside
+/// version sets not delimited below protocol 5 (see
+/// [`Versioned`](crate::resolve::Versioned)), those inside registers and
+/// last-writer-wins maps not delimited below protocol 6 (see
+/// [`LwwRegister`](crate::crdt::LwwRegister)).
 ///
 /// # Errors
 /// As [`encode`].
 pub(crate) fn encode_bare_legacy_into<T: Serialize + ?Sized>(
     value: &T,
     out: &mut Vec<u8>,
+    protocol: u16,
 ) -> Result<(), WireError> {
-    delimited::in_legacy_layout(|| encode_into(value, out))
+    delimited::in_layout_of(protocol, || encode_into(value, out))
 }
 
-/// A frame of `value` as [`encode`] makes it, in the layout of protocol 4
+/// A frame of `value` as [`encode`] makes it, in the layout of `protocol`
 /// (see [`encode_bare_legacy_into`]): for the fuzz corpus, which keeps
-/// the older layout's decoder under test.
+/// the older layouts' decoders under test.
 ///
 /// # Errors
 /// As [`encode`].
 #[cfg(feature = "testing")]
-pub(crate) fn encode_legacy<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, WireError> {
+pub(crate) fn encode_legacy<T: Serialize + ?Sized>(
+    value: &T,
+    protocol: u16,
+) -> Result<Vec<u8>, WireError> {
     let mut frame = vec![WIRE_VERSION];
-    encode_bare_legacy_into(value, &mut frame)?;
+    encode_bare_legacy_into(value, &mut frame, protocol)?;
     Ok(frame)
 }
 

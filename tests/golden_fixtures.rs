@@ -101,20 +101,23 @@ fn every_crdt_state_of_format_1_decodes() {
 
     let mut reg = LwwRegister::new();
     reg.set(stamp(5, TOKYO), "Aiko".to_string());
-    check("states/v1/lww_register.bin", &reg);
+    // Registers and last-writer-wins maps are written delimited since
+    // protocol 6 (`every_crdt_value_of_format_3_decodes`): these still
+    // decode.
+    check_decodes("states/v1/lww_register.bin", &reg);
 
     let mut map = LwwMap::new();
     map.insert(stamp(1, TOKYO), "colour".to_string(), "blue".to_string());
     map.insert(stamp(2, FRANKFURT), "size".to_string(), "M".to_string());
     map.remove(stamp(3, TOKYO), "size".to_string());
-    check("states/v1/lww_map.bin", &map);
+    check_decodes("states/v1/lww_map.bin", &map);
 
     let mut mv = MvRegister::new();
     mv.write(TOKYO, 1u64);
     let mut other = MvRegister::new();
     other.write(FRANKFURT, 2u64);
     archipelago::crdt::Crdt::merge(&mut mv, &other);
-    check("states/v1/mv_register.bin", &mv);
+    check_decodes("states/v1/mv_register.bin", &mv);
 
     let mut stock: BoundedCounter = BoundedCounter::new();
     stock.inc(TOKYO, 100);
@@ -163,6 +166,37 @@ fn every_version_set_of_format_2_decodes() {
     let mut wide = VersionSet::new();
     wide.write(stamp(9, WIDE_TOKYO), 42u64);
     check("states/v2/version_set_64_bit_ids.bin", &wide);
+}
+
+/// Registers and last-writer-wins maps in the delimited layout (protocol
+/// 6 on): each user value a byte string of its own, so a struct can gain
+/// trailing fields. The same states as their format-1 fixtures.
+#[test]
+fn every_crdt_value_of_format_3_decodes() {
+    let mut reg = LwwRegister::new();
+    reg.set(stamp(5, TOKYO), "Aiko".to_string());
+    check("states/v3/lww_register.bin", &reg);
+    check(
+        "states/v3/lww_register_unset.bin",
+        &LwwRegister::<String>::new(),
+    );
+
+    let mut map = LwwMap::new();
+    map.insert(stamp(1, TOKYO), "colour".to_string(), "blue".to_string());
+    map.insert(stamp(2, FRANKFURT), "size".to_string(), "M".to_string());
+    map.remove(stamp(3, TOKYO), "size".to_string());
+    check("states/v3/lww_map.bin", &map);
+
+    let mut wide = LwwMap::new();
+    wide.insert(stamp(1, WIDE_TOKYO), "colour".to_string(), 7u64);
+    check("states/v3/lww_map_64_bit_ids.bin", &wide);
+
+    let mut mv = MvRegister::new();
+    mv.write(TOKYO, 1u64);
+    let mut other = MvRegister::new();
+    other.write(FRANKFURT, 2u64);
+    archipelago::crdt::Crdt::merge(&mut mv, &other);
+    check("states/v3/mv_register.bin", &mv);
 }
 
 /// `path`'s committed fixture decodes into `value` (an encoding of a
@@ -250,7 +284,7 @@ fn states_with_64_bit_replica_ids_decode() {
         "size".to_string(),
         "M".to_string(),
     );
-    check("states/v1/lww_map_64_bit_ids.bin", &map);
+    check_decodes("states/v1/lww_map_64_bit_ids.bin", &map);
 }
 
 /// A region's store of storage format 2 (redb): made once by a region that
@@ -435,6 +469,165 @@ fn a_redb_store_of_format_3_opens_with_a_struct_that_gained_a_field() {
                     nickname: nickname.clone(),
                 };
                 profiles.put(&42u64, written).await.unwrap();
+            }
+            assert_eq!(region.stats().undecodable_values, 0);
+            region.shutdown().await;
+        });
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The three CRDT tables of the format-4 store fixture, as a build whose
+/// struct is `P` declares them.
+#[cfg(feature = "redb")]
+#[allow(clippy::type_complexity)]
+fn crdt_profile_tables<P>(
+    region: &archipelago::region::Region,
+) -> (
+    archipelago::region::Table<u64, LwwRegister<P>>,
+    archipelago::region::Table<u64, LwwMap<String, P>>,
+    archipelago::region::Table<u64, MvRegister<P>>,
+)
+where
+    P: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    use archipelago::region::AckLevel;
+    (
+        region
+            .table("profile_register")
+            .unwrap()
+            .with_ack(AckLevel::Local),
+        region
+            .table("profile_map")
+            .unwrap()
+            .with_ack(AckLevel::Local),
+        region
+            .table("profile_siblings")
+            .unwrap()
+            .with_ack(AckLevel::Local),
+    )
+}
+
+/// Writes `p` under key 42 of each of the three tables.
+#[cfg(feature = "redb")]
+async fn write_crdt_profiles<P>(region: &archipelago::region::Region, p: P)
+where
+    P: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    let (register, map, siblings) = crdt_profile_tables::<P>(region);
+    let q = p.clone();
+    register
+        .update(&42u64, |r, ctx| r.apply(|r| r.set(ctx.stamp(), q)))
+        .await
+        .unwrap();
+    let q = p.clone();
+    map.update(&42u64, |m, ctx| {
+        m.apply(|m| m.insert(ctx.stamp(), "home".to_string(), q))
+    })
+    .await
+    .unwrap();
+    siblings
+        .update(&42u64, |m, ctx| m.apply(|m| m.write(ctx.replica(), p)))
+        .await
+        .unwrap();
+}
+
+/// The value under key 42 of each of the three tables.
+#[cfg(feature = "redb")]
+async fn read_crdt_profiles<P>(region: &archipelago::region::Region) -> [Option<P>; 3]
+where
+    P: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    let (register, map, siblings) = crdt_profile_tables::<P>(region);
+    let register = register.read(&42u64).await.unwrap();
+    let map = map.read(&42u64).await.unwrap();
+    let siblings = siblings.read(&42u64).await.unwrap();
+    [
+        register.and_then(|r| r.get().cloned()),
+        map.and_then(|m| m.get("home").cloned()),
+        siblings.and_then(|m| m.values().next().cloned()),
+    ]
+}
+
+/// A region's store of storage format 4 (redb), made once by a build whose
+/// `LwwRegister`, `LwwMap` and `MvRegister` tables held a struct of one
+/// field, in the positional layout: today's build opens it with that
+/// struct and rewrites the values (delimited); then a build whose struct
+/// has gained a trailing `#[serde(default)]` field reads them with the
+/// default, and writes the new field beside it.
+#[cfg(feature = "redb")]
+#[test]
+fn a_redb_store_of_format_4_opens_with_crdt_values_that_gained_a_field() {
+    use crate::schema_evolution::{ProfileV1, ProfileV2};
+    use archipelago::region::Region;
+
+    let runtime = common::paused_runtime();
+    let committed = fixtures().join("storage/v4/ap-northeast");
+    if !committed.exists() {
+        assert!(
+            blessing(),
+            "fixture storage/v4 is missing: ARCHIPELAGO_BLESS_FIXTURES=1 writes it"
+        );
+        runtime.block_on(async {
+            let region = Region::builder("ap-northeast")
+                .data_dir(&committed)
+                .clock(common::TokioClock::new(0))
+                .build()
+                .unwrap();
+            write_crdt_profiles(&region, ProfileV1 { visits: 3 }).await;
+            region.shutdown().await;
+        });
+    }
+    let dir = std::env::temp_dir().join(format!("archipelago-golden-v4-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(&committed).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+    }
+    let open = || {
+        Region::builder("ap-northeast")
+            .data_dir(&dir)
+            .clock(common::TokioClock::new(0))
+            .build()
+            .expect("a store of format 4 opens")
+    };
+    // Start 2: the library upgraded, the struct not yet: the values read,
+    // and writes store them delimited.
+    runtime.block_on(async {
+        let region = open();
+        assert_eq!(region.incarnation(), 2);
+        let old = Some(ProfileV1 { visits: 3 });
+        assert_eq!(
+            read_crdt_profiles(&region).await,
+            [old.clone(), old.clone(), old]
+        );
+        write_crdt_profiles(&region, ProfileV1 { visits: 4 }).await;
+        assert_eq!(region.stats().undecodable_values, 0);
+        region.shutdown().await;
+    });
+    // Starts 3 and 4: the struct gained a field. The stored values read
+    // with its default; the new field, once written, reads back.
+    for start in 3..=4 {
+        runtime.block_on(async {
+            let region = open();
+            assert_eq!(region.incarnation(), start);
+            let nickname = (start == 4).then(|| "Aiko".to_string());
+            let expected = Some(ProfileV2 {
+                visits: 4,
+                nickname,
+            });
+            assert_eq!(
+                read_crdt_profiles(&region).await,
+                [expected.clone(), expected.clone(), expected],
+                "start {start}"
+            );
+            if start == 3 {
+                let written = ProfileV2 {
+                    visits: 4,
+                    nickname: Some("Aiko".to_string()),
+                };
+                write_crdt_profiles(&region, written).await;
             }
             assert_eq!(region.stats().undecodable_values, 0);
             region.shutdown().await;

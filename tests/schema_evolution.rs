@@ -261,3 +261,443 @@ fn a_delimited_value_costs_3_bytes_per_update() {
         "{older} -> {delimited}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// CRDT values (protocol 6): LwwRegister, LwwMap and MvRegister.
+
+use archipelago::crdt::{LwwMap, LwwRegister, MvRegister};
+use serde::de::DeserializeOwned;
+
+/// What a profile struct needs to be the value of the three CRDT tables.
+pub trait Profile:
+    Clone + std::fmt::Debug + PartialEq + Serialize + DeserializeOwned + Send + Sync + 'static
+{
+}
+impl Profile for ProfileV1 {}
+impl Profile for ProfileV2 {}
+
+/// The CRDTs whose user values are delimited since protocol 6, each a
+/// table of profiles.
+#[derive(Clone, Copy, Debug)]
+pub enum Kind {
+    /// `LwwRegister<P>`.
+    Register,
+    /// `LwwMap<String, P>`, the profile under `"home"`.
+    Map,
+    /// `MvRegister<P>`, a single sibling.
+    Siblings,
+}
+
+/// Every kind, for tests that run each.
+pub const KINDS: [Kind; 3] = [Kind::Register, Kind::Map, Kind::Siblings];
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Register => "profile_register",
+            Kind::Map => "profile_map",
+            Kind::Siblings => "profile_siblings",
+        }
+    }
+
+    /// Declares this kind's table of `P` at `region`.
+    pub fn declare<P: Profile>(self, region: &Region) {
+        match self {
+            Kind::Register => drop(region.table::<u64, LwwRegister<P>>(self.name()).unwrap()),
+            Kind::Map => drop(region.table::<u64, LwwMap<String, P>>(self.name()).unwrap()),
+            Kind::Siblings => drop(region.table::<u64, MvRegister<P>>(self.name()).unwrap()),
+        }
+    }
+
+    /// Writes `p` under `key`.
+    pub async fn write<P: Profile>(self, region: &Region, key: u64, p: P) {
+        match self {
+            Kind::Register => region
+                .table::<u64, LwwRegister<P>>(self.name())
+                .unwrap()
+                .update(&key, |r, ctx| r.apply(|r| r.set(ctx.stamp(), p)))
+                .await
+                .unwrap(),
+            Kind::Map => region
+                .table::<u64, LwwMap<String, P>>(self.name())
+                .unwrap()
+                .update(&key, |m, ctx| {
+                    m.apply(|m| m.insert(ctx.stamp(), "home".into(), p))
+                })
+                .await
+                .unwrap(),
+            Kind::Siblings => region
+                .table::<u64, MvRegister<P>>(self.name())
+                .unwrap()
+                .update(&key, |m, ctx| m.apply(|m| m.write(ctx.replica(), p)))
+                .await
+                .unwrap(),
+        };
+    }
+
+    /// The profile under `key` and how many bytes it kept unread.
+    pub fn read<P: Profile>(self, region: &Region, key: u64) -> Option<(P, usize)> {
+        match self {
+            Kind::Register => region
+                .table::<u64, LwwRegister<P>>(self.name())
+                .unwrap()
+                .read_with(&key, |r| {
+                    r.get().cloned().map(|p| (p, r.unknown_bytes().len()))
+                })
+                .unwrap()
+                .flatten(),
+            Kind::Map => region
+                .table::<u64, LwwMap<String, P>>(self.name())
+                .unwrap()
+                .read_with(&key, |m| {
+                    let unknown = m.unknown_bytes("home").len();
+                    m.get("home").cloned().map(|p| (p, unknown))
+                })
+                .unwrap()
+                .flatten(),
+            Kind::Siblings => region
+                .table::<u64, MvRegister<P>>(self.name())
+                .unwrap()
+                .read_with(&key, |m| {
+                    assert!(m.values().len() <= 1, "{m:?}");
+                    let unknown = m.unknown_bytes().map(|(_, b)| b.len()).sum();
+                    m.values().next().cloned().map(|p| (p, unknown))
+                })
+                .unwrap()
+                .flatten(),
+        }
+    }
+}
+
+fn declare_all<P: Profile>(region: &Region) {
+    for kind in KINDS {
+        kind.declare::<P>(region);
+    }
+}
+
+fn assert_clean(regions: &[&Region]) {
+    for region in regions {
+        let stats = region.stats();
+        assert_eq!(stats.undecodable_values, 0, "{}", region.name());
+        assert_eq!(stats.rejected_frames, 0, "{}", region.name());
+    }
+}
+
+fn aiko(visits: u32) -> ProfileV2 {
+    ProfileV2 {
+        visits,
+        nickname: Some("Aiko".to_string()),
+    }
+}
+
+/// For each CRDT: a region of the old struct and one of the new replicate
+/// both ways by batches; the old reads the fields it knows (and keeps the
+/// bytes of the new field), the new reads the default where the old wrote.
+#[test]
+fn crdt_values_of_an_old_struct_and_a_new_one_replicate_both_ways() {
+    paused_runtime().block_on(async {
+        let net = ChannelNetwork::new(24);
+        let old = region_on(&net, "ap-northeast", None, RegionConfig::default());
+        let new = region_on(&net, "eu-central", None, RegionConfig::default());
+        declare_all::<ProfileV1>(&old);
+        declare_all::<ProfileV2>(&new);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let syncs = (old.stats().syncs_completed, new.stats().syncs_completed);
+        for kind in KINDS {
+            kind.write(&old, 1, ProfileV1 { visits: 3 }).await;
+            kind.write(&new, 2, aiko(7)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for kind in KINDS {
+            let defaulted = ProfileV2 {
+                visits: 3,
+                nickname: None,
+            };
+            assert_eq!(
+                kind.read(&new, 1),
+                Some((defaulted, 0)),
+                "{kind:?}: old -> new"
+            );
+            let (at_old, unknown) = kind.read::<ProfileV1>(&old, 2).expect("new -> old");
+            assert_eq!(at_old, ProfileV1 { visits: 7 }, "{kind:?}");
+            assert_eq!(unknown, 6, "{kind:?}: Some(\"Aiko\") kept unread");
+        }
+        assert_eq!(
+            (old.stats().syncs_completed, new.stats().syncs_completed),
+            syncs,
+            "batches, not a repair"
+        );
+        assert_clean(&[&old, &new]);
+        old.shutdown().await;
+        new.shutdown().await;
+    });
+}
+
+/// For each CRDT, new → old → new with the old region restarted from its
+/// redb store in between: the old region keeps the new field's bytes it
+/// cannot read, stores them, and after its restart ships them on to a new
+/// region that never heard from the writer.
+#[cfg(feature = "redb")]
+#[test]
+fn a_new_field_in_crdt_values_survives_an_old_relay_and_its_restart() {
+    use archipelago::region::AckLevel;
+    paused_runtime().block_on(async {
+        let net = ChannelNetwork::new(25);
+        let dir = std::env::temp_dir().join(format!("archipelago-relay-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let frankfurt_on_disk = || {
+            let region = Region::builder("eu-central")
+                .transport(net.endpoint("eu-central"))
+                .clock(common::TokioClock::new(0))
+                .data_dir(&dir)
+                .build()
+                .unwrap();
+            declare_all::<ProfileV1>(&region);
+            region
+        };
+        let tokyo = region_on(&net, "ap-northeast", None, RegionConfig::default());
+        declare_all::<ProfileV2>(&tokyo);
+        let frankfurt = frankfurt_on_disk();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for kind in KINDS {
+            kind.write(&tokyo, 1, aiko(5)).await;
+        }
+        common::eventually("the old region holds them", || async {
+            KINDS
+                .iter()
+                .all(|k| k.read::<ProfileV1>(&frankfurt, 1).is_some())
+        })
+        .await;
+        // Every key durable at Frankfurt: a local write acknowledged at
+        // `Local` waits for the group commit carrying what came before.
+        frankfurt
+            .table::<u64, LwwRegister<ProfileV1>>("marker")
+            .unwrap()
+            .with_ack(AckLevel::Local)
+            .update(&0, |r, ctx| {
+                r.apply(|r| r.set(ctx.stamp(), ProfileV1 { visits: 0 }))
+            })
+            .await
+            .unwrap();
+        assert_clean(&[&tokyo, &frankfurt]);
+        tokyo.shutdown().await;
+        frankfurt.shutdown().await;
+
+        let frankfurt = frankfurt_on_disk();
+        assert_eq!(frankfurt.incarnation(), 2);
+        for kind in KINDS {
+            let (at_old, unknown) = kind.read::<ProfileV1>(&frankfurt, 1).expect("stored");
+            assert_eq!((at_old, unknown), (ProfileV1 { visits: 5 }, 6), "{kind:?}");
+        }
+        let virginia = region_on(&net, "us-east", None, RegionConfig::default());
+        declare_all::<ProfileV2>(&virginia);
+        common::eventually("a repair carries them to Virginia", || async {
+            KINDS
+                .iter()
+                .all(|k| k.read::<ProfileV2>(&virginia, 1).is_some())
+        })
+        .await;
+        assert!(
+            virginia.stats().syncs_completed >= 1,
+            "a repair carried them"
+        );
+        for kind in KINDS {
+            assert_eq!(
+                kind.read(&virginia, 1),
+                Some((aiko(5), 0)),
+                "{kind:?}: the field written at Tokyo came through Frankfurt's restart"
+            );
+        }
+        assert_clean(&[&frankfurt, &virginia]);
+        frankfurt.shutdown().await;
+        virginia.shutdown().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
+
+/// For each CRDT, a peer pinned to protocol 5 (values positional) and one
+/// of protocol 6 replicate both ways by batches; the protocol-5 peer is
+/// sent the older layout (one byte less per value).
+#[test]
+fn a_protocol_5_peer_and_a_protocol_6_peer_replicate_crdt_values_both_ways() {
+    paused_runtime().block_on(async {
+        let net = ChannelNetwork::new(26);
+        let new = region_on(&net, "ap-northeast", None, RegionConfig::default());
+        let pinned = RegionConfig {
+            protocol_version_max: 5,
+            ..RegionConfig::default()
+        };
+        let old = region_on(&net, "eu-central", None, pinned);
+        declare_all::<ProfileV2>(&new);
+        declare_all::<ProfileV2>(&old);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let protocol = new
+            .stats()
+            .peers
+            .iter()
+            .find(|p| p.name == "eu-central")
+            .unwrap()
+            .protocol;
+        assert_eq!(protocol, 5);
+        let syncs = (new.stats().syncs_completed, old.stats().syncs_completed);
+        for kind in KINDS {
+            kind.write(&new, 1, aiko(1)).await;
+            kind.write(&old, 2, aiko(2)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for kind in KINDS {
+            assert_eq!(kind.read(&old, 1), Some((aiko(1), 0)), "{kind:?}: 6 -> 5");
+            assert_eq!(kind.read(&new, 2), Some((aiko(2), 0)), "{kind:?}: 5 -> 6");
+        }
+        assert_eq!(
+            (new.stats().syncs_completed, old.stats().syncs_completed),
+            syncs,
+            "batches, not a repair"
+        );
+        assert_clean(&[&new, &old]);
+        new.shutdown().await;
+        old.shutdown().await;
+    });
+}
+
+/// Batch bytes per update of `kind` from a region to a peer of protocol
+/// `protocol` (the layout it is sent), over `UPDATES` writes of distinct
+/// keys.
+fn crdt_batch_bytes_per_update(kind: Kind, protocol: u16) -> f64 {
+    const UPDATES: u64 = 200;
+    paused_runtime().block_on(async {
+        let net = ChannelNetwork::new(27);
+        let a = region_on(&net, "a", None, RegionConfig::default());
+        let pinned = RegionConfig {
+            protocol_version_max: protocol,
+            ..RegionConfig::default()
+        };
+        let b = region_on(&net, "b", None, pinned);
+        kind.declare::<ProfileV2>(&a);
+        kind.declare::<ProfileV2>(&b);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let sent = net.link_stats("a", "b");
+        let syncs = a.stats().syncs_completed + b.stats().syncs_completed;
+        for key in 0..UPDATES {
+            kind.write(&a, key, aiko(key as u32)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(kind.read::<ProfileV2>(&b, UPDATES - 1).is_some());
+        let sent_after = net.link_stats("a", "b");
+        assert_eq!(
+            a.stats().syncs_completed + b.stats().syncs_completed,
+            syncs,
+            "no anti-entropy in the measured window"
+        );
+        assert_clean(&[&a, &b]);
+        a.shutdown().await;
+        b.shutdown().await;
+        (sent_after.bytes_delivered - sent.bytes_delivered) as f64 / UPDATES as f64
+    })
+}
+
+/// Delimiting costs 1 byte per update for a register and a map (the
+/// value's length, under 251 bytes; the layout rides in the tag byte they
+/// already had) and 2 for a multi-value register (its tag byte, and the
+/// value's length).
+#[test]
+fn a_delimited_crdt_value_costs_1_or_2_bytes_per_update() {
+    for (kind, extra) in [
+        (Kind::Register, 1.0),
+        (Kind::Map, 1.0),
+        (Kind::Siblings, 2.0),
+    ] {
+        let positional = crdt_batch_bytes_per_update(kind, 5);
+        let delimited = crdt_batch_bytes_per_update(kind, archipelago::region::PROTOCOL_VERSION);
+        println!(
+            "{kind:?}: batch bytes per update (200 writes of a 2-field struct): \
+             positional (protocol 5) {positional:.2} B, delimited (protocol 6) \
+             {delimited:.2} B (+{:.2} B)",
+            delimited - positional
+        );
+        assert!(
+            (delimited - positional - extra).abs() < 0.01,
+            "{kind:?}: {positional} -> {delimited}"
+        );
+    }
+}
+
+/// A layout tag no build writes (a register's first byte, a map row's tag,
+/// a multi-value register's first byte) is refused with a typed error.
+#[test]
+fn a_crdt_layout_tag_no_build_writes_is_refused() {
+    use archipelago::clock::{Hlc, ManualClock, ReplicaId};
+    use archipelago::wire::{InvalidRule, WireError};
+    let hlc = Hlc::with_clock(ReplicaId::new(1), ManualClock::new(1_000));
+    let mut reg = LwwRegister::new();
+    reg.set(hlc.stamp(), aiko(1));
+    let mut bytes = wire::encode(&reg).unwrap();
+    assert_eq!(bytes[1], 2, "the delimited tag after the wire version");
+    bytes[1] = 3;
+    assert_eq!(
+        wire::decode::<LwwRegister<ProfileV2>>(&bytes),
+        Err(WireError::Invalid {
+            ty: "LwwRegister",
+            rule: InvalidRule::UnknownLayout
+        })
+    );
+
+    let mut map = LwwMap::new();
+    map.insert(hlc.stamp(), 1u8, aiko(1));
+    let mut bytes = wire::encode(&map).unwrap();
+    // Wire version, row count, key, then the stamp (6 bytes here).
+    let at = 1 + 1 + 1 + 6;
+    assert_eq!(bytes[at], 2, "the row's delimited tag");
+    bytes[at] = 7;
+    assert_eq!(
+        wire::decode::<LwwMap<u8, ProfileV2>>(&bytes),
+        Err(WireError::Invalid {
+            ty: "LwwMap",
+            rule: InvalidRule::UnknownLayout
+        })
+    );
+
+    let mut mv = MvRegister::new();
+    mv.write(ReplicaId::new(1), aiko(1));
+    let mut bytes = wire::encode(&mv).unwrap();
+    assert_eq!(bytes[1], 255, "the delimited tag");
+    bytes[1] = 254;
+    let refused = wire::decode::<MvRegister<ProfileV2>>(&bytes);
+    assert!(
+        matches!(refused, Err(WireError::Malformed(_))),
+        "{refused:?}"
+    );
+}
+
+/// Concurrent siblings of the new struct, merged at an old build in
+/// either order, keep each sibling's unknown bytes: equal states, equal
+/// bytes, and the new build reads both fields back.
+#[test]
+fn concurrent_new_siblings_merged_at_an_old_build_keep_their_fields() {
+    use archipelago::clock::ReplicaId;
+    use archipelago::crdt::Crdt;
+    let (tokyo, frankfurt) = (ReplicaId::new(1), ReplicaId::new(2));
+    let mut a = MvRegister::new();
+    a.write(tokyo, aiko(1));
+    let mut b = MvRegister::new();
+    b.write(frankfurt, aiko(2));
+    let old = |m: &MvRegister<ProfileV2>| -> MvRegister<ProfileV1> {
+        wire::decode(&wire::encode(m).unwrap()).unwrap()
+    };
+    let (mut ab, mut ba) = (old(&a), old(&b));
+    ab.merge(&old(&b));
+    ba.merge(&old(&a));
+    assert_eq!(ab, ba);
+    assert_eq!(ab.unknown_bytes().count(), 2);
+    let bytes = wire::encode(&ab).unwrap();
+    assert_eq!(bytes, wire::encode(&ba).unwrap(), "canonical");
+    let back: MvRegister<ProfileV2> = wire::decode(&bytes).unwrap();
+    let mut both = a.clone();
+    both.merge(&b);
+    assert_eq!(back, both);
+    assert_eq!(
+        bytes,
+        wire::encode(&both).unwrap(),
+        "the same bytes as at the new build"
+    );
+}

@@ -30,6 +30,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::Crdt;
 use crate::clock::Stamp;
 use crate::hash::{FastMap, ProcessHasher};
+use crate::wire::{InvalidRule, Unknown, ValueBytes, ValueOf, invalid};
 
 /// A map from keys to plain values; per key, the write or delete with the
 /// highest [`Stamp`] wins.
@@ -44,6 +45,51 @@ use crate::hash::{FastMap, ProcessHasher};
 /// flight or held by a partitioned region, resurrect the key (Cassandra's
 /// `gc_grace` failure). The engine does not know every region's applied
 /// vector yet, so it does not collect them.
+///
+/// # Schema evolution
+/// Since protocol 6 (storage format 5) each value is **delimited**: a byte
+/// string of its own inside its row, read tolerantly, as the values of a
+/// [`VersionSet`](crate::resolve::VersionSet) are (see its *Schema
+/// evolution* section for the full table). Adding a trailing field marked
+/// `#[serde(default)]` to `V` is safe while older builds still run: an
+/// older value reads with the default, and a newer value read by an old
+/// build keeps the bytes it does not know
+/// ([`unknown_bytes`](LwwMap::unknown_bytes)) and ships them on. Removing,
+/// reordering or retyping fields of `V`, a trailing field without a
+/// default, an enum variant added anywhere but at the end, and *any*
+/// change to the key type `K` (keys are not delimited: they are compared
+/// by their bytes) are not safe.
+///
+/// The binary encoding is the list of rows `(key, stamp, tag, ...)` in
+/// the order described on `Serialize`; the tag byte says the layout of
+/// the row's value: `0` a tombstone, `1` the older layout (the value
+/// positional: what protocol-5 peers are sent and format-4 stores hold,
+/// still decoded), `2` delimited (the value's bytes, then any it kept
+/// unread). An older encoding can never hold a `2` there: it was the tag
+/// of an `Option`, which bincode writes as `0` or `1`. A map of tombstones
+/// only is the same in both layouts. The human-readable form (JSON) is
+/// unchanged and carries no unknown bytes.
+///
+/// ```
+/// use archipelago::clock::{Hlc, ManualClock, ReplicaId};
+/// use archipelago::crdt::LwwMap;
+/// use archipelago::wire;
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// struct V1 { visits: u32 }
+/// #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// struct V2 { visits: u32, #[serde(default)] nickname: Option<String> }
+///
+/// let hlc = Hlc::with_clock(ReplicaId::new(1), ManualClock::new(1_000));
+/// let mut new = LwwMap::new();
+/// new.insert(hlc.stamp(), 7u64, V2 { visits: 4, nickname: Some("Aiko".into()) });
+/// let bytes = wire::encode(&new)?;
+/// let at_old: LwwMap<u64, V1> = wire::decode(&bytes)?;
+/// assert_eq!(at_old.get(&7), Some(&V1 { visits: 4 }));
+/// assert_eq!(wire::encode(&at_old)?, bytes, "the unknown field travels on");
+/// # Ok::<(), wire::WireError>(())
+/// ```
 pub struct LwwMap<K, V> {
     entries: FastMap<K, Entry<V>>,
     /// Entries holding a value (not tombstones).
@@ -54,7 +100,16 @@ pub struct LwwMap<K, V> {
 struct Entry<V> {
     stamp: Stamp,
     value: Option<V>,
+    /// The bytes of the value this build's `V` left unread.
+    unknown: Unknown,
 }
+
+/// A row's tag in the binary form: a tombstone.
+const TOMBSTONE: u8 = 0;
+/// A row's tag in the binary form: the value positional (older layout).
+const POSITIONAL: u8 = 1;
+/// A row's tag in the binary form: the value delimited.
+const DELIMITED: u8 = 2;
 
 impl<K: Hash + Eq + Clone, V: Clone> LwwMap<K, V> {
     /// The empty map.
@@ -73,6 +128,7 @@ impl<K: Hash + Eq + Clone, V: Clone> LwwMap<K, V> {
             Entry {
                 stamp,
                 value: Some(value),
+                unknown: Unknown::default(),
             },
         )
     }
@@ -81,7 +137,14 @@ impl<K: Hash + Eq + Clone, V: Clone> LwwMap<K, V> {
     /// even when the key is absent here: it also beats older writes this
     /// replica has not received yet.
     pub fn remove(&mut self, stamp: Stamp, key: K) -> Self {
-        self.write(key, Entry { stamp, value: None })
+        self.write(
+            key,
+            Entry {
+                stamp,
+                value: None,
+                unknown: Unknown::default(),
+            },
+        )
     }
 
     fn write(&mut self, key: K, entry: Entry<V>) -> Self {
@@ -136,6 +199,18 @@ impl<K: Hash + Eq + Clone, V: Clone> LwwMap<K, V> {
     /// True when no key holds a value.
     pub fn is_empty(&self) -> bool {
         self.live == 0
+    }
+
+    /// The bytes of `key`'s value this build's `V` did not read (empty
+    /// unless a newer build's `V`, with more trailing fields, wrote it):
+    /// kept and re-sent after the value's own bytes (see *Schema
+    /// evolution*).
+    pub fn unknown_bytes<Q>(&self, key: &Q) -> &[u8]
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.entries.get(key).map_or(&[], |e| e.unknown.bytes())
     }
 
     /// Number of deleted keys whose tombstones are kept.
@@ -206,10 +281,12 @@ impl<K: fmt::Debug, V: fmt::Debug> fmt::Debug for LwwMap<K, V> {
     }
 }
 
-/// Serialized as a sequence of `(key, stamp, value or none)`: any key type
-/// works, JSON included. Rows are in stamp order (keys written by one stamp
-/// in the order of their encoding), so equal maps encode to equal bytes
-/// whatever their hash tables look like: anti-entropy digests rely on it.
+/// Serialized as a sequence of rows, each `(key, stamp, value or none)`
+/// (binary: `(key, stamp, tag, value bytes)`, see *Schema evolution* on
+/// [`LwwMap`]): any key type works, JSON included. Rows are in stamp order
+/// (keys written by one stamp in the order of their encoding), so equal
+/// maps encode to equal bytes whatever their hash tables look like:
+/// anti-entropy digests rely on it.
 impl<K: Serialize, V: Serialize> Serialize for LwwMap<K, V> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut rows: Vec<(&K, &Entry<V>)> = self.entries.iter().collect();
@@ -223,7 +300,103 @@ impl<K: Serialize, V: Serialize> Serialize for LwwMap<K, V> {
             keyed.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
             rows = keyed.into_iter().map(|(_, _, k, e)| (k, e)).collect();
         }
-        serializer.collect_seq(rows.into_iter().map(|(k, e)| (k, e.stamp, &e.value)))
+        if serializer.is_human_readable() {
+            return serializer.collect_seq(rows.into_iter().map(|(k, e)| (k, e.stamp, &e.value)));
+        }
+        let positional = crate::wire::positional_crdt_values();
+        serializer.collect_seq(rows.into_iter().map(|(key, entry)| RowRef {
+            key,
+            entry,
+            positional,
+        }))
+    }
+}
+
+/// A row in the binary form: `(key, stamp, tag, value)`.
+struct RowRef<'a, K, V> {
+    key: &'a K,
+    entry: &'a Entry<V>,
+    /// The older layout's value, for protocol-5 peers.
+    positional: bool,
+}
+
+impl<K: Serialize, V: Serialize> Serialize for RowRef<'_, K, V> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let mut tuple = serializer.serialize_tuple(4)?;
+        tuple.serialize_element(self.key)?;
+        tuple.serialize_element(&self.entry.stamp)?;
+        match &self.entry.value {
+            None => tuple.serialize_element(&TOMBSTONE)?,
+            Some(value) if self.positional => {
+                tuple.serialize_element(&POSITIONAL)?;
+                tuple.serialize_element(value)?;
+            }
+            Some(value) => {
+                tuple.serialize_element(&DELIMITED)?;
+                tuple.serialize_element(&ValueBytes(value, self.entry.unknown.bytes()))?;
+            }
+        }
+        tuple.end()
+    }
+}
+
+/// A decoded row: its key and entry.
+struct Row<K, V>(K, Entry<V>);
+
+impl<'de, K: Deserialize<'de>, V: Deserialize<'de>> Deserialize<'de> for Row<K, V> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        if deserializer.is_human_readable() {
+            let (key, stamp, value) = <(K, Stamp, Option<V>)>::deserialize(deserializer)?;
+            let unknown = Unknown::default();
+            return Ok(Row(
+                key,
+                Entry {
+                    stamp,
+                    value,
+                    unknown,
+                },
+            ));
+        }
+        deserializer.deserialize_tuple(4, RowVisitor(std::marker::PhantomData))
+    }
+}
+
+struct RowVisitor<K, V>(std::marker::PhantomData<(K, V)>);
+
+impl<'de, K: Deserialize<'de>, V: Deserialize<'de>> serde::de::Visitor<'de> for RowVisitor<K, V> {
+    type Value = Row<K, V>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a row of a last-writer-wins map")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        use serde::de::Error;
+        let missing = || A::Error::custom("a row ends early");
+        let key = seq.next_element()?.ok_or_else(missing)?;
+        let stamp = seq.next_element()?.ok_or_else(missing)?;
+        let tag: u8 = seq.next_element()?.ok_or_else(missing)?;
+        let (value, unknown) = match tag {
+            TOMBSTONE => (None, Unknown::default()),
+            POSITIONAL => (
+                Some(seq.next_element()?.ok_or_else(missing)?),
+                Unknown::default(),
+            ),
+            DELIMITED => {
+                let ValueOf(value, unknown) = seq.next_element()?.ok_or_else(missing)?;
+                (Some(value), unknown)
+            }
+            _ => return Err(invalid("LwwMap", InvalidRule::UnknownLayout)),
+        };
+        Ok(Row(
+            key,
+            Entry {
+                stamp,
+                value,
+                unknown,
+            },
+        ))
     }
 }
 
@@ -233,18 +406,15 @@ where
     V: Deserialize<'de> + Clone,
 {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let rows = Vec::<(K, Stamp, Option<V>)>::deserialize(deserializer)?;
+        let rows = Vec::<Row<K, V>>::deserialize(deserializer)?;
         let mut map = LwwMap {
             entries: FastMap::with_capacity_and_hasher(rows.len(), ProcessHasher),
             live: 0,
         };
-        for (key, stamp, value) in rows {
-            map.live += usize::from(value.is_some());
-            if map.entries.insert(key, Entry { stamp, value }).is_some() {
-                return Err(crate::wire::invalid(
-                    "LwwMap",
-                    crate::wire::InvalidRule::KeyRepeated,
-                ));
+        for Row(key, entry) in rows {
+            map.live += usize::from(entry.value.is_some());
+            if map.entries.insert(key, entry).is_some() {
+                return Err(invalid("LwwMap", InvalidRule::KeyRepeated));
             }
         }
         Ok(map)

@@ -1675,7 +1675,14 @@ fn a_peer_outside_our_protocol_range_is_refused_until_it_reconnects() {
     // Back with a build that speaks ours.
     a.peer_down("b", now());
     a.peer_up("b", now());
-    a.on_message("b", Message::Protocol { min: 1, max: 5 }, now());
+    a.on_message(
+        "b",
+        Message::Protocol {
+            min: 1,
+            max: PROTOCOL_VERSION,
+        },
+        now(),
+    );
     assert_eq!(a.peers["b"].protocol_refused, None);
     assert_eq!(
         a.peers["b"].protocol, PROTOCOL_VERSION,

@@ -93,8 +93,9 @@ pub(crate) trait TableStore: Send {
     /// Counts `key` as changed again (its commit failed).
     fn mark_changed(&mut self, key: &[u8]);
     /// `value` (a delta or a state of this table) in the layout peers of
-    /// protocol 4 read (user values not delimited), when that differs.
-    fn legacy_layout(&self, value: &[u8]) -> Option<Vec<u8>>;
+    /// `protocol` read (see [`wire::encode_bare_legacy_into`]), when that
+    /// differs.
+    fn legacy_layout(&self, value: &[u8], protocol: u16) -> Option<Vec<u8>>;
 }
 
 /// Stored states of one key: length-prefixed encoded states, merged in
@@ -277,10 +278,10 @@ where
         self
     }
 
-    fn legacy_layout(&self, value: &[u8]) -> Option<Vec<u8>> {
+    fn legacy_layout(&self, value: &[u8], protocol: u16) -> Option<Vec<u8>> {
         let decoded: V = wire::decode_bare(value).ok()?;
         let mut legacy = Vec::with_capacity(value.len());
-        wire::encode_bare_legacy_into(&decoded, &mut legacy).ok()?;
+        wire::encode_bare_legacy_into(&decoded, &mut legacy, protocol).ok()?;
         (legacy != value).then_some(legacy)
     }
 

@@ -7,7 +7,7 @@ use smallvec::SmallVec;
 use super::{ConflictFeed, ConflictRecord, Resolver};
 use crate::clock::{ReplicaId, Stamp, Timestamp, VersionVector};
 use crate::crdt::Crdt;
-use crate::wire::{InvalidRule, invalid};
+use crate::wire::{InvalidRule, Unknown, ValueBytes, ValueOf, invalid};
 
 /// A plain value with what resolving it needs: its causal version, the
 /// hybrid-logical-clock stamp of its write, and (in the stamp) the replica
@@ -27,20 +27,6 @@ pub struct Versioned<T> {
     /// read them; never in the human-readable form.
     #[serde(skip)]
     unknown: Unknown,
-}
-
-/// The bytes of a delimited value its `T` left unread (usually none).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
-struct Unknown(Option<Box<[u8]>>);
-
-impl Unknown {
-    fn from_bytes(bytes: &[u8]) -> Self {
-        Unknown((!bytes.is_empty()).then(|| bytes.into()))
-    }
-
-    fn bytes(&self) -> &[u8] {
-        self.0.as_deref().unwrap_or_default()
-    }
 }
 
 impl<T> Versioned<T> {
@@ -275,31 +261,10 @@ impl<T: Serialize> Serialize for DelimitedRef<'_, T> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeTuple;
         let mut tuple = serializer.serialize_tuple(3)?;
-        tuple.serialize_element(&ValueBytes(self.0))?;
+        tuple.serialize_element(&ValueBytes(&self.0.value, self.0.unknown.bytes()))?;
         tuple.serialize_element(&self.0.version)?;
         tuple.serialize_element(&self.0.stamp)?;
         tuple.end()
-    }
-}
-
-/// The value of a version as one byte string.
-struct ValueBytes<'a, T>(&'a Versioned<T>);
-
-impl<T: Serialize> Serialize for ValueBytes<'_, T> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::Error;
-        let unknown = self.0.unknown.bytes();
-        crate::wire::with_bare(&self.0.value, |own| {
-            if unknown.is_empty() {
-                serializer.serialize_bytes(own)
-            } else {
-                let mut whole = Vec::with_capacity(own.len() + unknown.len());
-                whole.extend_from_slice(own);
-                whole.extend_from_slice(unknown);
-                serializer.serialize_bytes(&whole)
-            }
-        })
-        .map_err(S::Error::custom)?
     }
 }
 
@@ -333,30 +298,6 @@ impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for DelimitedVisitor<T> {
             stamp,
             unknown,
         }))
-    }
-}
-
-/// A value read tolerantly from its byte string, and what it left unread.
-struct ValueOf<T>(T, Unknown);
-
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for ValueOf<T> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_bytes(ValueVisitor(std::marker::PhantomData))
-    }
-}
-
-struct ValueVisitor<T>(std::marker::PhantomData<T>);
-
-impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for ValueVisitor<T> {
-    type Value = ValueOf<T>;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a value's bytes, borrowed from the frame")
-    }
-
-    fn visit_borrowed_bytes<E: serde::de::Error>(self, bytes: &'de [u8]) -> Result<Self::Value, E> {
-        let (value, rest) = crate::wire::decode_tolerant::<T>(bytes).map_err(E::custom)?;
-        Ok(ValueOf(value, Unknown::from_bytes(rest)))
     }
 }
 

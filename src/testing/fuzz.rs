@@ -1035,12 +1035,18 @@ impl<T: FuzzValue> Target for Typed<T> {
             let Ok(frame) = wire::encode(&value) else {
                 continue;
             };
-            // The older layout (version sets before protocol 5) still
-            // decodes: its frames join the corpus where they differ.
-            if let Ok(legacy) = wire::encode_legacy(&value)
-                && legacy != frame
-            {
-                frames.push(legacy);
+            // The older layouts (version sets before protocol 5,
+            // registers and maps before protocol 6) still decode: their
+            // frames join the corpus where they differ.
+            let mut older: Option<Vec<u8>> = None;
+            for protocol in [4, 5] {
+                if let Ok(legacy) = wire::encode_legacy(&value, protocol)
+                    && legacy != frame
+                    && older.as_ref() != Some(&legacy)
+                {
+                    frames.push(legacy.clone());
+                    older = Some(legacy);
+                }
             }
             frames.push(frame);
         }

@@ -46,23 +46,138 @@ thread_local! {
     /// What [`Tolerant`] needs while a delimited value decodes: the bytes
     /// left in its slice and the budget to charge.
     static VALUE: RefCell<Option<ValueContext>> = const { RefCell::new(None) };
-    /// True while encoding for a peer of protocol 4 or older.
-    static LEGACY: Cell<bool> = const { Cell::new(false) };
+    /// The protocol of the peer states are being encoded for on this
+    /// thread: `u16::MAX` (this build's own layout) unless re-encoding for
+    /// an older peer.
+    static LAYOUT_PROTOCOL: Cell<u16> = const { Cell::new(u16::MAX) };
 }
 
-/// True while [`encode_legacy`](super::encode_bare_legacy_into) runs on
-/// this thread: states then encode in the layout protocol-4 peers read
-/// (values not delimited).
+/// The first protocol whose version sets carry delimited values
+/// ([`Versioned`](crate::resolve::Versioned)).
+pub(crate) const DELIMITED_PROTOCOL: u16 = 5;
+
+/// The first protocol whose [`LwwRegister`](crate::crdt::LwwRegister),
+/// [`LwwMap`](crate::crdt::LwwMap) and [`MvRegister`](crate::crdt::MvRegister)
+/// states carry delimited values.
+pub(crate) const DELIMITED_CRDT_PROTOCOL: u16 = 6;
+
+/// True while [`encode_bare_legacy_into`](super::encode_bare_legacy_into)
+/// runs on this thread for a peer older than [`DELIMITED_PROTOCOL`]:
+/// version sets then encode in the layout protocol-4 peers read (values
+/// not delimited).
 pub(crate) fn legacy_layout() -> bool {
-    LEGACY.with(Cell::get)
+    LAYOUT_PROTOCOL.with(Cell::get) < DELIMITED_PROTOCOL
 }
 
-/// Runs `f` with [`legacy_layout`] true.
-pub(super) fn in_legacy_layout<R>(f: impl FnOnce() -> R) -> R {
-    let before = LEGACY.with(|l| l.replace(true));
+/// True while [`encode_bare_legacy_into`](super::encode_bare_legacy_into)
+/// runs on this thread for a peer older than [`DELIMITED_CRDT_PROTOCOL`]:
+/// registers and last-writer-wins maps then encode their values
+/// positionally, as protocol-5 peers read them.
+pub(crate) fn positional_crdt_values() -> bool {
+    LAYOUT_PROTOCOL.with(Cell::get) < DELIMITED_CRDT_PROTOCOL
+}
+
+/// Runs `f` encoding states in the layout of `protocol`.
+pub(super) fn in_layout_of<R>(protocol: u16, f: impl FnOnce() -> R) -> R {
+    let before = LAYOUT_PROTOCOL.with(|l| l.replace(protocol));
     let result = f();
-    LEGACY.with(|l| l.set(before));
+    LAYOUT_PROTOCOL.with(|l| l.set(before));
     result
+}
+
+/// The bytes of a delimited value its type left unread (usually none):
+/// fields a newer build's type wrote after the ones this build knows.
+/// Kept beside the value and written out again after its own bytes, so
+/// they reach the regions that read them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub(crate) struct Unknown(Option<Box<[u8]>>);
+
+impl Unknown {
+    /// `bytes` kept (no allocation when empty).
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Self {
+        Unknown((!bytes.is_empty()).then(|| bytes.into()))
+    }
+
+    /// The bytes kept (empty when none).
+    pub(crate) fn bytes(&self) -> &[u8] {
+        self.0.as_deref().unwrap_or_default()
+    }
+}
+
+/// A value and the bytes it kept unread, serialized as one byte string:
+/// the value's own bytes, then the unknown ones.
+pub(crate) struct ValueBytes<'a, T: ?Sized>(pub &'a T, pub &'a [u8]);
+
+impl<T: serde::Serialize + ?Sized> serde::Serialize for ValueBytes<'_, T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::Error;
+        let unknown = self.1;
+        super::with_bare(self.0, |own| {
+            if unknown.is_empty() {
+                serializer.serialize_bytes(own)
+            } else {
+                let mut whole = Vec::with_capacity(own.len() + unknown.len());
+                whole.extend_from_slice(own);
+                whole.extend_from_slice(unknown);
+                serializer.serialize_bytes(&whole)
+            }
+        })
+        .map_err(S::Error::custom)?
+    }
+}
+
+/// A value read tolerantly from its byte string (see [`decode_tolerant`]),
+/// and what it left unread.
+pub(crate) struct ValueOf<T>(pub T, pub Unknown);
+
+impl<'de, T: de::Deserialize<'de>> de::Deserialize<'de> for ValueOf<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_bytes(ValueVisitor(std::marker::PhantomData))
+    }
+}
+
+struct ValueVisitor<T>(std::marker::PhantomData<T>);
+
+impl<'de, T: de::Deserialize<'de>> Visitor<'de> for ValueVisitor<T> {
+    type Value = ValueOf<T>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a value's bytes, borrowed from the frame")
+    }
+
+    fn visit_borrowed_bytes<E: de::Error>(self, bytes: &'de [u8]) -> Result<Self::Value, E> {
+        let (value, rest) = decode_tolerant::<T>(bytes).map_err(E::custom)?;
+        Ok(ValueOf(value, Unknown::from_bytes(rest)))
+    }
+}
+
+/// The first byte of a layout that delimits its values where the older
+/// layout starts with a length: bincode's varints never start with it
+/// (254 announces a `u128`, 255 is reserved), so no length of an older
+/// encoding does.
+pub(crate) const DELIMITED_LEN_TAG: u8 = 255;
+
+/// The length of an older layout whose first byte, `first`, was read as a
+/// `u8` (to tell it from [`DELIMITED_LEN_TAG`]): the rest of bincode's
+/// varint, read from `seq` as raw bytes (251: a `u16` follows, 252: a
+/// `u32`, 253: a `u64`, little-endian).
+///
+/// # Errors
+/// A byte no varint of a `u64` starts with, or the input ending early.
+pub(crate) fn varint_rest<'de, A: SeqAccess<'de>>(first: u8, seq: &mut A) -> Result<u64, A::Error> {
+    let ended = || de::Error::custom("a length ends early");
+    Ok(match first {
+        0..=250 => u64::from(first),
+        251 => u64::from(u16::from_le_bytes(seq.next_element()?.ok_or_else(ended)?)),
+        252 => u64::from(u32::from_le_bytes(seq.next_element()?.ok_or_else(ended)?)),
+        253 => u64::from_le_bytes(seq.next_element()?.ok_or_else(ended)?),
+        other => {
+            return Err(de::Error::invalid_value(
+                de::Unexpected::Unsigned(u64::from(other)),
+                &"the first byte of a length",
+            ));
+        }
+    })
 }
 
 /// A reader over a slice that publishes how many bytes are left.
