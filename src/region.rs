@@ -89,8 +89,11 @@
 //! transaction's own writes; a read-only transaction is the way to read
 //! several keys consistently (separate reads outside one are each of their
 //! moment: no isolation between them). Bounds: `batch_len_max` writes,
-//! `batch_bytes_max` bytes ([`RegionError::TransactionTooLarge`]). Change
-//! streams get a transaction's events consecutively, published under the
+//! `batch_bytes_max` bytes ([`RegionError::TransactionTooLarge`]). It
+//! returns at [`AckLevel::Memory`];
+//! [`Region::transaction_with_ack`] waits for `Local` (the one commit
+//! that holds all its writes) or `Replicated(n)` (n peers applied all of
+//! it). Change streams get a transaction's events consecutively, published under the
 //! same lock. Anti-entropy replies are built and applied under one lock;
 //! values it sets aside (stamps past the clock bound, undeclared tables)
 //! are not yet kept transaction-whole: a known limit.

@@ -8,7 +8,7 @@ use crate::common;
 use std::time::Duration;
 
 use archipelago::crdt::GCounter;
-use archipelago::region::{Region, RegionConfig, RegionError};
+use archipelago::region::{AckLevel, Region, RegionConfig, RegionError};
 use archipelago::storage::MemoryStorage;
 use archipelago::transport::{ChannelNetwork, LinkFaults};
 
@@ -34,21 +34,119 @@ fn visible(region: &Region, t: u64, k: u32) -> u32 {
     n
 }
 
-/// Writes transaction `t` of `k` increments (over both tables) at `region`.
-fn write_transaction(region: &Region, t: u64, k: u32) {
+/// Stages transaction `t` of `k` increments (over both tables) at
+/// `region`.
+fn stage(
+    region: &Region,
+    t: u64,
+    k: u32,
+) -> impl FnOnce(&mut archipelago::region::Transaction<'_>) -> Result<(), RegionError> {
     let a = region.table::<(u64, u32), GCounter>("a").unwrap();
     let b = region.table::<(u64, u32), GCounter>("b").unwrap();
-    region
-        .transaction(|tx| {
-            for i in 0..k {
-                let table = if i % 2 == 0 { &a } else { &b };
-                tx.update(table, &(t, i), |c, ctx| {
-                    c.apply(|c| c.inc(ctx.replica(), 1))
-                })?;
-            }
-            Ok::<_, RegionError>(())
+    move |tx| {
+        for i in 0..k {
+            let table = if i % 2 == 0 { &a } else { &b };
+            tx.update(table, &(t, i), |c, ctx| {
+                c.apply(|c| c.inc(ctx.replica(), 1))
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes transaction `t` of `k` increments (over both tables) at `region`.
+fn write_transaction(region: &Region, t: u64, k: u32) {
+    region.transaction(stage(region, t, k)).unwrap();
+}
+
+/// `Local`: a transaction returns once the commit holding all its writes
+/// is on disk (a failing disk is the caller's error, and a crash right
+/// after the return keeps it whole); without storage it is refused and
+/// applies nothing.
+#[test]
+fn a_local_transaction_returns_once_its_commit_is_on_disk() {
+    common::paused_runtime().block_on(async {
+        let net = ChannelNetwork::new(7);
+        let bare = common::region_on(&net, "ap", None, RegionConfig::default());
+        let refused = bare
+            .transaction_with_ack(AckLevel::Local, stage(&bare, 1, 8))
+            .await;
+        assert!(
+            matches!(refused, Err(RegionError::NoStorage)),
+            "{refused:?}"
+        );
+        assert_eq!(visible(&bare, 1, 8), 0, "nothing applied");
+        bare.shutdown().await;
+
+        let disk = MemoryStorage::new();
+        let region = common::region_on(&net, "eu", Some(&disk), RegionConfig::default());
+        disk.fail_commits(true);
+        let failed = region
+            .transaction_with_ack(AckLevel::Local, stage(&region, 2, 8))
+            .await;
+        assert!(matches!(failed, Err(RegionError::Storage(_))), "{failed:?}");
+        disk.fail_commits(false);
+        region
+            .transaction_with_ack(AckLevel::Local, stage(&region, 3, 40))
+            .await
+            .unwrap();
+        // Killed right after the acknowledgement: no shutdown, no commit.
+        drop(region);
+        let disk = disk.crash();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let region = common::region_on(&net, "eu", Some(&disk), RegionConfig::default());
+        assert_eq!(
+            visible(&region, 3, 40),
+            40,
+            "the acknowledged transaction survived whole"
+        );
+        region.shutdown().await;
+    });
+}
+
+/// `Replicated(1)`: a transaction returns once the peer has applied all
+/// of it; cut off, it times out with the typed error, stays applied here
+/// and reaches the peer whole after the heal.
+#[test]
+fn a_replicated_transaction_returns_once_a_peer_applied_all_of_it() {
+    common::paused_runtime().block_on(async {
+        let net = ChannelNetwork::new(8);
+        let config = RegionConfig::default();
+        let a = common::region_on(&net, "ap", None, config.clone());
+        let b = common::region_on(&net, "eu", None, config.clone());
+        a.transaction_with_ack(AckLevel::Replicated(1), stage(&a, 1, 64))
+            .await
+            .unwrap();
+        assert_eq!(visible(&b, 1, 64), 64, "applied at the peer on return");
+
+        net.partition("ap", "eu");
+        let started = tokio::time::Instant::now();
+        let cut = a
+            .transaction_with_ack(AckLevel::Replicated(1), stage(&a, 2, 10))
+            .await;
+        assert!(
+            matches!(
+                cut,
+                Err(RegionError::ReplicationTimeout {
+                    replicated: 0,
+                    wanted: 1,
+                    ..
+                })
+            ),
+            "{cut:?}"
+        );
+        assert!(started.elapsed() >= config.replication_wait_max);
+        assert_eq!((visible(&a, 2, 10), visible(&b, 2, 10)), (10, 0));
+        net.heal_all();
+        common::eventually("the cut-off transaction reaches eu", || async {
+            visible(&b, 2, 10) == 10
         })
-        .unwrap();
+        .await;
+        for r in [&a, &b] {
+            assert_eq!(r.stats().rejected_frames, 0, "{}", r.name());
+            r.shutdown().await;
+        }
+    });
 }
 
 #[test]

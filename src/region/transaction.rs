@@ -245,7 +245,9 @@ impl Region {
     /// here all together, or not at all when `f` returns an error or
     /// panics, and reach every other region together. Returns what `f`
     /// returned and one session token covering all its writes (empty when
-    /// it wrote nothing). Writes are acknowledged at [`AckLevel::Memory`].
+    /// it wrote nothing). Writes are acknowledged at [`AckLevel::Memory`]
+    /// ([`transaction_with_ack`](Region::transaction_with_ack) waits for
+    /// another level).
     ///
     /// `f` runs while the region's state is locked: keep it short and do
     /// not call back into the region from it (that would deadlock).
@@ -259,6 +261,60 @@ impl Region {
         &self,
         f: impl FnOnce(&mut Transaction<'_>) -> Result<R, E>,
     ) -> Result<(R, SessionToken), E>
+    where
+        E: From<RegionError>,
+    {
+        self.run_transaction(f)
+            .map(|(value, token, _)| (value, token))
+    }
+
+    /// Runs `f` as [`transaction`](Region::transaction) does, then waits
+    /// until its writes are as durable as `ack` asks: [`AckLevel::Local`]
+    /// once the commit that holds all of them is on disk,
+    /// [`AckLevel::Replicated`]`(n)` once `n` peers have applied all of
+    /// them (a transaction's writes are consecutive dots of this region
+    /// and reach a peer in one batch, so the last one's acknowledgement
+    /// covers them all). A transaction that wrote nothing returns at once.
+    ///
+    /// The closure runs before the first wait, under the state lock, as
+    /// for [`transaction`](Region::transaction).
+    ///
+    /// # Errors
+    /// As [`transaction`](Region::transaction), and: for `Local`,
+    /// [`RegionError::NoStorage`] (nothing applied) and, once applied,
+    /// [`RegionError::Storage`] or [`RegionError::CommitTimeout`] when the
+    /// commit failed or took too long; for `Replicated`,
+    /// [`RegionError::ReplicationTimeout`]: the transaction is applied here
+    /// and will still replicate, whole.
+    pub async fn transaction_with_ack<R, E>(
+        &self,
+        ack: AckLevel,
+        f: impl FnOnce(&mut Transaction<'_>) -> Result<R, E>,
+    ) -> Result<(R, SessionToken), E>
+    where
+        E: From<RegionError>,
+    {
+        if ack == AckLevel::Local && !self.inner.durable {
+            return Err(RegionError::NoStorage.into());
+        }
+        let (value, token, last) = self.run_transaction(f)?;
+        if let Some(seq) = last {
+            match ack {
+                AckLevel::Memory => {}
+                AckLevel::Local => self.wait_committed(seq).await?,
+                AckLevel::Replicated(n) => self.wait_replicated(seq, n).await?,
+            }
+        }
+        Ok((value, token))
+    }
+
+    /// A transaction's work: what `f` returned, the token of its writes,
+    /// and the sequence number of its last write (none when it wrote
+    /// nothing).
+    fn run_transaction<R, E>(
+        &self,
+        f: impl FnOnce(&mut Transaction<'_>) -> Result<R, E>,
+    ) -> Result<(R, SessionToken, Option<u64>), E>
     where
         E: From<RegionError>,
     {
@@ -310,7 +366,7 @@ impl Region {
             .into());
         }
         if encoded.is_empty() {
-            return Ok((value, SessionToken::new()));
+            return Ok((value, SessionToken::new(), None));
         }
         let grouped = core.replicating;
         if grouped {
@@ -327,7 +383,8 @@ impl Region {
         if grouped {
             core.outbox.end_group();
         }
+        let last = core.seq;
         drop(core);
-        Ok((value, token))
+        Ok((value, token, Some(last)))
     }
 }
