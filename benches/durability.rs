@@ -33,8 +33,9 @@
 //!
 //! After criterion's groups, a summary prints the median rates, their
 //! ratio to `memory/w64`, the p99 acknowledgement latency of `Local` writes
-//! against the median fsync latency measured with them, and the writes per
-//! commit.
+//! against the median fsync latency measured with them, the writes per
+//! commit, and each `local` rate against its bound: `W` writers that each
+//! wait for their own write cannot exceed `W` writes per fsync.
 //!
 //! Run with `cargo bench --bench durability` (about two minutes).
 
@@ -423,6 +424,19 @@ fn summary() {
             p99.as_secs_f64() / fsync.as_secs_f64().max(1e-9),
             fsync,
         );
+        if w.ack == AckLevel::Local {
+            // Writers that each wait for their own write put at most
+            // `writers` writes in a commit: at most that many per fsync.
+            let bound = w.writers as f64 / fsync.as_secs_f64().max(1e-9);
+            println!(
+                "{:<11} bound {:.0} updates/s ({} writes per fsync of {:?}): {:.2}x the bound",
+                "",
+                bound,
+                w.writers,
+                fsync,
+                rate / bound,
+            );
+        }
     }
     let restarts = RESTARTS.lock().unwrap().clone();
     println!(

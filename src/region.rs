@@ -1581,6 +1581,10 @@ impl Region {
             let mut core = self.core()?;
             if core.durable.as_ref().is_some_and(|d| d.seq < seq) {
                 core.commit_requested = true;
+                self.inner
+                    .shared
+                    .commit_requests
+                    .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
             }
         }
         self.inner.shared.wake.notify_one();
