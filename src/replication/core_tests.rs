@@ -1848,6 +1848,43 @@ fn a_want_asks_the_richest_peer_of_protocol_3_once_per_timeout() {
     assert!(a.rights.is_idle());
 }
 
+/// A want no connected peer can be asked for waits for a peer, not for a
+/// tick: looked at once, then not again until a peer's protocol settles
+/// (issue 10: such wants were looked at on every tick).
+#[test]
+fn a_want_with_no_peer_to_ask_waits_for_one() {
+    use crate::crdt::BoundedCounter;
+    let mut a = core("a", 1, RegionConfig::default(), &[]);
+    stock(&mut a, "stock", 7, 0);
+    // What a knows: b holds 6; b is not connected.
+    let store = a.named_mut::<CrdtStore<BoundedCounter>>("stock").unwrap();
+    store.merge_local(&k(7), &BoundedCounter::new().inc(rid(2), 6));
+    let slot = a.slot_of("stock").unwrap();
+    a.want_rights(slot, &k(7), 1, true, now());
+    assert!(a.due_rights_requests(now()).is_empty(), "no peer to ask");
+    assert_eq!(a.rights.examined(), 1);
+    for tick in 1..100 {
+        let at = now() + std::time::Duration::from_millis(tick);
+        assert!(a.due_rights_requests(at).is_empty());
+    }
+    assert_eq!(
+        a.rights.examined(),
+        1,
+        "not looked at while no peer changed"
+    );
+    up(&mut a, "b", now());
+    a.peers.get_mut("b").unwrap().greeted = true;
+    let max = PROTOCOL_VERSION;
+    feed(&mut a, "b", vec![Message::Protocol { min: 1, max }], now());
+    let out = a.due_rights_requests(now());
+    assert!(
+        matches!(&out[..], [(peer, Message::RightsRequest { .. })] if peer == "b"),
+        "asked once b can be: {out:?}"
+    );
+    assert_eq!(a.rights.examined(), 2);
+    assert_eq!(a.counters.rejected_frames, 0);
+}
+
 /// A tick looks only at the wants due (issue 10's review: it cloned and
 /// sorted every want each tick): with `RIGHTS_WANTS_MAX` requests
 /// outstanding and none timed out it looks at none; once they all time

@@ -165,6 +165,10 @@ enum Queued {
     /// Its request is outstanding, never times out (the timeout does not
     /// fit an `Instant`), and its key has not changed since it left.
     Parked,
+    /// In [`Rights::no_peer`]: no connected peer could be asked when it
+    /// was last looked at; looked at again once a peer is greeted or its
+    /// protocol settled ([`Rights::peers_changed`]), or its key changes.
+    NoPeer,
 }
 
 struct Asked {
@@ -178,7 +182,7 @@ struct Asked {
 enum Look {
     /// Met, or no one to ask: forgotten.
     Done,
-    /// No peer to ask now: looked at again on the next tick.
+    /// No peer to ask now: looked at again once the peers change.
     Later,
     /// Its request, sent at this instant, is outstanding.
     Outstanding(Instant),
@@ -220,6 +224,9 @@ pub(crate) struct Rights {
     /// Wants whose request is outstanding, by the instant it times out
     /// (then as `due`).
     waiting: BTreeSet<(Instant, Instant, usize, Key)>,
+    /// Wants no connected peer could be asked for (as `due`): they wait
+    /// for a peer, not for a tick.
+    no_peer: BTreeSet<(Instant, usize, Key)>,
     /// Wants looked at by ticks, in all (for tests of the tick's cost).
     #[cfg(test)]
     examined: u64,
@@ -270,7 +277,42 @@ impl Rights {
                 let (slot, key) = id;
                 self.due.insert((since, slot, key));
             }
+            Queued::NoPeer => {
+                let (slot, key) = id;
+                let removed = self.no_peer.remove(&(since, slot, key.clone()));
+                debug_assert!(removed, "a want waiting for a peer is in `no_peer`");
+                self.due.insert((since, slot, key));
+            }
         }
+        self.check_queues();
+    }
+
+    /// A peer was greeted or its protocol settled: the wants that had no
+    /// peer to ask are looked at on the next tick.
+    pub(crate) fn peers_changed(&mut self) {
+        if self.no_peer.is_empty() {
+            return;
+        }
+        for (since, slot, key) in std::mem::take(&mut self.no_peer) {
+            if let Some(want) = self.wants.get_mut(&(slot, key.clone())) {
+                want.queued = Queued::Due;
+            }
+            self.due.insert((since, slot, key));
+        }
+        self.check_queues();
+    }
+
+    /// Takes the want `id` (recorded at `since`) out of `due`: no peer
+    /// could be asked, so it waits for one (see [`Queued::NoPeer`]).
+    fn wait_for_peer(&mut self, id: &(usize, Key), since: Instant) {
+        let Some(want) = self.wants.get_mut(id) else {
+            return;
+        };
+        let (slot, key) = (id.0, id.1.clone());
+        let removed = self.due.remove(&(since, slot, key.clone()));
+        debug_assert!(removed, "only a due want is looked at");
+        want.queued = Queued::NoPeer;
+        self.no_peer.insert((since, slot, key));
         self.check_queues();
     }
 
@@ -328,16 +370,19 @@ impl Rights {
             Queued::Until(at) => {
                 self.waiting.remove(&(at, want.since, slot, key));
             }
+            Queued::NoPeer => {
+                self.no_peer.remove(&(want.since, slot, key));
+            }
             Queued::Parked => {}
         }
         self.check_queues();
     }
 
-    /// Every want is queued once at most: `due` and `waiting` together
-    /// never hold more than the wants.
+    /// Every want is queued once at most: `due`, `waiting` and `no_peer`
+    /// together never hold more than the wants.
     fn check_queues(&self) {
         debug_assert!(
-            self.due.len() + self.waiting.len() <= self.wants.len(),
+            self.due.len() + self.waiting.len() + self.no_peer.len() <= self.wants.len(),
             "a want is queued in one place"
         );
     }
@@ -414,7 +459,7 @@ impl Core {
             }
             match self.look_at_want(&id, now) {
                 Look::Done => self.rights.remove_want(&id),
-                Look::Later => {}
+                Look::Later => self.rights.wait_for_peer(&id, since),
                 Look::Outstanding(at) => self.rights.wait_for_answer(&id, since, at, timeout),
                 Look::Ask(peer, request) => {
                     out.push((peer, request));

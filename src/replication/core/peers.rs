@@ -173,12 +173,16 @@ impl Core {
         peer.protocol = max.min(ours_max);
         let repeated = std::mem::replace(&mut peer.protocol_heard, true);
         tracing::debug!(region = %name, peer = from, protocol = peer.protocol, "protocol agreed");
-        if repeated
+        let answer = repeated
             && peer
                 .protocol_announced
-                .is_none_or(|t| now.duration_since(t) >= timeout)
-        {
+                .is_none_or(|t| now.duration_since(t) >= timeout);
+        if answer {
             peer.protocol_announced = Some(now);
+        }
+        // A peer that can now be asked for rights.
+        self.rights.peers_changed();
+        if answer {
             tracing::debug!(region = %name, peer = from, "protocol announced again: the peer did not hear ours");
             let min = PROTOCOL_VERSION_MIN;
             return vec![(from.to_owned(), Message::Protocol { min, max: ours_max })];
@@ -339,6 +343,8 @@ impl Core {
                 .map_or(self.start_seq, |p| self.ack_bound(p)),
         );
         let (new_replica, restarted) = self.bind_hello(from, replica, incarnation, seq, ours, now);
+        // A peer that can now be asked for rights.
+        self.rights.peers_changed();
         self.heard_from(replica, seq);
         let overclaimed = self.take_back_hearsay(from, replica, seq);
         if restarted {
