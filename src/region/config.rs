@@ -28,7 +28,11 @@ use super::*;
 ///     away naming the new home and epoch
 ///     ([`HomedTable::move_home`](crate::region::HomedTable::move_home)).
 ///     A region moves homes only when no peer it speaks with is older.
-pub const PROTOCOL_VERSION: u16 = 5;
+/// - **6**: protocol 5, and anti-entropy by ranges: an exchange
+///   reconciles each table by fingerprints of key ranges, so its bytes
+///   grow with the difference, not the table. With a peer of protocol 5
+///   or older a region compares bucket digests as before.
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// The oldest engine protocol this build still speaks: a peer announcing
 /// nothing speaks 1.

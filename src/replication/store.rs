@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use crate::clock::Timestamp;
 use crate::crdt::Crdt;
 use crate::hash::FastMap;
+use crate::replication::reconcile::{IndexFull, RangeIndex, item_fingerprint};
 use crate::stream::{Feed, Subscription};
 use crate::wire::{self, WireError};
 
@@ -17,6 +18,13 @@ use crate::wire::{self, WireError};
 /// 100k keys, a bucket holds ~100, so a handful of differing keys costs a
 /// handful of buckets, not the table.
 pub(crate) const DIGEST_BUCKETS: usize = 1024;
+
+/// Keys a table remembers as changed since its range index was last
+/// brought up to date, at most: past it the table only remembers that
+/// the index is stale, and the next catch-up walks the whole table (about
+/// 1 µs per key) instead of these keys. 64k keys of up to a few dozen
+/// bytes: a few MiB at most.
+pub(crate) const INDEX_DIRTY_KEYS_MAX: usize = 64 * 1024;
 
 /// A key, encoded by `wire`: tables take any serde key type.
 pub(crate) type Key = Box<[u8]>;
@@ -87,6 +95,19 @@ pub(crate) trait TableStore: Send {
     fn len(&self) -> usize;
     /// From now on, remember which keys change (a region with storage).
     fn track_changes(&mut self);
+    /// Brings the range index up to date with the table (building it at
+    /// the first call; writes before it cost nothing) and returns the keys
+    /// whose items changed in it since the previous call (none at the
+    /// first).
+    ///
+    /// # Errors
+    /// [`IndexFull`]: the table holds more keys than an index can.
+    fn catch_up_index(&mut self) -> Result<Vec<Key>, IndexFull>;
+    /// The range index as of the last
+    /// [`catch_up_index`](TableStore::catch_up_index) (empty before).
+    fn range_index(&self) -> &RangeIndex;
+    /// The encoded state of `key`, if the table holds it.
+    fn key_state(&self, key: &[u8]) -> Option<Vec<u8>>;
     /// The keys changed since the last call, each with its state packed
     /// as a stored list of one (see [`pack_states`]).
     fn take_changes(&mut self) -> Vec<(Key, Vec<u8>)>;
@@ -160,6 +181,47 @@ pub(crate) struct CrdtStore<V> {
     changed: Option<FastMap<Key, ()>>,
     /// Subscribers to its changes (`Table::subscribe`, `Table::watch`).
     changes: ChangeFeed<V>,
+    /// The range index and the keys written since it was brought up to
+    /// date; `None` until an exchange by ranges needs it.
+    ranges: Option<Box<RangeTracking>>,
+}
+
+/// A table's range index, kept off the write path: a write only notes
+/// its key (see [`INDEX_DIRTY_KEYS_MAX`]); the index is brought up to date
+/// when an exchange reads it.
+struct RangeTracking {
+    index: RangeIndex,
+    /// Keys written since the last catch-up.
+    dirty: FastMap<Key, ()>,
+    /// More than [`INDEX_DIRTY_KEYS_MAX`] keys were written since: the
+    /// next catch-up walks the table.
+    stale: bool,
+}
+
+impl RangeTracking {
+    /// Notes a write to `key`.
+    #[inline]
+    fn note(&mut self, key: &[u8]) {
+        if self.stale || self.dirty.contains_key(key) {
+            return;
+        }
+        if self.dirty.len() >= INDEX_DIRTY_KEYS_MAX {
+            self.stale = true;
+            self.dirty = FastMap::default();
+            return;
+        }
+        self.dirty.insert(key.into(), ());
+    }
+}
+
+/// The index an undeclared table or a table without one reads as: empty.
+pub(crate) static EMPTY_INDEX: std::sync::LazyLock<RangeIndex> =
+    std::sync::LazyLock::new(RangeIndex::new);
+
+/// The item fingerprint of `key` holding `value`.
+fn fingerprint_of<V: Serialize>(key: &[u8], value: &V) -> u64 {
+    wire::with_bare(value, |state| item_fingerprint(key, state))
+        .unwrap_or_else(|_| item_fingerprint(key, &[]))
 }
 
 impl<V> CrdtStore<V>
@@ -177,6 +239,7 @@ where
             committed: 0,
             changed: None,
             changes: Feed::new(),
+            ranges: None,
         }
     }
 
@@ -244,6 +307,9 @@ where
     pub(crate) fn entry(&mut self, key: &[u8]) -> &mut V {
         let bucket = bucket_of(key);
         self.dirty[bucket] = true;
+        if let Some(ranges) = &mut self.ranges {
+            ranges.note(key);
+        }
         if let Some(changed) = &mut self.changed
             && !changed.contains_key(key)
         {
@@ -344,6 +410,58 @@ where
 
     fn len(&self) -> usize {
         self.len
+    }
+
+    fn catch_up_index(&mut self) -> Result<Vec<Key>, IndexFull> {
+        let Some(ranges) = &mut self.ranges else {
+            let mut index = RangeIndex::new();
+            for (key, value) in self.buckets.iter().flat_map(|bucket| bucket.iter()) {
+                index.insert(key, fingerprint_of(key, value))?;
+            }
+            debug_assert_eq!(index.len(), self.len);
+            self.ranges = Some(Box::new(RangeTracking {
+                index,
+                dirty: FastMap::default(),
+                stale: false,
+            }));
+            return Ok(Vec::new());
+        };
+        let mut changed = Vec::new();
+        let mut update = |index: &mut RangeIndex, key: &Key, value: &V| {
+            let item = fingerprint_of(key, value);
+            if index.get(key) != Some(item) {
+                index.insert(key, item)?;
+                changed.push(key.clone());
+            }
+            Ok::<(), IndexFull>(())
+        };
+        let walked = if std::mem::take(&mut ranges.stale) {
+            tracing::debug!(keys = self.len, "range index: more keys written than tracked; walking the table");
+            let mut all = self.buckets.iter().flat_map(|bucket| bucket.iter());
+            all.try_for_each(|(key, value)| update(&mut ranges.index, key, value))
+        } else {
+            let dirty = std::mem::take(&mut ranges.dirty);
+            dirty.keys().try_for_each(|key| match self.buckets[bucket_of(key)].get(key) {
+                Some(value) => update(&mut ranges.index, key, value),
+                None => Ok(()),
+            })
+        };
+        if let Err(full) = walked {
+            // Walk the table next time: what was not indexed is not lost.
+            ranges.stale = true;
+            return Err(full);
+        }
+        debug_assert_eq!(ranges.index.len(), self.len, "every key indexed");
+        Ok(changed)
+    }
+
+    fn range_index(&self) -> &RangeIndex {
+        self.ranges.as_ref().map_or(&EMPTY_INDEX, |r| &r.index)
+    }
+
+    fn key_state(&self, key: &[u8]) -> Option<Vec<u8>> {
+        let value = self.get(key)?;
+        wire::with_bare(value, <[u8]>::to_vec).ok()
     }
 
     fn track_changes(&mut self) {

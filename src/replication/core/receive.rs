@@ -109,6 +109,12 @@ impl Core {
                 self.on_homed_reply(from, id, outcome);
                 Vec::new()
             }
+            Message::SyncRanges {
+                session,
+                reply,
+                round,
+                frames,
+            } => self.on_sync_ranges(from, session, reply, round, frames, now),
             Message::SyncDone { session } => {
                 self.on_sync_done(from, session, now);
                 Vec::new()
