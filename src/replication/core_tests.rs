@@ -2115,7 +2115,10 @@ fn an_exchange_by_ranges_ships_only_what_differs() {
         write(&mut a, "hits", key);
     }
     let out = a.start_sync("b", t0);
-    assert!(matches!(to(&out, "b").as_slice(), [Message::SyncRanges { round: 0, .. }]));
+    assert!(matches!(
+        to(&out, "b").as_slice(),
+        [Message::SyncRanges { round: 0, .. }]
+    ));
     shuttle(&mut a, &mut b, out, t0);
     assert_eq!(b.counters.sync_states_received, 2_000);
     assert_eq!(count(&b, "hits", 1_999, 1), 1);
@@ -2131,11 +2134,20 @@ fn an_exchange_by_ranges_ships_only_what_differs() {
     // A key both hold in different states crosses both ways (neither side
     // knows whose is newer; the join settles it): b's 5, 700, 1999 and
     // 3000; a's 5, 700 and 1999.
-    assert_eq!(a.counters.sync_states_received - a_before.sync_states_received, 4);
-    assert_eq!(b.counters.sync_states_received - b_before.sync_states_received, 3);
+    assert_eq!(
+        a.counters.sync_states_received - a_before.sync_states_received,
+        4
+    );
+    assert_eq!(
+        b.counters.sync_states_received - b_before.sync_states_received,
+        3
+    );
     assert_eq!(a.counters.syncs_completed - a_before.syncs_completed, 1);
     assert_eq!(b.counters.syncs_completed - b_before.syncs_completed, 1);
-    assert!(messages <= 10 && bytes < 4_096, "{messages} messages, {bytes} bytes");
+    assert!(
+        messages <= 10 && bytes < 4_096,
+        "{messages} messages, {bytes} bytes"
+    );
     for key in [5, 700, 1_999, 3_000] {
         assert_eq!(read(&a, "hits", key), read(&b, "hits", key), "key {key}");
     }
@@ -2146,7 +2158,10 @@ fn an_exchange_by_ranges_ships_only_what_differs() {
     // Equal tables: one fingerprint each way, then the empty transfers.
     let out = a.start_sync("b", t0);
     let (messages, bytes) = shuttle(&mut a, &mut b, out, t0);
-    assert!(messages <= 4 && bytes < 256, "{messages} messages, {bytes} bytes");
+    assert!(
+        messages <= 4 && bytes < 256,
+        "{messages} messages, {bytes} bytes"
+    );
 }
 
 /// Keys written at the answering side between its frames are shipped too:
@@ -2192,7 +2207,10 @@ fn a_protocol_5_peer_exchanges_by_buckets() {
     assert_eq!(a.peers["b"].protocol, 5);
     write(&mut a, "hits", 1);
     let out = a.start_sync("b", t0);
-    assert!(matches!(to(&out, "b").as_slice(), [Message::SyncRequest { .. }]));
+    assert!(matches!(
+        to(&out, "b").as_slice(),
+        [Message::SyncRequest { .. }]
+    ));
     shuttle(&mut a, &mut b, out, t0);
     assert_eq!(count(&b, "hits", 1, 1), 1);
     assert_eq!(a.counters.rejected_frames + b.counters.rejected_frames, 0);
@@ -2239,8 +2257,14 @@ fn hostile_reconciliation_frames_are_refused_and_counted() {
         ("hits".to_owned(), Blob(vec![0])),
     ];
     let cases = [
-        (vec![("hits".to_owned(), Blob(vec![0xff; 9]))], RejectReason::Undecodable),
-        (vec![("hits".to_owned(), Blob(unordered))], RejectReason::Malformed),
+        (
+            vec![("hits".to_owned(), Blob(vec![0xff; 9]))],
+            RejectReason::Undecodable,
+        ),
+        (
+            vec![("hits".to_owned(), Blob(unordered))],
+            RejectReason::Malformed,
+        ),
         (too_many, RejectReason::OverLimit),
         (twice, RejectReason::Malformed),
     ];
@@ -2249,7 +2273,11 @@ fn hostile_reconciliation_frames_are_refused_and_counted() {
         let before = b.counters.rejected_by_reason[reason.index()];
         let answer = deliver(&mut b, "a", with_frames(&out, frames), t0, |_| true);
         assert!(answer.is_empty(), "case {i}: {answer:?}");
-        assert_eq!(b.counters.rejected_by_reason[reason.index()], before + 1, "case {i}");
+        assert_eq!(
+            b.counters.rejected_by_reason[reason.index()],
+            before + 1,
+            "case {i}"
+        );
         assert!(b.answering.is_empty() && b.answered.is_empty(), "case {i}");
         assert_eq!(read(&b, "hits", 1), None, "case {i}: nothing stored");
         a.syncs.clear();
@@ -2280,5 +2308,8 @@ fn hostile_reconciliation_frames_are_refused_and_counted() {
     c.config = old;
     let out = a.start_sync("b", t0);
     deliver(&mut c, "a", out, t0, |_| true);
-    assert_eq!(c.counters.rejected_by_reason[RejectReason::Protocol.index()], 1);
+    assert_eq!(
+        c.counters.rejected_by_reason[RejectReason::Protocol.index()],
+        1
+    );
 }

@@ -436,15 +436,20 @@ where
             Ok::<(), IndexFull>(())
         };
         let walked = if std::mem::take(&mut ranges.stale) {
-            tracing::debug!(keys = self.len, "range index: more keys written than tracked; walking the table");
+            tracing::debug!(
+                keys = self.len,
+                "range index: more keys written than tracked; walking the table"
+            );
             let mut all = self.buckets.iter().flat_map(|bucket| bucket.iter());
             all.try_for_each(|(key, value)| update(&mut ranges.index, key, value))
         } else {
             let dirty = std::mem::take(&mut ranges.dirty);
-            dirty.keys().try_for_each(|key| match self.buckets[bucket_of(key)].get(key) {
-                Some(value) => update(&mut ranges.index, key, value),
-                None => Ok(()),
-            })
+            dirty
+                .keys()
+                .try_for_each(|key| match self.buckets[bucket_of(key)].get(key) {
+                    Some(value) => update(&mut ranges.index, key, value),
+                    None => Ok(()),
+                })
         };
         if let Err(full) = walked {
             // Walk the table next time: what was not indexed is not lost.

@@ -1009,7 +1009,10 @@ impl FuzzValue for Message {
                 0 => *session = rng.edgy_u64(),
                 1 => *reply = !*reply,
                 2 => *round = rng.edgy_u64() as u32,
-                3 => frames.push((rng.text(), message::Blob(vec![rng.next_u64() as u8; rng.below(8)]))),
+                3 => frames.push((
+                    rng.text(),
+                    message::Blob(vec![rng.next_u64() as u8; rng.below(8)]),
+                )),
                 _ => {
                     if let Some((_, frame)) = frames.first_mut() {
                         frame.0.push(rng.next_u64() as u8);

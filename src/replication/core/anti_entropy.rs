@@ -259,7 +259,7 @@ impl Core {
 
     /// Calls `add` with the table, key and state of every key `selection`
     /// names that a declared table of ours holds.
-    fn for_each_selected(&self, selection: &Selection, add: &mut dyn FnMut(&str, &[u8], &[u8])) {
+    fn for_each_selected(&self, selection: &Selection, add: &mut impl FnMut(&str, &[u8], &[u8])) {
         let store_of = |table: &str| self.slot_of(table).map(|slot| &self.tables[slot].store);
         match selection {
             Selection::Buckets(buckets) => {

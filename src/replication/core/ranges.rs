@@ -81,7 +81,9 @@ impl RangeSession {
 
     /// Whether every table's reconciliation is over on our side.
     fn finished(&self) -> bool {
-        self.tables.iter().all(|(_, exchange)| exchange.is_finished())
+        self.tables
+            .iter()
+            .all(|(_, exchange)| exchange.is_finished())
     }
 }
 
@@ -259,7 +261,11 @@ impl Core {
             if self.syncs.get(from).is_some_and(|s| s.session == session) {
                 self.abort_sync(from, false);
             }
-        } else if self.answering.get(from).is_some_and(|r| r.session == session) {
+        } else if self
+            .answering
+            .get(from)
+            .is_some_and(|r| r.session == session)
+        {
             self.answering.remove(from);
         }
     }
