@@ -212,12 +212,19 @@ impl Core {
     pub(super) fn on_sync_ranges(
         &mut self,
         from: &str,
-        session: u64,
-        reply: bool,
-        round: u32,
-        frames: Vec<(String, Blob)>,
+        message: Message,
         now: Instant,
     ) -> Outgoing {
+        let Message::SyncRanges {
+            session,
+            reply,
+            round,
+            frames,
+        } = message
+        else {
+            debug_assert!(false, "only sync ranges come here");
+            return Vec::new();
+        };
         if !self.ranges_allowed(from) {
             return Vec::new();
         }

@@ -109,12 +109,7 @@ impl Core {
                 self.on_homed_reply(from, id, outcome);
                 Vec::new()
             }
-            Message::SyncRanges {
-                session,
-                reply,
-                round,
-                frames,
-            } => self.on_sync_ranges(from, session, reply, round, frames, now),
+            message @ Message::SyncRanges { .. } => self.on_sync_ranges(from, message, now),
             Message::SyncDone { session } => {
                 self.on_sync_done(from, session, now);
                 Vec::new()
