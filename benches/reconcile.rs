@@ -18,6 +18,8 @@
 //!   a 1M-key table's store, without a range index and with one noting
 //!   the key written (what the engine does; the index catches up when an
 //!   exchange reads it).
+//! - `index-catch-up/1M-after-<w>`: bringing that index up to date after
+//!   `w` writes (the first exchange's read of it; the writes untimed).
 //!
 //! After criterion, `summary` prints for each `d` the messages and bytes
 //! of the exchange, the bytes of the states it ships, and what the bucket
@@ -225,6 +227,15 @@ fn store_writes(c: &mut Criterion) {
             "untracked-1M"
         };
         group.bench_function(name, |bench| bench.iter_custom(|iters| table.write(iters)));
+    }
+    group.finish();
+    let mut group = c.benchmark_group("index-catch-up");
+    group.sample_size(10);
+    let mut table = StoreWrites::new(N as u64, true);
+    for writes in [1u64, 100, 10_000] {
+        group.bench_function(format!("1M-after-{writes}"), |bench| {
+            bench.iter_custom(|iters| (0..iters).map(|_| table.catch_up_after(writes).0).sum())
+        });
     }
     group.finish();
 }

@@ -155,7 +155,6 @@ pub mod reconcile {
     pub struct StoreWrites {
         store: crate::replication::store::CrdtStore<crate::crdt::GCounter>,
         keys: u64,
-        tracked: bool,
         next: u64,
     }
 
@@ -176,38 +175,36 @@ pub mod reconcile {
             StoreWrites {
                 store,
                 keys: keys.max(1),
-                tracked,
                 next: 0,
             }
         }
 
         /// The time `writes` increments take, to keys spread over the
-        /// table. A tracked table's index is brought up to date (untimed)
-        /// every 32k writes, so each write notes a key as a region's would
-        /// between exchanges, below the tracking limit.
+        /// table (a tracked table notes each in its dirty map, as a
+        /// region's does between exchanges).
         pub fn write(&mut self, writes: u64) -> std::time::Duration {
-            use crate::replication::store::TableStore;
-            const CATCH_UP_EVERY: u64 = 32 * 1024;
             let replica = crate::clock::ReplicaId::new(1);
-            let mut elapsed = std::time::Duration::ZERO;
-            let mut left = writes;
-            while left > 0 {
-                let n = left.min(CATCH_UP_EVERY);
-                left -= n;
-                if self.tracked {
-                    self.store.catch_up_index().expect("a small index");
-                }
-                let written: Vec<Vec<u8>> = (0..n)
-                    .map(|i| key((self.next + i).wrapping_mul(7_919) % self.keys))
-                    .collect();
-                self.next += n;
-                let start = std::time::Instant::now();
-                for k in &written {
-                    std::hint::black_box(self.store.entry(k).inc(replica, 1));
-                }
-                elapsed += start.elapsed();
+            let written: Vec<Vec<u8>> = (0..writes)
+                .map(|i| key((self.next + i).wrapping_mul(7_919) % self.keys))
+                .collect();
+            self.next += writes;
+            let start = std::time::Instant::now();
+            for k in &written {
+                std::hint::black_box(self.store.entry(k).inc(replica, 1));
             }
-            elapsed
+            start.elapsed()
+        }
+
+        /// The time bringing the range index up to date takes (building it
+        /// at the first call, for a table made untracked), after `writes`
+        /// writes to keys spread over the table; and the keys it found
+        /// changed.
+        pub fn catch_up_after(&mut self, writes: u64) -> (std::time::Duration, usize) {
+            use crate::replication::store::TableStore;
+            self.write(writes);
+            let start = std::time::Instant::now();
+            let changed = self.store.catch_up_index().expect("a small index");
+            (start.elapsed(), changed.len())
         }
     }
 
