@@ -13,7 +13,13 @@
 //! - `reconcile/d-<d>`: one whole exchange between the two indexes,
 //!   `a` initiating (both sides' work, frames encoded and decoded).
 //! - `index/update-1M`: setting one item's fingerprint in the 1M-key index
-//!   (what a write costs the index).
+//!   (what a write would cost, were the index updated by writes).
+//! - `store-write/untracked-1M` and `store-write/tracked-1M`: one write to
+//!   a 1M-key table's store, without a range index and with one noting
+//!   the key written (what the engine does; the index catches up when an
+//!   exchange reads it).
+//! - `index-catch-up/1M-after-<w>`: bringing that index up to date after
+//!   `w` writes (the first exchange's read of it; the writes untimed).
 //!
 //! After criterion, `summary` prints for each `d` the messages and bytes
 //! of the exchange, the bytes of the states it ships, and what the bucket
@@ -30,7 +36,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use archipelago::testing::reconcile::{
-    DIGEST_BUCKETS_TODAY, Exchange, RangeIndex, digest_bucket, item_fingerprint,
+    DIGEST_BUCKETS_TODAY, Exchange, RangeIndex, StoreWrites, digest_bucket, item_fingerprint,
 };
 use criterion::{Criterion, criterion_group, criterion_main};
 
@@ -209,11 +215,36 @@ fn summary(rows: &[(usize, Cost, usize)]) {
     }
 }
 
+/// `store-write/<tracked|untracked>-1M`: one local write to a 1M-key
+/// table's store, its range index kept (noting the key) or never built.
+fn store_writes(c: &mut Criterion) {
+    let mut group = c.benchmark_group("store-write");
+    for tracked in [false, true] {
+        let mut table = StoreWrites::new(N as u64, tracked);
+        let name = if tracked {
+            "tracked-1M"
+        } else {
+            "untracked-1M"
+        };
+        group.bench_function(name, |bench| bench.iter_custom(|iters| table.write(iters)));
+    }
+    group.finish();
+    let mut group = c.benchmark_group("index-catch-up");
+    group.sample_size(10);
+    let mut table = StoreWrites::new(N as u64, true);
+    for writes in [1u64, 100, 10_000] {
+        group.bench_function(format!("1M-after-{writes}"), |bench| {
+            bench.iter_custom(|iters| (0..iters).map(|_| table.catch_up_after(writes).0).sum())
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = bench
+    targets = bench, store_writes
 }
 criterion_main!(benches);

@@ -184,12 +184,21 @@
 //!   duplicates and reordering are harmless (merges are joins).
 //! - The outbox and the causal buffer are bounded: past the bound, what
 //!   cannot be kept is dropped and anti-entropy repairs it.
-//! - Anti-entropy runs on (re)connect and periodically: regions compare
-//!   digests of 1024 buckets per table and ship only the differing buckets.
-//!   Digests hash each value's `wire` encoding, so they assume equal values
-//!   encode to equal bytes, as every type of this crate does. A value type
-//!   whose encoding follows hash-map order still converges; anti-entropy
-//!   just ships its buckets more often than needed.
+//! - Anti-entropy runs on (re)connect and periodically. Between regions of
+//!   protocol 6 it reconciles each table by fingerprints of key ranges
+//!   (Meyer's range-based set reconciliation): ranges that agree drop out,
+//!   the others are split until the differing keys are known, and each
+//!   side ships the states of those keys only, so its bytes grow with the
+//!   difference, not the table (about 1 KB of fingerprints per differing
+//!   key, 14 bytes for equal tables; see BENCHMARKS.md). A table's range
+//!   index costs a write nothing but noting its key; it is brought up to
+//!   date when an exchange reads it. With a peer of protocol 5 or older,
+//!   regions compare digests of 1024 buckets per table and ship the
+//!   differing buckets. Fingerprints and digests hash each value's `wire`
+//!   encoding, so they assume equal values encode to equal bytes, as every
+//!   type of this crate does. A value type whose encoding follows hash-map
+//!   order still converges; anti-entropy just ships it more often than
+//!   needed.
 //! - A repair by anti-entropy counts as done only once the peer confirms
 //!   it merged our states; until then the peer's batches wait, and a lost
 //!   transfer is retried after `sync_timeout`.

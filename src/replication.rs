@@ -12,8 +12,8 @@ pub(crate) mod homed;
 pub(crate) mod lag;
 pub(crate) mod message;
 pub(crate) mod outbox;
-// Not wired into the engine yet (issue 10): the `testing` feature exposes
-// it to benches; without it, nothing of it is used.
+// Anti-entropy of protocol 6 (`core::ranges`); the `testing` feature
+// exposes all of it to benches, without it parts go unused.
 #[cfg_attr(not(feature = "testing"), allow(dead_code, unused_imports))]
 pub(crate) mod reconcile;
 pub(crate) mod rights;

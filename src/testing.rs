@@ -129,8 +129,8 @@ mod forge;
 pub mod fuzz;
 pub mod linearizability;
 
-/// Range-based set reconciliation, the anti-entropy the engine is moving
-/// to (not wired in yet): the index of a table's item fingerprints, the
+/// Range-based set reconciliation, the anti-entropy of protocol 6: the
+/// index of a table's item fingerprints, the
 /// messages, and one side of an exchange. Exposed for benches and for
 /// checking it against your own data.
 ///
@@ -147,6 +147,73 @@ pub mod linearizability;
 /// ```
 pub mod reconcile {
     pub use crate::replication::reconcile::*;
+
+    /// A table of `GCounter`s for timing local writes to it: the store
+    /// alone (no outbox, no engine), its range index built and noting the
+    /// keys written (`tracked`, as in a region that has exchanged by
+    /// ranges) or never built. What keeping the index costs the write path.
+    pub struct StoreWrites {
+        store: crate::replication::store::CrdtStore<crate::crdt::GCounter>,
+        keys: u64,
+        next: u64,
+    }
+
+    impl StoreWrites {
+        /// A table of `keys` keys (`keys` > 0).
+        pub fn new(keys: u64, tracked: bool) -> StoreWrites {
+            use crate::crdt::Crdt;
+            use crate::replication::store::{CrdtStore, Merger, TableStore};
+            let merger: Merger<crate::crdt::GCounter> =
+                std::sync::Arc::new(|mine, theirs, _, _| mine.merge(theirs));
+            let mut store = CrdtStore::new(merger);
+            for k in 0..keys.max(1) {
+                store.entry(&key(k)).inc(crate::clock::ReplicaId::new(1), 1);
+            }
+            if tracked {
+                store.catch_up_index().expect("a small index");
+            }
+            StoreWrites {
+                store,
+                keys: keys.max(1),
+                next: 0,
+            }
+        }
+
+        /// The time `writes` increments take, to keys spread over the
+        /// table (a tracked table notes each in its dirty map, as a
+        /// region's does between exchanges).
+        pub fn write(&mut self, writes: u64) -> std::time::Duration {
+            let replica = crate::clock::ReplicaId::new(1);
+            let written: Vec<Vec<u8>> = (0..writes)
+                .map(|i| key((self.next + i).wrapping_mul(7_919) % self.keys))
+                .collect();
+            self.next += writes;
+            let start = std::time::Instant::now();
+            for k in &written {
+                std::hint::black_box(self.store.entry(k).inc(replica, 1));
+            }
+            start.elapsed()
+        }
+
+        /// The time bringing the range index up to date takes (building it
+        /// at the first call, for a table made untracked), after `writes`
+        /// writes to keys spread over the table; and the keys it found
+        /// changed.
+        pub fn catch_up_after(&mut self, writes: u64) -> (std::time::Duration, usize) {
+            use crate::replication::store::TableStore;
+            self.write(writes);
+            let start = std::time::Instant::now();
+            let changed = self.store.catch_up_index().expect("a small index");
+            (start.elapsed(), changed.len())
+        }
+    }
+
+    /// The bare encoding of a `u64` key.
+    fn key(k: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        crate::wire::encode_bare_into(&k, &mut out).expect("a u64");
+        out
+    }
 }
 
 pub use archipelago::{Archipelago, NotConverged, PausedClock, seed_from_env};

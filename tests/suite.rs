@@ -41,6 +41,7 @@ mod homed_tables;
 mod id_uniqueness;
 mod lag_timeline;
 mod peer_stats;
+mod range_sync;
 mod replica_ids;
 mod resolver_laws;
 mod restart;

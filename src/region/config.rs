@@ -28,11 +28,17 @@ use super::*;
 ///     away naming the new home and epoch
 ///     ([`HomedTable::move_home`](crate::region::HomedTable::move_home)).
 ///     A region moves homes only when no peer it speaks with is older.
-/// - **6**: protocol 5, with the user values inside
-///   [`LwwRegister`](crate::crdt::LwwRegister), [`LwwMap`](crate::crdt::LwwMap)
-///   and [`MvRegister`](crate::crdt::MvRegister) states delimited too (see
-///   *Schema evolution* on each); a region re-encodes the states it sends
-///   on a connection of protocol 5 or older in that protocol's layout.
+/// - **6**: protocol 5, and
+///   - the user values inside [`LwwRegister`](crate::crdt::LwwRegister),
+///     [`LwwMap`](crate::crdt::LwwMap) and
+///     [`MvRegister`](crate::crdt::MvRegister) states delimited too (see
+///     *Schema evolution* on each); a region re-encodes the states it
+///     sends on a connection of protocol 5 or older in that protocol's
+///     layout;
+///   - anti-entropy by ranges: an exchange reconciles each table by
+///     fingerprints of key ranges, so its bytes grow with the difference,
+///     not the table. With a peer of protocol 5 or older a region compares
+///     bucket digests as before.
 pub const PROTOCOL_VERSION: u16 = 6;
 
 /// The oldest engine protocol this build still speaks: a peer announcing

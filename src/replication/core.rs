@@ -30,6 +30,7 @@ use crate::wire;
 mod anti_entropy;
 mod legacy;
 mod peers;
+mod ranges;
 mod receive;
 
 /// Bucket digests on the wire: fixed 8 bytes each (varints would take 9).
@@ -271,8 +272,10 @@ impl Buffered {
 pub(crate) struct SyncState {
     session: u64,
     /// Our digests when we sent them: the push covers the buckets that
-    /// changed since.
+    /// changed since (none for an exchange by ranges).
     digests: Vec<(String, Vec<u64>)>,
+    /// Our side of an exchange by ranges (protocol 6 on).
+    ranges: Option<ranges::RangeSession>,
 }
 
 /// The chunks of one transfer, merged only once all have arrived.
@@ -374,6 +377,9 @@ pub(crate) struct Core {
     /// (until the peer reconnects): a duplicated or late request is not
     /// answered twice, since the two replies' chunks would mix.
     pub(crate) answered_last: HashMap<String, u64>,
+    /// The exchanges by ranges we are answering, per peer, until we ship
+    /// our transfer.
+    pub(crate) answering: HashMap<String, ranges::RangeSession>,
     /// Bumped whenever `applied` grows: session reads wait on it.
     pub(crate) generation: u64,
     pub(crate) counters: Counters,
@@ -518,6 +524,7 @@ impl Core {
             sync_inbox: HashMap::new(),
             answered: HashMap::new(),
             answered_last: HashMap::new(),
+            answering: HashMap::new(),
             generation: 0,
             counters: Counters::default(),
             durable: None,

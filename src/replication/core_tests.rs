@@ -2095,3 +2095,258 @@ fn batches_to_a_protocol_4_peer_carry_the_older_layout() {
     assert_eq!(old, delta.versions());
     assert_eq!(value_of(&out[1].1), delimited);
 }
+
+/// `a` and `b` connected and greeted (protocol announcements and hellos
+/// delivered both ways): they speak the newest protocol both configs
+/// allow.
+fn greeted_pair(a_config: RegionConfig, b_config: RegionConfig) -> (Core, Core, Instant) {
+    let mut a = core("a", 1, a_config, &["hits"]);
+    let mut b = core("b", 2, b_config, &["hits"]);
+    let t0 = now();
+    let mut to_b = a.peer_up("b", t0);
+    let mut to_a = b.peer_up("a", t0);
+    while !to_a.is_empty() || !to_b.is_empty() {
+        let from_b = deliver(&mut b, "a", std::mem::take(&mut to_b), t0, |_| true);
+        let from_a = deliver(&mut a, "b", std::mem::take(&mut to_a), t0, |_| true);
+        to_a = from_b;
+        to_b = from_a;
+    }
+    assert!(a.peers["b"].greeted && b.peers["a"].greeted);
+    (a, b, t0)
+}
+
+/// Carries every anti-entropy message between `a` and `b`, starting with
+/// `first` (from `a`), until neither answers; batches and acks are left
+/// out. Returns the anti-entropy messages carried and their bytes.
+fn shuttle(a: &mut Core, b: &mut Core, first: Outgoing, at: Instant) -> (usize, usize) {
+    let (mut messages, mut bytes) = (0, 0);
+    let mut count = |out: &Outgoing| {
+        for (_, m) in out.iter().filter(|(_, m)| m.is_anti_entropy()) {
+            messages += 1;
+            bytes += wire::encode(m).unwrap().len();
+        }
+    };
+    let mut to_b = first;
+    let mut to_a = Vec::new();
+    while !to_a.is_empty() || !to_b.is_empty() {
+        count(&to_b);
+        count(&to_a);
+        let ae = |m: &Message| m.is_anti_entropy();
+        let from_b = deliver(b, "a", std::mem::take(&mut to_b), at, ae);
+        let from_a = deliver(a, "b", std::mem::take(&mut to_a), at, ae);
+        to_a = from_b;
+        to_b = from_a;
+    }
+    (messages, bytes)
+}
+
+/// An exchange by ranges (protocol 6 on both sides) ships each side the
+/// keys that differ and no others: the first fills an empty peer, the
+/// second carries the 3 keys written at `a` and the 2 written at `b`, in
+/// one exchange, and both end equal.
+#[test]
+fn an_exchange_by_ranges_ships_only_what_differs() {
+    let (mut a, mut b, t0) = greeted_pair(RegionConfig::default(), RegionConfig::default());
+    assert_eq!(a.peers["b"].protocol, ranges::RANGES_PROTOCOL);
+    for key in 0..2_000 {
+        write(&mut a, "hits", key);
+    }
+    let out = a.start_sync("b", t0);
+    assert!(matches!(
+        to(&out, "b").as_slice(),
+        [Message::SyncRanges { round: 0, .. }]
+    ));
+    shuttle(&mut a, &mut b, out, t0);
+    assert_eq!(b.counters.sync_states_received, 2_000);
+    assert_eq!(count(&b, "hits", 1_999, 1), 1);
+
+    for key in [5, 700, 1_999] {
+        write(&mut a, "hits", key);
+    }
+    write(&mut b, "hits", 5);
+    write(&mut b, "hits", 3_000);
+    let (a_before, b_before) = (a.counters, b.counters);
+    let out = a.start_sync("b", t0);
+    let (messages, bytes) = shuttle(&mut a, &mut b, out, t0);
+    // A key both hold in different states crosses both ways (neither side
+    // knows whose is newer; the join settles it): b's 5, 700, 1999 and
+    // 3000; a's 5, 700 and 1999.
+    assert_eq!(
+        a.counters.sync_states_received - a_before.sync_states_received,
+        4
+    );
+    assert_eq!(
+        b.counters.sync_states_received - b_before.sync_states_received,
+        3
+    );
+    assert_eq!(a.counters.syncs_completed - a_before.syncs_completed, 1);
+    assert_eq!(b.counters.syncs_completed - b_before.syncs_completed, 1);
+    assert!(
+        messages <= 10 && bytes < 4_096,
+        "{messages} messages, {bytes} bytes"
+    );
+    for key in [5, 700, 1_999, 3_000] {
+        assert_eq!(read(&a, "hits", key), read(&b, "hits", key), "key {key}");
+    }
+    assert_eq!(a.applied, b.applied);
+    assert!(a.syncs.is_empty() && b.answering.is_empty() && b.answered.is_empty());
+    assert_eq!(a.counters.rejected_frames + b.counters.rejected_frames, 0);
+
+    // Equal tables: one fingerprint each way, then the empty transfers.
+    let out = a.start_sync("b", t0);
+    let (messages, bytes) = shuttle(&mut a, &mut b, out, t0);
+    assert!(
+        messages <= 4 && bytes < 256,
+        "{messages} messages, {bytes} bytes"
+    );
+}
+
+/// Keys written at the answering side between its frames are shipped too:
+/// its transfer's vector names them.
+#[test]
+fn keys_written_during_an_exchange_by_ranges_are_shipped() {
+    let (mut a, mut b, t0) = greeted_pair(RegionConfig::default(), RegionConfig::default());
+    for key in 0..500 {
+        write(&mut a, "hits", key);
+        write(&mut b, "hits", key);
+    }
+    let out = a.start_sync("b", t0);
+    shuttle(&mut a, &mut b, out, t0);
+    assert_eq!(a.applied, b.applied);
+    // b writes after it answered a's first frame: a range already found
+    // equal holds the key.
+    write(&mut a, "hits", 1_000);
+    let out = a.start_sync("b", t0);
+    let reply = deliver(&mut b, "a", out, t0, |_| true);
+    write(&mut b, "hits", 7);
+    let (a_before, b_before) = (a.counters, b.counters);
+    let mut to_b = deliver(&mut a, "b", reply, t0, |_| true);
+    while !to_b.is_empty() {
+        let to_a = deliver(&mut b, "a", to_b, t0, |_| true);
+        to_b = deliver(&mut a, "b", to_a, t0, |_| true);
+    }
+    assert!(a.counters.sync_states_received > a_before.sync_states_received);
+    assert!(b.counters.sync_states_received > b_before.sync_states_received);
+    assert_eq!(read(&a, "hits", 7), read(&b, "hits", 7));
+    assert_eq!(count(&a, "hits", 7, 2), 2);
+    assert_eq!(a.applied, b.applied);
+    assert_eq!(a.counters.rejected_frames + b.counters.rejected_frames, 0);
+}
+
+/// A peer of protocol 5 is asked by bucket digests.
+#[test]
+fn a_protocol_5_peer_exchanges_by_buckets() {
+    let old = RegionConfig {
+        protocol_version_max: 5,
+        ..RegionConfig::default()
+    };
+    let (mut a, mut b, t0) = greeted_pair(RegionConfig::default(), old);
+    assert_eq!(a.peers["b"].protocol, 5);
+    write(&mut a, "hits", 1);
+    let out = a.start_sync("b", t0);
+    assert!(matches!(
+        to(&out, "b").as_slice(),
+        [Message::SyncRequest { .. }]
+    ));
+    shuttle(&mut a, &mut b, out, t0);
+    assert_eq!(count(&b, "hits", 1, 1), 1);
+    assert_eq!(a.counters.rejected_frames + b.counters.rejected_frames, 0);
+}
+
+/// Hostile reconciliation frames are refused, counted under their reason,
+/// end the exchange and touch nothing stored; the next exchange works.
+#[test]
+fn hostile_reconciliation_frames_are_refused_and_counted() {
+    use crate::replication::reconcile::{Body, Bound, Range};
+    let (mut a, mut b, t0) = greeted_pair(RegionConfig::default(), RegionConfig::default());
+    for key in 0..100 {
+        write(&mut a, "hits", key);
+    }
+    let with_frames = |out: &Outgoing, frames: Vec<(String, Blob)>| -> Outgoing {
+        let sent = to(out, "b");
+        let [Message::SyncRanges { session, .. }] = sent.as_slice() else {
+            panic!("an exchange by ranges: {out:?}");
+        };
+        let message = Message::SyncRanges {
+            session: *session,
+            reply: false,
+            round: 0,
+            frames,
+        };
+        vec![("b".to_owned(), message)]
+    };
+    let unordered = wire::encode(&vec![
+        Range {
+            upper: Bound::Key(Box::from(&b"m"[..])),
+            body: Body::Skip,
+        },
+        Range {
+            upper: Bound::Key(Box::from(&b"a"[..])),
+            body: Body::Skip,
+        },
+    ])
+    .unwrap();
+    let too_many = (0..=ranges::RANGE_TABLES_MAX)
+        .map(|t| (format!("t{t}"), Blob(Vec::new())))
+        .collect();
+    let twice = vec![
+        ("hits".to_owned(), Blob(vec![0])),
+        ("hits".to_owned(), Blob(vec![0])),
+    ];
+    let cases = [
+        (
+            vec![("hits".to_owned(), Blob(vec![0xff; 9]))],
+            RejectReason::Undecodable,
+        ),
+        (
+            vec![("hits".to_owned(), Blob(unordered))],
+            RejectReason::Malformed,
+        ),
+        (too_many, RejectReason::OverLimit),
+        (twice, RejectReason::Malformed),
+    ];
+    for (i, (frames, reason)) in cases.into_iter().enumerate() {
+        let out = a.start_sync("b", t0);
+        let before = b.counters.rejected_by_reason[reason.index()];
+        let answer = deliver(&mut b, "a", with_frames(&out, frames), t0, |_| true);
+        assert!(answer.is_empty(), "case {i}: {answer:?}");
+        assert_eq!(
+            b.counters.rejected_by_reason[reason.index()],
+            before + 1,
+            "case {i}"
+        );
+        assert!(b.answering.is_empty() && b.answered.is_empty(), "case {i}");
+        assert_eq!(read(&b, "hits", 1), None, "case {i}: nothing stored");
+        a.syncs.clear();
+    }
+    assert_eq!(b.counters.rejected_frames, 4);
+    // A reply the starter refuses ends its exchange; the peer stays due.
+    let out = a.start_sync("b", t0);
+    let mut reply = deliver(&mut b, "a", out, t0, |_| true);
+    let Some((_, Message::SyncRanges { frames, .. })) = reply.first_mut() else {
+        panic!("b answers by ranges: {reply:?}");
+    };
+    frames[0].1 = Blob(vec![0xff; 3]);
+    assert!(deliver(&mut a, "b", reply, t0, |_| true).is_empty());
+    assert_eq!(a.counters.rejected_frames, 1);
+    assert!(a.syncs.is_empty() && a.peers["b"].needs_sync);
+    // An honest exchange after them all.
+    b.answering.clear();
+    let out = a.start_sync("b", t0);
+    shuttle(&mut a, &mut b, out, t0);
+    assert_eq!(count(&b, "hits", 99, 1), 1);
+    assert_eq!(a.applied, b.applied);
+    // A region that speaks protocol 5 refuses the frame as unknown.
+    let old = RegionConfig {
+        protocol_version_max: 5,
+        ..RegionConfig::default()
+    };
+    let (mut a, mut c, t0) = greeted_pair(RegionConfig::default(), RegionConfig::default());
+    c.config = old;
+    let out = a.start_sync("b", t0);
+    deliver(&mut c, "a", out, t0, |_| true);
+    assert_eq!(
+        c.counters.rejected_by_reason[RejectReason::Protocol.index()],
+        1
+    );
+}

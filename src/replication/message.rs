@@ -239,6 +239,23 @@ pub(crate) enum Message {
     /// `id` (protocol 4 on): what became of it. Last of the variants
     /// (bincode tags are positional).
     HomedReply { id: u64, outcome: HomedOutcome },
+    /// Anti-entropy by ranges (protocol 6 on: sent only on connections of
+    /// protocol 6 or later), in place of step 1: message `round` (from 0,
+    /// the two sides alternating) of the exchange `session`, one
+    /// reconciliation frame per table still being reconciled (see
+    /// `replication::reconcile`). `reply` is true for the frames of the
+    /// side that answers the exchange. The starter's first message names
+    /// every table it holds; once nothing is left to reconcile, the
+    /// answering side ships the states of the keys it learned the starter
+    /// lacks ([`SyncStates`](Message::SyncStates), no buckets named) and the
+    /// exchange goes on as by buckets. Last of the variants (bincode tags
+    /// are positional).
+    SyncRanges {
+        session: u64,
+        reply: bool,
+        round: u32,
+        frames: Vec<(String, Blob)>,
+    },
 }
 
 /// What became of a forwarded homed operation, as its home answers.
@@ -285,7 +302,10 @@ impl Message {
     pub(crate) fn is_anti_entropy(&self) -> bool {
         matches!(
             self,
-            Message::SyncRequest { .. } | Message::SyncStates { .. } | Message::SyncDone { .. }
+            Message::SyncRequest { .. }
+                | Message::SyncStates { .. }
+                | Message::SyncDone { .. }
+                | Message::SyncRanges { .. }
         )
     }
 }

@@ -17,7 +17,8 @@
 //! Hoyte's Negentropy: skip, fingerprint and item-list ranges, each named
 //! by its upper bound, the lower bound being the previous range's upper).
 //!
-//! Not wired into the engine yet: the anti-entropy exchange still compares
+//! The engine's anti-entropy reconciles this way with peers of protocol 6
+//! (`replication::core::ranges`); with older peers it still compares
 //! [`DIGEST_BUCKETS`](crate::replication::store::DIGEST_BUCKETS) fixed
 //! digests. The `testing` feature exposes this module as
 //! `archipelago::testing::reconcile` for benches and checks.

@@ -702,6 +702,16 @@ fn describe(message: &Message) -> String {
         }
         Message::HomedRequest { id, table, .. } => format!("HomedRequest #{id} {table}"),
         Message::HomedReply { id, outcome } => format!("HomedReply #{id} {outcome:?}"),
+        Message::SyncRanges {
+            session,
+            reply,
+            round,
+            frames,
+        } => format!(
+            "{} #{session} round {round}: {} tables",
+            if *reply { "RangesReply" } else { "Ranges" },
+            frames.len()
+        ),
     }
 }
 
@@ -962,6 +972,17 @@ fn lie(message: &mut Message, rng: &mut Rng) {
         }
         Message::RightsRequest { wanted, .. } => *wanted = number(rng),
         Message::HomedRequest { id, .. } | Message::HomedReply { id, .. } => *id = number(rng),
+        Message::SyncRanges {
+            session,
+            reply,
+            round,
+            frames,
+        } => match rng.below(4) {
+            0 => *session = number(rng),
+            1 => *reply = !*reply,
+            2 => *round = number(rng) as u32,
+            _ => frames.push((format!("t{}", rng.below(3)), Blob(vec![0]))),
+        },
     }
 }
 

@@ -876,6 +876,21 @@ impl FuzzValue for Message {
                     value: Some(message::Blob(vec![75])),
                 },
             },
+            Message::SyncRanges {
+                session: 3,
+                reply: false,
+                round: 0,
+                frames: vec![(
+                    "hits".into(),
+                    message::Blob(
+                        crate::replication::reconcile::RangeMessage::initiate(
+                            &crate::replication::reconcile::RangeIndex::new(),
+                        )
+                        .encode()
+                        .expect("a small message"),
+                    ),
+                )],
+            },
         ]
     }
     fn mutate(&mut self, rng: &mut FuzzRng) {
@@ -982,6 +997,25 @@ impl FuzzValue for Message {
                     *outcome = HomedOutcome::Done {
                         written: Some(Dot::new(rng.replica(), rng.edgy_u64())),
                         value: None,
+                    }
+                }
+            },
+            Message::SyncRanges {
+                session,
+                reply,
+                round,
+                frames,
+            } => match rng.below(5) {
+                0 => *session = rng.edgy_u64(),
+                1 => *reply = !*reply,
+                2 => *round = rng.edgy_u64() as u32,
+                3 => frames.push((
+                    rng.text(),
+                    message::Blob(vec![rng.next_u64() as u8; rng.below(8)]),
+                )),
+                _ => {
+                    if let Some((_, frame)) = frames.first_mut() {
+                        frame.0.push(rng.next_u64() as u8);
                     }
                 }
             },
@@ -1160,7 +1194,7 @@ pub fn corpus(seed: u64) -> Vec<(&'static str, Vec<u8>)> {
 }
 
 /// Valid frames of every engine message variant (batch, ack, sync request,
-/// sync states, sync done, hello), drawn from `seed`: a peer's side of a
+/// sync states, sync done, hello, ..., sync ranges), drawn from `seed`: a peer's side of a
 /// conversation, for a harness that feeds a region.
 pub fn message_frames(seed: u64) -> Vec<Vec<u8>> {
     Typed::<Message>(std::marker::PhantomData).samples(&mut FuzzRng::new(seed))

@@ -2,6 +2,7 @@
 //! transfer's vector is believed.
 
 use super::*;
+use crate::replication::store::Key;
 
 impl Core {
     pub(super) fn digests(&mut self) -> Vec<(String, Vec<u64>)> {
@@ -14,16 +15,24 @@ impl Core {
         digests
     }
 
-    /// Starts an anti-entropy exchange with `peer`: sends our digests.
+    /// Starts an anti-entropy exchange with `peer`: by ranges when both
+    /// speak protocol 6 (see [`ranges`](super::ranges)), else sends our
+    /// digests.
     pub(crate) fn start_sync(&mut self, peer: &str, now: Instant) -> Outgoing {
         self.sync_session += 1;
         let session = self.sync_session;
+        if self.syncs_by_ranges(peer)
+            && let Some(out) = self.start_range_sync(peer, session, now)
+        {
+            return out;
+        }
         let digests = self.digests();
         self.syncs.insert(
             peer.to_owned(),
             SyncState {
                 session,
                 digests: digests.clone(),
+                ranges: None,
             },
         );
         self.peer(peer, now).last_sync = Some(now);
@@ -147,7 +156,8 @@ impl Core {
         self.answered_last.insert(from.to_owned(), session);
         let applied = self.transfer_claims();
         self.shipped_transfer(from, &applied);
-        self.states_chunks(from, session, false, buckets, applied, &HashSet::new())
+        let selection = Selection::Buckets(buckets);
+        self.states_chunks(from, session, false, selection, applied, &HashSet::new())
     }
 
     /// What a transfer of our whole state claims we hold: what we hold
@@ -169,15 +179,15 @@ impl Core {
         }
     }
 
-    /// Our states for `buckets` (and every value held for undeclared
+    /// Our states for `selection` (and every value held for undeclared
     /// tables), in chunks below the sync chunk limit; the first chunk names
-    /// the buckets, the last carries `applied`.
+    /// the buckets (if selected by buckets), the last carries `applied`.
     pub(super) fn states_chunks(
         &self,
         to: &str,
         session: u64,
         push: bool,
-        buckets: Vec<(String, Vec<u32>)>,
+        selection: Selection,
         applied: VersionVector,
         skip: &HashSet<u64>,
     ) -> Outgoing {
@@ -199,20 +209,11 @@ impl Core {
             };
             message::push_entry(&mut packed.0, position, key, state);
         };
-        for (table, list) in &buckets {
-            let Some(slot) = self.slot_of(table) else {
-                continue;
-            };
-            let store = &self.tables[slot].store;
-            for &bucket in list {
-                for (key, state) in store.bucket_states(bucket as usize) {
-                    if !skip.is_empty() && skip.contains(&entry_hash(table, &key, &state)) {
-                        continue;
-                    }
-                    add(table, &key, &state);
-                }
+        self.for_each_selected(&selection, &mut |table, key, state| {
+            if skip.is_empty() || !skip.contains(&entry_hash(table, key, state)) {
+                add(table, key, state);
             }
-        }
+        });
         // Values of tables we hold but have not declared count in our
         // applied vector too: ship them, or the peer would claim writes it
         // does not have.
@@ -225,7 +226,10 @@ impl Core {
         }
         let count = chunks.len() as u32;
         let sent_at = self.hlc.now();
-        let mut buckets = Some(buckets);
+        let mut buckets = match selection {
+            Selection::Buckets(buckets) => Some(buckets),
+            Selection::Keys(_) => None,
+        };
         chunks
             .into_iter()
             .enumerate()
@@ -251,6 +255,49 @@ impl Core {
                 )
             })
             .collect()
+    }
+
+    /// Calls `add` with the table, key and state of every key `selection`
+    /// names that a declared table of ours holds.
+    fn for_each_selected(&self, selection: &Selection, add: &mut impl FnMut(&str, &[u8], &[u8])) {
+        let store_of = |table: &str| self.slot_of(table).map(|slot| &self.tables[slot].store);
+        match selection {
+            Selection::Buckets(buckets) => {
+                for (table, list) in buckets {
+                    let Some(store) = store_of(table) else {
+                        continue;
+                    };
+                    for &bucket in list {
+                        for (key, state) in store.bucket_states(bucket as usize) {
+                            add(table, &key, &state);
+                        }
+                    }
+                }
+            }
+            Selection::Keys(tables) => {
+                for (table, keys) in tables {
+                    let Some(store) = store_of(table) else {
+                        continue;
+                    };
+                    match keys {
+                        TableKeys::All => {
+                            for bucket in 0..DIGEST_BUCKETS {
+                                for (key, state) in store.bucket_states(bucket) {
+                                    add(table, &key, &state);
+                                }
+                            }
+                        }
+                        TableKeys::Some(keys) => {
+                            for key in keys {
+                                if let Some(state) = store.key_state(key) {
+                                    add(table, key, &state);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Checks one chunk of a transfer and files it; returns the whole
@@ -548,6 +595,13 @@ impl Core {
         let seq = self.seq;
         self.peer(from, now).push_pending = Some((session, seq, now));
         self.counters.syncs_completed += 1;
+        if let Some(range) = &sync.ranges {
+            let selection = self.push_selection(range);
+            tracing::info!(region = %self.name, peer = from, session, "anti-entropy by ranges: caught up; pushing back");
+            let applied = self.transfer_claims();
+            self.shipped_transfer(from, &applied);
+            return self.states_chunks(from, session, true, selection, applied, received);
+        }
         let mut push_buckets = differed;
         for (table, changed) in self.changed_since(sync) {
             match push_buckets.iter_mut().find(|(t, _)| *t == table) {
@@ -568,7 +622,8 @@ impl Core {
         );
         let applied = self.transfer_claims();
         self.shipped_transfer(from, &applied);
-        self.states_chunks(from, session, true, push_buckets, applied, received)
+        let selection = Selection::Buckets(push_buckets);
+        self.states_chunks(from, session, true, selection, applied, received)
     }
 
     /// The buckets of each table whose digest changed since `sync`'s
@@ -676,7 +731,24 @@ impl Core {
         });
         self.sync_inbox
             .retain(|_, inbox| now.duration_since(inbox.at) < timeout);
+        self.expire_range_syncs(now);
     }
+}
+
+/// What a transfer ships of our tables.
+pub(crate) enum Selection {
+    /// Every key of these buckets, per table (an exchange by buckets).
+    Buckets(Vec<(String, Vec<u32>)>),
+    /// These keys, per table (an exchange by ranges).
+    Keys(Vec<(String, TableKeys)>),
+}
+
+/// The keys of one table a transfer by ranges ships.
+pub(crate) enum TableKeys {
+    /// Every key (the peer did not list the table).
+    All,
+    /// These (those the table does not hold are skipped).
+    Some(Vec<Key>),
 }
 
 /// One chunk of a state transfer, as a [`Message::SyncStates`] carries it.

@@ -20,6 +20,7 @@ impl Core {
         self.syncs.remove(name);
         self.answered.remove(name);
         self.answered_last.remove(name);
+        self.answering.remove(name);
         self.sync_inbox.retain(|(peer, _, _), _| peer != name);
         self.retired.insert(name.to_owned(), ids.clone());
         if let Some(durable) = &mut self.durable {
@@ -420,6 +421,7 @@ impl Core {
     fn forget_exchanges_of(&mut self, from: &str) {
         self.answered_last.remove(from);
         self.answered.remove(from);
+        self.answering.remove(from);
         self.sync_inbox.retain(|(peer, _, _), _| peer != from);
     }
 

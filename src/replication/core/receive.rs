@@ -109,6 +109,7 @@ impl Core {
                 self.on_homed_reply(from, id, outcome);
                 Vec::new()
             }
+            message @ Message::SyncRanges { .. } => self.on_sync_ranges(from, message, now),
             Message::SyncDone { session } => {
                 self.on_sync_done(from, session, now);
                 Vec::new()
