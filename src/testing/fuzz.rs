@@ -815,6 +815,81 @@ fn packed_entries(rng: &mut FuzzRng, tables: usize, n: usize) -> Blob {
     Blob(packed)
 }
 
+/// `FuzzValue::mutate` for the anti-entropy messages.
+fn mutate_exchange(message: &mut Message, rng: &mut FuzzRng) {
+    match message {
+        Message::SyncRequest {
+            session,
+            applied,
+            digests,
+        } => match rng.below(3) {
+            0 => *session = rng.edgy_u64(),
+            1 => applied.raise(rng.replica(), rng.edgy_u64()),
+            _ => digests.push((rng.text(), vec![0; rng.below(16)])),
+        },
+        Message::SyncStates {
+            chunk,
+            chunks,
+            buckets,
+            applied,
+            ..
+        } => match rng.below(4) {
+            0 => *chunk = rng.next_u64() as u32,
+            1 => *chunks = rng.next_u64() as u32,
+            2 => buckets.push((rng.text(), vec![rng.next_u64() as u32])),
+            _ => *applied = None,
+        },
+        Message::SyncDone { session } => *session = rng.edgy_u64(),
+        Message::SyncRanges {
+            session,
+            reply,
+            round,
+            frames,
+        } => match rng.below(5) {
+            0 => *session = rng.edgy_u64(),
+            1 => *reply = !*reply,
+            2 => *round = rng.edgy_u64() as u32,
+            3 => frames.push((rng.text(), random_blob(rng))),
+            _ => {
+                if let Some((_, frame)) = frames.first_mut() {
+                    frame.0.push(rng.next_u64() as u8);
+                }
+            }
+        },
+        _ => {}
+    }
+}
+
+/// Up to 7 bytes of one random value.
+fn random_blob(rng: &mut FuzzRng) -> message::Blob {
+    message::Blob(vec![rng.next_u64() as u8; rng.below(8)])
+}
+
+/// One of the outcomes a home answers with, its fields random.
+fn random_outcome(rng: &mut FuzzRng) -> HomedOutcome {
+    match rng.below(5) {
+        0 => HomedOutcome::Rejected {
+            rejection: random_blob(rng),
+        },
+        1 => HomedOutcome::Refused(crate::region::HomedRefusal::NotHome {
+            home: Some(rng.text()),
+        }),
+        2 => HomedOutcome::Refused(crate::region::HomedRefusal::Moved {
+            home: rng.text(),
+            epoch: rng.edgy_u64(),
+        }),
+        3 => HomedOutcome::DoneAt {
+            written: Some(Dot::new(rng.replica(), rng.edgy_u64())),
+            value: None,
+            epoch: rng.edgy_u64(),
+        },
+        _ => HomedOutcome::Done {
+            written: Some(Dot::new(rng.replica(), rng.edgy_u64())),
+            value: None,
+        },
+    }
+}
+
 impl FuzzValue for Message {
     const NAME: &'static str = "Message";
     fn samples(rng: &mut FuzzRng) -> Vec<Self> {
@@ -918,28 +993,6 @@ impl FuzzValue for Message {
                 *origin = rng.replica();
                 *applied = rng.edgy_u64();
             }
-            Message::SyncRequest {
-                session,
-                applied,
-                digests,
-            } => match rng.below(3) {
-                0 => *session = rng.edgy_u64(),
-                1 => applied.raise(rng.replica(), rng.edgy_u64()),
-                _ => digests.push((rng.text(), vec![0; rng.below(16)])),
-            },
-            Message::SyncStates {
-                chunk,
-                chunks,
-                buckets,
-                applied,
-                ..
-            } => match rng.below(4) {
-                0 => *chunk = rng.next_u64() as u32,
-                1 => *chunks = rng.next_u64() as u32,
-                2 => buckets.push((rng.text(), vec![rng.next_u64() as u32])),
-                _ => *applied = None,
-            },
-            Message::SyncDone { session } => *session = rng.edgy_u64(),
             Message::Hello {
                 replica,
                 incarnation,
@@ -970,55 +1023,12 @@ impl FuzzValue for Message {
             },
             Message::HomedReply { id, outcome } => match rng.below(6) {
                 0 => *id = rng.edgy_u64(),
-                1 => {
-                    *outcome = HomedOutcome::Rejected {
-                        rejection: message::Blob(vec![rng.next_u64() as u8; rng.below(8)]),
-                    }
-                }
-                2 => {
-                    *outcome = HomedOutcome::Refused(crate::region::HomedRefusal::NotHome {
-                        home: Some(rng.text()),
-                    })
-                }
-                3 => {
-                    *outcome = HomedOutcome::Refused(crate::region::HomedRefusal::Moved {
-                        home: rng.text(),
-                        epoch: rng.edgy_u64(),
-                    })
-                }
-                4 => {
-                    *outcome = HomedOutcome::DoneAt {
-                        written: Some(Dot::new(rng.replica(), rng.edgy_u64())),
-                        value: None,
-                        epoch: rng.edgy_u64(),
-                    }
-                }
-                _ => {
-                    *outcome = HomedOutcome::Done {
-                        written: Some(Dot::new(rng.replica(), rng.edgy_u64())),
-                        value: None,
-                    }
-                }
+                _ => *outcome = random_outcome(rng),
             },
-            Message::SyncRanges {
-                session,
-                reply,
-                round,
-                frames,
-            } => match rng.below(5) {
-                0 => *session = rng.edgy_u64(),
-                1 => *reply = !*reply,
-                2 => *round = rng.edgy_u64() as u32,
-                3 => frames.push((
-                    rng.text(),
-                    message::Blob(vec![rng.next_u64() as u8; rng.below(8)]),
-                )),
-                _ => {
-                    if let Some((_, frame)) = frames.first_mut() {
-                        frame.0.push(rng.next_u64() as u8);
-                    }
-                }
-            },
+            Message::SyncRequest { .. }
+            | Message::SyncStates { .. }
+            | Message::SyncDone { .. }
+            | Message::SyncRanges { .. } => mutate_exchange(self, rng),
         }
     }
     fn inner(&self) {
