@@ -24,6 +24,8 @@
 //! `cargo bench --bench ae_latency` (about 20 s with 1M keys). Environment:
 //! `AE_LATENCY_KEYS` (default 1M), `AE_LATENCY_RUNS` (default 1).
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -31,7 +33,6 @@ use std::time::{Duration, Instant};
 use archipelago::crdt::GCounter;
 use archipelago::region::{Region, RegionConfig, RegionStats, Table};
 use archipelago::transport::ChannelNetwork;
-use tokio::runtime::Runtime;
 
 /// Keys `a` holds when `b` joins.
 const KEYS: u64 = 1_000_000;
@@ -47,14 +48,6 @@ const YIELD_EVERY: u64 = 128;
 /// Longest the transfer may take before the run gives up.
 const TRANSFER_MAX: Duration = Duration::from_secs(300);
 const TABLE: &str = "hits";
-
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
 
 fn config() -> RegionConfig {
     RegionConfig {
@@ -247,7 +240,7 @@ fn main() {
     // `cargo bench` passes `--bench`; there is nothing to filter.
     let keys = var("AE_LATENCY_KEYS", KEYS);
     let runs = var("AE_LATENCY_RUNS", 1);
-    let rt = runtime();
+    let rt = common::runtime();
     println!(
         "\n== ae_latency: {keys} keys at a, b joins; {WRITES_PER_TICK} writes every {TICK:?} per region; latency of each update call, µs =="
     );

@@ -39,6 +39,8 @@
 //!
 //! Run with `cargo bench --bench durability` (about two minutes).
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::{Seek, Write};
 use std::sync::{Arc, Mutex};
@@ -49,7 +51,6 @@ use archipelago::region::{AckLevel, Region, RegionConfig};
 use archipelago::session::{Session, SessionToken};
 use archipelago::transport::ChannelNetwork;
 use criterion::{Criterion, SamplingMode, Throughput};
-use tokio::runtime::Runtime;
 
 const KEYS: u64 = 1000;
 const TABLE: &str = "hits";
@@ -113,22 +114,10 @@ static RUNS: Mutex<BTreeMap<&'static str, Vec<Run>>> = Mutex::new(BTreeMap::new(
 static FSYNCS: Mutex<Vec<Duration>> = Mutex::new(Vec::new());
 static RESTARTS: Mutex<Vec<Duration>> = Mutex::new(Vec::new());
 
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
 fn config() -> RegionConfig {
     RegionConfig {
-        ack_timeout: Duration::from_secs(60),
-        outbox_len_max: 1 << 24,
-        outbox_bytes_max: 1 << 32,
-        session_wait_max: Duration::from_secs(120),
         commit_wait_max: Duration::from_secs(120),
-        ..RegionConfig::default()
+        ..common::roomy_config()
     }
 }
 
@@ -141,19 +130,6 @@ fn temp_dir(what: &str) -> std::path::PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
-}
-
-async fn connected(a: &Region, b: &Region) {
-    loop {
-        let ready = [a, b].iter().all(|r| {
-            let s = r.stats();
-            s.syncs_completed >= 1 && !s.peers.is_empty() && s.peers.iter().all(|p| p.connected)
-        });
-        if ready {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
 }
 
 async fn run(w: Workload) -> Run {
@@ -183,7 +159,7 @@ async fn run(w: Workload) -> Run {
         .expect("table")
         .with_ack(w.ack);
     let table_b = b.table::<u64, GCounter>(TABLE).expect("table");
-    connected(&a, &b).await;
+    common::connected(&[&a, &b]).await;
     let before = a.stats();
     let started = Instant::now();
     let latencies = Arc::new(Mutex::new(Vec::with_capacity(w.n as usize)));
@@ -300,7 +276,7 @@ async fn restart_once(dir: &std::path::Path) -> Duration {
 }
 
 fn benches(c: &mut Criterion) {
-    let rt = runtime();
+    let rt = common::runtime();
     let mut group = c.benchmark_group("durability");
     group.sampling_mode(SamplingMode::Flat).sample_size(10);
     group.measurement_time(Duration::from_secs(10));

@@ -39,6 +39,8 @@
 //! --no-run` prints its path) under `perf record -e cpu-clock --call-graph
 //! dwarf` or `valgrind --tool=callgrind`.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::sync::Mutex;
@@ -46,12 +48,11 @@ use std::time::{Duration, Instant};
 
 use archipelago::clock::ReplicaId;
 use archipelago::crdt::GCounter;
-use archipelago::region::{Region, RegionConfig, RegionStats};
+use archipelago::region::{Region, RegionStats};
 use archipelago::session::{Session, SessionToken};
 use archipelago::transport::{ChannelNetwork, NetworkStats};
 use archipelago::wire;
 use criterion::{BenchmarkGroup, Criterion, SamplingMode, Throughput, measurement::WallTime};
-use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 
 /// Updates per iteration.
@@ -122,33 +123,10 @@ static ENGINE_RUNS: Mutex<BTreeMap<String, Vec<EngineRun>>> = Mutex::new(BTreeMa
 static LOCAL_RUNS: Mutex<BTreeMap<String, Vec<Duration>>> = Mutex::new(BTreeMap::new());
 static CHANNEL_RUNS: Mutex<BTreeMap<String, Vec<Duration>>> = Mutex::new(BTreeMap::new());
 
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
-/// Defaults, with room for the whole run in the outbox (no overflow into
-/// anti-entropy), no retransmission on a perfect link (a loaded machine, or
-/// valgrind, can delay an ack past the default 500 ms: the resent batches
-/// would be counted as traffic and work) and waits long enough for any run.
-fn config() -> RegionConfig {
-    RegionConfig {
-        ack_timeout: Duration::from_secs(60),
-        outbox_len_max: 1 << 24,
-        outbox_bytes_max: 1 << 32,
-        session_wait_max: Duration::from_secs(120),
-        shutdown_wait_max: Duration::from_secs(30),
-        ..RegionConfig::default()
-    }
-}
-
 fn region(net: &ChannelNetwork, name: &str) -> Region {
     Region::builder(name)
         .transport(net.endpoint(name))
-        .config(config())
+        .config(common::roomy_config())
         .build()
         .expect("inside a runtime")
 }
@@ -162,21 +140,6 @@ fn counters(stats: &RegionStats) -> (u64, u64) {
     (stats.batches_sent, stats.batches_applied)
 }
 
-/// Waits until both regions see each other and the first anti-entropy
-/// exchange (started on connect) is over.
-async fn connected(a: &Region, b: &Region) {
-    loop {
-        let ready = [a, b].iter().all(|r| {
-            let s = r.stats();
-            s.syncs_completed >= 1 && s.peers.iter().all(|p| p.connected) && !s.peers.is_empty()
-        });
-        if ready {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-}
-
 /// One iteration: fresh regions, `n` writes at `a`, until `b` has them all.
 async fn engine_run(n: u64, keys: Keys, yield_every: u64) -> EngineRun {
     let net = ChannelNetwork::new(1);
@@ -184,7 +147,7 @@ async fn engine_run(n: u64, keys: Keys, yield_every: u64) -> EngineRun {
     let b = region(&net, "b");
     let table_a = a.table::<u64, GCounter>(TABLE).expect("table");
     let table_b = b.table::<u64, GCounter>(TABLE).expect("table");
-    connected(&a, &b).await;
+    common::connected(&[&a, &b]).await;
     let a_to_b_before = net.link_stats("a", "b");
     let b_to_a_before = net.link_stats("b", "a");
 
@@ -243,7 +206,7 @@ async fn engine_run(n: u64, keys: Keys, yield_every: u64) -> EngineRun {
 /// engine task, no peer). Such a region logs nothing for peers, so this is
 /// the table update and the delta's encoding, without the outbox append.
 async fn local_run(n: u64, keys: Keys, yield_every: u64) -> Duration {
-    let config = config();
+    let config = common::roomy_config();
     let a = Region::builder("a")
         .config(config)
         .build()
@@ -344,7 +307,7 @@ fn record<T>(runs: &Mutex<BTreeMap<String, Vec<T>>>, name: &str, run: T) {
 }
 
 fn engine(c: &mut Criterion) {
-    let rt = runtime();
+    let rt = common::runtime();
     let mut g = group(c, "engine", Duration::from_secs(12));
     for keys in [Keys::Spread, Keys::Hot] {
         g.bench_function(keys.name(), |bench| {
@@ -363,7 +326,7 @@ fn engine(c: &mut Criterion) {
 }
 
 fn local(c: &mut Criterion) {
-    let rt = runtime();
+    let rt = common::runtime();
     let mut g = group(c, "local-write", Duration::from_secs(4));
     let keys = Keys::Spread;
     g.bench_function(keys.name(), |bench| {
@@ -381,7 +344,7 @@ fn local(c: &mut Criterion) {
 }
 
 fn channel(c: &mut Criterion) {
-    let rt = runtime();
+    let rt = common::runtime();
     let mut g = group(c, "channel", Duration::from_secs(3));
     let (key, delta) = update_bytes(Keys::Spread, ReplicaId::from_name("a"));
     let len = (key + delta).round() as usize;
@@ -504,7 +467,7 @@ fn profile(workload: &str) {
     } else {
         Keys::Spread
     };
-    let rt = runtime();
+    let rt = common::runtime();
     for _ in 0..runs {
         match workload {
             "channel" => {

@@ -21,6 +21,8 @@
 //!
 //! Run with `cargo bench --bench homed` (under a minute).
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use archipelago::region::{HomedTable, HomedValue, Region, RegionConfig};
@@ -53,14 +55,6 @@ const TOKYO: &str = "ap-northeast";
 const FRANKFURT: &str = "eu-central";
 /// The key homed at Tokyo.
 const KEY: &str = "ap-northeast/acct";
-
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 fn accounts(region: &Region) -> HomedTable<String, Account> {
     region
@@ -108,7 +102,7 @@ where
 }
 
 fn homed(c: &mut Criterion) {
-    let rt = runtime();
+    let rt = common::runtime();
     let (tokyo, frankfurt) = rt.block_on(two_regions());
     let (at_home, away) = (accounts(&tokyo), accounts(&frankfurt));
     let mut group = c.benchmark_group("homed");
@@ -141,7 +135,7 @@ fn homed(c: &mut Criterion) {
 }
 
 fn bounded(c: &mut Criterion) {
-    let rt = runtime();
+    let rt = common::runtime();
     let (tokyo, frankfurt) = rt.block_on(two_regions());
     let stock = |r: &Region| r.bounded_table::<String, 0>("stock").unwrap();
     let mut group = c.benchmark_group("bounded");

@@ -32,6 +32,8 @@
 //! - `SCALE_BENCH_AE_DEFAULT=1` keeps the default anti-entropy interval
 //!   (30 s) instead of an hour.
 
+mod common;
+
 use std::hint::black_box;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -40,7 +42,6 @@ use archipelago::crdt::GCounter;
 use archipelago::region::{Region, RegionConfig, RegionStats};
 use archipelago::transport::{ChannelNetwork, NetworkStats};
 use criterion::{Criterion, SamplingMode, Throughput};
-use tokio::runtime::Runtime;
 
 /// Fewest updates per point: small key sets still get a measurable run.
 const UPDATES_MIN: u64 = 200_000;
@@ -77,14 +78,6 @@ struct Point {
     /// Anti-entropy exchanges beyond the first one per pair: repairs the
     /// workload caused (zero when batches carried everything).
     extra_syncs: u64,
-}
-
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
 }
 
 /// Defaults with room for a whole run in the outbox and no retransmission
@@ -272,7 +265,7 @@ fn child(point: &str) {
     let mut parts = point.split(',');
     let r: usize = parts.next().and_then(|v| v.parse().ok()).expect("R");
     let keys: u64 = parts.next().and_then(|v| v.parse().ok()).expect("K");
-    let p = runtime().block_on(run_point(r, keys, updates_for(keys)));
+    let p = common::runtime().block_on(run_point(r, keys, updates_for(keys)));
     println!(
         "POINT {} {} {} {} {} {} {} {} {}",
         p.regions,
@@ -376,7 +369,7 @@ fn curve() {
 }
 
 fn bench(c: &mut Criterion) {
-    let rt = runtime();
+    let rt = common::runtime();
     let keys = KEYS[0];
     let updates = updates_for(keys);
     let mut g = c.benchmark_group("scale");

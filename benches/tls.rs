@@ -22,13 +22,15 @@
 //!
 //! Run with `cargo bench --bench tls` (about a minute).
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use archipelago::crdt::GCounter;
-use archipelago::region::{Region, RegionConfig};
+use archipelago::region::Region;
 use archipelago::session::{Session, SessionToken};
 use archipelago::transport::{TcpTransport, TlsConfig, Transport, TransportEvent};
 use criterion::{Criterion, SamplingMode, Throughput};
@@ -121,40 +123,6 @@ fn tls() -> Security {
     }
 }
 
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
-/// As `benches/engine.rs`: room for the whole run in the outbox, no
-/// retransmission on a perfect link, waits long enough for any run.
-fn config() -> RegionConfig {
-    RegionConfig {
-        ack_timeout: Duration::from_secs(60),
-        outbox_len_max: 1 << 24,
-        outbox_bytes_max: 1 << 32,
-        session_wait_max: Duration::from_secs(120),
-        shutdown_wait_max: Duration::from_secs(30),
-        ..RegionConfig::default()
-    }
-}
-
-async fn connected(a: &Region, b: &Region) {
-    loop {
-        let ready = [a, b].iter().all(|r| {
-            let s = r.stats();
-            s.syncs_completed >= 1 && !s.peers.is_empty() && s.peers.iter().all(|p| p.connected)
-        });
-        if ready {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-}
-
 /// One iteration: fresh regions over `security`, `N` writes at Tokyo, until
 /// Frankfurt has them all. Returns the time.
 async fn replicate(security: &Security) -> Duration {
@@ -164,7 +132,7 @@ async fn replicate(security: &Security) -> Duration {
     let build = |name: &str, tcp| {
         Region::builder(name)
             .transport(tcp)
-            .config(config())
+            .config(common::roomy_config())
             .build()
             .expect("region")
     };
@@ -172,7 +140,7 @@ async fn replicate(security: &Security) -> Duration {
     let frankfurt = build(FRANKFURT, frankfurt_tcp);
     let table_t = tokyo.table::<u64, GCounter>(TABLE).unwrap();
     let table_f = frankfurt.table::<u64, GCounter>(TABLE).unwrap();
-    connected(&tokyo, &frankfurt).await;
+    common::connected(&[&tokyo, &frankfurt]).await;
     let writer = tokio::spawn(async move {
         let started = Instant::now();
         let mut last = SessionToken::new();
@@ -319,7 +287,7 @@ fn summary() {
 }
 
 fn main() {
-    let rt = runtime();
+    let rt = common::runtime();
     let modes = [Security::Plain, tls()];
     let mut c = Criterion::default().configure_from_args();
     bench_replication(&mut c, &rt, &modes);

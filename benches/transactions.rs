@@ -24,14 +24,15 @@
 //!
 //! Run with `cargo bench --bench transactions` (under a minute).
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use archipelago::crdt::GCounter;
-use archipelago::region::{Region, RegionConfig, RegionError};
+use archipelago::region::{Region, RegionError};
 use archipelago::session::{Session, SessionToken};
 use archipelago::transport::ChannelNetwork;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use tokio::runtime::Runtime;
 
 /// Writes per iteration.
 const WRITES: u64 = 64 * 1024;
@@ -43,48 +44,12 @@ const YIELD_EVERY_WRITES: u64 = 128;
 /// Name of the table written.
 const TABLE: &str = "hits";
 
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
-/// Defaults, with room for the whole run in the outbox and no
-/// retransmission on a perfect link (as the engine bench).
-fn config() -> RegionConfig {
-    RegionConfig {
-        ack_timeout: Duration::from_secs(60),
-        outbox_len_max: 1 << 24,
-        outbox_bytes_max: 1 << 32,
-        session_wait_max: Duration::from_secs(120),
-        shutdown_wait_max: Duration::from_secs(30),
-        ..RegionConfig::default()
-    }
-}
-
 fn region(net: &ChannelNetwork, name: &str) -> Region {
     Region::builder(name)
         .transport(net.endpoint(name))
-        .config(config())
+        .config(common::roomy_config())
         .build()
         .expect("inside a runtime")
-}
-
-/// Waits until both regions see each other and the first anti-entropy
-/// exchange is over.
-async fn connected(a: &Region, b: &Region) {
-    loop {
-        let ready = [a, b].iter().all(|r| {
-            let s = r.stats();
-            s.syncs_completed >= 1 && !s.peers.is_empty() && s.peers.iter().all(|p| p.connected)
-        });
-        if ready {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
 }
 
 /// `WRITES` writes at `a` in transactions of `size` (1: single
@@ -129,7 +94,7 @@ async fn run(size: u64) -> Duration {
     let b = region(&net, "b");
     a.table::<u64, GCounter>(TABLE).expect("table");
     let table_b = b.table::<u64, GCounter>(TABLE).expect("table");
-    connected(&a, &b).await;
+    common::connected(&[&a, &b]).await;
 
     let started = Instant::now();
     let last = write_all(&a, size).await;
@@ -164,7 +129,7 @@ async fn run(size: u64) -> Duration {
 /// (nothing logged for peers, no engine).
 async fn local_run(size: u64) -> Duration {
     let a = Region::builder("a")
-        .config(config())
+        .config(common::roomy_config())
         .build()
         .expect("region");
     a.table::<u64, GCounter>(TABLE).expect("table");
@@ -184,7 +149,7 @@ fn id(size: u64) -> BenchmarkId {
 }
 
 fn local(c: &mut Criterion) {
-    let rt = runtime();
+    let rt = common::runtime();
     let mut group = c.benchmark_group("local-writes");
     group.sample_size(10);
     group.throughput(Throughput::Elements(WRITES));
@@ -201,7 +166,7 @@ fn local(c: &mut Criterion) {
 }
 
 fn writes(c: &mut Criterion) {
-    let rt = runtime();
+    let rt = common::runtime();
     let mut group = c.benchmark_group("writes");
     group.sample_size(10);
     group.throughput(Throughput::Elements(WRITES));
