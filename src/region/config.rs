@@ -33,6 +33,11 @@ use super::*;
 ///   and [`MvRegister`](crate::crdt::MvRegister) states delimited too (see
 ///   *Schema evolution* on each); a region re-encodes the states it sends
 ///   on a connection of protocol 5 or older in that protocol's layout.
+///   Homed tables' states carry their value delimited as well, and a
+///   homed reply's value carries the bytes of a newer build's fields
+///   (see *Schema evolution* on
+///   [`HomedValue`](crate::region::HomedValue)); a requester of protocol 5
+///   or older gets the value alone.
 pub const PROTOCOL_VERSION: u16 = 6;
 
 /// The oldest engine protocol this build still speaks: a peer announcing

@@ -1997,6 +1997,8 @@ mod tests {
         );
         same(&wire::decode(&positional).unwrap(), &old);
 
+        let delimited = wire::encode(&old).unwrap();
+        assert_eq!(delimited.len(), positional.len() + 2, "a tag and a length");
         let new = state(aiko(7));
         let made = wire::encode(&new).unwrap();
         assert_eq!(made[1], HOMED_DELIMITED_TAG, "after the wire version");
