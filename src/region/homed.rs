@@ -2023,6 +2023,21 @@ mod tests {
         same(&back, &state(AccountV1 { balance: 7 }));
     }
 
+    /// A reply's value carries the bytes a V1 home kept to a requester of
+    /// protocol 6, which reads them as its V2 field; one of protocol 5
+    /// reads strictly, so it gets the value alone.
+    #[test]
+    fn a_reply_carries_the_kept_bytes_only_to_protocol_6() {
+        let at_old: HomedState<AccountV1> =
+            wire::decode(&wire::encode(&state(aiko(7))).unwrap()).unwrap();
+        let blob = |protocol| value_blob(&at_old.value, &at_old.unknown, protocol).unwrap();
+        let tolerant = blob(HOMED_TOLERANT_PROTOCOL);
+        let (read, rest) = wire::decode_tolerant::<AccountV2>(&tolerant.0).unwrap();
+        assert_eq!((read, rest), (aiko(7), &[][..]));
+        let strict = wire::decode_bare::<AccountV1>(&blob(HOMED_TOLERANT_PROTOCOL - 1).0);
+        assert_eq!(strict.unwrap(), AccountV1 { balance: 7 });
+    }
+
     /// Forwarded operations: variant tags as `decode_op` expects them; a
     /// V1 operation at a V2 home defaults the field it lacks, a V2
     /// operation at a V1 home drops the one it cannot know, and a V2 put
