@@ -125,7 +125,10 @@ pub use redb_store::{JOURNAL_BYTES_MAX, JOURNAL_LEN_MAX, RedbStorage};
 /// and [`MvRegister`](crate::crdt::MvRegister) states (see *Schema
 /// evolution* on each), with the same lazy migration: states of version 4
 /// and older read as they are, and each is written delimited when its key
-/// next changes.
+/// next changes. Homed tables' states joined version 5 later (see
+/// [`HomedValue`](crate::region::HomedValue)): their older layout, as
+/// stored by earlier builds of version 5 and older, is told apart by its
+/// first byte and migrates the same way, so the version stayed 5.
 pub const STORAGE_FORMAT_VERSION: u32 = 5;
 
 /// What went wrong with a region's storage.

@@ -97,7 +97,7 @@ mod delimited;
 
 pub(crate) use delimited::{
     DELIMITED_CRDT_PROTOCOL, DELIMITED_LEN_TAG, DELIMITED_PROTOCOL, Unknown, ValueBytes, ValueOf,
-    legacy_layout, positional_crdt_values, varint_rest,
+    decode_tolerant, legacy_layout, positional_crdt_values, varint_rest,
 };
 
 const fn config() -> Config {

@@ -635,3 +635,101 @@ fn a_redb_store_of_format_4_opens_with_crdt_values_that_gained_a_field() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A region's store (redb) made once by the build before homed states
+/// were delimited (storage format 5, the value positional), holding a
+/// homed account of one field: today's build opens it with that struct
+/// and rewrites the state delimited at its next write; a build whose
+/// struct gained a trailing `#[serde(default)]` field reads it with the
+/// default and puts the field; an old build's write, after a restart,
+/// keeps the field's bytes; the new build reads the field back.
+#[cfg(feature = "redb")]
+#[test]
+fn a_redb_store_with_positional_homed_states_opens_and_keeps_a_new_field() {
+    use crate::schema_evolution::{AccountV1, AccountV2, DepositV1};
+    use archipelago::region::{HomedTable, HomedValue, Placement, Region};
+
+    fn accounts<V: HomedValue>(region: &Region) -> HomedTable<String, V> {
+        region
+            .homed_table("accounts", Placement::<String>::fixed("ap-northeast"))
+            .unwrap()
+    }
+    let runtime = common::paused_runtime();
+    let committed = fixtures().join("storage/v5-positional-homed/ap-northeast");
+    if !committed.exists() {
+        assert!(
+            blessing(),
+            "fixture storage/v5-positional-homed is missing: ARCHIPELAGO_BLESS_FIXTURES=1 writes it"
+        );
+        runtime.block_on(async {
+            let region = Region::builder("ap-northeast")
+                .data_dir(&committed)
+                .clock(common::TokioClock::new(0))
+                .build()
+                .unwrap();
+            let deposit = DepositV1 { amount: 3 };
+            accounts::<AccountV1>(&region)
+                .apply("jp-aiko", deposit)
+                .await
+                .unwrap();
+            region.shutdown().await;
+        });
+    }
+    let dir = std::env::temp_dir().join(format!("archipelago-golden-homed-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(&committed).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+    }
+    let open = |start| {
+        let region = Region::builder("ap-northeast")
+            .data_dir(&dir)
+            .clock(common::TokioClock::new(0))
+            .build()
+            .expect("the store opens");
+        assert_eq!(region.incarnation(), start);
+        region
+    };
+    let named = |balance, nickname: Option<&str>| AccountV2 {
+        balance,
+        nickname: nickname.map(str::to_owned),
+    };
+    runtime.block_on(async {
+        // Start 2: the library upgraded, the struct not yet.
+        let region = open(2);
+        let old = accounts::<AccountV1>(&region);
+        assert_eq!(old.read("jp-aiko").unwrap(), Some(AccountV1 { balance: 3 }));
+        let deposit = DepositV1 { amount: 1 };
+        assert_eq!(
+            old.apply("jp-aiko", deposit).await.unwrap().value.balance,
+            4
+        );
+        assert_eq!(region.stats().undecodable_values, 0);
+        region.shutdown().await;
+        // Start 3: the struct gained a field; the stored value defaults it.
+        let region = open(3);
+        let new = accounts::<AccountV2>(&region);
+        assert_eq!(new.read("jp-aiko").unwrap(), Some(named(4, None)));
+        new.put("jp-aiko", named(4, Some("Aiko"))).await.unwrap();
+        assert_eq!(region.stats().undecodable_values, 0);
+        region.shutdown().await;
+        // Start 4: rolled back to the old struct, which writes.
+        let region = open(4);
+        let old = accounts::<AccountV1>(&region);
+        let deposit = DepositV1 { amount: 1 };
+        assert_eq!(
+            old.apply("jp-aiko", deposit).await.unwrap().value.balance,
+            5
+        );
+        assert_eq!(region.stats().undecodable_values, 0);
+        region.shutdown().await;
+        // Start 5: the new struct again: the field survived the old write.
+        let region = open(5);
+        let new = accounts::<AccountV2>(&region);
+        assert_eq!(new.read("jp-aiko").unwrap(), Some(named(5, Some("Aiko"))));
+        assert_eq!(region.stats().undecodable_values, 0);
+        region.shutdown().await;
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}

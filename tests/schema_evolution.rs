@@ -3,7 +3,8 @@
 //! runs the old struct. Replication works both ways (nothing undecodable,
 //! nothing rejected), the old region reads the fields it knows, the new
 //! one the default for the field the old one never wrote, and a field
-//! written at a new region survives passing through an old one.
+//! written at a new region survives passing through an old one (for homed
+//! tables: through an old home's writes).
 
 use crate::common;
 
@@ -700,4 +701,257 @@ fn concurrent_new_siblings_merged_at_an_old_build_keep_their_fields() {
         wire::encode(&both).unwrap(),
         "the same bytes as at the new build"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Homed tables (protocol 6): the stored value, forwarded operations,
+// replies and rejections.
+
+use archipelago::region::{HomedError, HomedTable, HomedValue};
+use archipelago::storage::MemoryStorage;
+
+/// The account as the old build declares it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AccountV1 {
+    pub balance: u64,
+}
+
+/// The account as the new build declares it: one trailing field more.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AccountV2 {
+    pub balance: u64,
+    #[serde(default)]
+    pub nickname: Option<String>,
+}
+
+/// A deposit as the old build sends it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DepositV1 {
+    pub amount: u64,
+}
+
+/// A deposit as the new build sends it: a nickname to set with it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DepositV2 {
+    pub amount: u64,
+    #[serde(default)]
+    pub nickname: Option<String>,
+}
+
+/// Deposits above this are refused.
+const DEPOSIT_LIMIT: u64 = 1_000;
+
+/// A refusal as the old build sends it.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+pub struct TooLargeV1 {
+    pub balance: u64,
+}
+
+/// A refusal as the new build sends it: the limit too.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+pub struct TooLargeV2 {
+    pub balance: u64,
+    #[serde(default)]
+    pub limit: u64,
+}
+
+impl HomedValue for AccountV1 {
+    type Op = DepositV1;
+    type Rejection = TooLargeV1;
+    fn apply(&mut self, op: DepositV1) -> Result<(), TooLargeV1> {
+        if op.amount > DEPOSIT_LIMIT {
+            return Err(TooLargeV1 {
+                balance: self.balance,
+            });
+        }
+        self.balance += op.amount;
+        Ok(())
+    }
+}
+
+impl HomedValue for AccountV2 {
+    type Op = DepositV2;
+    type Rejection = TooLargeV2;
+    fn apply(&mut self, op: DepositV2) -> Result<(), TooLargeV2> {
+        if op.amount > DEPOSIT_LIMIT {
+            return Err(TooLargeV2 {
+                balance: self.balance,
+                limit: DEPOSIT_LIMIT,
+            });
+        }
+        self.balance += op.amount;
+        if op.nickname.is_some() {
+            self.nickname = op.nickname;
+        }
+        Ok(())
+    }
+}
+
+/// `jp-` accounts live in Tokyo, the others in Frankfurt.
+fn account_home(key: &str) -> String {
+    if key.starts_with("jp-") {
+        "ap-northeast".into()
+    } else {
+        "eu-central".into()
+    }
+}
+
+fn accounts<V: HomedValue>(region: &Region) -> HomedTable<String, V> {
+    region
+        .homed_table("accounts", |key: &String| account_home(key))
+        .unwrap()
+}
+
+fn named(balance: u64) -> AccountV2 {
+    AccountV2 {
+        balance,
+        nickname: Some("Aiko".to_string()),
+    }
+}
+
+fn deposit(amount: u64) -> DepositV2 {
+    DepositV2 {
+        amount,
+        nickname: None,
+    }
+}
+
+/// A V1 home (Tokyo, restarted from its storage once) and a V2 region
+/// (Frankfurt) forward writes to each other's keys: both work, values,
+/// operations and rejections read across the struct versions, and the
+/// V2 field put through the V1 home survives the home's writes and its
+/// restart (the home keeps its bytes and writes them back), in the
+/// replies and in what replicates back to Frankfurt.
+#[test]
+fn homed_writes_forwarded_between_an_old_and_a_new_build_keep_the_new_field() {
+    paused_runtime().block_on(async {
+        let net = ChannelNetwork::new(28);
+        let disk = MemoryStorage::new();
+        let mut old = region_on(&net, "ap-northeast", Some(&disk), RegionConfig::default());
+        let new = region_on(&net, "eu-central", None, RegionConfig::default());
+        let (mut old_t, new_t) = (accounts::<AccountV1>(&old), accounts::<AccountV2>(&new));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let syncs = new.stats().syncs_completed;
+
+        // New -> old home: a put with the new field, then a deposit.
+        new_t.put("jp-aiko", named(10)).await.unwrap();
+        let write = new_t.apply("jp-aiko", deposit(1)).await.unwrap();
+        assert_eq!(write.home, "ap-northeast");
+        assert_eq!(write.value, named(11), "the V1 home's reply carries the field");
+        assert_eq!(old_t.read("jp-aiko").unwrap(), Some(AccountV1 { balance: 11 }));
+
+        // The old home restarts from its storage and writes again.
+        old.shutdown().await;
+        old = region_on(&net, "ap-northeast", Some(&disk), RegionConfig::default());
+        old_t = accounts::<AccountV1>(&old);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let local = old_t.apply("jp-aiko", DepositV1 { amount: 2 }).await.unwrap();
+        assert_eq!(local.value, AccountV1 { balance: 13 });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            new_t.read("jp-aiko").unwrap(),
+            Some(named(13)),
+            "the field survives the V1 home's writes and restart"
+        );
+        // A V2 operation's own new field cannot reach a V1 home's apply.
+        let renamed = DepositV2 {
+            amount: 1,
+            nickname: Some("Ai".into()),
+        };
+        let write = new_t.apply("jp-aiko", renamed).await.unwrap();
+        assert_eq!(write.value, named(14), "dropped at the V1 home");
+
+        // Old -> new home: a V1 deposit defaults the field it lacks.
+        let write = old_t.apply("de-bob", DepositV1 { amount: 3 }).await.unwrap();
+        assert_eq!((write.home.as_str(), write.value), ("eu-central", AccountV1 { balance: 3 }));
+        let at_home = new_t.read("de-bob").unwrap().unwrap();
+        assert_eq!(at_home, AccountV2 { balance: 3, nickname: None });
+
+        // Rejections both ways: the V2 one's extra field dropped at V1,
+        // the V1 one's missing field defaulted at V2.
+        let refused = old_t.apply("de-bob", DepositV1 { amount: 5_000 }).await;
+        assert!(
+            matches!(&refused, Err(HomedError::Rejected { rejection: TooLargeV1 { balance: 3 }, .. })),
+            "{refused:?}"
+        );
+        let refused = new_t.apply("jp-aiko", deposit(5_000)).await;
+        let expected = TooLargeV2 {
+            balance: 14,
+            limit: 0,
+        };
+        assert!(
+            matches!(&refused, Err(HomedError::Rejected { rejection, .. }) if *rejection == expected),
+            "{refused:?}"
+        );
+
+        // A local read at the V1 home goes on; a read at home from V2
+        // carries the field.
+        let read = new_t.read_at_home("jp-aiko").await.unwrap();
+        assert_eq!(read.value, Some(named(14)));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(old_t.read("de-bob").unwrap(), Some(AccountV1 { balance: 3 }));
+        assert_eq!(new_t.read("jp-aiko").unwrap(), Some(named(14)));
+        assert_eq!(new.stats().syncs_completed, syncs, "batches, not a repair");
+        assert!(old.stats().homed_served >= 3 && new.stats().homed_served >= 2);
+        assert_clean(&[&old, &new]);
+        old.shutdown().await;
+        new.shutdown().await;
+    });
+}
+
+/// A region pinned to protocol 5 (states in the older layout, replies
+/// read strictly) and one of protocol 6, the same struct at both: homed
+/// writes forwarded both ways work and replicate by batches.
+#[test]
+fn a_protocol_5_peer_and_a_protocol_6_peer_forward_homed_writes_both_ways() {
+    paused_runtime().block_on(async {
+        let net = ChannelNetwork::new(29);
+        let new = region_on(&net, "ap-northeast", None, RegionConfig::default());
+        let pinned = RegionConfig {
+            protocol_version_max: 5,
+            ..RegionConfig::default()
+        };
+        let old = region_on(&net, "eu-central", None, pinned);
+        let (new_t, old_t) = (accounts::<AccountV2>(&new), accounts::<AccountV2>(&old));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let protocol = new
+            .stats()
+            .peers
+            .iter()
+            .find(|p| p.name == "eu-central")
+            .unwrap()
+            .protocol;
+        assert_eq!(protocol, 5);
+        let syncs = (new.stats().syncs_completed, old.stats().syncs_completed);
+
+        old_t.put("jp-aiko", named(10)).await.unwrap();
+        let write = old_t.apply("jp-aiko", deposit(1)).await.unwrap();
+        assert_eq!(
+            (write.home.as_str(), write.value),
+            ("ap-northeast", named(11))
+        );
+        new_t.put("de-bob", named(20)).await.unwrap();
+        let write = new_t.apply("de-bob", deposit(2)).await.unwrap();
+        assert_eq!(
+            (write.home.as_str(), write.value),
+            ("eu-central", named(22))
+        );
+        let refused = new_t.apply("de-bob", deposit(5_000)).await;
+        assert!(
+            matches!(refused, Err(HomedError::Rejected { .. })),
+            "{refused:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+
+        assert_eq!(old_t.read("jp-aiko").unwrap(), Some(named(11)), "6 -> 5");
+        assert_eq!(new_t.read("de-bob").unwrap(), Some(named(22)), "5 -> 6");
+        assert_eq!(
+            (new.stats().syncs_completed, old.stats().syncs_completed),
+            syncs,
+            "batches, not a repair"
+        );
+        assert_clean(&[&new, &old]);
+        new.shutdown().await;
+        old.shutdown().await;
+    });
 }

@@ -34,7 +34,11 @@ use super::*;
 ///     [`MvRegister`](crate::crdt::MvRegister) states delimited too (see
 ///     *Schema evolution* on each); a region re-encodes the states it
 ///     sends on a connection of protocol 5 or older in that protocol's
-///     layout;
+///     layout. Homed tables' states carry their value delimited as well,
+///     and a homed reply's value carries the bytes of a newer build's
+///     fields (see *Schema evolution* on
+///     [`HomedValue`](crate::region::HomedValue)); a requester of protocol
+///     5 or older gets the value alone;
 ///   - anti-entropy by ranges: an exchange reconciles each table by
 ///     fingerprints of key ranges, so its bytes grow with the difference,
 ///     not the table. With a peer of protocol 5 or older a region compares

@@ -190,8 +190,11 @@ use serde::Deserialize;
 
 use super::*;
 use crate::clock::Dot;
-use crate::replication::homed::{Answer, HOMED_EPOCHS_PROTOCOL, HOMED_PROTOCOL, HomedOps};
+use crate::replication::homed::{
+    Answer, HOMED_EPOCHS_PROTOCOL, HOMED_PROTOCOL, HOMED_TOLERANT_PROTOCOL, HomedOps,
+};
 use crate::replication::message::{Blob, HomedOutcome};
+use crate::wire::Unknown;
 
 /// Most homed operations a region keeps waiting for their homes' answers
 /// at once; past it a forward is refused at once
@@ -229,7 +232,48 @@ pub const HOMED_REDIRECTS_MAX: usize = 4;
 /// the region from it. A rejection (or a panic) changes nothing, whatever
 /// `apply` did to the copy before. Operations and rejections travel
 /// between regions through [`wire`]: every region must declare the table
-/// with the same types.
+/// with the same types, or types that differ only as *Schema evolution*
+/// allows.
+///
+/// # Schema evolution
+/// During a rolling upgrade a struct value, its operation or its
+/// rejection may gain a trailing field marked `#[serde(default)]` at some
+/// regions while others still run the old struct (V1 regions, V2
+/// regions). Since protocol 6 (storage format 5) both directions keep
+/// working, and no field is lost on the V2 side:
+/// - **Stored and replicated states** carry the value delimited (a byte
+///   string of its own, read tolerantly as a
+///   [`LwwRegister`](crate::crdt::LwwRegister)'s is): a V2 region reads a
+///   V1 value with the field's default; a V1 region reads a V2 value's old
+///   fields and **keeps the bytes of the new field** beside it, stores
+///   them and replicates them on.
+/// - **A write at a V1 home keeps the V2 field.** [`apply`](HomedValue::apply)
+///   at a V1 home changes the fields it knows; the unknown bytes of the
+///   key's value are written back unchanged after them. So are they
+///   through a handoff ([`HomedTable::move_home`]) and a failover. A V2
+///   region reading after the V1 home's write has the field as it was
+///   before the write. A **put** replaces the whole value: a V1 caller's
+///   put has no V2 field (it reads as the default afterwards), a V2
+///   caller's put to a V1 home stores the field (the V1 home keeps its
+///   bytes).
+/// - **Forwarded operations** are read tolerantly by the home: an
+///   operation of V1 at a V2 home takes the default of the field it lacks;
+///   an operation of V2 at a V1 home **loses the field** the V1 home
+///   cannot know (`apply` there acts on the old fields only; the bytes are
+///   dropped, logged at debug level).
+/// - **Replies** are read tolerantly by the caller: the value after the
+///   write (with the unknown bytes a V1 home kept, so a V2 caller gets
+///   its field) and a rejection (missing trailing fields default, extra
+///   ones dropped).
+///
+/// Tolerance is for a struct's (or tuple's) trailing fields, recursively
+/// in its last field; removing, reordering or retyping fields, a trailing
+/// field without a default, or a field added inside an enum variant are
+/// not safe (a variant added at the end of an enum is, while no region
+/// that lacks it receives it). A region of protocol 5 or older is sent
+/// states in its layout, without unknown bytes, and replies with the
+/// value alone: it declares the same types, and a V2 field does not
+/// survive a write of its own.
 pub trait HomedValue:
     Clone + Debug + Default + Serialize + DeserializeOwned + Send + Sync + 'static
 {
@@ -509,13 +553,133 @@ pub struct HomedMeta {
 /// A homed table's stored value: the value and its writer. A join on a
 /// total order (epoch, version, write), so every region converges on the
 /// latest write of the latest epoch.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+///
+/// The binary encoding (see *Schema evolution* on [`HomedValue`]): since
+/// protocol 6 (storage format 5) [`HOMED_DELIMITED_TAG`], then epoch, home,
+/// version and write, then the value as a byte string of its own (its
+/// bytes, then those it kept unread). The older layout, what peers of
+/// protocol 5 are sent and older stores hold (still decoded), is the same
+/// fields without the tag and the value positional: it starts with the
+/// epoch's varint, which never starts with 255. The human-readable form
+/// (JSON) is unchanged and carries no unknown bytes.
+#[derive(Clone, Debug)]
 pub(crate) struct HomedState<V> {
     epoch: u64,
     home: String,
     version: u64,
     written: Option<Dot>,
     value: V,
+    /// The bytes of the value this build's `V` left unread (fields of a
+    /// newer build): written back after the value's own.
+    unknown: Unknown,
+}
+
+/// The first byte of a homed state in the delimited layout: the older
+/// layout starts with a varint, which never starts with it.
+pub(crate) const HOMED_DELIMITED_TAG: u8 = wire::DELIMITED_LEN_TAG;
+
+/// The older layout, as derived before values were delimited (and the
+/// human-readable form).
+#[derive(Serialize)]
+#[serde(rename = "HomedState")]
+struct HomedRepr<'a, V> {
+    epoch: u64,
+    home: &'a str,
+    version: u64,
+    written: Option<Dot>,
+    value: &'a V,
+}
+
+#[derive(Deserialize)]
+#[serde(rename = "HomedState")]
+struct HomedReprOwned<V> {
+    epoch: u64,
+    home: String,
+    version: u64,
+    written: Option<Dot>,
+    value: V,
+}
+
+impl<V: Serialize> Serialize for HomedState<V> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        if serializer.is_human_readable() || wire::positional_crdt_values() {
+            let repr = HomedRepr {
+                epoch: self.epoch,
+                home: &self.home,
+                version: self.version,
+                written: self.written,
+                value: &self.value,
+            };
+            return repr.serialize(serializer);
+        }
+        let mut tuple = serializer.serialize_tuple(6)?;
+        tuple.serialize_element(&HOMED_DELIMITED_TAG)?;
+        tuple.serialize_element(&self.epoch)?;
+        tuple.serialize_element(&self.home)?;
+        tuple.serialize_element(&self.version)?;
+        tuple.serialize_element(&self.written)?;
+        tuple.serialize_element(&wire::ValueBytes(&self.value, self.unknown.bytes()))?;
+        tuple.end()
+    }
+}
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for HomedState<V> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        if deserializer.is_human_readable() {
+            let r = HomedReprOwned::<V>::deserialize(deserializer)?;
+            return Ok(HomedState {
+                epoch: r.epoch,
+                home: r.home,
+                version: r.version,
+                written: r.written,
+                value: r.value,
+                unknown: Unknown::default(),
+            });
+        }
+        // The first byte is read alone, to tell the delimited layout's tag
+        // from the older layout's epoch.
+        deserializer.deserialize_tuple(6, HomedVisitor(PhantomData))
+    }
+}
+
+struct HomedVisitor<V>(PhantomData<V>);
+
+impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for HomedVisitor<V> {
+    type Value = HomedState<V>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a homed table's state")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        use serde::de::Error;
+        let missing = || A::Error::custom("a homed state ends early");
+        let first: u8 = seq.next_element()?.ok_or_else(missing)?;
+        let delimited = first == HOMED_DELIMITED_TAG;
+        let epoch = if delimited {
+            seq.next_element()?.ok_or_else(missing)?
+        } else {
+            wire::varint_rest(first, &mut seq)?
+        };
+        let home = seq.next_element()?.ok_or_else(missing)?;
+        let version = seq.next_element()?.ok_or_else(missing)?;
+        let written = seq.next_element()?.ok_or_else(missing)?;
+        let (value, unknown) = if delimited {
+            let wire::ValueOf(value, unknown) = seq.next_element()?.ok_or_else(missing)?;
+            (value, unknown)
+        } else {
+            (seq.next_element()?.ok_or_else(missing)?, Unknown::default())
+        };
+        Ok(HomedState {
+            epoch,
+            home,
+            version,
+            written,
+            value,
+            unknown,
+        })
+    }
 }
 
 impl<V: Default> Default for HomedState<V> {
@@ -526,6 +690,7 @@ impl<V: Default> Default for HomedState<V> {
             version: 0,
             written: None,
             value: V::default(),
+            unknown: Unknown::default(),
         }
     }
 }
@@ -584,16 +749,75 @@ pub(crate) enum HomedOp<V: HomedValue> {
     Move { to: String },
 }
 
+/// The tag of [`HomedOp::Put`] in an operation's encoding (serde's
+/// variant index, a one-byte varint).
+const PUT_VARIANT: u32 = 1;
+/// The tag of [`HomedOp::Apply`] in an operation's encoding.
+const APPLY_VARIANT: u32 = 2;
+
+/// A forwarded operation, decoded tolerantly (see *Schema evolution* on
+/// [`HomedValue`]): a put's value or an applied operation missing
+/// trailing fields reads with their defaults. A put's value keeps the
+/// bytes it left unread (returned beside it, stored with it); an
+/// operation's are **dropped**: `apply` cannot act on fields its type
+/// does not have.
+fn decode_op<V: HomedValue>(bytes: &[u8]) -> Result<(HomedOp<V>, Unknown), String> {
+    let (variant, rest) = wire::decode_tolerant::<u32>(bytes)?;
+    match variant {
+        PUT_VARIANT => {
+            let (value, unknown) = wire::decode_tolerant::<V>(rest)?;
+            Ok((HomedOp::Put(value), Unknown::from_bytes(unknown)))
+        }
+        APPLY_VARIANT => {
+            let (op, unknown) = wire::decode_tolerant::<V::Op>(rest)?;
+            if !unknown.is_empty() {
+                tracing::debug!(
+                    op = type_name::<V::Op>(),
+                    bytes = unknown.len(),
+                    "homed: an operation's fields this build does not know are dropped"
+                );
+            }
+            Ok((HomedOp::Apply(op), Unknown::default()))
+        }
+        _ => wire::decode_bare::<HomedOp<V>>(bytes)
+            .map(|op| (op, Unknown::default()))
+            .map_err(|e| e.to_string()),
+    }
+}
+
+/// A reply's value for a requester of `protocol`: `value`'s bare
+/// encoding, then, from [`HOMED_TOLERANT_PROTOCOL`] on, `unknown` (the
+/// fields of a newer build it carries; such a requester reads it
+/// tolerantly). An older requester reads it strictly, as its own type:
+/// it gets only the fields this build knows.
+fn value_blob<V: Serialize>(value: &V, unknown: &Unknown, protocol: u16) -> Option<Blob> {
+    let none = Unknown::default();
+    let unknown = if protocol >= HOMED_TOLERANT_PROTOCOL {
+        unknown
+    } else {
+        &none
+    };
+    wire::with_bare(value, |b| {
+        let mut bytes = Vec::with_capacity(b.len() + unknown.bytes().len());
+        bytes.extend_from_slice(b);
+        bytes.extend_from_slice(unknown.bytes());
+        Blob(bytes)
+    })
+    .ok()
+}
+
 /// What an operation came to at the home.
 enum Applied<V: HomedValue> {
     Wrote {
         dot: Dot,
         value: V,
+        unknown: Unknown,
         epoch: u64,
     },
     Read {
         written: Option<Dot>,
         value: Option<V>,
+        unknown: Unknown,
         epoch: u64,
     },
     Rejected(V::Rejection),
@@ -611,11 +835,14 @@ enum Applied<V: HomedValue> {
 /// the key's home by its view (`placed`: the placement's home for it): a
 /// local write (one dot) unless it is a read or refused. The view is read
 /// under the state's lock, so no write lands after a handoff here.
+/// `put_unknown`: the bytes a forwarded put's value left unread, stored
+/// with it. Every other write keeps those the key's value kept (fields of
+/// a newer build, which `apply` cannot see or change).
 fn apply_at_home<V: HomedValue>(
     core: &mut Core,
     slot: usize,
     key: &[u8],
-    op: HomedOp<V>,
+    (op, put_unknown): (HomedOp<V>, Unknown),
     placed: Option<String>,
 ) -> Result<Applied<V>, RegionError> {
     let store = core
@@ -635,11 +862,13 @@ fn apply_at_home<V: HomedValue>(
         current.is_none_or(|s| s.epoch == epoch),
         "a home writes at its key's epoch"
     );
+    let kept = current.map(|s| s.unknown.clone()).unwrap_or_default();
     let value = match op {
         HomedOp::Read => {
             return Ok(Applied::Read {
                 written,
                 value: current.map(|s| s.value.clone()),
+                unknown: kept,
                 epoch,
             });
         }
@@ -648,6 +877,7 @@ fn apply_at_home<V: HomedValue>(
             return Ok(Applied::Read {
                 written,
                 value: None,
+                unknown: Unknown::default(),
                 epoch,
             });
         }
@@ -657,15 +887,17 @@ fn apply_at_home<V: HomedValue>(
             let value = current.map(|s| s.value.clone()).unwrap_or_default();
             core.counters.homed_moves += 1;
             tracing::info!(region = %core.name, to = %to, epoch = epoch + 1, "homed: key handed off");
-            return write_homed(core, slot, key, (epoch + 1, to, 0), value);
+            return write_homed(core, slot, key, (epoch + 1, to, 0), (value, kept));
         }
-        HomedOp::Put(value) => value,
+        // A put replaces the whole value: the fields it carries, no others.
+        HomedOp::Put(value) => (value, put_unknown),
         HomedOp::Apply(op) => {
             let mut value = current.map(|s| s.value.clone()).unwrap_or_default();
             let applied =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| value.apply(op)));
             match applied {
-                Ok(Ok(())) => value,
+                // The fields `apply` does not know go on unchanged.
+                Ok(Ok(())) => (value, kept),
                 Ok(Err(rejection)) => return Ok(Applied::Rejected(rejection)),
                 Err(panic) => return Ok(Applied::Panicked(panic)),
             }
@@ -675,14 +907,15 @@ fn apply_at_home<V: HomedValue>(
     write_homed(core, slot, key, (epoch, home, version + 1), value)
 }
 
-/// Writes `value` under `key` of the homed table in `slot` as `(epoch,
-/// home, version)`: one local write (one dot), replicated like any other.
+/// Writes `value` (and the bytes of a newer build's fields it carries,
+/// `unknown`) under `key` of the homed table in `slot` as `(epoch, home,
+/// version)`: one local write (one dot), replicated like any other.
 fn write_homed<V: HomedValue>(
     core: &mut Core,
     slot: usize,
     key: &[u8],
     (epoch, home, version): (u64, String, u64),
-    value: V,
+    (value, unknown): (V, Unknown),
 ) -> Result<Applied<V>, RegionError> {
     let dot = Dot::new(core.replica, core.seq + 1);
     let delta = HomedState {
@@ -691,6 +924,7 @@ fn write_homed<V: HomedValue>(
         version,
         written: Some(dot),
         value,
+        unknown,
     };
     let mut scratch = std::mem::take(&mut core.delta_scratch);
     scratch.clear();
@@ -711,6 +945,7 @@ fn write_homed<V: HomedValue>(
     Ok(Applied::Wrote {
         dot,
         value: delta.value,
+        unknown: delta.unknown,
         epoch,
     })
 }
@@ -736,11 +971,12 @@ fn fail_over_at<V: HomedValue>(
         return Ok(None);
     }
     let value = current.map(|s| s.value.clone()).unwrap_or_default();
+    let unknown = current.map(|s| s.unknown.clone()).unwrap_or_default();
     let next = failover_epoch(epoch);
     debug_assert!(next > epoch, "a failover raises the epoch");
     core.counters.homed_moves += 1;
     tracing::warn!(region = %core.name, from = ?home, to, epoch = next, "homed: key failed over by the operator");
-    match write_homed(core, slot, key, (next, to.to_owned(), 0), value)? {
+    match write_homed(core, slot, key, (next, to.to_owned(), 0), (value, unknown))? {
         Applied::Wrote { dot, epoch, .. } => Ok(Some((dot, epoch))),
         _ => unreachable!("write_homed writes"),
     }
@@ -763,21 +999,22 @@ where
         slot: usize,
         key: &[u8],
         op: &[u8],
-        epochs: bool,
+        protocol: u16,
     ) -> (HomedOutcome, bool) {
         let codec = (HomedOutcome::Refused(HomedRefusal::Codec), false);
+        let epochs = protocol >= HOMED_EPOCHS_PROTOCOL;
         let Ok(placed) = self.placement.home_of_bytes(key) else {
             return codec;
         };
-        let Ok(op) = wire::decode_bare::<HomedOp<V>>(op) else {
+        let Ok(op) = decode_op::<V>(op) else {
             return codec;
         };
-        if matches!(op, HomedOp::Move { .. }) && !epochs {
+        if matches!(op.0, HomedOp::Move { .. }) && !epochs {
             // Only a region of protocol 5 moves homes.
             return codec;
         }
-        let read = matches!(op, HomedOp::Read);
-        let encode = |v: &V| wire::with_bare(v, |b| Blob(b.to_vec())).ok();
+        let read = matches!(op.0, HomedOp::Read);
+        let encode = |v: &V, unknown: &Unknown| value_blob(v, unknown, protocol);
         let done = |written, value, epoch| {
             if epochs {
                 HomedOutcome::DoneAt {
@@ -790,14 +1027,22 @@ where
             }
         };
         let outcome = match apply_at_home(core, slot, key, op, placed) {
-            Ok(Applied::Wrote { dot, value, epoch }) => {
-                done(Some(dot), Some(encode(&value).unwrap_or_default()), epoch)
-            }
+            Ok(Applied::Wrote {
+                dot,
+                value,
+                unknown,
+                epoch,
+            }) => done(
+                Some(dot),
+                Some(encode(&value, &unknown).unwrap_or_default()),
+                epoch,
+            ),
             Ok(Applied::Read {
                 written,
                 value,
+                unknown,
                 epoch,
-            }) => match value.as_ref().map(encode) {
+            }) => match value.as_ref().map(|v| encode(v, &unknown)) {
                 Some(None) => return codec,
                 encoded => done(written, encoded.flatten(), epoch),
             },
@@ -885,7 +1130,7 @@ impl Region {
         if !matches!(op, HomedOp::Read) && self.inner.closed.load(Ordering::Acquire) {
             return Err(RegionError::Closed);
         }
-        let applied = apply_at_home(&mut core, slot, key, op, placed)?;
+        let applied = apply_at_home(&mut core, slot, key, (op, Unknown::default()), placed)?;
         if let Applied::Panicked(panic) = applied {
             // The caller's value type panicked: its panic, after the lock.
             drop(core);
@@ -1455,7 +1700,9 @@ where
         let op = call.take_op()?;
         let here = || region.name().to_owned();
         match region.apply_homed::<V>(self.table.slot, &call.key, op, call.placed.clone())? {
-            Applied::Wrote { dot, value, epoch } => {
+            Applied::Wrote {
+                dot, value, epoch, ..
+            } => {
                 if region.inner.durable {
                     region.wait_committed(dot.counter).await?;
                 }
@@ -1475,6 +1722,7 @@ where
                 written,
                 value,
                 epoch,
+                ..
             } => Ok(Step::Done(
                 At {
                     home: here(),
@@ -1532,8 +1780,9 @@ where
                 epoch,
             } => (written, value, epoch),
             HomedOutcome::Rejected { rejection } => {
-                let rejection =
-                    wire::decode_bare::<V::Rejection>(&rejection.0).map_err(|_| codec())?;
+                let rejection = wire::decode_tolerant::<V::Rejection>(&rejection.0)
+                    .map_err(|_| codec())?
+                    .0;
                 let at = At {
                     home: home.to_owned(),
                     epoch,
@@ -1546,7 +1795,9 @@ where
             HomedOutcome::Refused(refusal) => return Err(self.refused(home, refusal)),
         };
         let value = match value {
-            Some(bytes) => Some(wire::decode_bare::<V>(&bytes.0).map_err(|_| codec())?),
+            // Tolerant: a home of another build of `V` (fields of a newer
+            // build it carries are dropped here: the caller gets a `V`).
+            Some(bytes) => Some(wire::decode_tolerant::<V>(&bytes.0).map_err(|_| codec())?.0),
             None => None,
         };
         let at = At {
@@ -1597,4 +1848,240 @@ enum Step<V: HomedValue> {
     Done(At, Outcome<V>),
     /// That home says the key moved to `to` at `epoch`.
     Moved { to: String, epoch: u64 },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ReplicaId;
+
+    #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+    struct AccountV1 {
+        balance: u64,
+    }
+
+    #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+    struct AccountV2 {
+        balance: u64,
+        #[serde(default)]
+        nickname: Option<String>,
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct DepositV1 {
+        amount: u64,
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct DepositV2 {
+        amount: u64,
+        #[serde(default)]
+        memo: Option<String>,
+    }
+
+    impl HomedValue for AccountV1 {
+        type Op = DepositV1;
+        type Rejection = ();
+        fn apply(&mut self, op: DepositV1) -> Result<(), ()> {
+            self.balance += op.amount;
+            Ok(())
+        }
+    }
+
+    impl HomedValue for AccountV2 {
+        type Op = DepositV2;
+        type Rejection = ();
+        fn apply(&mut self, op: DepositV2) -> Result<(), ()> {
+            self.balance += op.amount;
+            Ok(())
+        }
+    }
+
+    /// The homed state as the build before protocol 6 derived it.
+    #[derive(Serialize)]
+    struct PreviousBuildState<'a, V> {
+        epoch: u64,
+        home: &'a str,
+        version: u64,
+        written: Option<Dot>,
+        value: V,
+    }
+
+    fn state<V>(value: V) -> HomedState<V> {
+        HomedState {
+            epoch: 1,
+            home: "ap-northeast".into(),
+            version: 3,
+            written: Some(Dot::new(ReplicaId::new(0x7000_0001), 9)),
+            value,
+            unknown: Unknown::default(),
+        }
+    }
+
+    fn aiko(balance: u64) -> AccountV2 {
+        AccountV2 {
+            balance,
+            nickname: Some("Aiko".into()),
+        }
+    }
+
+    /// The committed bytes of fixture `path` (under `tests/fixtures/`),
+    /// written from `made` first when blessing
+    /// (`ARCHIPELAGO_BLESS_FIXTURES=1`) and missing: see
+    /// `tests/golden_fixtures.rs` for the rules.
+    fn golden(path: &str, made: &[u8]) -> Vec<u8> {
+        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(path);
+        if !file.exists() {
+            assert!(
+                std::env::var_os("ARCHIPELAGO_BLESS_FIXTURES").is_some(),
+                "fixture {path} is missing: ARCHIPELAGO_BLESS_FIXTURES=1 writes it"
+            );
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::fs::write(&file, made).unwrap();
+        }
+        std::fs::read(&file).unwrap()
+    }
+
+    fn same<V: PartialEq + Debug>(a: &HomedState<V>, b: &HomedState<V>) {
+        assert_eq!(
+            (a.epoch, &a.home, a.version, a.written, &a.value, &a.unknown),
+            (b.epoch, &b.home, b.version, b.written, &b.value, &b.unknown)
+        );
+    }
+
+    /// The older layout (the previous build's derived struct) still
+    /// decodes, also with an epoch of several bytes; the delimited layout
+    /// starts with 255, is fixed by a golden fixture, and is what this
+    /// build writes.
+    #[test]
+    fn homed_states_of_both_layouts_decode_and_the_new_one_is_golden() {
+        for epoch in [1, 300, HOMED_FAILOVER_EPOCH_STRIDE + 1] {
+            let mut old = state(AccountV1 { balance: 5 });
+            old.epoch = epoch;
+            let bytes = wire::encode(&PreviousBuildState {
+                epoch,
+                home: &old.home,
+                version: old.version,
+                written: old.written,
+                value: old.value.clone(),
+            })
+            .unwrap();
+            same(
+                &wire::decode::<HomedState<AccountV1>>(&bytes).unwrap(),
+                &old,
+            );
+            let mut legacy = Vec::new();
+            wire::encode_bare_legacy_into(&old, &mut legacy, 5).unwrap();
+            assert_eq!(
+                legacy,
+                bytes[1..],
+                "a protocol-5 peer gets the older layout"
+            );
+            // Positional, the older layout is read strictly: the struct
+            // changes once every region runs a build of protocol 6.
+            assert!(wire::decode::<HomedState<AccountV2>>(&bytes).is_err());
+        }
+        let old = state(AccountV1 { balance: 5 });
+        let positional = golden(
+            "states/v3/homed_state_positional.bin",
+            &wire::encode(&PreviousBuildState {
+                epoch: old.epoch,
+                home: &old.home,
+                version: old.version,
+                written: old.written,
+                value: old.value.clone(),
+            })
+            .unwrap(),
+        );
+        same(&wire::decode(&positional).unwrap(), &old);
+
+        let delimited = wire::encode(&old).unwrap();
+        assert_eq!(delimited.len(), positional.len() + 2, "a tag and a length");
+        let new = state(aiko(7));
+        let made = wire::encode(&new).unwrap();
+        assert_eq!(made[1], HOMED_DELIMITED_TAG, "after the wire version");
+        let committed = golden("states/v3/homed_state.bin", &made);
+        assert_eq!(made, committed, "the delimited layout changed");
+        same(&wire::decode(&committed).unwrap(), &new);
+    }
+
+    /// A V1 build reads a V2 state's old fields, keeps the new field's
+    /// bytes and writes them out again unchanged; a V2 build reads them
+    /// back whole. JSON has no unknown bytes and is unchanged.
+    #[test]
+    fn an_old_build_keeps_the_bytes_of_a_new_field() {
+        let bytes = wire::encode(&state(aiko(7))).unwrap();
+        let at_old: HomedState<AccountV1> = wire::decode(&bytes).unwrap();
+        assert_eq!(at_old.value, AccountV1 { balance: 7 });
+        assert_eq!(at_old.unknown.bytes().len(), 6, "Some(\"Aiko\")");
+        assert_eq!(wire::encode(&at_old).unwrap(), bytes);
+        let json = serde_json::to_string(&state(AccountV1 { balance: 7 })).unwrap();
+        assert!(json.starts_with("{\"epoch\":1,"), "{json}");
+        let back: HomedState<AccountV1> = serde_json::from_str(&json).unwrap();
+        same(&back, &state(AccountV1 { balance: 7 }));
+    }
+
+    /// A reply's value carries the bytes a V1 home kept to a requester of
+    /// protocol 6, which reads them as its V2 field; one of protocol 5
+    /// reads strictly, so it gets the value alone.
+    #[test]
+    fn a_reply_carries_the_kept_bytes_only_to_protocol_6() {
+        let at_old: HomedState<AccountV1> =
+            wire::decode(&wire::encode(&state(aiko(7))).unwrap()).unwrap();
+        let blob = |protocol| value_blob(&at_old.value, &at_old.unknown, protocol).unwrap();
+        let tolerant = blob(HOMED_TOLERANT_PROTOCOL);
+        let (read, rest) = wire::decode_tolerant::<AccountV2>(&tolerant.0).unwrap();
+        assert_eq!((read, rest), (aiko(7), &[][..]));
+        let strict = wire::decode_bare::<AccountV1>(&blob(HOMED_TOLERANT_PROTOCOL - 1).0);
+        assert_eq!(strict.unwrap(), AccountV1 { balance: 7 });
+    }
+
+    /// Forwarded operations: variant tags as `decode_op` expects them; a
+    /// V1 operation at a V2 home defaults the field it lacks, a V2
+    /// operation at a V1 home drops the one it cannot know, and a V2 put
+    /// at a V1 home keeps its new field's bytes.
+    #[test]
+    fn forwarded_operations_decode_tolerantly() {
+        let encode = |op: &HomedOp<AccountV2>| wire::with_bare(op, <[u8]>::to_vec).unwrap();
+        let put = encode(&HomedOp::Put(aiko(2)));
+        assert_eq!(u32::from(put[0]), PUT_VARIANT);
+        let apply = encode(&HomedOp::Apply(DepositV2 {
+            amount: 3,
+            memo: Some("rent".into()),
+        }));
+        assert_eq!(u32::from(apply[0]), APPLY_VARIANT);
+
+        let (op, unknown) = decode_op::<AccountV1>(&apply).unwrap();
+        assert!(matches!(op, HomedOp::Apply(DepositV1 { amount: 3 })));
+        assert_eq!(
+            unknown,
+            Unknown::default(),
+            "an operation's new field dropped"
+        );
+        let (op, unknown) = decode_op::<AccountV1>(&put).unwrap();
+        assert!(matches!(op, HomedOp::Put(AccountV1 { balance: 2 })));
+        assert_eq!(unknown.bytes().len(), 6, "a put's new field kept");
+
+        let old_apply = wire::with_bare(
+            &HomedOp::<AccountV1>::Apply(DepositV1 { amount: 4 }),
+            <[u8]>::to_vec,
+        )
+        .unwrap();
+        let (op, _) = decode_op::<AccountV2>(&old_apply).unwrap();
+        assert!(matches!(
+            op,
+            HomedOp::Apply(DepositV2 {
+                amount: 4,
+                memo: None
+            })
+        ));
+        for op in [HomedOp::<AccountV2>::Read, HomedOp::Move { to: "x".into() }] {
+            let bytes = encode(&op);
+            let (decoded, _) = decode_op::<AccountV2>(&bytes).unwrap();
+            assert_eq!(encode(&decoded), bytes);
+        }
+        assert!(decode_op::<AccountV2>(&[9]).is_err(), "no such variant");
+    }
 }

@@ -46,21 +46,31 @@ pub(crate) const HOMED_PROTOCOL: u16 = 4;
 /// travel.
 pub(crate) const HOMED_EPOCHS_PROTOCOL: u16 = 5;
 
+/// The first engine protocol whose homed replies are read tolerantly: a
+/// reply's value carries the bytes of a newer build's fields after its
+/// own (see *Schema evolution* on
+/// [`HomedValue`](crate::region::HomedValue)); older requesters get the
+/// value alone. The same protocol delimits the value in homed states
+/// (see [`DELIMITED_CRDT_PROTOCOL`](crate::wire::DELIMITED_CRDT_PROTOCOL)).
+pub(crate) const HOMED_TOLERANT_PROTOCOL: u16 = crate::wire::DELIMITED_CRDT_PROTOCOL;
+
 /// What the engine needs of one homed table, whatever its key and value
 /// types: built for `K`, `V` when the table is declared.
 pub(crate) trait HomedOps: Send + Sync {
     /// Applies (or reads) the encoded operation `op` on `key` of the table
     /// in `slot`, if this region is the key's home by its view (the
     /// placement, or the epoch its state is at): the outcome, and whether
-    /// it was a read (reads are not remembered). `epochs`: the requester
-    /// speaks protocol 5 (an epoch in the answer, `Moved` refusals).
+    /// it was a read (reads are not remembered). `protocol`: the
+    /// requester's (from 5: an epoch in the answer, `Moved` refusals; from
+    /// [`HOMED_TOLERANT_PROTOCOL`]: a value with the unknown bytes it
+    /// carries).
     fn serve(
         &self,
         core: &mut Core,
         slot: usize,
         key: &[u8],
         op: &[u8],
-        epochs: bool,
+        protocol: u16,
     ) -> (HomedOutcome, bool);
     /// Itself, for a later handle to find its placement.
     fn as_any(&self) -> &dyn Any;
@@ -362,8 +372,8 @@ impl Core {
             tracing::warn!(region = %self.name, peer = from, id, "homed: request older than the replies remembered: refused, not applied");
             return reply(HomedOutcome::Refused(HomedRefusal::Expired));
         }
-        let epochs = peer.protocol >= HOMED_EPOCHS_PROTOCOL;
-        let (outcome, read) = self.serve_homed(table, key, op, epochs);
+        let protocol = peer.protocol;
+        let (outcome, read) = self.serve_homed(table, key, op, protocol);
         match &outcome {
             HomedOutcome::Refused(refusal) => {
                 self.counters.homed_refused += 1;
@@ -388,7 +398,7 @@ impl Core {
         table: &str,
         key: &[u8],
         op: &[u8],
-        epochs: bool,
+        protocol: u16,
     ) -> (HomedOutcome, bool) {
         let refused = |refusal| (HomedOutcome::Refused(refusal), false);
         let Some(slot) = self.slot_of(table) else {
@@ -397,7 +407,7 @@ impl Core {
         let Some(ops) = self.homed.tables.get(&slot).cloned() else {
             return refused(HomedRefusal::NotHomed);
         };
-        ops.serve(self, slot, key, op, epochs)
+        ops.serve(self, slot, key, op, protocol)
     }
 
     /// A peer this region speaks with at a protocol older than homes that

@@ -2,8 +2,10 @@
 //!
 //! Since protocol 5 the user values inside version sets are delimited (see
 //! [`Versioned`](crate::resolve::Versioned)); since protocol 6 those inside
-//! [`LwwRegister`](crate::crdt::LwwRegister), [`LwwMap`](crate::crdt::LwwMap)
-//! and [`MvRegister`](crate::crdt::MvRegister) too. A peer that agreed on
+//! [`LwwRegister`](crate::crdt::LwwRegister), [`LwwMap`](crate::crdt::LwwMap),
+//! [`MvRegister`](crate::crdt::MvRegister) and homed tables'
+//! states too (see *Schema evolution* on
+//! [`HomedValue`](crate::region::HomedValue)). A peer that agreed on
 //! an older protocol reads only the layout of its protocol, so the entries
 //! of the batches and state transfers sent to it are re-encoded in that
 //! layout just before they leave: decoded as the table's type, encoded
