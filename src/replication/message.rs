@@ -345,7 +345,9 @@ mod tests {
         assert!(entry_offset(&packed, 3).is_err());
     }
 
-    /// One message of each kind, as a region of wire version 1 sends it.
+    /// One message of each kind, as a region of wire version 1 sends it
+    /// (the kinds of later protocols too: their frames are of wire version
+    /// 1, added as each kind came).
     fn golden_messages() -> Vec<(&'static str, Message)> {
         use crate::crdt::GCounter;
         let (tokyo, frankfurt) = (ReplicaId::new(0x7000_0001), ReplicaId::new(0x7000_0002));
@@ -414,6 +416,67 @@ mod tests {
                     seq: 12,
                     applied,
                     reply: true,
+                },
+            ),
+            // Protocol 3 on.
+            (
+                "rights_request",
+                Message::RightsRequest {
+                    table: "stock".to_string(),
+                    key: Blob(key.clone()),
+                    wanted: 5,
+                },
+            ),
+            // Protocol 4 on.
+            (
+                "homed_request",
+                Message::HomedRequest {
+                    id: 41,
+                    table: "balances".to_string(),
+                    key: Blob(key.clone()),
+                    op: Blob(vec![2, 0, 25]),
+                },
+            ),
+            (
+                "homed_reply",
+                Message::HomedReply {
+                    id: 41,
+                    outcome: HomedOutcome::Done {
+                        written: Some(Dot::new(tokyo, 13)),
+                        value: Some(Blob(vec![75])),
+                    },
+                },
+            ),
+            // Protocol 5 on.
+            (
+                "homed_reply_at",
+                Message::HomedReply {
+                    id: 42,
+                    outcome: HomedOutcome::DoneAt {
+                        written: Some(Dot::new(tokyo, 14)),
+                        value: None,
+                        epoch: 3,
+                    },
+                },
+            ),
+            (
+                "homed_reply_moved",
+                Message::HomedReply {
+                    id: 43,
+                    outcome: HomedOutcome::Refused(HomedRefusal::Moved {
+                        home: "eu-central".to_string(),
+                        epoch: 4,
+                    }),
+                },
+            ),
+            // Protocol 6 on.
+            (
+                "sync_ranges",
+                Message::SyncRanges {
+                    session: 9,
+                    reply: true,
+                    round: 1,
+                    frames: vec![("likes".to_string(), Blob(vec![1, 2, 3]))],
                 },
             ),
         ]
