@@ -338,3 +338,49 @@ fn a_region_bootstrapped_by_anti_entropy_never_shows_half_a_transaction() {
         );
     });
 }
+
+/// A transaction past the staged-write scan bound (an index finds its
+/// writes) still joins every write of one key into one staged value, and
+/// reads inside see them; with and without the index the results agree.
+#[test]
+fn a_large_transaction_joins_repeated_writes_of_a_key() {
+    common::paused_runtime().block_on(async {
+        let net = ChannelNetwork::new(9);
+        let region = common::region_on(&net, "ap", None, RegionConfig::default());
+        let table = region.table::<(u64, u32), GCounter>("a").unwrap();
+        for writes in [8u32, 40] {
+            let (seen, _) = region
+                .transaction(|tx| {
+                    for i in 0..writes {
+                        tx.update(&table, &(u64::from(writes), i), |c, ctx| {
+                            c.apply(|c| c.inc(ctx.replica(), 1))
+                        })?;
+                    }
+                    // Every key again, in reverse: each joins its staged write.
+                    for i in (0..writes).rev() {
+                        tx.update(&table, &(u64::from(writes), i), |c, ctx| {
+                            c.apply(|c| c.inc(ctx.replica(), 2))
+                        })?;
+                    }
+                    let mut seen = Vec::new();
+                    for i in 0..writes {
+                        let c = tx.read_crdt(&table, &(u64::from(writes), i))?;
+                        seen.push(c.map_or(0, |c| c.value()));
+                    }
+                    Ok::<_, RegionError>(seen)
+                })
+                .unwrap();
+            assert!(seen.iter().all(|&n| n == 3), "{writes} writes: {seen:?}");
+            for i in 0..writes {
+                let c = table.read(&(u64::from(writes), i)).await.unwrap();
+                assert_eq!(c.map(|c| c.value()), Some(3), "{writes} writes, key {i}");
+            }
+        }
+        assert_eq!(
+            region.stats().writes,
+            48,
+            "one write per key, not per update"
+        );
+        region.shutdown().await;
+    });
+}

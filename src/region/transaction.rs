@@ -33,6 +33,7 @@ use std::any::Any;
 use std::borrow::Borrow;
 
 use super::*;
+use crate::replication::store::stable_hash;
 
 /// One staged write: its table, key, and the [`Mutation`] its closures
 /// ran on (type-erased), with how to finish it.
@@ -71,12 +72,20 @@ fn merge_of<V: Crdt + Serialize + DeserializeOwned + Send + 'static>(
     }
 }
 
+/// Staged writes a transaction finds by a scan; past this many it keeps
+/// an index by (table, key hash), so a large transaction's writes cost
+/// O(1) each to find instead of O(writes).
+const STAGED_SCAN_LEN_MAX: usize = 16;
+
 /// The handle a [`Region::transaction`] closure stages its writes and
 /// reads its snapshot through.
 pub struct Transaction<'a> {
     core: &'a Core,
     hlc: &'a Hlc,
     staged: Vec<Staged>,
+    /// Once more than [`STAGED_SCAN_LEN_MAX`] writes are staged: the first
+    /// staged write of each (slot, key hash).
+    index: crate::hash::FastMap<(usize, u64), usize>,
 }
 
 impl Debug for Transaction<'_> {
@@ -88,14 +97,50 @@ impl Debug for Transaction<'_> {
 }
 
 impl Transaction<'_> {
+    /// Where the write of `key` to the table in `slot` is staged, if it is.
+    fn position(&self, slot: usize, key: &[u8]) -> Option<usize> {
+        let scan = || {
+            self.staged
+                .iter()
+                .position(|s| s.slot == slot && s.key == key)
+        };
+        if self.staged.len() <= STAGED_SCAN_LEN_MAX {
+            return scan();
+        }
+        match self.index.get(&(slot, stable_hash(key))) {
+            None => None,
+            Some(&i) if self.staged[i].key == key && self.staged[i].slot == slot => Some(i),
+            // Another key of the same hash came first.
+            Some(_) => scan(),
+        }
+    }
+
+    /// Records the write just staged in the index (all of them once the
+    /// scan bound is passed).
+    fn indexed(&mut self) {
+        let len = self.staged.len();
+        if len <= STAGED_SCAN_LEN_MAX {
+            return;
+        }
+        let from = if len == STAGED_SCAN_LEN_MAX + 1 {
+            0
+        } else {
+            len - 1
+        };
+        for (i, s) in self.staged.iter().enumerate().skip(from) {
+            self.index.entry((s.slot, stable_hash(&s.key))).or_insert(i);
+        }
+        debug_assert!(
+            self.index.len() <= len,
+            "one entry per staged write at most"
+        );
+    }
+
     fn mutation<V>(&mut self, slot: usize, key: Vec<u8>) -> &mut Mutation<V>
     where
         V: Crdt + Serialize + DeserializeOwned + Send + 'static,
     {
-        let found = self
-            .staged
-            .iter()
-            .position(|s| s.slot == slot && s.key == key);
+        let found = self.position(slot, &key);
         let i = match found {
             Some(i) => i,
             None => {
@@ -115,6 +160,7 @@ impl Transaction<'_> {
                     encode: encode_of::<V>,
                     merge: merge_of::<V>,
                 });
+                self.indexed();
                 self.staged.len() - 1
             }
         };
@@ -193,10 +239,8 @@ impl Transaction<'_> {
         let mut key = Vec::new();
         wire::encode_bare_into(key_of, &mut key)?;
         let staged = self
-            .staged
-            .iter()
-            .find(|s| s.slot == table.slot && s.key == key)
-            .and_then(|s| s.mutation.downcast_ref::<Mutation<V>>())
+            .position(table.slot, &key)
+            .and_then(|i| self.staged[i].mutation.downcast_ref::<Mutation<V>>())
             .map(|m| m.working.clone());
         Ok(staged.or_else(|| {
             self.core
@@ -224,10 +268,12 @@ impl Transaction<'_> {
         let mut key = Vec::new();
         wire::encode_bare_into(key_of, &mut key)?;
         let staged = self
-            .staged
-            .iter()
-            .find(|s| s.slot == table.slot && s.key == key)
-            .and_then(|s| s.mutation.downcast_ref::<Mutation<VersionSet<T>>>())
+            .position(table.slot, &key)
+            .and_then(|i| {
+                self.staged[i]
+                    .mutation
+                    .downcast_ref::<Mutation<VersionSet<T>>>()
+            })
             .map(|m| m.working.clone());
         let set = staged.or_else(|| {
             self.core
@@ -326,6 +372,7 @@ impl Region {
             core: &core,
             hlc: &self.inner.hlc,
             staged: Vec::new(),
+            index: Default::default(),
         };
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut tx)));
         let staged = std::mem::take(&mut tx.staged);
