@@ -455,6 +455,10 @@ pub(crate) async fn run<T: Transport>(
             }
             () = engine.shared.wake.notified() => engine.on_wake().await,
             _ = engine.tick.tick() => engine.on_tick().await,
+            () = std::future::ready(()), if engine.merging => {}
+        }
+        if engine.merging {
+            engine.merge_transfer_slice().await;
         }
         if engine.try_finish_shutdown().await {
             return Exit::Shutdown;
@@ -475,6 +479,9 @@ struct Engine<T> {
     tick: tokio::time::Interval,
     /// Frame bytes sent since the engine last held the state's lock.
     sent: SentBytes,
+    /// A large transfer waits to be merged or folded, a slice per lock
+    /// hold (see `Core::merge_transfer_slice`).
+    merging: bool,
     /// With storage: messages that wait for the next commit.
     held: Outgoing,
     /// Group commit's pacing.
@@ -504,6 +511,7 @@ impl<T: Transport> Engine<T> {
             shutdown: None,
             tick,
             sent: SentBytes::default(),
+            merging: false,
             held: Vec::new(),
             gather: Gather::default(),
             durable,
@@ -561,8 +569,26 @@ impl<T: Transport> Engine<T> {
         let locked = Instant::now();
         core.count_sent(&mut self.sent);
         let out = handle_received(&mut core, &mut self.held, event, frame_len, now);
+        self.merging = core.transfer_work_pending();
         self.shared.publish(&core);
         log_long_hold(&core.name, kind, locked);
+        drop(core);
+        let out = self.hold_until_commit(out);
+        self.send(out);
+    }
+
+    /// One slice of a large transfer (merged, published or folded) in a
+    /// hold of its own, after letting the tasks on this worker run (local
+    /// writers among them): the lock is never held for a whole transfer.
+    async fn merge_transfer_slice(&mut self) {
+        tokio::task::yield_now().await;
+        let mut core = self.shared.lock();
+        let locked = Instant::now();
+        core.count_sent(&mut self.sent);
+        let out = core.merge_transfer_slice(locked);
+        self.merging = core.transfer_work_pending();
+        self.shared.publish(&core);
+        log_long_hold(&core.name, "transfer slice", locked);
         drop(core);
         let out = self.hold_until_commit(out);
         self.send(out);

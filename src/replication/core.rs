@@ -32,6 +32,9 @@ mod legacy;
 mod peers;
 mod ranges;
 mod receive;
+mod shadow_merge;
+
+pub(crate) use shadow_merge::{MergedTransfer, PendingTransfer, TRANSFER_MERGE_SLICE_KEYS_MAX};
 
 /// Bucket digests on the wire: fixed 8 bytes each (varints would take 9).
 fn pack(digests: &[u64]) -> Vec<u8> {
@@ -284,6 +287,8 @@ pub(crate) struct SyncInbox {
     buckets: Vec<(String, Vec<u32>)>,
     applied: Option<VersionVector>,
     bytes: usize,
+    /// Entries of the chunks filed.
+    entries: u64,
     /// Last chunk received: a transfer that goes quiet expires.
     at: Instant,
 }
@@ -371,6 +376,11 @@ pub(crate) struct Core {
     /// all at once with the last chunk, so a reader never sees part of a
     /// transfer (a reply without its post).
     pub(crate) sync_inbox: HashMap<(String, u64, bool), SyncInbox>,
+    /// Complete transfers too large to merge in one hold of the lock,
+    /// merged in slices one after another (see `shadow_merge`).
+    pub(crate) transfers: std::collections::VecDeque<PendingTransfer>,
+    /// A published transfer's pending values are being folded.
+    pub(crate) folding: bool,
     /// The exchange of each peer we answered: only its push is accepted.
     pub(crate) answered: HashMap<String, u64>,
     /// The latest exchange of each peer we answered, kept after its push
@@ -522,6 +532,8 @@ impl Core {
             syncs: HashMap::new(),
             sync_session: 0,
             sync_inbox: HashMap::new(),
+            transfers: std::collections::VecDeque::new(),
+            folding: false,
             answered: HashMap::new(),
             answered_last: HashMap::new(),
             answering: HashMap::new(),
@@ -728,6 +740,9 @@ impl Core {
     /// Everything changed since the last commit, or `None` when nothing
     /// did. Handed back to [`commit_done`](Core::commit_done).
     pub(crate) fn prepare_commit(&mut self) -> Option<Commit> {
+        self.durable.as_ref()?;
+        // What a published transfer brought is stored with its vector.
+        self.settle_transfer();
         let durable = self.durable.as_mut()?;
         let mut commit = Commit::default();
         for slot in &mut self.tables {

@@ -222,6 +222,17 @@ fn feed(core: &mut Core, from: &str, messages: Vec<Message>, at: Instant) -> Out
     let mut out = Vec::new();
     for message in messages {
         out.extend(core.on_message(from, message, at));
+        out.extend(merge_queued_transfers(core, at));
+    }
+    out
+}
+
+/// Merges every transfer queued to be merged in slices, as the engine
+/// does between frames; returns what their publish answered.
+fn merge_queued_transfers(core: &mut Core, at: Instant) -> Outgoing {
+    let mut out = Vec::new();
+    while core.transfer_work_pending() {
+        out.extend(core.merge_transfer_slice(at));
     }
     out
 }
@@ -1972,6 +1983,7 @@ fn deliver(
     for (peer, message) in out {
         if peer == to_core && keep(&message) {
             answers.extend(core.on_message(from, message, at));
+            answers.extend(merge_queued_transfers(core, at));
         }
     }
     answers
@@ -2350,3 +2362,6 @@ fn hostile_reconciliation_frames_are_refused_and_counted() {
         1
     );
 }
+
+#[path = "core/shadow_merge_tests.rs"]
+mod shadow_merge_tests;

@@ -90,6 +90,20 @@ pub(crate) trait TableStore: Send {
     fn commit(&mut self, key: &[u8], at: Timestamp);
     /// Forgets every staged value not yet committed.
     fn unstage(&mut self);
+    /// Merges the next staged value under `key` into the key's *pending*
+    /// value (see [`Shadow`]): readers keep reading the current value
+    /// until [`publish_pending`](TableStore::publish_pending).
+    fn commit_pending(&mut self, key: &[u8], at: Timestamp);
+    /// Shows every pending value at once, in O(1): from now on reads see
+    /// them; [`fold_pending`](TableStore::fold_pending) moves them into
+    /// the current values.
+    fn publish_pending(&mut self);
+    /// Forgets every pending value not published (a transfer given up;
+    /// the current values hold every write made meanwhile).
+    fn discard_pending(&mut self);
+    /// Folds at most `max` published pending values into the current ones,
+    /// pushing their keys to `folded`; true while some remain.
+    fn fold_pending(&mut self, max: usize, folded: &mut Vec<Key>) -> bool;
     /// The digest of each bucket (0 for an empty bucket), recomputing the
     /// ones changed since the last call.
     fn digests(&mut self) -> Vec<u64>;
@@ -189,6 +203,43 @@ pub(crate) struct CrdtStore<V> {
     /// The range index and the keys written since it was brought up to
     /// date; `None` until an exchange by ranges needs it.
     ranges: Option<Box<RangeTracking>>,
+    /// The pending values of a transfer being merged in slices; `None`
+    /// otherwise (reads then cost one branch more).
+    shadow: Option<Box<Shadow<V>>>,
+}
+
+/// The values a transfer merged in slices brings, beside the current ones.
+///
+/// While the transfer is merged, each received value is joined into its
+/// key's pending value (a copy of the current value at the key's first
+/// slice); every local write and applied batch that touches a key with a
+/// pending value joins its delta into both, so a pending value is never
+/// behind the current one. Readers read the current values until the
+/// whole transfer is merged; [`publish`](TableStore::publish_pending) then
+/// flips one flag and reads find the pending values first, until each is
+/// folded into the current values (by the engine, in bounded slices, or
+/// at the key's next write). Nothing of this is stored: a crash loses a
+/// pending transfer, which the next exchange repairs.
+struct Shadow<V> {
+    /// Pending values, by digest bucket (folded bucket by bucket).
+    buckets: Vec<FastMap<Key, V>>,
+    /// Pending values held (all buckets).
+    len: usize,
+    /// The whole transfer is merged: reads see the pending values.
+    published: bool,
+    /// Buckets before this one are folded.
+    fold_from: usize,
+}
+
+impl<V> Shadow<V> {
+    fn new() -> Self {
+        Shadow {
+            buckets: (0..DIGEST_BUCKETS).map(|_| FastMap::default()).collect(),
+            len: 0,
+            published: false,
+            fold_from: 0,
+        }
+    }
 }
 
 /// A table's range index, kept off the write path: a write only sets a
@@ -247,6 +298,7 @@ where
             changed: None,
             changes: Feed::new(),
             ranges: None,
+            shadow: None,
         }
     }
 
@@ -294,24 +346,110 @@ where
         }
     }
 
-    /// Joins a local write's `delta` into the value under `key`.
+    /// Joins a local write's `delta` into the value under `key` (and into
+    /// its pending value, if it has one).
     pub(crate) fn merge_local(&mut self, key: &[u8], delta: &V) {
         let before = self.watched_state(key);
         self.entry(key).merge(delta);
+        if let Some(pending) = self.unpublished_mut(key) {
+            pending.merge(delta);
+        }
         self.publish(key, before, ChangeSource::Local);
     }
 
+    /// The value under `key` readers see: a published pending value first.
+    #[inline]
     pub(crate) fn get(&self, key: &[u8]) -> Option<&V> {
-        self.buckets[bucket_of(key)].get(key)
+        let bucket = bucket_of(key);
+        if let Some(shadow) = &self.shadow
+            && shadow.published
+            && let Some(pending) = shadow.buckets[bucket].get(key)
+        {
+            return Some(pending);
+        }
+        self.buckets[bucket].get(key)
     }
 
-    /// Every key and value, bucket by bucket (no order).
+    /// The pending value of `key` while its transfer is not published.
+    fn unpublished_mut(&mut self, key: &[u8]) -> Option<&mut V> {
+        let shadow = self.shadow.as_mut().filter(|s| !s.published)?;
+        shadow.buckets[bucket_of(key)].get_mut(key)
+    }
+
+    /// Every key and value of `bucket` readers see (no order).
+    fn bucket_iter(&self, bucket: usize) -> impl Iterator<Item = (&Key, &V)> {
+        let shadow = self
+            .shadow
+            .as_ref()
+            .filter(|s| s.published)
+            .map(|s| &s.buckets[bucket]);
+        let current = self.buckets[bucket]
+            .iter()
+            .filter(move |(key, _)| shadow.is_none_or(|s| !s.contains_key(*key)));
+        current.chain(shadow.into_iter().flat_map(|s| s.iter()))
+    }
+
+    /// Every key and value readers see, bucket by bucket (no order).
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&Key, &V)> {
-        self.buckets.iter().flat_map(|bucket| bucket.iter())
+        (0..DIGEST_BUCKETS).flat_map(|bucket| self.bucket_iter(bucket))
     }
 
     /// The value under `key`, created empty if absent; marks its bucket.
+    /// A published pending value of `key` is folded in first.
     pub(crate) fn entry(&mut self, key: &[u8]) -> &mut V {
+        if self.shadow.as_ref().is_some_and(|s| s.published) {
+            self.fold_key(key);
+        }
+        self.current_entry(key)
+    }
+
+    /// Folds the published pending value of `key`, if any, into its
+    /// current value (offered to subscribers as a replicated change).
+    fn fold_key(&mut self, key: &[u8]) -> bool {
+        let bucket = bucket_of(key);
+        let Some(shadow) = self.shadow.as_mut().filter(|s| s.published) else {
+            return false;
+        };
+        let Some((key, pending)) = shadow.buckets[bucket].remove_entry(key) else {
+            return false;
+        };
+        shadow.len -= 1;
+        self.install(&key, pending);
+        true
+    }
+
+    /// Joins a folded pending value into the current value of `key`.
+    fn install(&mut self, key: &[u8], pending: V) {
+        let before = self.watched_state(key);
+        let current = self.current_entry(key);
+        // The pending value holds every delta the current one got since
+        // its copy: the join is the pending value (kept a join, so a
+        // mutation made past `merge_local` is not lost).
+        current.merge(&pending);
+        self.publish(key, before, ChangeSource::Replicated);
+    }
+
+    /// The next staged value, taken out of the buffer.
+    fn take_staged(&mut self) -> Option<V> {
+        let value = std::mem::take(self.staged.get_mut(self.committed)?);
+        self.committed += 1;
+        if self.committed == self.staged.len() {
+            self.staged.clear();
+            self.committed = 0;
+        }
+        Some(value)
+    }
+
+    /// Folds every published pending value at once (before a scan of the
+    /// whole table: digests, the range index, a commit to storage).
+    fn settle(&mut self) {
+        let mut folded = Vec::new();
+        while self.fold_pending(usize::MAX, &mut folded) {}
+    }
+
+    /// The current value under `key`, created empty if absent; marks its
+    /// bucket.
+    fn current_entry(&mut self, key: &[u8]) -> &mut V {
         let hash = stable_hash(key);
         let bucket = (hash % DIGEST_BUCKETS as u64) as usize;
         debug_assert_eq!(bucket, bucket_of(key));
@@ -332,11 +470,36 @@ where
         map.get_mut(key).expect("inserted above")
     }
 
+    /// Merges a received `value` into the value under `key` (and joins it
+    /// into its pending value, if it has one).
     pub(crate) fn merge_value(&mut self, key: &[u8], value: &V, at: Timestamp) {
         let before = self.watched_state(key);
         let merger = Arc::clone(&self.merger);
         merger(self.entry(key), value, key, at);
+        if let Some(pending) = self.unpublished_mut(key) {
+            pending.merge(value);
+        }
         self.publish(key, before, ChangeSource::Replicated);
+    }
+
+    /// Merges a received `value` into the pending value of `key`, created
+    /// from its current value.
+    fn merge_pending(&mut self, key: &[u8], value: &V, at: Timestamp) {
+        let bucket = bucket_of(key);
+        let shadow = self.shadow.get_or_insert_with(|| Box::new(Shadow::new()));
+        debug_assert!(
+            !shadow.published,
+            "a published transfer takes no more values"
+        );
+        let pending = match shadow.buckets[bucket].get_mut(key) {
+            Some(pending) => pending,
+            None => {
+                let copy = self.buckets[bucket].get(key).cloned().unwrap_or_default();
+                shadow.len += 1;
+                shadow.buckets[bucket].entry(key.into()).or_insert(copy)
+            }
+        };
+        (self.merger)(pending, value, key, at);
     }
 }
 
@@ -371,15 +534,9 @@ where
     }
 
     fn commit(&mut self, key: &[u8], at: Timestamp) {
-        let Some(value) = self.staged.get_mut(self.committed) else {
+        let Some(value) = self.take_staged() else {
             return;
         };
-        let value = std::mem::take(value);
-        self.committed += 1;
-        if self.committed == self.staged.len() {
-            self.staged.clear();
-            self.committed = 0;
-        }
         self.merge_value(key, &value, at);
     }
 
@@ -388,7 +545,53 @@ where
         self.committed = 0;
     }
 
+    fn commit_pending(&mut self, key: &[u8], at: Timestamp) {
+        let Some(value) = self.take_staged() else {
+            return;
+        };
+        self.merge_pending(key, &value, at);
+    }
+
+    fn publish_pending(&mut self) {
+        if let Some(shadow) = &mut self.shadow {
+            shadow.published = true;
+        }
+    }
+
+    fn discard_pending(&mut self) {
+        if self.shadow.as_ref().is_some_and(|s| !s.published) {
+            self.shadow = None;
+        }
+    }
+
+    fn fold_pending(&mut self, max: usize, folded: &mut Vec<Key>) -> bool {
+        let Some(shadow) = self.shadow.as_mut().filter(|s| s.published) else {
+            return false;
+        };
+        let mut taken = Vec::new();
+        while taken.len() < max && shadow.fold_from < DIGEST_BUCKETS {
+            let bucket = &mut shadow.buckets[shadow.fold_from];
+            let room = max - taken.len();
+            taken.extend(bucket.extract_if(|_, _| true).take(room));
+            if bucket.is_empty() {
+                shadow.fold_from += 1;
+            }
+        }
+        shadow.len -= taken.len();
+        let done = shadow.fold_from == DIGEST_BUCKETS;
+        debug_assert!(!done || shadow.len == 0, "every pending value folded");
+        if done {
+            self.shadow = None;
+        }
+        for (key, pending) in taken {
+            self.install(&key, pending);
+            folded.push(key);
+        }
+        !done
+    }
+
     fn digests(&mut self) -> Vec<u64> {
+        self.settle();
         for bucket in 0..DIGEST_BUCKETS {
             if !self.dirty[bucket] {
                 continue;
@@ -407,8 +610,7 @@ where
     }
 
     fn bucket_states(&self, bucket: usize) -> Vec<(Key, Vec<u8>)> {
-        self.buckets[bucket]
-            .iter()
+        self.bucket_iter(bucket)
             .filter_map(|(key, value)| {
                 wire::with_bare(value, <[u8]>::to_vec)
                     .ok()
@@ -422,6 +624,7 @@ where
     }
 
     fn catch_up_index(&mut self) -> Result<Vec<Key>, IndexFull> {
+        self.settle();
         let Some(ranges) = &mut self.ranges else {
             let mut index = RangeIndex::new();
             for (key, value) in self.buckets.iter().flat_map(|bucket| bucket.iter()) {
@@ -471,6 +674,8 @@ where
     }
 
     fn take_changes(&mut self) -> Vec<(Key, Vec<u8>)> {
+        // What is published is stored with the vector that claims it.
+        self.settle();
         let Some(changed) = &mut self.changed else {
             return Vec::new();
         };

@@ -325,15 +325,18 @@ impl Core {
         }
         self.peer(from, now).last_sync = Some(now);
         self.follow_clock(from, chunk.sent_at, now);
-        if let Err(error) = message::count_entries(&chunk.part.1.0, chunk.part.0.len()) {
-            self.reject(
-                from,
-                RejectReason::Undecodable,
-                &format!("sync states with malformed entries: {error}"),
-            );
-            return None;
-        }
-        self.file_chunk(from, chunk, now)
+        let entries = match message::count_entries(&chunk.part.1.0, chunk.part.0.len()) {
+            Ok(entries) => entries,
+            Err(error) => {
+                self.reject(
+                    from,
+                    RejectReason::Undecodable,
+                    &format!("sync states with malformed entries: {error}"),
+                );
+                return None;
+            }
+        };
+        self.file_chunk(from, chunk, entries, now)
     }
 
     /// Refuses a chunk whose index, chunk count or buckets are out of
@@ -370,7 +373,13 @@ impl Core {
     /// Files a checked chunk of an expected transfer in its inbox, within
     /// `sync_transfer_bytes_max`; returns the inbox once every chunk is
     /// here. A duplicated chunk is ignored.
-    fn file_chunk(&mut self, from: &str, chunk: TransferChunk, now: Instant) -> Option<SyncInbox> {
+    fn file_chunk(
+        &mut self,
+        from: &str,
+        chunk: TransferChunk,
+        entries: u64,
+        now: Instant,
+    ) -> Option<SyncInbox> {
         let TransferChunk {
             session,
             push,
@@ -397,6 +406,7 @@ impl Core {
                 buckets: Vec::new(),
                 applied: None,
                 bytes: 0,
+                entries: 0,
                 at: now,
             });
         if inbox.chunks.len() != chunks as usize {
@@ -413,6 +423,7 @@ impl Core {
             return None; // a duplicated frame
         }
         inbox.bytes += size;
+        inbox.entries += entries;
         inbox.buckets.extend(buckets);
         if applied.is_some() {
             inbox.applied = applied;
@@ -434,9 +445,11 @@ impl Core {
         self.sync_inbox.remove(&slot)
     }
 
-    /// One chunk of a transfer: once all are here, merges them at once,
-    /// takes in the transfer's vector (see [`believe`](Core::believe)) and,
-    /// for a reply to our exchange, pushes back what the peer lacks.
+    /// One chunk of a transfer: once all are here, merges them (at once,
+    /// or in slices past [`TRANSFER_MERGE_SLICE_KEYS_MAX`] entries: see
+    /// `shadow_merge`), takes in the transfer's vector (see
+    /// [`believe`](Core::believe)) and, for a reply to our exchange, pushes
+    /// back what the peer lacks.
     pub(super) fn on_sync_states(
         &mut self,
         from: &str,
@@ -444,15 +457,48 @@ impl Core {
         now: Instant,
     ) -> Outgoing {
         let (session, push) = (chunk.session, chunk.push);
-        let Some(inbox) = self.take_complete_transfer(from, chunk, now) else {
+        let Some(mut inbox) = self.take_complete_transfer(from, chunk, now) else {
             return Vec::new();
         };
-        let Some(their_applied) = self.check_transfer_vector(from, push, inbox.applied) else {
+        let applied = inbox.applied.take();
+        let Some(their_applied) = self.check_transfer_vector(from, push, applied) else {
             return Vec::new();
         };
+        if inbox.entries > TRANSFER_MERGE_SLICE_KEYS_MAX as u64 {
+            self.queue_transfer(from, session, push, their_applied, inbox);
+            return Vec::new();
+        }
         let Some((set_aside, received)) = self.merge_transfer(from, push, inbox.chunks) else {
             return Vec::new();
         };
+        let merged = MergedTransfer {
+            session,
+            push,
+            their_applied,
+            set_aside,
+            received,
+            buckets: inbox.buckets,
+        };
+        self.finish_transfer(from, merged, now)
+    }
+
+    /// A transfer from `from` is merged (and, merged in slices, published):
+    /// takes in its vector, drains the causal buffer, acknowledges what it
+    /// caught up on and confirms the push, or pushes back for a reply.
+    pub(super) fn finish_transfer(
+        &mut self,
+        from: &str,
+        merged: MergedTransfer,
+        now: Instant,
+    ) -> Outgoing {
+        let MergedTransfer {
+            session,
+            push,
+            their_applied,
+            set_aside,
+            received,
+            buckets,
+        } = merged;
         // We now hold everything their vector names: of the sender's own
         // writes, all of it; of a peer's, what that peer has told us it
         // made; of any other replica (a former id, a retired region, one we
@@ -475,7 +521,9 @@ impl Core {
         }
         out.extend(self.acks_for_caught_up(&before));
         if push {
-            self.answered.remove(from);
+            if self.answered.get(from) == Some(&session) {
+                self.answered.remove(from);
+            }
             tracing::info!(region = %self.name, peer = from, session, "anti-entropy: caught up from the peer's push");
             self.counters.syncs_completed += 1;
             // The exchange's starter keeps its peer marked for repair until
@@ -483,10 +531,15 @@ impl Core {
             out.push((from.to_owned(), Message::SyncDone { session }));
             return out;
         }
+        // A transfer merged in slices: the exchange may have ended (or a
+        // new one started) meanwhile.
+        if self.syncs.get(from).is_none_or(|s| s.session != session) {
+            return out;
+        }
         let Some(sync) = self.syncs.remove(from) else {
             return out;
         };
-        out.extend(self.push_back(from, session, &sync, inbox.buckets, &received, now));
+        out.extend(self.push_back(from, session, &sync, buckets, &received, now));
         out
     }
 

@@ -413,6 +413,18 @@ impl Core {
         parts: &[(&[String], &[u8])],
         ahead: AheadValues,
     ) -> Option<usize> {
+        self.merge_entries_into(from, parts, ahead, MergeInto::Current)
+    }
+
+    /// [`merge_entries`](Core::merge_entries), into the current values or
+    /// into the pending values of a transfer merged in slices.
+    pub(super) fn merge_entries_into(
+        &mut self,
+        from: &str,
+        parts: &[(&[String], &[u8])],
+        ahead: AheadValues,
+        into: MergeInto,
+    ) -> Option<usize> {
         let at = self.hlc.last();
         let stamps_max = self.hlc.offset_bound();
         let slots: Vec<Vec<Option<usize>>> = parts
@@ -432,7 +444,7 @@ impl Core {
         let mut skipped: Vec<usize> = staging.undecodable;
         skipped.extend(staging.set_aside);
         skipped.sort_unstable();
-        self.commit_entries(parts, &slots, skipped, at);
+        self.commit_entries(parts, &slots, skipped, at, into);
         Some(aside)
     }
 
@@ -538,6 +550,7 @@ impl Core {
         slots: &[Vec<Option<usize>>],
         skipped: Vec<usize>,
         at: Timestamp,
+        into: MergeInto,
     ) {
         debug_assert!(skipped.is_sorted(), "skipped entries come in order");
         let mut skipped = skipped.into_iter().peekable();
@@ -548,6 +561,10 @@ impl Core {
                 index += 1;
                 match slots[table] {
                     Some(_) if skip => {}
+                    Some(slot) if into == MergeInto::Pending => {
+                        // Woken at the fold, once readers see it.
+                        self.tables[slot].store.commit_pending(key, at);
+                    }
                     Some(slot) => {
                         self.tables[slot].store.commit(key, at);
                         self.rights.key_changed(slot, key);
@@ -627,6 +644,16 @@ impl Core {
     pub(crate) fn on_undecodable(&mut self, from: &str, error: &wire::WireError) {
         self.reject(from, RejectReason::Undecodable, &error.to_string());
     }
+}
+
+/// Where [`Core::merge_entries_into`] merges the values it commits.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum MergeInto {
+    /// The values readers read (a batch, a transfer merged at once).
+    Current,
+    /// The pending values of a transfer merged in slices, shown at its
+    /// publish (see `shadow_merge`).
+    Pending,
 }
 
 /// What staging a message's entries found (see

@@ -1,0 +1,232 @@
+//! Large anti-entropy transfers merged in slices, shown at once.
+//!
+//! A transfer of more than [`TRANSFER_MERGE_SLICE_KEYS_MAX`] entries is not
+//! merged in the hold of the state's lock that files its last chunk (a 1M-key
+//! transfer held it for 0.5-0.8 s, and every local read and write waits on
+//! that lock). It is queued; the engine merges it a slice at a time, one hold
+//! per slice, into *pending* values kept beside the current ones (see
+//! `store::Shadow`): readers keep reading the current values, so they never
+//! see part of a transfer (part of a transaction). Local writes and applied
+//! batches that touch a key with a pending value join their delta into both
+//! (a join: idempotent). After the last slice one flag per table publishes
+//! the whole transfer at once (O(tables), not O(keys)), and only then is the
+//! transfer's vector taken in ([`finish_transfer`](Core::finish_transfer)):
+//! batches that depend on it wait in the causal buffer until then. The
+//! pending values are then folded into the current ones,
+//! [`TRANSFER_FOLD_SLICE_KEYS_MAX`] per hold (reads find them meanwhile).
+//!
+//! Nothing pending is stored: a commit stores current values and the vector,
+//! which does not name the pending transfer, so a crash loses the transfer
+//! whole and the next exchange repairs it. A commit after the publish folds
+//! what is left first, so what it stores covers the vector it stores.
+
+use super::receive::MergeInto;
+use super::*;
+
+/// Entries of a transfer merged per hold of the state's lock: decoding and
+/// merging 64 `GCounter` states takes ~30 µs in a debug build; a transfer of
+/// at most this many is merged at once, as a batch is.
+pub(crate) const TRANSFER_MERGE_SLICE_KEYS_MAX: usize = 64;
+
+/// Published pending values folded into the current ones per hold of the
+/// state's lock (a fold moves a value and joins it: cheaper than a merge).
+pub(crate) const TRANSFER_FOLD_SLICE_KEYS_MAX: usize = 256;
+
+/// A complete transfer waiting to be merged, slice by slice.
+pub(crate) struct PendingTransfer {
+    from: String,
+    session: u64,
+    push: bool,
+    their_applied: VersionVector,
+    /// The buckets the transfer covers (a reply's push back needs them).
+    buckets: Vec<(String, Vec<u32>)>,
+    chunks: Vec<(Vec<String>, Blob)>,
+    /// The next slice starts at byte `offset` of chunk `chunk`.
+    chunk: usize,
+    offset: usize,
+    /// For a reply: hashes of the entries merged (the push back skips them).
+    received: HashSet<u64>,
+    /// Values set aside so far (stamped past our clock's bound).
+    set_aside: usize,
+}
+
+/// What a merged transfer leaves to [`Core::finish_transfer`].
+pub(crate) struct MergedTransfer {
+    pub(crate) session: u64,
+    pub(crate) push: bool,
+    pub(crate) their_applied: VersionVector,
+    pub(crate) set_aside: usize,
+    pub(crate) received: HashSet<u64>,
+    pub(crate) buckets: Vec<(String, Vec<u32>)>,
+}
+
+/// The byte length of the first `n` entries of `packed` (all of it when it
+/// holds fewer), whose framing was checked when its chunk was filed.
+fn slice_len(packed: &[u8], n: usize) -> usize {
+    let mut rest = packed;
+    for _ in 0..n {
+        if rest.is_empty() {
+            break;
+        }
+        let framed = wire::take_len(&mut rest)
+            .and_then(|_| wire::take_bytes(&mut rest))
+            .and_then(|_| wire::take_bytes(&mut rest));
+        if framed.is_err() {
+            return packed.len();
+        }
+    }
+    packed.len() - rest.len()
+}
+
+impl Core {
+    /// Queues a complete transfer from `from` to be merged in slices.
+    pub(super) fn queue_transfer(
+        &mut self,
+        from: &str,
+        session: u64,
+        push: bool,
+        their_applied: VersionVector,
+        inbox: SyncInbox,
+    ) {
+        tracing::debug!(region = %self.name, peer = from, session, push, entries = inbox.entries, queued = self.transfers.len(), "anti-entropy: transfer merged in slices");
+        self.transfers.push_back(PendingTransfer {
+            from: from.to_owned(),
+            session,
+            push,
+            their_applied,
+            buckets: inbox.buckets,
+            chunks: inbox.chunks.into_iter().flatten().collect(),
+            chunk: 0,
+            offset: 0,
+            received: HashSet::new(),
+            set_aside: 0,
+        });
+    }
+
+    /// Whether a transfer waits to be merged or folded: the engine then
+    /// calls [`merge_transfer_slice`](Core::merge_transfer_slice) between
+    /// other work.
+    pub(crate) fn transfer_work_pending(&self) -> bool {
+        self.folding || !self.transfers.is_empty()
+    }
+
+    /// One bounded step of the transfers waiting: folds a slice of the
+    /// published one, or merges the next slice of the first queued one
+    /// (publishing it after its last slice). Returns what finishing a
+    /// transfer answers.
+    pub(crate) fn merge_transfer_slice(&mut self, now: Instant) -> Outgoing {
+        if self.folding {
+            self.fold_slice(TRANSFER_FOLD_SLICE_KEYS_MAX);
+            return Vec::new();
+        }
+        let Some(mut transfer) = self.transfers.pop_front() else {
+            return Vec::new();
+        };
+        if !self.merge_slice(&mut transfer) {
+            for table in &mut self.tables {
+                table.store.discard_pending();
+            }
+            self.abort_sync(&transfer.from, transfer.push);
+            return Vec::new();
+        }
+        if let Some(peer) = self.peers.get_mut(&transfer.from) {
+            // Merging keeps the exchange alive (see `expire_syncs`).
+            peer.last_sync = Some(now);
+        }
+        if transfer.chunk < transfer.chunks.len() {
+            self.transfers.push_front(transfer);
+            return Vec::new();
+        }
+        self.publish_transfer(transfer, now)
+    }
+
+    /// Merges the next slice of `transfer` into pending values; false when
+    /// it was refused (nothing published: the pending values are dropped).
+    fn merge_slice(&mut self, transfer: &mut PendingTransfer) -> bool {
+        let Some((tables, packed)) = transfer.chunks.get(transfer.chunk) else {
+            return true;
+        };
+        let rest = &packed.0[transfer.offset..];
+        let part = &rest[..slice_len(rest, TRANSFER_MERGE_SLICE_KEYS_MAX)];
+        let mut n = 0u64;
+        for (t, k, v) in Entries::new(part, tables.len()).flatten() {
+            n += 1;
+            if !transfer.push {
+                transfer.received.insert(entry_hash(&tables[t], k, v));
+            }
+        }
+        debug_assert!(
+            n as usize <= TRANSFER_MERGE_SLICE_KEYS_MAX,
+            "a slice is bounded"
+        );
+        self.counters.sync_states_received += n;
+        let parts = [(tables.as_slice(), part)];
+        let from = transfer.from.clone();
+        let merged =
+            self.merge_entries_into(&from, &parts, AheadValues::SetAside, MergeInto::Pending);
+        let Some(aside) = merged else {
+            return false;
+        };
+        transfer.set_aside += aside;
+        transfer.offset += part.len();
+        if transfer.offset == packed.0.len() {
+            transfer.chunk += 1;
+            transfer.offset = 0;
+        }
+        true
+    }
+
+    /// Shows every pending value of `transfer` at once (one flag per
+    /// table), then takes in its vector ([`finish_transfer`](Core::finish_transfer)).
+    fn publish_transfer(&mut self, transfer: PendingTransfer, now: Instant) -> Outgoing {
+        for table in &mut self.tables {
+            table.store.publish_pending();
+        }
+        self.folding = true;
+        let PendingTransfer {
+            from,
+            session,
+            push,
+            their_applied,
+            buckets,
+            received,
+            set_aside,
+            ..
+        } = transfer;
+        tracing::debug!(region = %self.name, peer = %from, session, push, "anti-entropy: transfer merged in slices published");
+        let merged = MergedTransfer {
+            session,
+            push,
+            their_applied,
+            set_aside,
+            received,
+            buckets,
+        };
+        self.finish_transfer(&from, merged, now)
+    }
+
+    /// Folds at most `max` published pending values (of all tables) into
+    /// the current ones; clears `folding` once none is left.
+    fn fold_slice(&mut self, max: usize) {
+        let mut folded = Vec::new();
+        let mut left = false;
+        let mut budget = max;
+        for slot in 0..self.tables.len() {
+            folded.clear();
+            left |= self.tables[slot].store.fold_pending(budget, &mut folded);
+            budget -= folded.len();
+            for key in &folded {
+                self.rights.key_changed(slot, key);
+            }
+        }
+        self.folding = left;
+    }
+
+    /// Folds every published pending value (before a commit stores the
+    /// vector that claims them).
+    pub(crate) fn settle_transfer(&mut self) {
+        while self.folding {
+            self.fold_slice(usize::MAX);
+        }
+    }
+}
