@@ -464,7 +464,9 @@ impl Core {
         let Some(their_applied) = self.check_transfer_vector(from, push, applied) else {
             return Vec::new();
         };
-        if inbox.entries > TRANSFER_MERGE_SLICE_KEYS_MAX as u64 {
+        // Behind a queued transfer, even a small one waits its turn: its
+        // vector may name what the queued one brings.
+        if inbox.entries > TRANSFER_MERGE_SLICE_KEYS_MAX as u64 || !self.transfers.is_empty() {
             self.queue_transfer(from, session, push, their_applied, inbox);
             return Vec::new();
         }
