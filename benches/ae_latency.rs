@@ -173,9 +173,8 @@ async fn run(keys: u64) -> Run {
     let deadline = Instant::now() + TRANSFER_MAX;
     // Done once `b` holds `a`'s writes (its log may bring them by batches
     // first) and merged the whole transfer, and `a` holds `b`'s.
-    let merged = |b: &Region| {
-        b.stats().sync_states_received - b_before.sync_states_received >= keys
-    };
+    let merged =
+        |b: &Region| b.stats().sync_states_received - b_before.sync_states_received >= keys;
     while b.applied().get(ra) < keys || a.applied().get(rb) < b_seq || !merged(&b) {
         assert!(
             Instant::now() < deadline,

@@ -32,6 +32,12 @@ pub(crate) const TRANSFER_MERGE_SLICE_KEYS_MAX: usize = 64;
 /// state's lock (a fold moves a value and joins it: cheaper than a merge).
 pub(crate) const TRANSFER_FOLD_SLICE_KEYS_MAX: usize = 256;
 
+/// Transfers of one peer queued at once: a reply to our exchange and a
+/// push answering our reply (more only from a peer that starts exchanges
+/// faster than we merge them: each queued one holds up to
+/// `sync_transfer_bytes_max`).
+pub(crate) const TRANSFERS_QUEUED_PER_PEER_MAX: usize = 2;
+
 /// A complete transfer waiting to be merged, slice by slice.
 pub(crate) struct PendingTransfer {
     from: String,
@@ -88,6 +94,12 @@ impl Core {
         their_applied: VersionVector,
         inbox: SyncInbox,
     ) {
+        let queued = self.transfers.iter().filter(|t| t.from == from).count();
+        if queued >= TRANSFERS_QUEUED_PER_PEER_MAX {
+            tracing::warn!(region = %self.name, peer = from, session, queued, "anti-entropy: a transfer dropped, the peer's earlier ones are still being merged; a later exchange repairs what it held");
+            self.abort_sync(from, push);
+            return;
+        }
         tracing::debug!(region = %self.name, peer = from, session, push, entries = inbox.entries, queued = self.transfers.len(), "anti-entropy: transfer merged in slices");
         self.transfers.push_back(PendingTransfer {
             from: from.to_owned(),

@@ -199,3 +199,54 @@ fn a_crash_mid_transfer_loses_the_transfer_whole_and_nothing_acknowledged() {
     assert_eq!(count(&restarted, "t", 0, 2), 1);
     assert!(!b.folding, "the commit folded what was left first");
 }
+
+/// A peer cannot queue transfers without bound: past
+/// `TRANSFERS_QUEUED_PER_PEER_MAX` of its own waiting, a complete one is
+/// dropped (the exchange it answered ends; a later one repairs it).
+#[test]
+fn transfers_queued_per_peer_are_bounded() {
+    use super::super::shadow_merge::TRANSFERS_QUEUED_PER_PEER_MAX;
+    let mut b = core("b", 2, RegionConfig::default(), &["t"]);
+    let mut a = core("a", 1, RegionConfig::default(), &["t"]);
+    for key in 0..KEYS {
+        write(&mut a, "t", key);
+    }
+    up(&mut b, "a", now());
+    up(&mut a, "b", now());
+    for round in 0..TRANSFERS_QUEUED_PER_PEER_MAX + 1 {
+        a.syncs.clear();
+        let request = a.start_sync("b", now());
+        let reply = b.on_message("a", request[0].1.clone(), now());
+        let push = feed(&mut a, "b", to(&reply, "a"), now());
+        for message in to(&push, "b") {
+            b.on_message("a", message, now());
+        }
+        let expected = (round + 1).min(TRANSFERS_QUEUED_PER_PEER_MAX);
+        assert_eq!(b.transfers.len(), expected, "round {round}");
+    }
+    merge_until_published(&mut b);
+    assert_eq!(shown(&b), KEYS, "the queued ones still merge");
+}
+
+/// A transfer small enough to merge at once still waits behind a queued
+/// one: merged (and its vector taken in) first, it could claim writes the
+/// queued transfer holds pending.
+#[test]
+fn a_small_transfer_behind_a_queued_one_waits_its_turn() {
+    let mut b = core("b", 2, RegionConfig::default(), &["t"]);
+    pending_push(&mut b);
+    let mut c = core("c", 3, RegionConfig::default(), &["t"]);
+    write(&mut c, "t", KEYS + 1);
+    up(&mut c, "b", now());
+    let request = up(&mut b, "c", now()); // b < c: b starts
+    let reply = c.on_message("b", to(&request, "c")[0].clone(), now());
+    for message in to(&reply, "b") {
+        b.on_message("c", message, now());
+    }
+    assert_eq!(b.transfers.len(), 2, "queued behind a's");
+    assert_eq!(count(&b, "t", KEYS + 1, 3), 0, "shown before its turn");
+    merge_until_published(&mut b);
+    assert_eq!(count(&b, "t", KEYS + 1, 3), 1);
+    assert_eq!(b.applied.get(rid(3)), 1);
+    assert_eq!(shown(&b), KEYS);
+}
