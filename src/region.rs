@@ -1294,6 +1294,7 @@ impl Region {
             stale_frames: c.stale_frames,
             untrusted_claims: c.untrusted_claims,
             values_ahead: c.values_ahead,
+            transaction_values_set_aside: c.transaction_values_set_aside,
             rights_requested: c.rights_requested,
             rights_granted: c.rights_granted,
             rights_refused: c.rights_refused,

@@ -334,7 +334,7 @@ impl Received {
                 Message::Batch { .. } => "batch",
                 Message::Ack { .. } => "ack",
                 Message::SyncRequest { .. } => "sync request",
-                Message::SyncStates { .. } => "sync states",
+                Message::SyncStates { .. } | Message::SyncStatesGrouped(_) => "sync states",
                 Message::SyncDone { .. } => "sync done",
                 _ => "frame",
             },

@@ -8,7 +8,8 @@ use crate::common;
 use std::time::Duration;
 
 use archipelago::crdt::GCounter;
-use archipelago::region::{AckLevel, Region, RegionConfig, RegionError};
+use archipelago::region::{AckLevel, Region, RegionConfig, RegionError, RejectReason};
+use archipelago::resolve::LastWriteWins;
 use archipelago::storage::MemoryStorage;
 use archipelago::transport::{ChannelNetwork, LinkFaults};
 
@@ -383,4 +384,132 @@ fn a_large_transaction_joins_repeated_writes_of_a_key() {
         );
         region.shutdown().await;
     });
+}
+
+/// Transaction `t` at `region`: an order put in the resolver table
+/// `orders` (stamped by the region's clock) and a sale counted in the
+/// `GCounter` table `sold` (not stamped).
+fn order(region: &Region, t: u64) {
+    let orders = region
+        .table_with::<u64, String>("orders", LastWriteWins)
+        .unwrap();
+    let sold = region.table::<u64, GCounter>("sold").unwrap();
+    region
+        .transaction(|tx| {
+            tx.put(&orders, &t, format!("order {t}"))?;
+            tx.update(&sold, &t, |c, ctx| c.apply(|c| c.inc(ctx.replica(), 1)))
+        })
+        .unwrap();
+}
+
+/// Which of transaction `t`'s two writes `region` shows, in one snapshot:
+/// (the order, the sale).
+fn order_shown(region: &Region, t: u64) -> (bool, bool) {
+    let orders = region
+        .table_with::<u64, String>("orders", LastWriteWins)
+        .unwrap();
+    let sold = region.table::<u64, GCounter>("sold").unwrap();
+    region
+        .transaction(|tx| {
+            let order = tx.read(&orders, &t)?.is_some();
+            let sale = tx.read_crdt(&sold, &t)?.is_some();
+            Ok::<_, RegionError>((order, sale))
+        })
+        .unwrap()
+        .0
+}
+
+/// Issue 13's last gap: a region whose clock runs 3 s ahead writes
+/// transactions of a stamped order and an unstamped sale; a region that
+/// joins later is repaired by anti-entropy, which sets aside the orders
+/// (stamped past its clock's bound) for as long as the clock runs ahead.
+/// Checked every millisecond of virtual time (then every 10): the sale
+/// never shows without its order (without transaction groups in the
+/// transfer it did, until the next exchange), and both land with the next
+/// exchange once the clock allows. Default `RegionConfig`.
+#[test]
+fn anti_entropy_never_shows_part_of_a_transaction_whose_clock_runs_ahead() {
+    let (shown_apart, stats) = order_repair(RegionConfig::default());
+    assert_eq!(shown_apart, 0, "a sale was shown without its order");
+    assert!(
+        stats.values_ahead > 0,
+        "no order was ever ahead: the test tests nothing"
+    );
+    assert!(
+        stats.transaction_values_set_aside > 0,
+        "no sale was set aside with its order"
+    );
+}
+
+/// A region of protocol 6 gets plain transfers from one of protocol 7 and
+/// still converges. It shows sales without their orders meanwhile, as
+/// every build did before protocol 7: the scenario above is the gap.
+#[test]
+fn a_protocol_6_region_is_repaired_by_a_protocol_7_one() {
+    let (shown_apart, stats) = order_repair(RegionConfig {
+        protocol_version_max: 6,
+        ..RegionConfig::default()
+    });
+    assert!(shown_apart > 0, "the scenario does not open the gap");
+    assert!(stats.values_ahead > 0);
+    assert_eq!(
+        stats.transaction_values_set_aside, 0,
+        "no groups below protocol 7"
+    );
+}
+
+/// Writes 20 orders at a region 3 s ahead, then starts a region of
+/// `config` and watches it catch up (asserting it does, by anti-entropy,
+/// with no frame refused): how many times it showed a sale without its
+/// order or the reverse, and its stats.
+fn order_repair(config: RegionConfig) -> (usize, archipelago::region::RegionStats) {
+    const TXNS: u64 = 20;
+    common::paused_runtime().block_on(async move {
+        let net = ChannelNetwork::new(7);
+        let ahead = common::region(&net, "ahead", 3_000, RegionConfig::default());
+        for t in 0..TXNS {
+            order(&ahead, t);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let joined = common::region(&net, "joined", 0, config);
+        let mut shown_apart = 0;
+        let mut whole = 0;
+        // Every ms while the orders are ahead, every 10 ms until the next
+        // periodic exchange (30 s) has brought them.
+        for step in 0..8_000 {
+            let shown: Vec<(bool, bool)> = (0..TXNS).map(|t| order_shown(&joined, t)).collect();
+            shown_apart += shown.iter().filter(|(o, s)| o != s).count();
+            whole = shown.iter().filter(|(o, s)| *o && *s).count();
+            if whole == TXNS as usize {
+                break;
+            }
+            let every = if step < 4_000 { 1 } else { 10 };
+            tokio::time::sleep(Duration::from_millis(every)).await;
+        }
+        assert_eq!(whole, TXNS as usize, "the joined region caught up");
+        let stats = joined.stats();
+        assert_eq!(
+            stats.batches_applied, 0,
+            "caught up by batches, not anti-entropy"
+        );
+        assert!(stats.syncs_completed >= 1, "no exchange");
+        // Only batches carrying orders ahead are refused (resent by their
+        // origin, as a batch is refused whole).
+        for region in [&ahead, &joined] {
+            let s = region.stats();
+            let ahead_refused = s
+                .rejected_by_reason
+                .iter()
+                .find(|(r, _)| *r == RejectReason::ClockAhead)
+                .map_or(0, |(_, n)| *n);
+            assert_eq!(
+                s.rejected_frames,
+                ahead_refused,
+                "{}: {:?}",
+                region.name(),
+                s.rejected_by_reason
+            );
+        }
+        (shown_apart, stats)
+    })
 }

@@ -43,7 +43,14 @@ use super::*;
 ///     fingerprints of key ranges, so its bytes grow with the difference,
 ///     not the table. With a peer of protocol 5 or older a region compares
 ///     bucket digests as before.
-pub const PROTOCOL_VERSION: u16 = 6;
+/// - **7**: protocol 6, and
+///   - transaction groups in anti-entropy transfers: a transfer names the
+///     keys of each multi-key transaction the sender knows, and the
+///     receiver sets aside every state of a group one of whose values it
+///     sets aside (stamped past its clock's bound), so a transfer never
+///     shows part of such a transaction. A peer of protocol 6 or older
+///     gets transfers as before.
+pub const PROTOCOL_VERSION: u16 = 7;
 
 /// The oldest engine protocol this build still speaks: a peer announcing
 /// nothing speaks 1.

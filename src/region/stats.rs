@@ -63,6 +63,11 @@ pub struct RegionStats {
     /// from an anti-entropy transfer (whose vector is then not believed;
     /// a later exchange brings them).
     pub values_ahead: u64,
+    /// Values of an anti-entropy transfer set aside because a value of the
+    /// same transaction was (it was ahead, see `values_ahead`): a transfer
+    /// never shows part of a transaction its sender knows (protocol 7 on);
+    /// a later exchange brings them together.
+    pub transaction_values_set_aside: u64,
     /// Rights requests this region sent to peers (see
     /// [`Region::bounded_table`]): each refused sale or low holding asks at
     /// most once per `rights_request_timeout` per key.

@@ -33,6 +33,7 @@ mod peers;
 mod ranges;
 mod receive;
 mod shadow_merge;
+pub(crate) mod tx_groups;
 
 pub(crate) use shadow_merge::{MergedTransfer, PendingTransfer, TRANSFER_MERGE_SLICE_KEYS_MAX};
 
@@ -427,6 +428,9 @@ pub(crate) struct Core {
     pub(crate) rights: super::rights::Rights,
     /// Homed tables, forwards waiting for their homes, replies remembered.
     pub(crate) homed: super::homed::Homed,
+    /// The multi-key transactions this region knows, named in its
+    /// transfers (see [`tx_groups`]).
+    pub(crate) tx_groups: tx_groups::TxGroups,
 }
 
 /// Where a region with storage stands with its disk.
@@ -484,6 +488,12 @@ pub(crate) struct Counters {
     pub(crate) untrusted_claims: u64,
     /// Values refused or set aside: stamped past our clock's offset bound.
     pub(crate) values_ahead: u64,
+    /// Values of a transfer set aside with a value of the same transaction
+    /// that was set aside (see [`tx_groups`]).
+    pub(crate) transaction_values_set_aside: u64,
+    /// Transaction groups frames refused (over their bounds, or naming a
+    /// key their transfer does not carry).
+    pub(crate) tx_groups_refused: u64,
     /// Rights requests sent, rights granted to peers (units), and requests
     /// answered with none.
     pub(crate) rights_requested: u64,
@@ -549,6 +559,7 @@ impl Core {
             start_seq: 0,
             rights: Default::default(),
             homed: Default::default(),
+            tx_groups: Default::default(),
         }
     }
 

@@ -256,6 +256,35 @@ pub(crate) enum Message {
         round: u32,
         frames: Vec<(String, Blob)>,
     },
+    /// The last chunk of a state transfer on a connection of protocol 7 or
+    /// later: a [`SyncStates`](Message::SyncStates) chunk (same fields),
+    /// and the multi-key transactions among the transfer's keys as far as
+    /// the sender knows them. Each group lists keys, as (position in
+    /// `group_tables`, key's bare `wire` encoding), that one transaction
+    /// wrote: the receiver merges a group's states together or sets them
+    /// all aside (see `replication::core::tx_groups`). Last of the
+    /// variants (bincode tags are positional).
+    SyncStatesGrouped(Box<GroupedChunk>),
+}
+
+/// What a [`Message::SyncStatesGrouped`] carries: the fields of a
+/// [`Message::SyncStates`] chunk, then the transfer's groups.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct GroupedChunk {
+    pub(crate) session: u64,
+    pub(crate) push: bool,
+    pub(crate) chunk: u32,
+    pub(crate) chunks: u32,
+    pub(crate) sent_at: Timestamp,
+    pub(crate) buckets: Vec<(String, Vec<u32>)>,
+    pub(crate) tables: Vec<String>,
+    pub(crate) entries: Blob,
+    pub(crate) applied: Option<VersionVector>,
+    /// The tables the groups name, by position.
+    pub(crate) group_tables: Vec<String>,
+    /// Each: (position in `group_tables`, key's bare encoding) of the keys
+    /// one transaction wrote.
+    pub(crate) groups: Vec<Vec<(u32, Blob)>>,
 }
 
 /// What became of a forwarded homed operation, as its home answers.
@@ -306,6 +335,7 @@ impl Message {
                 | Message::SyncStates { .. }
                 | Message::SyncDone { .. }
                 | Message::SyncRanges { .. }
+                | Message::SyncStatesGrouped(_)
         )
     }
 }
@@ -364,6 +394,7 @@ mod tests {
         push_entry(&mut entries, 0, &key, &value);
         push_entry(&mut entries, 1, &key, &value);
         let tables = vec!["likes".to_string(), "views".to_string()];
+        let (grouped_entries, grouped_applied) = (entries.clone(), applied.clone());
         vec![
             (
                 "batch",
@@ -478,6 +509,23 @@ mod tests {
                     round: 1,
                     frames: vec![("likes".to_string(), Blob(vec![1, 2, 3]))],
                 },
+            ),
+            // Protocol 7 on.
+            (
+                "sync_states_grouped",
+                Message::SyncStatesGrouped(Box::new(GroupedChunk {
+                    session: 9,
+                    push: true,
+                    chunk: 0,
+                    chunks: 1,
+                    sent_at,
+                    buckets: Vec::new(),
+                    tables: vec!["likes".to_string(), "views".to_string()],
+                    entries: Blob(grouped_entries),
+                    applied: Some(grouped_applied),
+                    group_tables: vec!["likes".to_string(), "views".to_string()],
+                    groups: vec![vec![(0, Blob(key.clone())), (1, Blob(key.clone()))]],
+                })),
             ),
         ]
     }

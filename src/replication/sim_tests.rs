@@ -712,6 +712,15 @@ fn describe(message: &Message) -> String {
             if *reply { "RangesReply" } else { "Ranges" },
             frames.len()
         ),
+        Message::SyncStatesGrouped(c) => format!(
+            "{} #{} chunk {}/{}: {} entries, {} groups",
+            if c.push { "Push" } else { "Reply" },
+            c.session,
+            c.chunk + 1,
+            c.chunks,
+            message::count_entries(&c.entries.0, c.tables.len()).unwrap_or(0),
+            c.groups.len(),
+        ),
     }
 }
 
@@ -982,6 +991,11 @@ fn lie(message: &mut Message, rng: &mut Rng) {
             1 => *reply = !*reply,
             2 => *round = number(rng) as u32,
             _ => frames.push((format!("t{}", rng.below(3)), Blob(vec![0]))),
+        },
+        Message::SyncStatesGrouped(c) => match rng.below(3) {
+            0 => c.session = number(rng),
+            1 => c.applied = Some(vv(&[(rng.below(10) as u32, number(rng))])),
+            _ => c.groups.push(vec![(rng.below(3) as u32, Blob(vec![0]))]),
         },
     }
 }

@@ -115,6 +115,12 @@ impl<T: Transport> Forger<T> {
                     applied.raise(*of, *count);
                     changed = true;
                 }
+                (Forgery::ClaimWrites { of, count }, Message::SyncStatesGrouped(chunk)) => {
+                    if let Some(applied) = &mut chunk.applied {
+                        applied.raise(*of, *count);
+                        changed = true;
+                    }
+                }
                 (Forgery::AckWrites { count }, Message::Ack { applied, .. }) => {
                     *applied = *count;
                     changed = true;

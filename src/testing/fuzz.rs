@@ -856,6 +856,15 @@ fn mutate_exchange(message: &mut Message, rng: &mut FuzzRng) {
                 }
             }
         },
+        Message::SyncStatesGrouped(c) => match rng.below(4) {
+            0 => c.chunk = rng.next_u64() as u32,
+            1 => c.applied = None,
+            2 => c.group_tables.push(rng.text()),
+            _ => c.groups.push(vec![
+                (rng.next_u64() as u32, random_blob(rng));
+                rng.below(4)
+            ]),
+        },
         _ => {}
     }
 }
@@ -966,6 +975,22 @@ impl FuzzValue for Message {
                     ),
                 )],
             },
+            Message::SyncStatesGrouped(Box::new(message::GroupedChunk {
+                session: 3,
+                push: false,
+                chunk: 0,
+                chunks: 1,
+                sent_at: Timestamp::new(9_200, 0),
+                buckets: Vec::new(),
+                tables: vec!["hits".into(), "likes".into()],
+                entries: packed_entries(rng, 2, 2),
+                applied: Some(vector(rng, 2)),
+                group_tables: vec!["hits".into()],
+                groups: vec![vec![
+                    (0, message::Blob(vec![1])),
+                    (0, message::Blob(vec![2])),
+                ]],
+            })),
         ]
     }
     fn mutate(&mut self, rng: &mut FuzzRng) {
@@ -1028,7 +1053,8 @@ impl FuzzValue for Message {
             Message::SyncRequest { .. }
             | Message::SyncStates { .. }
             | Message::SyncDone { .. }
-            | Message::SyncRanges { .. } => mutate_exchange(self, rng),
+            | Message::SyncRanges { .. }
+            | Message::SyncStatesGrouped(_) => mutate_exchange(self, rng),
         }
     }
     fn inner(&self) {

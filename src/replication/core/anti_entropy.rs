@@ -230,7 +230,7 @@ impl Core {
             Selection::Buckets(buckets) => Some(buckets),
             Selection::Keys(_) => None,
         };
-        chunks
+        let mut out: Outgoing = chunks
             .into_iter()
             .enumerate()
             .map(|(i, (tables, entries))| {
@@ -254,7 +254,9 @@ impl Core {
                     },
                 )
             })
-            .collect()
+            .collect();
+        self.add_transfer_groups(to, &mut out);
+        out
     }
 
     /// Calls `add` with the table, key and state of every key `selection`
@@ -470,7 +472,8 @@ impl Core {
             self.queue_transfer(from, session, push, their_applied, inbox);
             return Vec::new();
         }
-        let Some((set_aside, received)) = self.merge_transfer(from, push, inbox.chunks) else {
+        let Some((set_aside, received)) = self.merge_transfer(from, session, push, inbox.chunks)
+        else {
             return Vec::new();
         };
         let merged = MergedTransfer {
@@ -584,6 +587,7 @@ impl Core {
     fn merge_transfer(
         &mut self,
         from: &str,
+        session: u64,
         push: bool,
         chunks: Vec<Option<(Vec<String>, Blob)>>,
     ) -> Option<(usize, HashSet<u64>)> {
@@ -607,10 +611,20 @@ impl Core {
         self.counters.sync_states_received += entries().count() as u64;
         // Every chunk is here: merge them all at once, so no reader sees
         // part of the transfer (a reply without its post).
-        let Some(set_aside) = self.merge_entries(from, &parts, AheadValues::SetAside) else {
+        let mut groups = match self.transfer_entry_groups(from, session, push, &parts) {
+            Ok(groups) => groups,
+            Err(why) => {
+                self.abort_sync(from, push);
+                self.reject(from, RejectReason::Malformed, &why);
+                return None;
+            }
+        };
+        let Some(set_aside) = self.merge_entries(from, &parts, AheadValues::SetAside, &mut groups)
+        else {
             self.abort_sync(from, push);
             return None;
         };
+        self.learn_groups(groups);
         Some((set_aside, received))
     }
 

@@ -110,6 +110,7 @@ impl Core {
                 Vec::new()
             }
             message @ Message::SyncRanges { .. } => self.on_sync_ranges(from, message, now),
+            Message::SyncStatesGrouped(chunk) => self.on_sync_states_grouped(from, *chunk, now),
             Message::SyncDone { session } => {
                 self.on_sync_done(from, session, now);
                 Vec::new()
@@ -405,33 +406,53 @@ impl Core {
     ///
     /// A value stamped past our clock's offset bound refuses a batch (its
     /// origin sends it again, in order), and is set aside from a transfer
-    /// (the rest of which is merged). Returns how many were set aside, or
-    /// `None` when the message was refused.
+    /// (the rest of which is merged, but for the values `groups` joins to
+    /// one set aside: see [`tx_groups`](super::tx_groups)). Returns how
+    /// many were set aside, or `None` when the message was refused.
     pub(super) fn merge_entries(
         &mut self,
         from: &str,
         parts: &[(&[String], &[u8])],
         ahead: AheadValues,
+        groups: &mut tx_groups::EntryGroups,
     ) -> Option<usize> {
-        self.merge_entries_into(from, parts, ahead, MergeInto::Current)
+        self.merge_entries_into(from, parts, ahead, groups, &[], MergeInto::Current)
     }
 
     /// [`merge_entries`](Core::merge_entries), into the current values or
-    /// into the pending values of a transfer merged in slices.
+    /// into the pending values of a transfer merged in slices, leaving out
+    /// the entries `deferred` (by index, sorted: the members of a sliced
+    /// transfer's transaction groups, merged together after its last slice).
     pub(super) fn merge_entries_into(
         &mut self,
         from: &str,
         parts: &[(&[String], &[u8])],
         ahead: AheadValues,
+        groups: &mut tx_groups::EntryGroups,
+        deferred: &[usize],
         into: MergeInto,
     ) -> Option<usize> {
+        debug_assert!(deferred.is_sorted(), "deferred entries come in order");
         let at = self.hlc.last();
         let stamps_max = self.hlc.offset_bound();
         let slots: Vec<Vec<Option<usize>>> = parts
             .iter()
             .map(|(tables, _)| tables.iter().map(|t| self.slot_of(t)).collect())
             .collect();
-        let staging = self.stage_entries(parts, &slots, ahead, stamps_max);
+        let mut staging = self.stage_entries(parts, &slots, ahead, stamps_max, deferred);
+        let grouped = groups.closure(&staging.set_aside);
+        if staging.failed.is_none() && !grouped.is_empty() {
+            // Staged values commit in order: stage again without the
+            // values of the set-aside values' transactions.
+            for &slot in &staging.staged {
+                self.tables[slot].store.unstage();
+            }
+            let mut held: Vec<usize> = deferred.iter().chain(&grouped).copied().collect();
+            held.sort_unstable();
+            held.dedup();
+            staging = self.stage_entries(parts, &slots, ahead, stamps_max, &held);
+            self.report_grouped(from, grouped.len());
+        }
         if let Some((reason, why)) = staging.failed {
             for slot in staging.staged {
                 self.tables[slot].store.unstage();
@@ -440,10 +461,13 @@ impl Core {
             return None;
         }
         self.report_skipped(from, &staging, stamps_max);
-        let aside = staging.set_aside.len();
+        let aside = staging.set_aside.len() + grouped.len();
         let mut skipped: Vec<usize> = staging.undecodable;
         skipped.extend(staging.set_aside);
+        skipped.extend(grouped);
+        skipped.extend_from_slice(deferred);
         skipped.sort_unstable();
+        skipped.dedup();
         self.commit_entries(parts, &slots, skipped, at, into);
         Some(aside)
     }
@@ -451,12 +475,14 @@ impl Core {
     /// Checks every entry of `parts` (whose tables are in `slots`) and
     /// stages every value of a declared table: the first step of
     /// [`merge_entries`](Core::merge_entries), which changes nothing stored.
+    /// The entries `held` (by index, sorted) are checked but not staged.
     fn stage_entries(
         &mut self,
         parts: &[(&[String], &[u8])],
         slots: &[Vec<Option<usize>>],
         ahead: AheadValues,
         stamps_max: Timestamp,
+        held: &[usize],
     ) -> Staging {
         let mut staging = Staging::default();
         let entries = parts
@@ -481,6 +507,9 @@ impl Core {
             let Some(slot) = slots[table] else {
                 continue;
             };
+            if !held.is_empty() && held.binary_search(&index).is_ok() {
+                continue;
+            }
             match self.tables[slot].store.stage(value, stamps_max) {
                 Ok(()) => {}
                 Err(StageError::Undecodable(error)) => {
@@ -541,6 +570,18 @@ impl Core {
         }
     }
 
+    /// Counts and logs the `values` set aside with a value of their
+    /// transaction that was set aside.
+    fn report_grouped(&mut self, from: &str, values: usize) {
+        self.counters.transaction_values_set_aside += values as u64;
+        tracing::warn!(
+            region = %self.name,
+            peer = from,
+            values,
+            "values of transactions one of whose values was set aside were set aside with it (a region's clock runs ahead); a later exchange brings them"
+        );
+    }
+
     /// The second step of [`merge_entries`](Core::merge_entries): commits
     /// every staged value at `at` but the `skipped` entries (by index, in
     /// order), and holds the values of undeclared tables.
@@ -579,8 +620,9 @@ impl Core {
 
     pub(super) fn apply_batch(&mut self, batch: Buffered) {
         let parts = [(batch.tables.as_slice(), batch.entries.0.as_slice())];
+        let mut groups = tx_groups::EntryGroups::default();
         if self
-            .merge_entries(&batch.from, &parts, AheadValues::RefuseFrame)
+            .merge_entries(&batch.from, &parts, AheadValues::RefuseFrame, &mut groups)
             .is_some()
         {
             self.applied.raise(batch.origin, batch.last);

@@ -21,7 +21,9 @@
 //! what is left first, so what it stores covers the vector it stores.
 
 use super::receive::MergeInto;
+use super::tx_groups::{EntryGroups, ReceivedGroups};
 use super::*;
+use crate::replication::message::push_entry;
 
 /// Entries of a transfer merged per hold of the state's lock: decoding and
 /// merging 64 `GCounter` states takes ~30 µs in a debug build; a transfer of
@@ -54,6 +56,15 @@ pub(crate) struct PendingTransfer {
     received: HashSet<u64>,
     /// Values set aside so far (stamped past our clock's bound).
     set_aside: usize,
+    /// The transaction groups the sender named (protocol 7 on), by table:
+    /// their entries are deferred out of the slices and merged together
+    /// after the last one ([`merge_deferred`](Core::merge_deferred)), so a
+    /// value set aside takes its transaction's other values with it.
+    groups: Option<ReceivedGroups>,
+    members: HashMap<String, HashSet<Vec<u8>>>,
+    /// The deferred entries, packed as a chunk's, over `deferred_tables`.
+    deferred_tables: Vec<String>,
+    deferred: Vec<u8>,
 }
 
 /// What a merged transfer leaves to [`Core::finish_transfer`].
@@ -101,6 +112,11 @@ impl Core {
             return;
         }
         tracing::debug!(region = %self.name, peer = from, session, push, entries = inbox.entries, queued = self.transfers.len(), "anti-entropy: transfer merged in slices");
+        let groups = self.take_received_groups(from, session, push);
+        let mut members: HashMap<String, HashSet<Vec<u8>>> = HashMap::new();
+        for (table, key) in groups.iter().flat_map(ReceivedGroups::members) {
+            members.entry(table).or_default().insert(key);
+        }
         self.transfers.push_back(PendingTransfer {
             from: from.to_owned(),
             session,
@@ -112,6 +128,10 @@ impl Core {
             offset: 0,
             received: HashSet::new(),
             set_aside: 0,
+            groups,
+            members,
+            deferred_tables: Vec::new(),
+            deferred: Vec::new(),
         });
     }
 
@@ -149,6 +169,13 @@ impl Core {
             self.transfers.push_front(transfer);
             return Vec::new();
         }
+        if !self.merge_deferred(&mut transfer) {
+            for table in &mut self.tables {
+                table.store.discard_pending();
+            }
+            self.abort_sync(&transfer.from, transfer.push);
+            return Vec::new();
+        }
         self.publish_transfer(transfer, now)
     }
 
@@ -161,10 +188,30 @@ impl Core {
         let rest = &packed.0[transfer.offset..];
         let part = &rest[..slice_len(rest, TRANSFER_MERGE_SLICE_KEYS_MAX)];
         let mut n = 0u64;
-        for (t, k, v) in Entries::new(part, tables.len()).flatten() {
+        let mut deferred = Vec::new();
+        for (i, (t, k, v)) in Entries::new(part, tables.len()).flatten().enumerate() {
             n += 1;
             if !transfer.push {
                 transfer.received.insert(entry_hash(&tables[t], k, v));
+            }
+            if transfer
+                .members
+                .get(&tables[t])
+                .is_some_and(|keys| keys.contains(k))
+            {
+                deferred.push(i);
+                let position = match transfer
+                    .deferred_tables
+                    .iter()
+                    .position(|d| *d == tables[t])
+                {
+                    Some(p) => p,
+                    None => {
+                        transfer.deferred_tables.push(tables[t].clone());
+                        transfer.deferred_tables.len() - 1
+                    }
+                };
+                push_entry(&mut transfer.deferred, position, k, v);
             }
         }
         debug_assert!(
@@ -174,8 +221,14 @@ impl Core {
         self.counters.sync_states_received += n;
         let parts = [(tables.as_slice(), part)];
         let from = transfer.from.clone();
-        let merged =
-            self.merge_entries_into(&from, &parts, AheadValues::SetAside, MergeInto::Pending);
+        let merged = self.merge_entries_into(
+            &from,
+            &parts,
+            AheadValues::SetAside,
+            &mut EntryGroups::default(),
+            &deferred,
+            MergeInto::Pending,
+        );
         let Some(aside) = merged else {
             return false;
         };
@@ -185,6 +238,43 @@ impl Core {
             transfer.chunk += 1;
             transfer.offset = 0;
         }
+        true
+    }
+
+    /// After the last slice of `transfer`: merges its deferred entries (the
+    /// members of the transaction groups its sender named) together into
+    /// pending values, setting aside every group one of whose values is set
+    /// aside (see `tx_groups`). At most `TRANSFER_GROUP_MEMBERS_MAX` entries
+    /// (what a sender may name), in one hold. False when refused (a group
+    /// naming a key the transfer does not carry): nothing is published.
+    fn merge_deferred(&mut self, transfer: &mut PendingTransfer) -> bool {
+        let Some(received) = transfer.groups.take() else {
+            return true;
+        };
+        let tables = std::mem::take(&mut transfer.deferred_tables);
+        let packed = std::mem::take(&mut transfer.deferred);
+        let parts = [(tables.as_slice(), packed.as_slice())];
+        let mut groups = match self.entry_groups(&received, &parts) {
+            Ok(groups) => groups,
+            Err(why) => {
+                self.reject(&transfer.from, RejectReason::Malformed, &why);
+                return false;
+            }
+        };
+        let from = transfer.from.clone();
+        let merged = self.merge_entries_into(
+            &from,
+            &parts,
+            AheadValues::SetAside,
+            &mut groups,
+            &[],
+            MergeInto::Pending,
+        );
+        let Some(aside) = merged else {
+            return false;
+        };
+        transfer.set_aside += aside;
+        self.learn_groups(groups);
         true
     }
 
