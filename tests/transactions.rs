@@ -15,15 +15,24 @@ use archipelago::transport::{ChannelNetwork, LinkFaults};
 
 const NAMES: [&str; 3] = ["ap", "eu", "us"];
 
-/// How many of transaction `t`'s `k` keys (over two tables) `region` shows,
-/// read in one snapshot (a read-only transaction).
+/// Transactions numbered from here end with a put in a resolver table,
+/// stamped by the writer's clock (see [`stage`]).
+const STAMPED_TXNS_FROM: u64 = 1 << 32;
+
+/// How many of transaction `t`'s `k` writes `region` shows, read in one
+/// snapshot (a read-only transaction): see [`stage`].
 fn visible(region: &Region, t: u64, k: u32) -> u32 {
     let a = region.table::<(u64, u32), GCounter>("a").unwrap();
     let b = region.table::<(u64, u32), GCounter>("b").unwrap();
+    let c = region.table_with::<u64, u32>("c", LastWriteWins).unwrap();
+    let counters = if t >= STAMPED_TXNS_FROM { k - 1 } else { k };
     let (n, _) = region
         .transaction(|tx| {
             let mut n = 0;
-            for i in 0..k {
+            if counters < k && tx.read(&c, &t)?.is_some() {
+                n += 1;
+            }
+            for i in 0..counters {
                 let table = if i % 2 == 0 { &a } else { &b };
                 if tx.read_crdt(table, &(t, i))?.is_some() {
                     n += 1;
@@ -35,8 +44,9 @@ fn visible(region: &Region, t: u64, k: u32) -> u32 {
     n
 }
 
-/// Stages transaction `t` of `k` increments (over both tables) at
-/// `region`.
+/// Stages transaction `t` of `k` writes at `region`: increments over two
+/// counter tables, the last a put in a resolver table instead from
+/// [`STAMPED_TXNS_FROM`] on.
 fn stage(
     region: &Region,
     t: u64,
@@ -44,12 +54,17 @@ fn stage(
 ) -> impl FnOnce(&mut archipelago::region::Transaction<'_>) -> Result<(), RegionError> {
     let a = region.table::<(u64, u32), GCounter>("a").unwrap();
     let b = region.table::<(u64, u32), GCounter>("b").unwrap();
+    let c = region.table_with::<u64, u32>("c", LastWriteWins).unwrap();
+    let counters = if t >= STAMPED_TXNS_FROM { k - 1 } else { k };
     move |tx| {
-        for i in 0..k {
+        for i in 0..counters {
             let table = if i % 2 == 0 { &a } else { &b };
             tx.update(table, &(t, i), |c, ctx| {
                 c.apply(|c| c.inc(ctx.replica(), 1))
             })?;
+        }
+        if counters < k {
+            tx.put(&c, &t, k)?;
         }
         Ok(())
     }
@@ -152,7 +167,26 @@ fn a_replicated_transaction_returns_once_a_peer_applied_all_of_it() {
 
 #[test]
 fn no_region_ever_shows_part_of_a_transaction() {
-    check(RegionConfig::default(), false);
+    check(RegionConfig::default(), false, 0);
+}
+
+/// One region's clock runs 2 s ahead, and each transaction ends with a
+/// stamped put: such puts are refused in batches and set aside from
+/// transfers elsewhere until the clocks allow, and the rest of their
+/// transactions with them (protocol 7).
+///
+/// Ignored: it fails (seed 13: "ap shows 60 of 61 writes of transaction
+/// 4294967306 of us") because `us` sent a plain transfer while `ap`'s
+/// protocol announcement was lost (its view of `ap`: protocol 1). Grouping
+/// transfers to peers whose protocol is not settled yet
+/// (`PeerState::speaks_below`) makes it pass (seed 13: 2 batches refused,
+/// 4002 values set aside with their transactions; seeds 1-3 too), but would
+/// send frames a real protocol-1 build cannot decode for up to
+/// `PROTOCOL_ANNOUNCEMENTS_MAX` ack timeouts: not done.
+#[test]
+#[ignore = "a transfer sent while the peer's protocol announcement is lost is plain"]
+fn no_region_shows_part_of_a_transaction_whose_clock_runs_ahead() {
+    check(RegionConfig::default(), false, 2_000);
 }
 
 /// Batches of a transaction's size at most: segment cuts come often.
@@ -164,6 +198,7 @@ fn no_region_ever_shows_part_of_a_transaction_in_small_batches() {
             ..RegionConfig::default()
         },
         false,
+        0,
     );
 }
 
@@ -173,7 +208,7 @@ fn no_region_ever_shows_part_of_a_transaction_in_small_batches() {
 /// converge, and a transaction lost in a crash is lost everywhere.
 #[test]
 fn no_region_shows_part_of_a_transaction_across_crashes_and_restarts() {
-    check(RegionConfig::default(), true);
+    check(RegionConfig::default(), true, 0);
 }
 
 /// The seed (`TXN_SEED`, default 13) and a xorshift generator over it.
@@ -190,7 +225,9 @@ fn rng() -> (u64, impl FnMut() -> u64) {
     (seed, next)
 }
 
-fn check(config: RegionConfig, restarts: bool) {
+/// The checker: `ahead_ms` is how far the last region's clock runs ahead
+/// (regions without storage only).
+fn check(config: RegionConfig, restarts: bool, ahead_ms: i64) {
     let (seed, mut next) = rng();
     common::paused_runtime().block_on(async move {
         let net = ChannelNetwork::new(seed);
@@ -199,7 +236,8 @@ fn check(config: RegionConfig, restarts: bool) {
             if restarts {
                 common::region_on(&net, NAMES[i], Some(&disks[i]), config.clone())
             } else {
-                common::region(&net, NAMES[i], 0, config.clone())
+                let skew = if i == NAMES.len() - 1 { ahead_ms } else { 0 };
+                common::region(&net, NAMES[i], skew, config.clone())
             }
         };
         let mut regions: Vec<Region> = (0..NAMES.len()).map(|i| build(i, &disks)).collect();
@@ -234,8 +272,10 @@ fn check(config: RegionConfig, restarts: bool) {
                 _ => {
                     let r = (next() % 3) as usize;
                     let k = 2 + (next() % 63) as u32;
-                    write_transaction(&regions[r], step, k);
-                    txns.push((step, k, r));
+                    // Stamped, when a clock runs ahead: values to set aside.
+                    let t = if ahead_ms > 0 { STAMPED_TXNS_FROM + step } else { step };
+                    write_transaction(&regions[r], t, k);
+                    txns.push((t, k, r));
                 }
             }
             tokio::time::sleep(Duration::from_millis(next() % 20)).await;
@@ -253,17 +293,34 @@ fn check(config: RegionConfig, restarts: bool) {
             }
             assert!(seen.iter().all(|&n| n == k), "seed {seed}: transaction {t} of {k}: {seen:?}");
         }
+        let (mut ahead_refused, mut set_aside) = (0, 0);
         for r in &regions {
-            assert_eq!(r.stats().rejected_frames, 0, "seed {seed}: {}", r.name());
+            let stats = r.stats();
+            let refused = clock_ahead_refusals(&stats);
+            assert_eq!(stats.rejected_frames, refused, "seed {seed}: {}", r.name());
+            ahead_refused += refused;
+            set_aside += stats.transaction_values_set_aside;
+        }
+        if ahead_ms > 0 {
+            assert!(ahead_refused > 0, "seed {seed}: no value was ever ahead");
         }
         eprintln!(
-            "seed {seed}: {} transactions, {crashes} crashes, {restarted} restarts, {lost} lost in crashes",
+            "seed {seed}: {} transactions, {crashes} crashes, {restarted} restarts, {lost} lost in crashes, {ahead_refused} batches ahead refused, {set_aside} values set aside with their transactions",
             txns.len()
         );
         if restarts {
             assert!(crashes > 0 && restarted > 0, "seed {seed}: no crash or no restart");
         }
     });
+}
+
+/// Frames `stats` counts refused for a value stamped past the clock bound.
+fn clock_ahead_refusals(stats: &archipelago::region::RegionStats) -> u64 {
+    stats
+        .rejected_by_reason
+        .iter()
+        .find(|(r, _)| *r == RejectReason::ClockAhead)
+        .map_or(0, |(_, n)| *n)
 }
 
 /// No region shows part of any transaction in `txns`.
@@ -273,8 +330,11 @@ fn assert_whole(seed: u64, regions: &[Region], txns: &[(u64, u32, usize)]) {
             let n = visible(region, t, k);
             assert!(
                 n == 0 || n == k,
-                "seed {seed}: {} shows {n} of {k} writes of transaction {t}",
-                region.name()
+                "seed {seed}: {} shows {n} of {k} writes of transaction {t} of {} (values ahead {}, set aside with their transactions {})",
+                region.name(),
+                NAMES[txns.iter().find(|x| x.0 == t).map_or(0, |x| x.2)],
+                region.stats().values_ahead,
+                region.stats().transaction_values_set_aside,
             );
         }
     }
@@ -497,11 +557,7 @@ fn order_repair(config: RegionConfig) -> (usize, archipelago::region::RegionStat
         // origin, as a batch is refused whole).
         for region in [&ahead, &joined] {
             let s = region.stats();
-            let ahead_refused = s
-                .rejected_by_reason
-                .iter()
-                .find(|(r, _)| *r == RejectReason::ClockAhead)
-                .map_or(0, |(_, n)| *n);
+            let ahead_refused = clock_ahead_refusals(&s);
             assert_eq!(
                 s.rejected_frames,
                 ahead_refused,

@@ -429,14 +429,7 @@ impl Region {
         }
         if grouped {
             core.outbox.end_group();
-            if encoded.len() > 1 {
-                // Its transfers name the group (see `tx_groups`).
-                let keys: Vec<_> = encoded
-                    .iter()
-                    .map(|(s, _)| (core.tables[s.slot].name.clone(), s.key.as_slice().into()))
-                    .collect();
-                core.tx_groups.record(keys);
-            }
+            core.record_transaction(encoded.iter().map(|(s, _)| (s.slot, s.key.as_slice())));
         }
         let last = core.seq;
         drop(core);

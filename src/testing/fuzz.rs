@@ -869,6 +869,26 @@ fn mutate_exchange(message: &mut Message, rng: &mut FuzzRng) {
     }
 }
 
+/// A sample last chunk of a transfer with its transaction groups.
+fn grouped_sample(rng: &mut FuzzRng) -> Message {
+    Message::SyncStatesGrouped(Box::new(message::GroupedChunk {
+        session: 3,
+        push: false,
+        chunk: 0,
+        chunks: 1,
+        sent_at: Timestamp::new(9_200, 0),
+        buckets: Vec::new(),
+        tables: vec!["hits".into(), "likes".into()],
+        entries: packed_entries(rng, 2, 2),
+        applied: Some(vector(rng, 2)),
+        group_tables: vec!["hits".into()],
+        groups: vec![vec![
+            (0, message::Blob(vec![1])),
+            (0, message::Blob(vec![2])),
+        ]],
+    }))
+}
+
 /// Up to 7 bytes of one random value.
 fn random_blob(rng: &mut FuzzRng) -> message::Blob {
     message::Blob(vec![rng.next_u64() as u8; rng.below(8)])
@@ -975,22 +995,7 @@ impl FuzzValue for Message {
                     ),
                 )],
             },
-            Message::SyncStatesGrouped(Box::new(message::GroupedChunk {
-                session: 3,
-                push: false,
-                chunk: 0,
-                chunks: 1,
-                sent_at: Timestamp::new(9_200, 0),
-                buckets: Vec::new(),
-                tables: vec!["hits".into(), "likes".into()],
-                entries: packed_entries(rng, 2, 2),
-                applied: Some(vector(rng, 2)),
-                group_tables: vec!["hits".into()],
-                groups: vec![vec![
-                    (0, message::Blob(vec![1])),
-                    (0, message::Blob(vec![2])),
-                ]],
-            })),
+            grouped_sample(rng),
         ]
     }
     fn mutate(&mut self, rng: &mut FuzzRng) {

@@ -36,6 +36,17 @@
 //! empty later still needs its group, which is kept while within the
 //! bound.
 //!
+//! **Open windows** (found by the checker of `tests/transactions.rs` once
+//! its transactions end with a stamped put): a transfer sent while the
+//! peer's protocol announcement is lost (our view of it: protocol 1) is
+//! plain; and after restarts (crashed or not, no clock skew) values come
+//! ahead too (seed 13: 9 at one region, none set aside with their
+//! transactions: a restarted sender's groups are gone, and a reconnected
+//! peer's protocol is unsettled; which one it was is not told apart yet),
+//! so a receiver shows part of a transaction until the next exchange.
+//! Closing them needs the groups kept on disk, and grouped transfers to
+//! peers whose protocol is not settled yet.
+//!
 //! **Hostile input.** Groups over [`TRANSFER_GROUPS_MAX`] groups or
 //! [`TRANSFER_GROUP_MEMBERS_MAX`] members, naming a table position outside
 //! their list, or (once the transfer is complete) a key the transfer does
@@ -263,11 +274,25 @@ impl EntryGroups {
 }
 
 impl Core {
+    /// Keeps the group of a local transaction that wrote `writes` (table
+    /// slot, key), for this region's transfers to name.
+    pub(crate) fn record_transaction<'a>(
+        &mut self,
+        writes: impl Iterator<Item = (usize, &'a [u8])>,
+    ) {
+        let keys: Vec<(Arc<str>, Key)> = writes
+            .map(|(slot, key)| (self.tables[slot].name.clone(), Key::from(key)))
+            .collect();
+        if keys.len() > 1 {
+            self.tx_groups.record(keys);
+        }
+    }
+
     /// Turns the last chunk of a transfer to `to` in `out` (the transfer's
     /// chunks) into a [`Message::SyncStatesGrouped`] naming the transfer's
     /// known groups, when `to` speaks [`TRANSFER_GROUPS_PROTOCOL`] or later
-    /// (with no group when none is known: the receiver then knows the
-    /// sender names every group it knows).
+    /// (by what we know of it now: while its announcement is lost the
+    /// transfer is plain, see the module page).
     pub(super) fn add_transfer_groups(&self, to: &str, out: &mut Outgoing) {
         if self
             .peers
