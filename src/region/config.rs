@@ -43,7 +43,13 @@ use super::*;
 ///     fingerprints of key ranges, so its bytes grow with the difference,
 ///     not the table. With a peer of protocol 5 or older a region compares
 ///     bucket digests as before.
-pub const PROTOCOL_VERSION: u16 = 6;
+/// - **7**: protocol 6, and batches name their origin once: each delta's
+///   ids of the batch's origin and of the replicas its dependencies name
+///   travel as one- or two-byte references, and each table is named once
+///   per run of its entries (a `GCounter` increment of a random 64-bit
+///   replica: about 8.5 bytes a write instead of 17.5). A region sends
+///   peers of protocol 6 or older the older layout.
+pub const PROTOCOL_VERSION: u16 = 7;
 
 /// The oldest engine protocol this build still speaks: a peer announcing
 /// nothing speaks 1.

@@ -800,12 +800,20 @@ impl FuzzValue for SnowflakeId {
 
 /// Packed entries as the engine ships them: valid keys and values.
 fn packed_entries(rng: &mut FuzzRng, tables: usize, n: usize) -> Blob {
+    let writer = rng.replica();
+    packed_entries_of(rng, writer, tables, n)
+}
+
+/// [`packed_entries`], counters of `writer` (every other one of a random
+/// replica).
+fn packed_entries_of(rng: &mut FuzzRng, writer: ReplicaId, tables: usize, n: usize) -> Blob {
     let mut packed = Vec::new();
     for i in 0..n {
         let mut key = Vec::new();
         let mut value = Vec::new();
         let mut counter = GCounter::new();
-        counter.inc(rng.replica(), 1 + i as u64);
+        let replica = if i % 2 == 0 { writer } else { rng.replica() };
+        counter.inc(replica, 1 + i as u64);
         // Bare bodies cannot fail for these types; an empty one is still a
         // well-framed entry.
         let _ = wire::encode_bare_into(&format!("key-{i}"), &mut key);
@@ -894,16 +902,33 @@ impl FuzzValue for Message {
     const NAME: &'static str = "Message";
     fn samples(rng: &mut FuzzRng) -> Vec<Self> {
         let tables = vec!["carts".to_string(), "likes".to_string()];
+        let batch = Message::Batch {
+            origin: ReplicaId::new(1),
+            first: 4,
+            last: 6,
+            deps: vector(rng, 2),
+            sent_at: Timestamp::new(9_000, 1),
+            tables: tables.clone(),
+            entries: packed_entries(rng, 2, 3),
+        };
+        // Protocol 7's layout, its origin one the entries name.
+        let wide = ReplicaId::new(0x9e37_79b9_7f4a_7c15);
+        let compact = Message::Batch {
+            origin: wide,
+            first: 1,
+            last: 3,
+            deps: vector(rng, 3)
+                .iter()
+                .chain([(ReplicaId::new(u64::MAX), 2)])
+                .collect(),
+            sent_at: Timestamp::new(9_000, 2),
+            tables: tables.clone(),
+            entries: packed_entries_of(rng, wide, 2, 3),
+        }
+        .compact();
         vec![
-            Message::Batch {
-                origin: ReplicaId::new(1),
-                first: 4,
-                last: 6,
-                deps: vector(rng, 2),
-                sent_at: Timestamp::new(9_000, 1),
-                tables: tables.clone(),
-                entries: packed_entries(rng, 2, 3),
-            },
+            batch,
+            compact,
             Message::Ack {
                 origin: ReplicaId::new(2),
                 applied: 17,
@@ -989,6 +1014,22 @@ impl FuzzValue for Message {
                     *entries = packed_entries(rng, tables.len() + 1, n);
                 }
             },
+            Message::CompactBatch {
+                origin,
+                deps,
+                tables,
+                entries,
+                ..
+            } => match rng.below(5) {
+                0 => *origin = rng.replica(),
+                1 => deps.raise(rng.replica(), rng.edgy_u64()),
+                2 => tables.truncate(rng.below(tables.len() + 1)),
+                3 => entries.0.insert(
+                    rng.below(entries.0.len() + 1),
+                    [0xFE, 0xFF, 0xFD][rng.below(3)],
+                ),
+                _ => entries.0.truncate(rng.below(entries.0.len() + 1)),
+            },
             Message::Ack { origin, applied } => {
                 *origin = rng.replica();
                 *applied = rng.edgy_u64();
@@ -1032,6 +1073,12 @@ impl FuzzValue for Message {
         }
     }
     fn inner(&self) {
+        if let Message::CompactBatch { .. } = self {
+            if let Ok(batch) = self.clone().expand() {
+                batch.inner();
+            }
+            return;
+        }
         if let Message::Batch {
             tables, entries, ..
         }

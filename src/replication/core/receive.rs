@@ -110,6 +110,15 @@ impl Core {
                 Vec::new()
             }
             message @ Message::SyncRanges { .. } => self.on_sync_ranges(from, message, now),
+            // Expanded as the frame is decoded (`message::decode_frame`):
+            // here only when handed over decoded.
+            message @ Message::CompactBatch { .. } => match message.expand() {
+                Ok(batch) => self.on_greeted_message(from, batch, now),
+                Err(error) => {
+                    self.on_undecodable(from, &error);
+                    Vec::new()
+                }
+            },
             Message::SyncDone { session } => {
                 self.on_sync_done(from, session, now);
                 Vec::new()
