@@ -928,7 +928,6 @@ impl FuzzValue for Message {
         .compact();
         vec![
             batch,
-            compact,
             Message::Ack {
                 origin: ReplicaId::new(2),
                 applied: 17,
@@ -991,6 +990,7 @@ impl FuzzValue for Message {
                     ),
                 )],
             },
+            compact,
         ]
     }
     fn mutate(&mut self, rng: &mut FuzzRng) {
