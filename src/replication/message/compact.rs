@@ -448,19 +448,25 @@ mod tests {
     fn every_byte_string_round_trips() {
         let dict = Dictionary::new(wide(1), &deps());
         let mut rng = crate::testing::fuzz::FuzzRng::new(7);
-        let mut interesting = bare(&wide(1));
-        interesting.extend_from_slice(&[0xFE, 0xFF, 0xFB, 0xFC, 0xFD, 0xFF, 0xFE]);
-        interesting.extend(bare(&wide(2)));
-        interesting.extend(bare(&wide(3)));
+        // Whole ids (the origin, each dependency, a stranger, ids cut
+        // short) and the bytes the rewrite treats apart, strung at random.
+        let mut pieces: Vec<Vec<u8>> = [wide(1), wide(2), wide(3), ReplicaId::new(300)]
+            .iter()
+            .map(bare)
+            .collect();
+        pieces.push(bare(&wide(1))[..5].to_vec());
+        pieces.extend([0xFB, 0xFC, 0xFD, 0xFE, 0xFF, 0x00, 0x41].map(|b| vec![b]));
+        let mut references = 0;
         for _ in 0..2000 {
-            let len = rng.below(40);
-            let bytes: Vec<u8> = (0..len)
-                .map(|_| interesting[rng.below(interesting.len())])
+            let bytes: Vec<u8> = (0..rng.below(12))
+                .flat_map(|_| pieces[rng.below(pieces.len())].clone())
                 .collect();
             let mut out = Vec::new();
             substitute(&bytes, &dict, &mut out);
+            references += usize::from(out.len() < bytes.len());
             assert_eq!(expand(&out, &dict).unwrap(), bytes, "{bytes:x?}");
         }
+        assert!(references > 1000, "ids were referenced: {references}");
     }
 
     #[test]
