@@ -823,6 +823,24 @@ fn packed_entries_of(rng: &mut FuzzRng, writer: ReplicaId, tables: usize, n: usi
     Blob(packed)
 }
 
+/// A batch in protocol 7's layout, its origin one its entries name.
+fn compact_batch(rng: &mut FuzzRng, tables: Vec<String>) -> Message {
+    let wide = ReplicaId::new(0x9e37_79b9_7f4a_7c15);
+    Message::Batch {
+        origin: wide,
+        first: 1,
+        last: 3,
+        deps: vector(rng, 3)
+            .iter()
+            .chain([(ReplicaId::new(u64::MAX), 2)])
+            .collect(),
+        sent_at: Timestamp::new(9_000, 2),
+        tables,
+        entries: packed_entries_of(rng, wide, 2, 3),
+    }
+    .compact()
+}
+
 /// `FuzzValue::mutate` for the anti-entropy messages.
 fn mutate_exchange(message: &mut Message, rng: &mut FuzzRng) {
     match message {
@@ -911,21 +929,7 @@ impl FuzzValue for Message {
             tables: tables.clone(),
             entries: packed_entries(rng, 2, 3),
         };
-        // Protocol 7's layout, its origin one the entries name.
-        let wide = ReplicaId::new(0x9e37_79b9_7f4a_7c15);
-        let compact = Message::Batch {
-            origin: wide,
-            first: 1,
-            last: 3,
-            deps: vector(rng, 3)
-                .iter()
-                .chain([(ReplicaId::new(u64::MAX), 2)])
-                .collect(),
-            sent_at: Timestamp::new(9_000, 2),
-            tables: tables.clone(),
-            entries: packed_entries_of(rng, wide, 2, 3),
-        }
-        .compact();
+        let compact = compact_batch(rng, tables.clone());
         vec![
             batch,
             Message::Ack {
