@@ -29,7 +29,9 @@
 //! bytes the network carried per update against the mean size of one
 //! update's encoded key + delta.
 //!
-//! Run with `cargo bench --bench engine` (about a minute).
+//! Run with `cargo bench --bench engine` (about a minute);
+//! `ENGINE_BENCH_PROTOCOL=6` pins the regions to engine protocol 6 (batches
+//! in the older layout), for a before/after of protocol 7's with one binary.
 //!
 //! Profiling: `ENGINE_BENCH_PROFILE=keys` (or `hot`, `local`, `channel`)
 //! skips criterion and runs that workload `ENGINE_BENCH_RUNS` times
@@ -48,7 +50,7 @@ use std::time::{Duration, Instant};
 
 use archipelago::clock::ReplicaId;
 use archipelago::crdt::GCounter;
-use archipelago::region::{Region, RegionStats};
+use archipelago::region::{PROTOCOL_VERSION, Region, RegionConfig, RegionStats};
 use archipelago::session::{Session, SessionToken};
 use archipelago::transport::{ChannelNetwork, NetworkStats};
 use archipelago::wire;
@@ -123,10 +125,24 @@ static ENGINE_RUNS: Mutex<BTreeMap<String, Vec<EngineRun>>> = Mutex::new(BTreeMa
 static LOCAL_RUNS: Mutex<BTreeMap<String, Vec<Duration>>> = Mutex::new(BTreeMap::new());
 static CHANNEL_RUNS: Mutex<BTreeMap<String, Vec<Duration>>> = Mutex::new(BTreeMap::new());
 
+/// The engine protocol the regions speak: `ENGINE_BENCH_PROTOCOL`, else
+/// this build's newest ([`PROTOCOL_VERSION`]). `6` measures batches in
+/// the layout before protocol 7's (origin and tables named per entry) with
+/// the same binary.
+fn protocol() -> u16 {
+    std::env::var("ENGINE_BENCH_PROTOCOL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(PROTOCOL_VERSION)
+}
+
 fn region(net: &ChannelNetwork, name: &str) -> Region {
     Region::builder(name)
         .transport(net.endpoint(name))
-        .config(common::roomy_config())
+        .config(RegionConfig {
+            protocol_version_max: protocol(),
+            ..common::roomy_config()
+        })
         .build()
         .expect("inside a runtime")
 }
@@ -397,7 +413,8 @@ fn summary() {
     let local_runs = LOCAL_RUNS.lock().expect("lock").clone();
     let channel_runs = CHANNEL_RUNS.lock().expect("lock").clone();
     println!(
-        "\n== engine bench summary: {N} updates per iteration; M/s as median [min–max] over every iteration, warm-up included =="
+        "\n== engine bench summary: {N} updates per iteration, engine protocol {}; M/s as median [min–max] over every iteration, warm-up included ==",
+        protocol()
     );
     let (mut channel_u64, mut channel_vec) = (f64::NAN, f64::NAN);
     for (name, runs) in &channel_runs {

@@ -523,14 +523,19 @@ impl<T: Transport> Engine<T> {
         }
     }
 
-    /// Encodes and sends `out` (see [`send_all`]).
+    /// Encodes and sends `out` (see [`send_all`]): in the layouts of the
+    /// peers' protocols, batches compacted outside the lock.
     fn send(&mut self, mut out: Outgoing) {
         let carries_states = out
             .iter()
             .any(|(_, m)| matches!(m, Message::Batch { .. } | Message::SyncStates { .. }));
+        let mut compact = Vec::new();
         if carries_states && !self.shared.core.is_poisoned() {
-            self.shared.lock().downgrade_for_old_peers(&mut out);
+            let core = self.shared.lock();
+            core.downgrade_for_old_peers(&mut out);
+            compact = core.compact_batch_peers(&out);
         }
+        message::compact_batches(&mut out, &compact);
         send_all(&self.transport, out, &mut self.sent);
     }
 
@@ -708,7 +713,7 @@ fn decode_event(event: TransportEvent) -> (Received, usize) {
         TransportEvent::Frame { from, frame } => {
             let frame_len = frame.len();
             (
-                Received::Frame(from, wire::decode::<Message>(&frame)),
+                Received::Frame(from, message::decode_frame(&frame)),
                 frame_len,
             )
         }

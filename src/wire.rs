@@ -216,6 +216,11 @@ pub enum InvalidRule {
     /// map row's tag other than those of its older and delimited layouts).
     #[error("a layout tag no build writes")]
     UnknownLayout,
+    /// A reference to a replica past the ones a batch names (its origin
+    /// and the replicas of its dependencies): see the batch layout of
+    /// protocol 7 ([`PROTOCOL_VERSION`](crate::region::PROTOCOL_VERSION)).
+    #[error("a replica reference past the batch's replicas")]
+    ReplicaReference,
 }
 
 thread_local! {

@@ -24,12 +24,15 @@ const WIDE: [u64; 3] = [
 /// Updates the measured batch carries.
 const UPDATES: u64 = 100;
 
-fn region(net: &ChannelNetwork, name: &str, id: u64) -> Region {
+fn region(net: &ChannelNetwork, name: &str, id: u64, protocol: u16) -> Region {
     Region::builder(name)
         .replica_id(ReplicaId::new(id))
         .transport(net.endpoint(name))
         .clock(common::TokioClock::new(0))
-        .config(RegionConfig::default())
+        .config(RegionConfig {
+            protocol_version_max: protocol,
+            ..RegionConfig::default()
+        })
         .build()
         .unwrap()
 }
@@ -43,14 +46,15 @@ struct Cost {
     token: SessionToken,
 }
 
-/// Three regions with `ids`, each writes once (so a's batches depend on a
-/// three-entry vector), then a makes `UPDATES` increments of distinct keys.
-fn measure(ids: [u64; 3]) -> Cost {
+/// Three regions with `ids` speaking engine protocol `protocol`, each
+/// writes once (so a's batches depend on a three-entry vector), then a
+/// makes `UPDATES` increments of distinct keys.
+fn measure(ids: [u64; 3], protocol: u16) -> Cost {
     common::paused_runtime().block_on(async {
         let net = ChannelNetwork::new(3);
-        let a = region(&net, "a", ids[0]);
-        let b = region(&net, "b", ids[1]);
-        let c = region(&net, "c", ids[2]);
+        let a = region(&net, "a", ids[0], protocol);
+        let b = region(&net, "b", ids[1], protocol);
+        let c = region(&net, "c", ids[2], protocol);
         for (i, r) in [&a, &b, &c].into_iter().enumerate() {
             common::add(r, "likes", 1_000 + i as u64, 1).await;
         }
@@ -84,13 +88,15 @@ fn measure(ids: [u64; 3]) -> Cost {
 }
 
 /// A 64-bit id costs 4 bytes more than a 32-bit one wherever it is
-/// written: in each `GCounter` delta of a batch (the origin's entry), and
-/// once per batch in its origin and each deps entry. Session tokens move
-/// from the v1 layout (12 bytes per replica) to v2 (16).
+/// written: in batches of protocol 6, in each `GCounter` delta (the
+/// origin's entry), and once per batch in its origin and each deps entry;
+/// in batches of protocol 7 only in the header, the deltas naming the
+/// origin by a 1-byte reference. Session tokens move from the v1 layout
+/// (12 bytes per replica) to v2 (16).
 #[test]
 fn a_64_bit_id_costs_4_bytes_per_id_written() {
-    let narrow = measure(NARROW);
-    let wide = measure(WIDE);
+    let narrow = measure(NARROW, 6);
+    let wide = measure(WIDE, 6);
     let extra = wide.batch_bytes_per_update - narrow.batch_bytes_per_update;
     let (narrow_text, wide_text) = (narrow.token.to_string(), wide.token.to_string());
     println!(
@@ -115,6 +121,19 @@ fn a_64_bit_id_costs_4_bytes_per_id_written() {
     assert!(
         (4.0..=4.5).contains(&extra),
         "64-bit ids cost {extra:.2} B per update"
+    );
+    let (narrow, wide) = (
+        measure(NARROW, archipelago::region::PROTOCOL_VERSION),
+        measure(WIDE, archipelago::region::PROTOCOL_VERSION),
+    );
+    let extra = wide.batch_bytes_per_update - narrow.batch_bytes_per_update;
+    println!(
+        "protocol 7: batch bytes per update: 32-bit ids {:.2} B, 64-bit ids {:.2} B (+{extra:.2} B)",
+        narrow.batch_bytes_per_update, wide.batch_bytes_per_update,
+    );
+    assert!(
+        (0.0..=0.5).contains(&extra),
+        "64-bit ids cost {extra:.2} B per update in protocol 7's batches"
     );
     assert_eq!(narrow.token.encoded_len(), 4 + 12 * 3);
     assert_eq!(wide.token.encoded_len(), 4 + 16 * 3);

@@ -250,7 +250,9 @@ fn batch_bytes_per_update(protocol: u16) -> f64 {
 #[test]
 fn a_delimited_value_costs_3_bytes_per_update() {
     let older = batch_bytes_per_update(4);
-    let delimited = batch_bytes_per_update(archipelago::region::PROTOCOL_VERSION);
+    // Protocol 6: the last whose batches name origin and table per entry
+    // (protocol 7's compaction is measured in `batch_bytes`).
+    let delimited = batch_bytes_per_update(6);
     println!(
         "batch bytes per resolver update (200 puts of a 2-field struct): \
          older layout (protocol 4) {older:.2} B, delimited (protocol 5) {delimited:.2} B \
@@ -609,7 +611,8 @@ fn a_delimited_crdt_value_costs_1_or_2_bytes_per_update() {
         (Kind::Siblings, 2.0),
     ] {
         let positional = crdt_batch_bytes_per_update(kind, 5);
-        let delimited = crdt_batch_bytes_per_update(kind, archipelago::region::PROTOCOL_VERSION);
+        // Protocol 6: the last of batches in the per-entry layout.
+        let delimited = crdt_batch_bytes_per_update(kind, 6);
         println!(
             "{kind:?}: batch bytes per update (200 writes of a 2-field struct): \
              positional (protocol 5) {positional:.2} B, delimited (protocol 6) \

@@ -20,6 +20,7 @@ static ALLOCATOR: CountingAllocator = CountingAllocator;
 mod common;
 
 mod anti_entropy;
+mod batch_bytes;
 mod broken_link;
 mod causality;
 mod change_streams;

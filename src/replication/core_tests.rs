@@ -2364,6 +2364,43 @@ fn hostile_reconciliation_frames_are_refused_and_counted() {
     );
 }
 
+/// A compact batch handed to the core decoded (not through
+/// `message::decode_frame`) is applied as the batch it was made from; one
+/// whose references point past its replicas is an undecodable frame.
+#[test]
+fn a_compact_batch_is_applied_as_its_batch() {
+    let mut a = core("a", 1, RegionConfig::default(), &["t"]);
+    let compact = batch(2, 1, &[], "t", &[(1, gc(2, 1))]).compact();
+    assert!(matches!(compact, Message::CompactBatch { .. }));
+    feed(&mut a, "b", vec![compact], now());
+    assert_eq!(a.applied.get(rid(2)), 1);
+    let Message::CompactBatch {
+        origin,
+        first,
+        last,
+        deps,
+        sent_at,
+        tables,
+        ..
+    } = batch(2, 2, &[], "t", &[(2, gc(2, 2))]).compact()
+    else {
+        unreachable!("a batch compacts")
+    };
+    let lying = Message::CompactBatch {
+        origin,
+        first,
+        last,
+        deps,
+        sent_at,
+        tables,
+        // A first entry of table 0, then a reference to dependency 9.
+        entries: Blob(vec![3, 0, 0xFF, 9]),
+    };
+    feed(&mut a, "b", vec![lying], now());
+    assert_eq!(a.applied.get(rid(2)), 1, "nothing of it applied");
+    assert_eq!(a.counters.rejected_frames, 1);
+}
+
 #[path = "core/shadow_merge_tests.rs"]
 mod shadow_merge_tests;
 #[path = "core/tx_groups_tests.rs"]

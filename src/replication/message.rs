@@ -10,6 +10,10 @@
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+mod compact;
+
+pub(crate) use compact::{ORIGIN_CONTEXT_PROTOCOL, compact_batches, decode_frame};
+
 use crate::clock::{Dot, ReplicaId, Timestamp, VersionVector};
 use crate::region::HomedRefusal;
 use crate::wire::{self, WireError};
@@ -262,9 +266,26 @@ pub(crate) enum Message {
     /// the sender knows them. Each group lists keys, as (position in
     /// `group_tables`, key's bare `wire` encoding), that one transaction
     /// wrote: the receiver merges a group's states together or sets them
-    /// all aside (see `replication::core::tx_groups`). Last of the
-    /// variants (bincode tags are positional).
+    /// all aside (see `replication::core::tx_groups`).
     SyncStatesGrouped(Box<GroupedChunk>),
+    /// A [`Batch`](Message::Batch) in the layout of protocol 7 (sent only
+    /// on connections of protocol 7 or later, see
+    /// [`ORIGIN_CONTEXT_PROTOCOL`]): the same fields, its `entries` grouped
+    /// into runs of one table and the ids of `origin` and of the replicas
+    /// `deps` names written as one- and two-byte references (see
+    /// `message::compact`). A region expands it into the batch it was made
+    /// from as it decodes the frame ([`decode_frame`]). Last of the
+    /// variants (bincode tags are positional).
+    CompactBatch {
+        origin: ReplicaId,
+        first: u64,
+        last: u64,
+        deps: VersionVector,
+        sent_at: Timestamp,
+        tables: Vec<String>,
+        /// The entries, in runs, with references (see `message::compact`).
+        entries: Blob,
+    },
 }
 
 /// What a [`Message::SyncStatesGrouped`] carries: the fields of a
@@ -527,7 +548,52 @@ mod tests {
                     groups: vec![vec![(0, Blob(key.clone())), (1, Blob(key.clone()))]],
                 })),
             ),
+            // Protocol 7 on: the batch above, compacted.
+            ("compact_batch", compact_golden_batch()),
         ]
+    }
+
+    /// A batch like the golden one, its entries naming its origin's and a
+    /// dependency's ids, compacted (`message::compact`).
+    fn compact_golden_batch() -> Message {
+        use crate::crdt::GCounter;
+        let (tokyo, frankfurt) = (ReplicaId::new(0x7000_0001), ReplicaId::new(0x7000_0002));
+        let mut deps = VersionVector::new();
+        deps.raise(frankfurt, 7);
+        let key = wire::with_bare(&"post-1", <[u8]>::to_vec).unwrap();
+        let mut entries = Vec::new();
+        for (table, replica) in [(0, tokyo), (0, tokyo), (1, frankfurt)] {
+            let delta = GCounter::new().inc(replica, 3);
+            let value = wire::with_bare(&delta, <[u8]>::to_vec).unwrap();
+            push_entry(&mut entries, table, &key, &value);
+        }
+        Message::Batch {
+            origin: tokyo,
+            first: 13,
+            last: 15,
+            deps,
+            sent_at: Timestamp::new(1_764_000_000_100, 0),
+            tables: vec!["likes".to_string(), "views".to_string()],
+            entries: Blob(entries),
+        }
+        .compact()
+    }
+
+    /// The compacted golden batch is shorter than the batch it expands
+    /// into by what its ids and its tables' repeats took.
+    #[test]
+    fn the_compact_golden_batch_expands_into_its_batch() {
+        let compact = compact_golden_batch();
+        let batch = compact.clone().expand().unwrap();
+        let (Message::CompactBatch { entries: small, .. }, Message::Batch { entries, .. }) =
+            (&compact, &batch)
+        else {
+            panic!("a compact batch and a batch")
+        };
+        // Ids of 5 bytes (0x7000_0001): 4 saved for the origin's, 3 for
+        // the dependency's, 1 for the second entry's table.
+        assert_eq!(small.0.len() + 4 + 4 + 3 + 1, entries.0.len());
+        assert_eq!(batch.compact(), compact);
     }
 
     /// The frames of wire version 1, committed under

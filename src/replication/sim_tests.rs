@@ -668,6 +668,13 @@ fn describe(message: &Message) -> String {
             last,
             deps,
             ..
+        }
+        | Message::CompactBatch {
+            origin,
+            first,
+            last,
+            deps,
+            ..
         } => format!("Batch {origin:?} {first}..={last} deps {deps:?}"),
         Message::Ack { origin, applied } => format!("Ack {origin:?} {applied}"),
         Message::SyncRequest {
@@ -918,6 +925,13 @@ fn lie(message: &mut Message, rng: &mut Rng) {
     let replica = |rng: &mut Rng| rid([1, 2, 9, 0xffff_ffff][rng.index(4)]);
     match message {
         Message::Batch {
+            origin,
+            first,
+            last,
+            deps,
+            ..
+        }
+        | Message::CompactBatch {
             origin,
             first,
             last,

@@ -94,7 +94,7 @@ impl<T: Transport> Forger<T> {
 
     /// `frame` with every lie told, or `None` when none applies.
     fn forge(&self, frame: &[u8]) -> Option<Vec<u8>> {
-        let mut message: Message = wire::decode(frame).ok()?;
+        let mut message: Message = crate::replication::message::decode_frame(frame).ok()?;
         let mut changed = false;
         for forgery in &self.forgeries {
             match (forgery, &mut message) {

@@ -800,12 +800,20 @@ impl FuzzValue for SnowflakeId {
 
 /// Packed entries as the engine ships them: valid keys and values.
 fn packed_entries(rng: &mut FuzzRng, tables: usize, n: usize) -> Blob {
+    let writer = rng.replica();
+    packed_entries_of(rng, writer, tables, n)
+}
+
+/// [`packed_entries`], counters of `writer` (every other one of a random
+/// replica).
+fn packed_entries_of(rng: &mut FuzzRng, writer: ReplicaId, tables: usize, n: usize) -> Blob {
     let mut packed = Vec::new();
     for i in 0..n {
         let mut key = Vec::new();
         let mut value = Vec::new();
         let mut counter = GCounter::new();
-        counter.inc(rng.replica(), 1 + i as u64);
+        let replica = if i % 2 == 0 { writer } else { rng.replica() };
+        counter.inc(replica, 1 + i as u64);
         // Bare bodies cannot fail for these types; an empty one is still a
         // well-framed entry.
         let _ = wire::encode_bare_into(&format!("key-{i}"), &mut key);
@@ -813,6 +821,24 @@ fn packed_entries(rng: &mut FuzzRng, tables: usize, n: usize) -> Blob {
         message::push_entry(&mut packed, i % tables.max(1), &key, &value);
     }
     Blob(packed)
+}
+
+/// A batch in protocol 7's layout, its origin one its entries name.
+fn compact_batch(rng: &mut FuzzRng, tables: Vec<String>) -> Message {
+    let wide = ReplicaId::new(0x9e37_79b9_7f4a_7c15);
+    Message::Batch {
+        origin: wide,
+        first: 1,
+        last: 3,
+        deps: vector(rng, 3)
+            .iter()
+            .chain([(ReplicaId::new(u64::MAX), 2)])
+            .collect(),
+        sent_at: Timestamp::new(9_000, 2),
+        tables,
+        entries: packed_entries_of(rng, wide, 2, 3),
+    }
+    .compact()
 }
 
 /// `FuzzValue::mutate` for the anti-entropy messages.
@@ -923,16 +949,18 @@ impl FuzzValue for Message {
     const NAME: &'static str = "Message";
     fn samples(rng: &mut FuzzRng) -> Vec<Self> {
         let tables = vec!["carts".to_string(), "likes".to_string()];
+        let batch = Message::Batch {
+            origin: ReplicaId::new(1),
+            first: 4,
+            last: 6,
+            deps: vector(rng, 2),
+            sent_at: Timestamp::new(9_000, 1),
+            tables: tables.clone(),
+            entries: packed_entries(rng, 2, 3),
+        };
+        let compact = compact_batch(rng, tables.clone());
         vec![
-            Message::Batch {
-                origin: ReplicaId::new(1),
-                first: 4,
-                last: 6,
-                deps: vector(rng, 2),
-                sent_at: Timestamp::new(9_000, 1),
-                tables: tables.clone(),
-                entries: packed_entries(rng, 2, 3),
-            },
+            batch,
             Message::Ack {
                 origin: ReplicaId::new(2),
                 applied: 17,
@@ -996,6 +1024,7 @@ impl FuzzValue for Message {
                 )],
             },
             grouped_sample(rng),
+            compact,
         ]
     }
     fn mutate(&mut self, rng: &mut FuzzRng) {
@@ -1018,6 +1047,22 @@ impl FuzzValue for Message {
                     let n = rng.below(4);
                     *entries = packed_entries(rng, tables.len() + 1, n);
                 }
+            },
+            Message::CompactBatch {
+                origin,
+                deps,
+                tables,
+                entries,
+                ..
+            } => match rng.below(5) {
+                0 => *origin = rng.replica(),
+                1 => deps.raise(rng.replica(), rng.edgy_u64()),
+                2 => tables.truncate(rng.below(tables.len() + 1)),
+                3 => entries.0.insert(
+                    rng.below(entries.0.len() + 1),
+                    [0xFE, 0xFF, 0xFD][rng.below(3)],
+                ),
+                _ => entries.0.truncate(rng.below(entries.0.len() + 1)),
             },
             Message::Ack { origin, applied } => {
                 *origin = rng.replica();
@@ -1063,6 +1108,12 @@ impl FuzzValue for Message {
         }
     }
     fn inner(&self) {
+        if let Message::CompactBatch { .. } = self {
+            if let Ok(batch) = self.clone().expand() {
+                batch.inner();
+            }
+            return;
+        }
         if let Message::Batch {
             tables, entries, ..
         }

@@ -15,7 +15,7 @@
 //! layout: such a peer gets the fields this build knows.
 
 use super::{Core, Outgoing};
-use crate::replication::message::{self, Entries, Message};
+use crate::replication::message::{self, Entries, Message, ORIGIN_CONTEXT_PROTOCOL};
 pub(crate) use crate::wire::{DELIMITED_CRDT_PROTOCOL, DELIMITED_PROTOCOL};
 
 // The latest layout change is the one peers below it are downgraded from.
@@ -48,6 +48,22 @@ impl Core {
                 entries.0 = legacy;
             }
         }
+    }
+
+    /// For each message of `out`, in order: whether it is a batch to a peer
+    /// of [`ORIGIN_CONTEXT_PROTOCOL`] or later, which takes it as a
+    /// [`CompactBatch`](Message::CompactBatch) (compacted by the engine
+    /// outside the lock: [`message::compact_batches`]).
+    pub(crate) fn compact_batch_peers(&self, out: &Outgoing) -> Vec<bool> {
+        out.iter()
+            .map(|(peer, message)| {
+                matches!(message, Message::Batch { .. })
+                    && self
+                        .peers
+                        .get(peer)
+                        .is_some_and(|p| p.protocol >= ORIGIN_CONTEXT_PROTOCOL)
+            })
+            .collect()
     }
 
     /// `packed` with every value in the layout of `protocol`, or `None`

@@ -49,6 +49,19 @@ impl Core {
         self.on_greeted_message(from, message, now)
     }
 
+    /// A [`CompactBatch`](Message::CompactBatch) handed over decoded (the
+    /// engine expands them as it decodes frames: `message::decode_frame`):
+    /// expanded, then handled as the batch it was made from.
+    fn on_compact_batch(&mut self, from: &str, message: Message, now: Instant) -> Outgoing {
+        match message.expand() {
+            Ok(batch) => self.on_greeted_message(from, batch, now),
+            Err(error) => {
+                self.on_undecodable(from, &error);
+                Vec::new()
+            }
+        }
+    }
+
     /// A frame of a retired peer: stale; its hello is refused (counted and
     /// logged once per retirement).
     fn ignore_retired(&mut self, from: &str, message: &Message) {
@@ -111,6 +124,7 @@ impl Core {
             }
             message @ Message::SyncRanges { .. } => self.on_sync_ranges(from, message, now),
             Message::SyncStatesGrouped(chunk) => self.on_sync_states_grouped(from, *chunk, now),
+            message @ Message::CompactBatch { .. } => self.on_compact_batch(from, message, now),
             Message::SyncDone { session } => {
                 self.on_sync_done(from, session, now);
                 Vec::new()
