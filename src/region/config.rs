@@ -43,7 +43,11 @@ use super::*;
 ///     fingerprints of key ranges, so its bytes grow with the difference,
 ///     not the table. With a peer of protocol 5 or older a region compares
 ///     bucket digests as before.
-pub const PROTOCOL_VERSION: u16 = 6;
+/// - **7**: protocol 6, and relay: a region whose link to a peer is down
+///   asks another peer to pass on that peer's batches, and passes on
+///   batches itself to peers that ask (never to a peer of protocol 6 or
+///   older; see `RegionStats::relayed_batches_sent`).
+pub const PROTOCOL_VERSION: u16 = 7;
 
 /// The oldest engine protocol this build still speaks: a peer announcing
 /// nothing speaks 1.

@@ -249,16 +249,21 @@ enum AheadValues {
 
 /// A batch received before the writes it depends on.
 pub(crate) struct Buffered {
-    from: String,
-    origin: ReplicaId,
-    first: u64,
-    last: u64,
-    deps: VersionVector,
-    tables: Vec<String>,
-    entries: Blob,
+    pub(crate) from: String,
+    pub(crate) origin: ReplicaId,
+    pub(crate) first: u64,
+    pub(crate) last: u64,
+    pub(crate) deps: VersionVector,
+    pub(crate) tables: Vec<String>,
+    pub(crate) entries: Blob,
     /// When it arrived: one that waits too long on claims starts an
     /// exchange with its sender.
-    arrived: Instant,
+    pub(crate) arrived: Instant,
+    /// The origin's clock when it sent the batch (kept for relaying).
+    pub(crate) sent_at: Timestamp,
+    /// Passed on by `from`, not its origin (see [`relay`](super::relay)):
+    /// what we hold of the origin by `from`'s word, never first-hand.
+    pub(crate) relayed: bool,
 }
 
 impl Buffered {
@@ -417,6 +422,9 @@ pub(crate) struct Core {
     pub(crate) rights: super::rights::Rights,
     /// Homed tables, forwards waiting for their homes, replies remembered.
     pub(crate) homed: super::homed::Homed,
+    /// Other origins' batches kept for relaying, the peers that asked for
+    /// them, and what we asked of our peers.
+    pub(crate) relay: super::relay::Relay,
 }
 
 /// Where a region with storage stands with its disk.
@@ -489,6 +497,14 @@ pub(crate) struct Counters {
     pub(crate) homed_moves: u64,
     pub(crate) homed_fenced: u64,
     pub(crate) homed_redirects: u64,
+    /// Batches of other origins passed on to peers whose link to the
+    /// origin is down, and such batches received (see
+    /// [`relay`](super::relay)).
+    pub(crate) relayed_batches_sent: u64,
+    pub(crate) relayed_batches_received: u64,
+    /// Peers that lost their relay: their backlog went over the outbox
+    /// bounds.
+    pub(crate) relay_overflows: u64,
 }
 
 impl Core {
@@ -537,6 +553,7 @@ impl Core {
             start_seq: 0,
             rights: Default::default(),
             homed: Default::default(),
+            relay: Default::default(),
         }
     }
 
@@ -1056,6 +1073,9 @@ impl Core {
                 out.push((name.clone(), message));
             }
         }
+        // Other origins' writes, for peers whose link to them is down.
+        out.extend(self.due_relay_wants(now));
+        out.extend(self.take_relays(now));
         out
     }
 

@@ -712,6 +712,16 @@ fn describe(message: &Message) -> String {
             if *reply { "RangesReply" } else { "Ranges" },
             frames.len()
         ),
+        Message::Relay {
+            origin,
+            first,
+            last,
+            deps,
+            ..
+        } => format!("Relay {origin:?} {first}..={last} deps {deps:?}"),
+        Message::RelayWant { origin, held, want } => {
+            format!("RelayWant {origin:?} held {held} want {want}")
+        }
     }
 }
 
@@ -982,6 +992,23 @@ fn lie(message: &mut Message, rng: &mut Rng) {
             1 => *reply = !*reply,
             2 => *round = number(rng) as u32,
             _ => frames.push((format!("t{}", rng.below(3)), Blob(vec![0]))),
+        },
+        Message::Relay {
+            origin,
+            first,
+            last,
+            deps,
+            ..
+        } => match rng.below(4) {
+            0 => deps.raise(replica(rng), number(rng)),
+            1 => *origin = replica(rng),
+            2 => *first = number(rng),
+            _ => *last = number(rng),
+        },
+        Message::RelayWant { origin, held, want } => match rng.below(3) {
+            0 => *origin = replica(rng),
+            1 => *held = number(rng),
+            _ => *want = !*want,
         },
     }
 }

@@ -966,6 +966,20 @@ impl FuzzValue for Message {
                     ),
                 )],
             },
+            Message::Relay {
+                origin: ReplicaId::new(2),
+                first: 7,
+                last: 8,
+                deps: vector(rng, 2),
+                sent_at: Timestamp::new(9_050, 2),
+                tables: vec!["likes".into()],
+                entries: packed_entries(rng, 1, 2),
+            },
+            Message::RelayWant {
+                origin: ReplicaId::new(2),
+                held: 6,
+                want: true,
+            },
         ]
     }
     fn mutate(&mut self, rng: &mut FuzzRng) {
@@ -1024,6 +1038,30 @@ impl FuzzValue for Message {
             Message::HomedReply { id, outcome } => match rng.below(6) {
                 0 => *id = rng.edgy_u64(),
                 _ => *outcome = random_outcome(rng),
+            },
+            Message::Relay {
+                origin,
+                first,
+                last,
+                deps,
+                tables,
+                entries,
+                ..
+            } => match rng.below(6) {
+                0 => *origin = rng.replica(),
+                1 => *first = rng.edgy_u64(),
+                2 => *last = rng.edgy_u64(),
+                3 => deps.raise(rng.replica(), rng.edgy_u64()),
+                4 => tables.push(tables.first().cloned().unwrap_or_default()),
+                _ => {
+                    let n = rng.below(4);
+                    *entries = packed_entries(rng, tables.len() + 1, n);
+                }
+            },
+            Message::RelayWant { origin, held, want } => match rng.below(3) {
+                0 => *origin = rng.replica(),
+                1 => *held = rng.edgy_u64(),
+                _ => *want = !*want,
             },
             Message::SyncRequest { .. }
             | Message::SyncStates { .. }
