@@ -199,6 +199,45 @@ impl Core {
         self.applied.get(origin).max(self.believed.get(origin))
     }
 
+    /// A [`Message::Relay`] or [`Message::RelayWant`] of a greeted peer.
+    pub(crate) fn on_relay_message(
+        &mut self,
+        from: &str,
+        message: Message,
+        now: Instant,
+    ) -> Outgoing {
+        match message {
+            Message::Relay {
+                origin,
+                first,
+                last,
+                deps,
+                sent_at,
+                tables,
+                entries,
+            } => {
+                let batch = Buffered {
+                    from: from.to_owned(),
+                    origin,
+                    first,
+                    last,
+                    deps,
+                    tables,
+                    entries,
+                    arrived: now,
+                    sent_at,
+                    relayed: true,
+                };
+                self.on_relay(from, batch, sent_at)
+            }
+            Message::RelayWant { origin, held, want } => {
+                self.on_relay_want(from, origin, held, want, now);
+                Vec::new()
+            }
+            _ => unreachable!("only relay messages are passed here"),
+        }
+    }
+
     // ----- the target side ------------------------------------------------
 
     /// A relayed batch from `from`: checked, then applied in causal order
@@ -554,5 +593,109 @@ fn ship_from_log(
         debug_assert!(batch.first <= cursor.sent + 1 && batch.last > cursor.sent);
         cursor.sent = batch.last;
         out.push((target.to_owned(), batch.message(origin)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logged(from: &str, first: u64, last: u64) -> Logged {
+        Logged {
+            from: from.to_owned(),
+            first,
+            last,
+            deps: VersionVector::new(),
+            sent_at: Timestamp::new(1, 0),
+            tables: vec!["t".to_owned()],
+            entries: Blob(vec![0; 8]),
+        }
+    }
+
+    fn log_of(batches: impl IntoIterator<Item = Logged>) -> RelayLog {
+        let mut log = RelayLog::default();
+        for b in batches {
+            log.bytes += b.size();
+            log.batches.push_back(b);
+        }
+        log
+    }
+
+    fn cursor(acked: u64, now: Instant) -> RelayCursor {
+        RelayCursor {
+            acked,
+            sent: acked,
+            progress_at: now,
+            wanted_at: now,
+        }
+    }
+
+    /// Guards against back-propagation: a batch that came from the peer
+    /// asking is counted as sent to it, never sent back.
+    #[test]
+    fn a_batch_is_never_sent_back_to_the_peer_it_came_from() {
+        let now = Instant::now();
+        let log = log_of([logged("a", 1, 2), logged("c", 3, 4), logged("a", 5, 5)]);
+        let mut c = cursor(0, now);
+        let mut out = Vec::new();
+        ship_from_log(&log, ReplicaId::new(1), "c", &mut c, 64, now, &mut out);
+        let sent: Vec<(u64, u64)> = out
+            .iter()
+            .map(|(to, m)| match m {
+                Message::Relay { first, last, .. } if to == "c" => (*first, *last),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(sent, vec![(1, 2), (5, 5)]);
+        assert_eq!(c.sent, 5);
+        // What the peer acknowledged is not sent again; a gap stops it.
+        let mut c = cursor(2, now);
+        let mut out = Vec::new();
+        let gap = log_of([logged("a", 1, 2), logged("a", 6, 7)]);
+        ship_from_log(&gap, ReplicaId::new(1), "c", &mut c, 64, now, &mut out);
+        assert!(out.is_empty(), "writes 3 to 5 are not in the log");
+    }
+
+    /// Within the window of unacknowledged writes only.
+    #[test]
+    fn relaying_stops_at_the_window() {
+        let now = Instant::now();
+        let log = log_of((1..=10).map(|i| logged("a", i, i)));
+        let mut c = cursor(0, now);
+        let mut out = Vec::new();
+        ship_from_log(&log, ReplicaId::new(1), "c", &mut c, 3, now, &mut out);
+        assert_eq!(out.len(), 3);
+        assert_eq!(c.sent, 3);
+    }
+
+    /// Guards against an unbounded relay log: with nobody asking, only the
+    /// tail is kept; what a peer that asked lacks is kept beyond it.
+    #[test]
+    fn the_log_keeps_the_tail_and_what_peers_that_asked_lack() {
+        let now = Instant::now();
+        let origin = ReplicaId::new(1);
+        let mut relay = Relay::default();
+        let n = RELAY_TAIL_BATCHES_MAX as u64 * 2;
+        relay
+            .logs
+            .insert(origin, log_of((1..=n).map(|i| logged("a", i, i))));
+        relay
+            .targets
+            .entry("c".to_owned())
+            .or_default()
+            .insert(origin, cursor(10, now));
+        relay.trim(origin);
+        assert_eq!(
+            relay.logs[&origin].batches.front().map(|b| b.first),
+            Some(11)
+        );
+        relay.targets.clear();
+        relay.trim(origin);
+        assert_eq!(relay.logs[&origin].batches.len(), RELAY_TAIL_BATCHES_MAX);
+        assert_eq!(relay.logs[&origin].batches.back().map(|b| b.last), Some(n));
+        assert_eq!(
+            relay.bytes(),
+            RELAY_TAIL_BATCHES_MAX * logged("a", 1, 1).size()
+        );
     }
 }

@@ -90,33 +90,8 @@ impl Core {
                 sent_at,
                 now,
             ),
-            Message::Relay {
-                origin,
-                first,
-                last,
-                deps,
-                sent_at,
-                tables,
-                entries,
-            } => self.on_relay(
-                from,
-                Buffered {
-                    from: from.to_owned(),
-                    origin,
-                    first,
-                    last,
-                    deps,
-                    tables,
-                    entries,
-                    arrived: now,
-                    sent_at,
-                    relayed: true,
-                },
-                sent_at,
-            ),
-            Message::RelayWant { origin, held, want } => {
-                self.on_relay_want(from, origin, held, want, now);
-                Vec::new()
+            message @ (Message::Relay { .. } | Message::RelayWant { .. }) => {
+                self.on_relay_message(from, message, now)
             }
             Message::Hello { .. } | Message::Protocol { .. } => unreachable!("handled above"),
             Message::Ack { origin, applied } => {
