@@ -677,7 +677,7 @@ impl Core {
     }
 
     /// The peer whose current replica `r` is: the one that speaks for it.
-    fn peer_of(&self, r: ReplicaId) -> Option<&PeerState> {
+    pub(crate) fn peer_of(&self, r: ReplicaId) -> Option<&PeerState> {
         self.peers.values().find(|p| p.replica == Some(r))
     }
 

@@ -460,6 +460,13 @@ impl Core {
             );
             return;
         }
+        if want && self.peer_of(origin).is_none() {
+            // Only origins a peer of ours speaks for are relayed (what a
+            // peer may make us keep is bounded by our peers).
+            tracing::debug!(region = %self.name, peer = from, %origin, "ignored a relay wish for a replica no peer of ours speaks for");
+            self.counters.stale_frames += 1;
+            return;
+        }
         let targets = self.relay.targets.entry(from.to_owned()).or_default();
         if !want {
             if targets.remove(&origin).is_some() {
