@@ -202,3 +202,53 @@ fn figure_wait_for_a_cut_off_regions_write() {
         });
     }
 }
+
+/// Guards against two regions cut from the same origin asking each other
+/// (neither hears it): each asks the region that does. Four regions, a
+/// cut from b and c; d relays to both.
+#[test]
+fn two_regions_cut_from_one_origin_ask_the_one_that_hears_it() {
+    common::paused_runtime().block_on(async {
+        let net = ChannelNetwork::new(35);
+        let config = RegionConfig::default();
+        let regions: Vec<Region> = ["a", "b", "c", "d"]
+            .into_iter()
+            .map(|n| common::region_on(&net, n, None, config.clone()))
+            .collect();
+        common::add(&regions[0], "t", 0, 1).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        net.partition("a", "b");
+        net.partition("a", "c");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let before: Vec<_> = regions.iter().map(Region::stats).collect();
+        common::add(&regions[0], "t", 1, 1).await;
+        let start = Instant::now();
+        for r in &regions[1..3] {
+            while common::counter(r, "t", 1).await != Some(1) {
+                assert!(
+                    start.elapsed() <= RELAY_WAIT_MAX,
+                    "{} lacks a's write after {RELAY_WAIT_MAX:?}",
+                    r.name()
+                );
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        let after: Vec<_> = regions.iter().map(Region::stats).collect();
+        for (b, a) in before.iter().zip(&after) {
+            assert_eq!(
+                a.syncs_completed, b.syncs_completed,
+                "{} ran anti-entropy",
+                a.name
+            );
+            assert_eq!(a.rejected_frames, 0, "{}", a.name);
+        }
+        let sent: Vec<u64> = after.iter().map(|s| s.relayed_batches_sent).collect();
+        let received: Vec<u64> = after.iter().map(|s| s.relayed_batches_received).collect();
+        assert!(
+            sent[3] >= 1,
+            "d relays a's write: sent {sent:?}, received {received:?}"
+        );
+        assert_eq!(sent[0], 0, "nothing of a's is relayed to a");
+        assert_eq!(received[0], 0);
+    });
+}

@@ -322,7 +322,8 @@ impl Core {
             .map(|(r, (p, _))| (*r, p.clone()))
             .collect();
         for (origin, peer) in asked {
-            let relay_ok = self.peers.get(&peer).is_some_and(relays);
+            let relay_ok =
+                self.peers.get(&peer).is_some_and(relays) && !self.cut_from(&peer, origin);
             if cut.contains(&origin) && relay_ok {
                 continue;
             }
@@ -362,12 +363,25 @@ impl Core {
     }
 
     /// The peer to ask for `origin`'s writes: the first by name that
-    /// relays and is not the origin.
+    /// relays, is not the origin, and has not asked us for them itself (its
+    /// own link to the origin is down: two regions cut from it would
+    /// otherwise ask each other).
     fn choose_relay(&self, origin: ReplicaId) -> Option<String> {
         self.peers
             .iter()
-            .find(|(_, p)| relays(p) && p.replica.is_some_and(|r| r != origin))
+            .find(|(name, p)| {
+                relays(p) && p.replica.is_some_and(|r| r != origin) && !self.cut_from(name, origin)
+            })
             .map(|(name, _)| name.clone())
+    }
+
+    /// Whether `peer` asked us to relay `origin`'s writes (its link to the
+    /// origin is down).
+    fn cut_from(&self, peer: &str, origin: ReplicaId) -> bool {
+        self.relay
+            .targets
+            .get(peer)
+            .is_some_and(|t| t.contains_key(&origin))
     }
 
     // ----- the relay side -------------------------------------------------
