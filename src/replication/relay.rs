@@ -2,8 +2,8 @@
 //! delivery does not stall on one broken link (issue 10, item 5).
 //!
 //! When the link a–c is down but a–b and b–c work, c asks b (one peer per
-//! origin: the first connected peer of protocol [`RELAY_PROTOCOL`] by name)
-//! to pass on a's writes after what c holds of them
+//! origin: the first connected peer of protocol [`RELAY_PROTOCOL`] by name
+//! that has not asked c for a's writes itself) to pass on a's writes after what c holds of them
 //! ([`Message::RelayWant`], renewed every `ack_timeout` while c's link to
 //! a stays down, withdrawn once it is back). b then sends c, from its
 //! [`RelayLog`] of a's batches, every batch c has not acknowledged
