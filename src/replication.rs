@@ -12,6 +12,7 @@ pub(crate) mod homed;
 pub(crate) mod lag;
 pub(crate) mod message;
 pub(crate) mod outbox;
+pub(crate) mod relay;
 // Anti-entropy of protocol 6 (`core::ranges`); the `testing` feature
 // exposes all of it to benches, without it parts go unused.
 #[cfg_attr(not(feature = "testing"), allow(dead_code, unused_imports))]
@@ -376,6 +377,8 @@ pub(crate) fn leaves_now(message: &Message) -> bool {
             | Message::Batch { .. }
             | Message::RightsRequest { .. }
             | Message::HomedRequest { .. }
+            | Message::Relay { .. }
+            | Message::RelayWant { .. }
     )
 }
 

@@ -43,6 +43,7 @@ mod id_uniqueness;
 mod lag_timeline;
 mod peer_stats;
 mod range_sync;
+mod relay;
 mod replica_ids;
 mod resolver_laws;
 mod restart;

@@ -243,8 +243,8 @@ fn every_corpus_frame_decodes_under_the_cap_and_round_trips() {
     }
     assert_eq!(
         fuzz::message_frames(1).len(),
-        13,
-        "one frame per message variant (HomedRequest and HomedReply, protocol 4, are the 9th and 10th; SyncRanges, protocol 6, the 11th; SyncStatesGrouped and CompactBatch, protocol 7, the 12th and 13th)"
+        15,
+        "one frame per message variant (HomedRequest and HomedReply, protocol 4, are the 9th and 10th; SyncRanges, protocol 6, the 11th; SyncStatesGrouped, CompactBatch, Relay and RelayWant, protocol 7, the 12th to 15th)"
     );
 }
 

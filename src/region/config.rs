@@ -56,6 +56,10 @@ use super::*;
 ///     entries (a `GCounter` increment of a random 64-bit replica: about
 ///     8.5 bytes a write instead of 17.5). A region sends peers of
 ///     protocol 6 or older the older layout.
+///   - relay: a region whose link to a peer is down asks another peer to
+///     pass on that peer's batches, and passes on batches itself to peers
+///     that ask (never to a peer of protocol 6 or older; see
+///     `RegionStats::relayed_batches_sent`).
 pub const PROTOCOL_VERSION: u16 = 7;
 
 /// The oldest engine protocol this build still speaks: a peer announcing

@@ -43,6 +43,18 @@ pub struct RegionStats {
     pub syncs_completed: u64,
     /// Key states received through anti-entropy.
     pub sync_states_received: u64,
+    /// Batches of other regions' writes this region passed on to peers
+    /// whose link to their origin is down (protocol 7 on; retransmissions
+    /// included). Zero while every link works.
+    pub relayed_batches_sent: u64,
+    /// Such batches received from peers (each applied at most once: what is
+    /// already held is only acknowledged).
+    pub relayed_batches_received: u64,
+    /// Peers that stopped being relayed to because their backlog outgrew
+    /// the outbox bounds (anti-entropy repairs them).
+    pub relay_overflows: u64,
+    /// Bytes of other regions' batches kept for relaying.
+    pub relay_log_bytes: usize,
     /// Peer handshakes refused (see [`HandshakeRefusal`]).
     pub refused_handshakes: u64,
     /// Frames ignored, not refused: late frames of a peer's earlier

@@ -253,16 +253,21 @@ enum AheadValues {
 
 /// A batch received before the writes it depends on.
 pub(crate) struct Buffered {
-    from: String,
-    origin: ReplicaId,
-    first: u64,
-    last: u64,
-    deps: VersionVector,
-    tables: Vec<String>,
-    entries: Blob,
+    pub(crate) from: String,
+    pub(crate) origin: ReplicaId,
+    pub(crate) first: u64,
+    pub(crate) last: u64,
+    pub(crate) deps: VersionVector,
+    pub(crate) tables: Vec<String>,
+    pub(crate) entries: Blob,
     /// When it arrived: one that waits too long on claims starts an
     /// exchange with its sender.
-    arrived: Instant,
+    pub(crate) arrived: Instant,
+    /// The origin's clock when it sent the batch (kept for relaying).
+    pub(crate) sent_at: Timestamp,
+    /// Passed on by `from`, not its origin (see [`relay`](super::relay)):
+    /// what we hold of the origin by `from`'s word, never first-hand.
+    pub(crate) relayed: bool,
 }
 
 impl Buffered {
@@ -431,6 +436,9 @@ pub(crate) struct Core {
     /// The multi-key transactions this region knows, named in its
     /// transfers (see [`tx_groups`]).
     pub(crate) tx_groups: tx_groups::TxGroups,
+    /// Other origins' batches kept for relaying, the peers that asked for
+    /// them, and what we asked of our peers.
+    pub(crate) relay: super::relay::Relay,
 }
 
 /// Where a region with storage stands with its disk.
@@ -509,6 +517,14 @@ pub(crate) struct Counters {
     pub(crate) homed_moves: u64,
     pub(crate) homed_fenced: u64,
     pub(crate) homed_redirects: u64,
+    /// Batches of other origins passed on to peers whose link to the
+    /// origin is down, and such batches received (see
+    /// [`relay`](super::relay)).
+    pub(crate) relayed_batches_sent: u64,
+    pub(crate) relayed_batches_received: u64,
+    /// Peers that lost their relay: their backlog went over the outbox
+    /// bounds.
+    pub(crate) relay_overflows: u64,
 }
 
 impl Core {
@@ -560,6 +576,7 @@ impl Core {
             rights: Default::default(),
             homed: Default::default(),
             tx_groups: Default::default(),
+            relay: Default::default(),
         }
     }
 
@@ -683,7 +700,7 @@ impl Core {
     }
 
     /// The peer whose current replica `r` is: the one that speaks for it.
-    fn peer_of(&self, r: ReplicaId) -> Option<&PeerState> {
+    pub(crate) fn peer_of(&self, r: ReplicaId) -> Option<&PeerState> {
         self.peers.values().find(|p| p.replica == Some(r))
     }
 
@@ -1082,6 +1099,9 @@ impl Core {
                 out.push((name.clone(), message));
             }
         }
+        // Other origins' writes, for peers whose link to them is down.
+        out.extend(self.due_relay_wants(now));
+        out.extend(self.take_relays(now));
         out
     }
 

@@ -274,8 +274,7 @@ pub(crate) enum Message {
     /// into runs of one table and the ids of `origin` and of the replicas
     /// `deps` names written as one- and two-byte references (see
     /// `message::compact`). A region expands it into the batch it was made
-    /// from as it decodes the frame ([`decode_frame`]). Last of the
-    /// variants (bincode tags are positional).
+    /// from as it decodes the frame ([`decode_frame`]).
     CompactBatch {
         origin: ReplicaId,
         first: u64,
@@ -285,6 +284,36 @@ pub(crate) enum Message {
         tables: Vec<String>,
         /// The entries, in runs, with references (see `message::compact`).
         entries: Blob,
+    },
+    /// A batch of another region's writes passed on (protocol 7 on: sent
+    /// only on connections of protocol 7 or later, to a peer that asked
+    /// with [`RelayWant`](Message::RelayWant)): `origin`'s writes
+    /// `first..=last` exactly as the origin batched them (its transaction
+    /// groups whole), applicable once the receiver holds `deps`. The
+    /// receiver takes it as data from the sender, as an anti-entropy
+    /// transfer: by the sender's word, never as the origin's own (see
+    /// `replication::relay`).
+    Relay {
+        origin: ReplicaId,
+        first: u64,
+        last: u64,
+        deps: VersionVector,
+        /// The origin's clock when it sent the batch.
+        sent_at: Timestamp,
+        /// The tables the entries name, by position.
+        tables: Vec<String>,
+        /// One entry per write, in sequence order: key and delta.
+        entries: Blob,
+    },
+    /// "Pass on to me `origin`'s writes after `held`" (`want`), or "stop"
+    /// (protocol 7 on): sent by a region whose link to `origin` is down to
+    /// one peer that still hears it, again every `ack_timeout` while it
+    /// wants them (the relay forgets a wish not renewed). Last of the
+    /// variants (bincode tags are positional).
+    RelayWant {
+        origin: ReplicaId,
+        held: u64,
+        want: bool,
     },
 }
 
@@ -416,6 +445,8 @@ mod tests {
         push_entry(&mut entries, 1, &key, &value);
         let tables = vec!["likes".to_string(), "views".to_string()];
         let (grouped_entries, grouped_applied) = (entries.clone(), applied.clone());
+        let mut relay_entries = Vec::new();
+        push_entry(&mut relay_entries, 0, &key, &value);
         vec![
             (
                 "batch",
@@ -550,6 +581,26 @@ mod tests {
             ),
             // Protocol 7 on: the batch above, compacted.
             ("compact_batch", compact_golden_batch()),
+            (
+                "relay",
+                Message::Relay {
+                    origin: frankfurt,
+                    first: 7,
+                    last: 7,
+                    deps: VersionVector::new(),
+                    sent_at,
+                    tables: vec!["likes".to_string()],
+                    entries: Blob(relay_entries),
+                },
+            ),
+            (
+                "relay_want",
+                Message::RelayWant {
+                    origin: frankfurt,
+                    held: 6,
+                    want: true,
+                },
+            ),
         ]
     }
 

@@ -915,6 +915,57 @@ fn grouped_sample(rng: &mut FuzzRng) -> Message {
     }))
 }
 
+/// The messages of relay (protocol 7 on), one of each.
+fn relay_samples(rng: &mut FuzzRng) -> Vec<Message> {
+    vec![
+        Message::Relay {
+            origin: ReplicaId::new(2),
+            first: 7,
+            last: 8,
+            deps: vector(rng, 2),
+            sent_at: Timestamp::new(9_050, 2),
+            tables: vec!["likes".into()],
+            entries: packed_entries(rng, 1, 2),
+        },
+        Message::RelayWant {
+            origin: ReplicaId::new(2),
+            held: 6,
+            want: true,
+        },
+    ]
+}
+
+/// `FuzzValue::mutate` for the messages of relay.
+fn mutate_relay(message: &mut Message, rng: &mut FuzzRng) {
+    match message {
+        Message::Relay {
+            origin,
+            first,
+            last,
+            deps,
+            tables,
+            entries,
+            ..
+        } => match rng.below(6) {
+            0 => *origin = rng.replica(),
+            1 => *first = rng.edgy_u64(),
+            2 => *last = rng.edgy_u64(),
+            3 => deps.raise(rng.replica(), rng.edgy_u64()),
+            4 => tables.push(tables.first().cloned().unwrap_or_default()),
+            _ => {
+                let n = rng.below(4);
+                *entries = packed_entries(rng, tables.len() + 1, n);
+            }
+        },
+        Message::RelayWant { origin, held, want } => match rng.below(3) {
+            0 => *origin = rng.replica(),
+            1 => *held = rng.edgy_u64(),
+            _ => *want = !*want,
+        },
+        _ => {}
+    }
+}
+
 /// Up to 7 bytes of one random value.
 fn random_blob(rng: &mut FuzzRng) -> message::Blob {
     message::Blob(vec![rng.next_u64() as u8; rng.below(8)])
@@ -959,7 +1010,7 @@ impl FuzzValue for Message {
             entries: packed_entries(rng, 2, 3),
         };
         let compact = compact_batch(rng, tables.clone());
-        vec![
+        let mut samples = vec![
             batch,
             Message::Ack {
                 origin: ReplicaId::new(2),
@@ -1025,7 +1076,9 @@ impl FuzzValue for Message {
             },
             grouped_sample(rng),
             compact,
-        ]
+        ];
+        samples.extend(relay_samples(rng));
+        samples
     }
     fn mutate(&mut self, rng: &mut FuzzRng) {
         match self {
@@ -1100,6 +1153,7 @@ impl FuzzValue for Message {
                 0 => *id = rng.edgy_u64(),
                 _ => *outcome = random_outcome(rng),
             },
+            Message::Relay { .. } | Message::RelayWant { .. } => mutate_relay(self, rng),
             Message::SyncRequest { .. }
             | Message::SyncStates { .. }
             | Message::SyncDone { .. }

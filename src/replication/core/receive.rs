@@ -97,10 +97,15 @@ impl Core {
                     tables,
                     entries,
                     arrived: now,
+                    sent_at,
+                    relayed: false,
                 },
                 sent_at,
                 now,
             ),
+            message @ (Message::Relay { .. } | Message::RelayWant { .. }) => {
+                self.on_relay_message(from, message, now)
+            }
             Message::Hello { .. } | Message::Protocol { .. } => unreachable!("handled above"),
             Message::Ack { origin, applied } => {
                 self.on_ack(from, origin, applied, now);
@@ -179,6 +184,9 @@ impl Core {
                 peer.progress_at = now;
             }
             self.truncate_log();
+        } else {
+            // Another origin's writes, of a batch we relayed to it.
+            self.on_relay_ack(from, origin, applied, now);
         }
     }
 
@@ -241,26 +249,10 @@ impl Core {
     /// ours we never made is refused; one of the peer's earlier replica id
     /// is ignored. False when it is not taken in (counted either way).
     fn admit_batch(&mut self, from: &str, batch: &Buffered) -> bool {
-        let (origin, first, last) = (batch.origin, batch.first, batch.last);
-        let entries = message::count_entries(&batch.entries.0, batch.tables.len());
-        if origin == self.replica
-            || first == 0
-            || last < first
-            || entries.as_ref().ok() != Some(&(last - first + 1))
-        {
-            let (reason, why) = match entries {
-                Err(error) => (
-                    RejectReason::Undecodable,
-                    format!("batch with malformed entries: {error}"),
-                ),
-                Ok(_) => (
-                    RejectReason::Malformed,
-                    "batch with a bad origin, sequence range or entry count".to_owned(),
-                ),
-            };
-            self.reject(from, reason, &why);
+        if !self.check_batch_frame(from, batch) {
             return false;
         }
+        let origin = batch.origin;
         // A peer speaks for one origin only: itself. A batch of a replica
         // id it had before (a late frame of its previous process) is
         // ignored, not refused. (Frames before its hello on a connection
@@ -291,6 +283,34 @@ impl Core {
             );
             return false;
         }
+        true
+    }
+
+    /// Whether a batch (ours or relayed) from `from` is well formed: an
+    /// origin other than us, a sequence range its entries fill, no
+    /// dependency on writes of ours we never made. Refused (counted) when
+    /// not.
+    pub(crate) fn check_batch_frame(&mut self, from: &str, batch: &Buffered) -> bool {
+        let (origin, first, last) = (batch.origin, batch.first, batch.last);
+        let entries = message::count_entries(&batch.entries.0, batch.tables.len());
+        if origin == self.replica
+            || first == 0
+            || last < first
+            || entries.as_ref().ok() != Some(&(last - first + 1))
+        {
+            let (reason, why) = match entries {
+                Err(error) => (
+                    RejectReason::Undecodable,
+                    format!("batch with malformed entries: {error}"),
+                ),
+                Ok(_) => (
+                    RejectReason::Malformed,
+                    "batch with a bad origin, sequence range or entry count".to_owned(),
+                ),
+            };
+            self.reject(from, reason, &why);
+            return false;
+        }
         if batch.deps.get(self.replica) > self.sendable() {
             // It would wait for writes of ours that do not exist.
             self.reject(
@@ -306,7 +326,7 @@ impl Core {
     /// A batch with writes we lack: applied now when in order with nothing
     /// waiting, else buffered (unless one held covers it) and the buffer
     /// drained and bounded.
-    fn apply_or_buffer(&mut self, batch: Buffered) {
+    pub(crate) fn apply_or_buffer(&mut self, batch: Buffered) {
         let (origin, first, last) = (batch.origin, batch.first, batch.last);
         if self.buffer.is_empty() && self.ready(&batch) {
             // The common case: in order, nothing waiting.
@@ -314,6 +334,7 @@ impl Core {
         } else if !self.buffer.iter().any(|b| {
             // Already held: the same writes or more, needing no more.
             b.origin == origin
+                && b.relayed == batch.relayed
                 && b.first <= first
                 && b.last >= last
                 && b.deps
@@ -333,7 +354,7 @@ impl Core {
     /// worst (a false claim) it lets one through early; it never makes a
     /// write look applied (that is `applied`'s alone).
     pub(super) fn ready(&self, batch: &Buffered) -> bool {
-        batch.first <= self.applied.get(batch.origin) + 1
+        batch.first <= self.continues(batch) + 1
             && batch.deps.iter().all(|(r, n)| {
                 r == batch.origin || self.applied.get(r) >= n || self.believed.get(r) >= n
             })
@@ -365,10 +386,7 @@ impl Core {
     /// Applies every buffered batch whose dependencies are now applied.
     pub(super) fn drain_buffer(&mut self) {
         loop {
-            let stale = self
-                .buffer
-                .iter()
-                .position(|b| b.last <= self.applied.get(b.origin));
+            let stale = self.buffer.iter().position(|b| b.last <= self.continues(b));
             if let Some(i) = stale {
                 let b = self.buffer.swap_remove(i);
                 self.buffer_bytes -= b.size();
@@ -632,6 +650,16 @@ impl Core {
         }
     }
 
+    /// What of `batch`'s origin it continues: what we hold first-hand for
+    /// the origin's own batch, what we hold by any word for a relayed one.
+    fn continues(&self, batch: &Buffered) -> u64 {
+        if batch.relayed {
+            self.relay_held(batch.origin)
+        } else {
+            self.applied.get(batch.origin)
+        }
+    }
+
     pub(super) fn apply_batch(&mut self, batch: Buffered) {
         let parts = [(batch.tables.as_slice(), batch.entries.0.as_slice())];
         let mut groups = tx_groups::EntryGroups::default();
@@ -639,10 +667,19 @@ impl Core {
             .merge_entries(&batch.from, &parts, AheadValues::RefuseFrame, &mut groups)
             .is_some()
         {
-            self.applied.raise(batch.origin, batch.last);
+            if batch.relayed {
+                // Held by the relay's word, as a transfer's states are
+                // (admitted only for an origin a peer of ours spoke for
+                // then: no replica heard of only by claims grows
+                // `believed`).
+                self.believed.raise(batch.origin, batch.last);
+            } else {
+                self.applied.raise(batch.origin, batch.last);
+            }
             self.generation += 1;
             self.remote_generation += 1;
             self.counters.batches_applied += 1;
+            self.log_for_relay(batch);
         }
     }
 
