@@ -95,6 +95,7 @@
 
 mod index;
 mod protocol;
+pub mod riblt;
 #[cfg(test)]
 mod tests;
 
