@@ -12,6 +12,17 @@
 //!
 //! - `reconcile/d-<d>`: one whole exchange between the two indexes,
 //!   `a` initiating (both sides' work, frames encoded and decoded).
+//! - `reconcile/riblt-d-<d>`: the same difference reconciled by a rateless
+//!   IBLT (`archipelago::testing::reconcile::riblt`) over the same item
+//!   fingerprints: `a` encodes its 1M items into coded symbols, `b`
+//!   subtracts its own and peels, asking for twice what it has until done
+//!   (both sides' work; no index is kept, so each run encodes and
+//!   subtracts every item).
+//! - `reconcile/riblt-kept-d-<d>`: the same, both sides keeping their first
+//!   64k coded symbols current as they write (`SymbolPrefix`): the
+//!   exchange costs per symbol and per difference, not per item.
+//! - `index/riblt-kept-replace-1M`: one write's cost to a kept prefix of
+//!   1M items (one item out, its new one in).
 //! - `index/update-1M`: setting one item's fingerprint in the 1M-key index
 //!   (what a write would cost, were the index updated by writes).
 //! - `store-write/untracked-1M` and `store-write/tracked-1M`: one write to
@@ -22,7 +33,7 @@
 //!   `w` writes (the first exchange's read of it; the writes untimed).
 //!
 //! After criterion, `summary` prints for each `d` the messages and bytes
-//! of the exchange, the bytes of the states it ships, and what the bucket
+//! of both exchanges, the bytes of the states they ship, and what the bucket
 //! scheme sends: the 1024 digests (8 bytes each), then the responder's
 //! every entry of each differing bucket and the initiator's entries there
 //! that differ. An entry costs the same in both, framed as a transfer
@@ -35,6 +46,9 @@
 use std::hint::black_box;
 use std::time::Duration;
 
+use archipelago::testing::reconcile::riblt::{
+    Decoder, Encoder, SYMBOL_BYTES, SymbolPrefix, decode_symbols, encode_symbols,
+};
 use archipelago::testing::reconcile::{
     DIGEST_BUCKETS_TODAY, Exchange, RangeIndex, StoreWrites, digest_bucket, item_fingerprint,
 };
@@ -127,6 +141,85 @@ fn exchange(a: &RangeIndex, b: &RangeIndex) -> Cost {
     }
 }
 
+/// The two tables' item sets as [`indexes`] makes them, for the rateless
+/// IBLT: `a`'s, then `b`'s.
+fn item_sets(keys: &[[u8; KEY_BYTES]], d: usize) -> (Vec<u64>, Vec<u64>) {
+    let a: Vec<u64> = keys
+        .iter()
+        .map(|key| item_fingerprint(key, &state(key, 0)))
+        .collect();
+    let mut b = a.clone();
+    for (i, key) in keys[..d].iter().enumerate() {
+        b[i] = item_fingerprint(key, &state(key, 1));
+    }
+    let b = b
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| *i >= d || i % 2 == 1)
+        .map(|(_, item)| item)
+        .collect();
+    (a, b)
+}
+
+/// Bytes of one "send me this many more" reply of the rateless exchange.
+const RIBLT_WANT_BYTES: usize = 4;
+
+/// One rateless-IBLT reconciliation: `a` streams coded symbols, `b` asks
+/// for twice what it has until it has decoded the difference, then names
+/// the items it lacks (8 bytes each) so `a` ships their states; `b` ships
+/// its own differing states unasked.
+fn riblt_exchange(a: &[u64], b: &[u64]) -> Cost {
+    let mut encoder = Encoder::new(a.iter().copied());
+    let mut decoder = Decoder::new(b.iter().copied());
+    let (mut messages, mut bytes, mut wanted) = (0, 0, 1);
+    while wanted > 0 {
+        let frame = encode_symbols(&encoder.next_symbols(wanted));
+        bytes += frame.len();
+        decoder
+            .add_symbols(&decode_symbols(&frame).unwrap())
+            .unwrap();
+        wanted = decoder.wanted();
+        messages += 2;
+        bytes += RIBLT_WANT_BYTES;
+    }
+    let (remote, local) = (decoder.remote(), decoder.local());
+    bytes += remote.len() * 8;
+    Cost {
+        messages,
+        bytes,
+        states: remote.len() + local.len(),
+    }
+}
+
+/// Coded symbols each table keeps current for [`riblt_kept_exchange`]:
+/// enough for the 10k-key difference with the stream's doubling.
+const KEPT_SYMBOLS: usize = 64 * 1024;
+
+fn kept(items: &[u64]) -> SymbolPrefix {
+    let mut prefix = SymbolPrefix::new(KEPT_SYMBOLS);
+    items.iter().for_each(|item| prefix.insert(*item));
+    prefix
+}
+
+/// [`riblt_exchange`] with both sides' first symbols kept current by their
+/// writes ([`SymbolPrefix`]): no work per item of the table, only per
+/// symbol sent and per difference peeled. Returns the bytes.
+fn riblt_kept_exchange(a: &SymbolPrefix, b: &SymbolPrefix) -> usize {
+    let mut decoder = Decoder::against(b);
+    let (mut first, mut wanted, mut bytes) = (0, 1, 0);
+    while wanted > 0 {
+        let frame = encode_symbols(a.symbols(first, wanted));
+        bytes += frame.len() + RIBLT_WANT_BYTES;
+        decoder
+            .add_symbols(&decode_symbols(&frame).unwrap())
+            .unwrap();
+        first += wanted;
+        wanted = decoder.wanted();
+    }
+    assert!(decoder.is_done(), "the kept prefix is long enough");
+    bytes + decoder.remote().len() * 8
+}
+
 /// Bytes today's bucket scheme sends for the same difference.
 fn buckets_bytes(keys: &[[u8; KEY_BYTES]], d: usize) -> usize {
     let mut per_bucket = vec![0usize; DIGEST_BUCKETS_TODAY];
@@ -164,9 +257,21 @@ fn bench(c: &mut Criterion) {
         let b = indexes(&keys, &a, d);
         let cost = exchange(&a, &b);
         assert_eq!(cost.states, d + d / 2, "every differing item, once");
-        rows.push((d, cost, buckets_bytes(&keys, d)));
+        let (a_items, b_items) = item_sets(&keys, d);
+        let riblt = riblt_exchange(&a_items, &b_items);
+        assert_eq!(riblt.states, d + d / 2, "every differing item, once");
+        let riblt_bytes = riblt.bytes;
+        rows.push((d, cost, riblt, buckets_bytes(&keys, d)));
         group.bench_function(format!("d-{d}"), |bench| {
             bench.iter(|| black_box(exchange(&a, &b).bytes))
+        });
+        group.bench_function(format!("riblt-d-{d}"), |bench| {
+            bench.iter(|| black_box(riblt_exchange(&a_items, &b_items).bytes))
+        });
+        let (a_kept, b_kept) = (kept(&a_items), kept(&b_items));
+        assert_eq!(riblt_kept_exchange(&a_kept, &b_kept), riblt_bytes);
+        group.bench_function(format!("riblt-kept-d-{d}"), |bench| {
+            bench.iter(|| black_box(riblt_kept_exchange(&a_kept, &b_kept)))
         });
     }
     group.finish();
@@ -180,34 +285,52 @@ fn bench(c: &mut Criterion) {
                 .unwrap();
         })
     });
+    let mut prefix = kept(&item_sets(&keys, 0).0);
+    let mut j = 0;
+    group.bench_function("riblt-kept-replace-1M", |bench| {
+        bench.iter(|| {
+            j = (j + 7919) % N;
+            let key = &keys[j];
+            let version = (j % 3) as u8;
+            prefix.remove(item_fingerprint(key, &state(key, version)));
+            prefix.insert(item_fingerprint(key, &state(key, version + 1)));
+        })
+    });
     group.finish();
     summary(&rows);
 }
 
-fn summary(rows: &[(usize, Cost, usize)]) {
+fn summary(rows: &[(usize, Cost, Cost, usize)]) {
     println!(
-        "\nanti-entropy of {N} keys ({KEY_BYTES}-byte keys, {STATE_BYTES}-byte states, {ENTRY_BYTES} bytes an entry)"
+        "\nanti-entropy of {N} keys ({KEY_BYTES}-byte keys, {STATE_BYTES}-byte states, {ENTRY_BYTES} bytes an entry; riblt symbols {SYMBOL_BYTES} B)"
     );
     println!(
-        "{:>7} {:>9} {:>12} {:>13} {:>12} {:>14} {:>13} {:>9}",
+        "{:>7} {:>9} {:>12} {:>12} {:>9} {:>12} {:>12} {:>13} {:>14} {:>13} {:>9}",
         "d",
         "messages",
         "rbsr bytes",
-        "state bytes",
         "rbsr total",
+        "riblt msg",
+        "riblt bytes",
+        "riblt total",
+        "state bytes",
         "target 2d(k+v)",
         "bucket bytes",
         "buckets/rbsr"
     );
-    for (d, cost, buckets) in rows {
+    for (d, cost, riblt, buckets) in rows {
         let total = cost.bytes + cost.states * ENTRY_BYTES;
+        let riblt_total = riblt.bytes + riblt.states * ENTRY_BYTES;
         println!(
-            "{:>7} {:>9} {:>12} {:>13} {:>12} {:>14} {:>13} {:>9.1}",
+            "{:>7} {:>9} {:>12} {:>12} {:>9} {:>12} {:>12} {:>13} {:>14} {:>13} {:>9.1}",
             d,
             cost.messages,
             cost.bytes,
-            cost.states * ENTRY_BYTES,
             total,
+            riblt.messages,
+            riblt.bytes,
+            riblt_total,
+            cost.states * ENTRY_BYTES,
             2 * d * (KEY_BYTES + STATE_BYTES),
             buckets,
             *buckets as f64 / total as f64
