@@ -487,7 +487,7 @@ pub fn encode_symbols(symbols: &[CodedSymbol]) -> Vec<u8> {
 /// Reads a frame written by [`encode_symbols`]; never panics, and allocates
 /// in proportion to `bytes`.
 pub fn decode_symbols(bytes: &[u8]) -> Result<Vec<CodedSymbol>, RibltError> {
-    if bytes.len() % SYMBOL_BYTES != 0 {
+    if !bytes.len().is_multiple_of(SYMBOL_BYTES) {
         return Err(RibltError::Truncated { bytes: bytes.len() });
     }
     let len = bytes.len() / SYMBOL_BYTES;
