@@ -301,7 +301,10 @@ fn check_seed(seed: u64, config: RegionConfig, restarts: bool, ahead_ms: i64) {
         }
         net.heal_all();
         net.set_faults_all(LinkFaults::new());
-        tokio::time::sleep(Duration::from_secs(30)).await;
+        // A value set aside (ahead) lands with the first exchange after the
+        // clocks allow, which may be a whole periodic round later.
+        let settle = if ahead_ms > 0 { 2 * config.anti_entropy_interval } else { Duration::from_secs(30) };
+        tokio::time::sleep(settle).await;
         let mut lost = 0;
         for &(t, k, _) in &txns {
             let seen: Vec<u32> = regions.iter().map(|r| visible(r, t, k)).collect();
@@ -309,7 +312,12 @@ fn check_seed(seed: u64, config: RegionConfig, restarts: bool, ahead_ms: i64) {
                 lost += 1;
                 continue;
             }
-            assert!(seen.iter().all(|&n| n == k), "seed {seed}: transaction {t} of {k}: {seen:?}");
+            assert!(
+                seen.iter().all(|&n| n == k),
+                "seed {seed}: transaction {t} of {k} (of {}): {seen:?}; {}",
+                NAMES[txns.iter().find(|x| x.0 == t).map_or(0, |x| x.2)],
+                summary(&regions)
+            );
         }
         let (mut ahead_refused, mut set_aside, mut held) = (0, 0, 0);
         for r in &regions {
@@ -331,6 +339,37 @@ fn check_seed(seed: u64, config: RegionConfig, restarts: bool, ahead_ms: i64) {
             assert!(crashes > 0 && restarted > 0, "seed {seed}: no crash or no restart");
         }
     });
+}
+
+/// What each region's stats say of its repair: for a failed check.
+fn summary(regions: &[Region]) -> String {
+    let mut out = String::new();
+    for r in regions {
+        let s = r.stats();
+        out += &format!(
+            "{}: values ahead {}, set aside with transactions {}, syncs {}, transfers held {}, rejected {:?}, peers {:?}; ",
+            r.name(),
+            s.values_ahead,
+            s.transaction_values_set_aside,
+            s.syncs_completed,
+            s.transfers_held,
+            s.rejected_by_reason
+                .iter()
+                .filter(|(_, n)| *n > 0)
+                .collect::<Vec<_>>(),
+            s.peers
+                .iter()
+                .map(|p| (
+                    p.name.clone(),
+                    p.protocol,
+                    p.connected,
+                    p.unacknowledged,
+                    p.behind
+                ))
+                .collect::<Vec<_>>(),
+        );
+    }
+    out
 }
 
 /// Frames `stats` counts refused for a value stamped past the clock bound.

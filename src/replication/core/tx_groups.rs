@@ -56,7 +56,10 @@
 //! timeouts its first exchange expires and the next, on the settled
 //! connection, goes at once). A held transfer is replaced by the next one
 //! to that peer (per direction), and dropped `sync_timeout` after it was
-//! held (counted in `transfers_held`).
+//! held (counted in `transfers_held`). Left open: a first contact (a peer
+//! never greeted before, whose frames are taken before its hello) whose
+//! announcement and hello are both lost while its request arrives is
+//! answered plain, as a peer that never greets is.
 //!
 //! **Hostile input.** Groups over [`TRANSFER_GROUPS_MAX`] groups or
 //! [`TRANSFER_GROUP_MEMBERS_MAX`] members, naming a table position outside
@@ -372,11 +375,13 @@ impl Core {
     }
 
     /// True while `peer` may speak [`TRANSFER_GROUPS_PROTOCOL`] or later
-    /// without our knowing it: we speak it, and its announcement has not
-    /// arrived on this connection, nor did the last of our
+    /// without our knowing it: we speak it, it greeted us on this
+    /// connection (its announcement goes before its hello), and its
+    /// announcement has not arrived, nor did the last of our
     /// [`PROTOCOL_ANNOUNCEMENTS_MAX`] announcements stay unanswered for an
     /// `ack_timeout` (only then is it taken to speak protocol 1; `now` is
-    /// `None` when the time is not known: not settled that way yet).
+    /// `None` when the time is not known: not settled that way yet). A
+    /// peer not greeted yet is answered as before (see the module page).
     fn transfer_protocol_pending(&self, peer: &PeerState, now: Option<Instant>) -> bool {
         let exhausted = peer.protocol_reannounced >= PROTOCOL_ANNOUNCEMENTS_MAX
             && now.is_some_and(|now| {
@@ -384,6 +389,7 @@ impl Core {
                     .is_none_or(|t| now.duration_since(t) >= self.config.ack_timeout)
             });
         self.config.protocol_version_max >= TRANSFER_GROUPS_PROTOCOL
+            && peer.greeted
             && !peer.protocol_heard
             && !exhausted
     }
