@@ -1299,6 +1299,7 @@ impl Region {
             untrusted_claims: c.untrusted_claims,
             values_ahead: c.values_ahead,
             transaction_values_set_aside: c.transaction_values_set_aside,
+            transfers_held: c.transfers_held,
             rights_requested: c.rights_requested,
             rights_granted: c.rights_granted,
             rights_refused: c.rights_refused,

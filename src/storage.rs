@@ -13,7 +13,12 @@
 //! - the **outbox** of local writes not yet acknowledged by every peer, one
 //!   value per segment (a batch's worth of writes), deleted once
 //!   acknowledged;
-//! - per-peer **cursors**: how much of our writes each peer acknowledged.
+//! - per-peer **cursors**: how much of our writes each peer acknowledged;
+//! - the **transaction groups** this region names in its anti-entropy
+//!   transfers (which keys one multi-key transaction wrote, see
+//!   `replication::core::tx_groups`), one row per group, bounded as the
+//!   in-memory log is (oldest deleted first); a transaction's group is
+//!   stored in the commit that stores its writes.
 //!
 //! The engine commits on its tick (every `batch_delay`): one commit covers
 //! every write made since the last one (group commit), and a region with
@@ -129,7 +134,12 @@ pub use redb_store::{JOURNAL_BYTES_MAX, JOURNAL_LEN_MAX, RedbStorage};
 /// [`HomedValue`](crate::region::HomedValue)): their older layout, as
 /// stored by earlier builds of version 5 and older, is told apart by its
 /// first byte and migrates the same way, so the version stayed 5.
-pub const STORAGE_FORMAT_VERSION: u32 = 5;
+/// Version 6 adds the transaction groups ([`Snapshot::tx_groups`]): a
+/// build of version 5 would not keep them (nor read [`RedbStorage`]'s
+/// journal rows that carry them), so it refuses the store. A store of
+/// version 5 or older opens with no groups: its transfers name the groups
+/// of transactions written from then on.
+pub const STORAGE_FORMAT_VERSION: u32 = 6;
 
 /// What went wrong with a region's storage.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -199,6 +209,9 @@ pub struct Snapshot {
     pub cursors: Vec<(String, u64)>,
     /// Peers retired for good, with their replica ids.
     pub retired: Vec<(String, Vec<ReplicaId>)>,
+    /// Transaction groups by their id, ascending and consecutive, as the
+    /// engine encoded them (none in a store of format 5 or older).
+    pub tx_groups: Vec<(u64, Vec<u8>)>,
 }
 
 /// One atomic change to a store.
@@ -219,6 +232,11 @@ pub struct Commit {
     pub cursors: Vec<(String, u64)>,
     /// The whole list of retired peers, when it changed.
     pub retired: Option<Vec<(String, Vec<ReplicaId>)>>,
+    /// Transaction groups to write, by id.
+    pub tx_groups_put: Vec<(u64, Vec<u8>)>,
+    /// Transaction groups whose id is below this are deleted (forgotten
+    /// past the bounds of the log).
+    pub tx_groups_keep_from: u64,
 }
 
 impl Commit {
@@ -230,6 +248,7 @@ impl Commit {
             && self.outbox_put.is_empty()
             && self.cursors.is_empty()
             && self.retired.is_none()
+            && self.tx_groups_put.is_empty()
     }
 }
 
@@ -321,6 +340,7 @@ struct MemoryInner {
     states: BTreeMap<(String, Vec<u8>), Vec<u8>>,
     outbox: BTreeMap<u64, Vec<u8>>,
     cursors: BTreeMap<String, u64>,
+    tx_groups: BTreeMap<u64, Vec<u8>>,
     fail: bool,
     commits: u64,
     generation: u64,
@@ -413,6 +433,11 @@ impl Storage for MemoryStorage {
                 .collect(),
             outbox: inner.outbox.iter().map(|(k, v)| (*k, v.clone())).collect(),
             cursors: inner.cursors.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            tx_groups: inner
+                .tx_groups
+                .iter()
+                .map(|(k, v)| (*k, v.clone()))
+                .collect(),
         })
     }
 
@@ -460,6 +485,13 @@ impl Storage for MemoryStorage {
         }
         for (peer, acked) in &commit.cursors {
             inner.cursors.insert(peer.clone(), *acked);
+        }
+        let keep = inner.tx_groups.split_off(&commit.tx_groups_keep_from);
+        inner.tx_groups = keep;
+        for (id, group) in &commit.tx_groups_put {
+            if *id >= commit.tx_groups_keep_from {
+                inner.tx_groups.insert(*id, group.clone());
+            }
         }
         inner.commits += 1;
         Ok(())

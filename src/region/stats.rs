@@ -80,6 +80,13 @@ pub struct RegionStats {
     /// never shows part of a transaction its sender knows (protocol 7 on);
     /// a later exchange brings them together.
     pub transaction_values_set_aside: u64,
+    /// Anti-entropy transfers held, not sent, until the peer's protocol
+    /// was settled (its announcement had not arrived on the connection): a
+    /// peer of protocol 7 or later gets a transfer only with its
+    /// transaction groups; one that never announces (protocol 1) gets its
+    /// plain transfer once [`PROTOCOL_ANNOUNCEMENTS_MAX`](crate::region::PROTOCOL_ANNOUNCEMENTS_MAX)
+    /// announcements went unanswered.
+    pub transfers_held: u64,
     /// Rights requests this region sent to peers (see
     /// [`Region::bounded_table`]): each refused sale or low holding asks at
     /// most once per `rights_request_timeout` per key.

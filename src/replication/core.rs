@@ -462,6 +462,9 @@ pub(crate) struct Durable {
     /// Keys of undeclared tables that received values since the last
     /// commit.
     undeclared: Vec<(String, Box<[u8]>)>,
+    /// Transaction groups committed: ids below this are stored (see
+    /// [`tx_groups`]).
+    tx_groups_stored: u64,
 }
 
 /// Plain counters for stats and tests.
@@ -502,6 +505,9 @@ pub(crate) struct Counters {
     /// Transaction groups frames refused (over their bounds, or naming a
     /// key their transfer does not carry).
     pub(crate) tx_groups_refused: u64,
+    /// Anti-entropy transfers held until their peer's protocol was settled
+    /// (see [`tx_groups`]).
+    pub(crate) transfers_held: u64,
     /// Rights requests sent, rights granted to peers (units), and requests
     /// answered with none.
     pub(crate) rights_requested: u64,
@@ -628,6 +634,7 @@ impl Core {
                 "stored outbox does not end at the last write".into(),
             ));
         }
+        self.tx_groups.restore(&snapshot.tx_groups)?;
         self.retired = snapshot.retired.into_iter().collect();
         for (peer, acked) in snapshot.cursors {
             if self.retired.contains_key(&peer) {
@@ -649,6 +656,7 @@ impl Core {
             cursors: false,
             retired: false,
             undeclared: Vec::new(),
+            tx_groups_stored: self.tx_groups.next_id(),
         });
         Ok(())
     }
@@ -790,6 +798,10 @@ impl Core {
             commit.outbox_put = self.outbox.encode_from(from);
         }
         commit.outbox_keep_from = self.outbox.start().unwrap_or(self.seq + 1);
+        // A transaction's group goes with the commit that stores its
+        // writes (both were made under one lock take).
+        self.tx_groups
+            .add_to_commit(durable.tx_groups_stored, &mut commit);
         if std::mem::take(&mut durable.retired) {
             commit.retired = Some(
                 self.retired
@@ -841,6 +853,9 @@ impl Core {
                     durable.hlc = progress.hlc;
                 }
                 durable.outbox_start = commit.outbox_keep_from;
+                if let Some((id, _)) = commit.tx_groups_put.last() {
+                    durable.tx_groups_stored = durable.tx_groups_stored.max(id + 1);
+                }
                 self.counters.commits += 1;
             }
             Err(error) => {

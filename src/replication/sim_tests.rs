@@ -400,6 +400,7 @@ impl Sim {
         core.check_retransmit(now);
         core.expire_syncs(now);
         let mut out = core.due_hellos(now);
+        out.extend(core.due_announcements(now));
         out.extend(core.take_batches(now));
         out.extend(core.due_syncs(now));
         self.send(i, out);

@@ -32,6 +32,8 @@ const CURSORS: TableDefinition<&str, u64> = TableDefinition::new("cursors");
 /// Commit number → one commit not yet folded into the tables above (see
 /// [`Folded`] for its layout). Format version 2 on.
 const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
+/// Group id → one transaction group. Format version 6 on.
+const TX_GROUPS: TableDefinition<u64, &[u8]> = TableDefinition::new("tx_groups");
 
 /// Journaled bytes past which a commit folds the journal into the tables
 /// (unless set otherwise with [`RedbStorage::journal_bytes_max`]). Bounds
@@ -58,6 +60,11 @@ struct Folded {
     outbox_put: BTreeMap<u64, Vec<u8>>,
     /// Cursors written (`Some`) or removed (`None`, a retired peer).
     cursors: BTreeMap<String, Option<u64>>,
+    /// Transaction group rows below this are deleted (0: none).
+    tx_groups_keep_from: u64,
+    /// Transaction group rows written, all at or above
+    /// `tx_groups_keep_from`.
+    tx_groups_put: BTreeMap<u64, Vec<u8>>,
 }
 
 impl Folded {
@@ -88,6 +95,13 @@ impl Folded {
                 .map(|(first, segment)| (*first, segment.clone()))
                 .collect(),
             cursors,
+            tx_groups_keep_from: commit.tx_groups_keep_from,
+            tx_groups_put: commit
+                .tx_groups_put
+                .iter()
+                .filter(|(id, _)| *id >= commit.tx_groups_keep_from)
+                .map(|(id, group)| (*id, group.clone()))
+                .collect(),
         })
     }
 
@@ -101,6 +115,8 @@ impl Folded {
             outbox_keep_from,
             outbox_put,
             cursors,
+            tx_groups_keep_from,
+            tx_groups_put,
         } = later;
         if identity.is_some() {
             self.identity = identity;
@@ -117,9 +133,15 @@ impl Folded {
         self.outbox_keep_from = self.outbox_keep_from.max(outbox_keep_from);
         self.outbox_put.extend(outbox_put);
         self.cursors.extend(cursors);
+        self.tx_groups_put
+            .retain(|id, _| *id >= tx_groups_keep_from);
+        self.tx_groups_keep_from = self.tx_groups_keep_from.max(tx_groups_keep_from);
+        self.tx_groups_put.extend(tx_groups_put);
     }
 
-    /// A journal row: each part in turn, through `wire`'s framing.
+    /// A journal row: each part in turn, through `wire`'s framing. The
+    /// transaction groups (format 6) come last, and only when the row has
+    /// some: a row without them is laid out as format 5 wrote it.
     fn encode(&self) -> Vec<u8> {
         let size: usize = self
             .states
@@ -164,6 +186,14 @@ impl Folded {
                 None => out.push(0),
             }
         }
+        if self.tx_groups_keep_from > 0 || !self.tx_groups_put.is_empty() {
+            put_u64(&mut out, self.tx_groups_keep_from);
+            wire::put_len(&mut out, self.tx_groups_put.len());
+            for (id, group) in &self.tx_groups_put {
+                put_u64(&mut out, *id);
+                wire::put_bytes(&mut out, group);
+            }
+        }
         out
     }
 
@@ -201,6 +231,15 @@ impl Folded {
                 None
             };
             folded.cursors.insert(peer, acked);
+        }
+        // Format 6: the transaction groups, when the row has some.
+        if !input.is_empty() {
+            folded.tx_groups_keep_from = take_u64(input)?;
+            for _ in 0..wire::take_len(input).map_err(corrupt)? {
+                let id = take_u64(input)?;
+                let group = wire::take_bytes(input).map_err(corrupt)?.to_vec();
+                folded.tx_groups_put.insert(id, group);
+            }
         }
         if !input.is_empty() {
             return Err(StorageError::Corrupt(format!(
@@ -243,6 +282,15 @@ impl Folded {
                 None => cursors.remove(peer.as_str()).map(drop),
             }
             .map_err(storage)?;
+        }
+        if self.tx_groups_keep_from > 0 || !self.tx_groups_put.is_empty() {
+            let mut groups = txn.open_table(TX_GROUPS).map_err(table)?;
+            groups
+                .retain_in(..self.tx_groups_keep_from, |_, _| false)
+                .map_err(storage)?;
+            for (id, group) in &self.tx_groups_put {
+                groups.insert(*id, group.as_slice()).map_err(storage)?;
+            }
         }
         Ok(())
     }
@@ -517,6 +565,15 @@ impl Storage for RedbStorage {
             };
         }
         snapshot.cursors = cursors.into_iter().collect();
+        let mut groups = BTreeMap::new();
+        each(&txn, TX_GROUPS, |id, group| {
+            if id >= journal.tx_groups_keep_from {
+                groups.insert(id, group.to_vec());
+            }
+            Ok(())
+        })?;
+        groups.extend(journal.tx_groups_put.iter().map(|(k, v)| (*k, v.clone())));
+        snapshot.tx_groups = groups.into_iter().collect();
         Ok(snapshot)
     }
 
@@ -594,6 +651,8 @@ mod tests {
             outbox_keep_from: seq.saturating_sub(2),
             cursors: vec![("b".into(), seq / 2)],
             retired: None,
+            tx_groups_put: vec![(seq, vec![key; 3])],
+            tx_groups_keep_from: seq.saturating_sub(3),
         }
     }
 
@@ -639,6 +698,9 @@ mod tests {
             let want: Vec<u64> = (seq.saturating_sub(2).max(1)..=seq).collect();
             assert_eq!(firsts, want, "segments below the start are gone");
             assert_eq!(snapshot.cursors, vec![("b".into(), seq / 2)]);
+            let ids: Vec<u64> = snapshot.tx_groups.iter().map(|(id, _)| *id).collect();
+            let want: Vec<u64> = (seq.saturating_sub(3).max(1)..=seq).collect();
+            assert_eq!(ids, want, "groups below the start are gone");
         }
         assert!(folds >= 3, "{folds} folds");
         assert!(

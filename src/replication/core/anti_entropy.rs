@@ -80,7 +80,8 @@ impl Core {
             })
             .map(|(name, _)| name.clone())
             .collect();
-        let mut out = Vec::new();
+        // Transfers held for a peer's protocol leave once it is settled.
+        let mut out = self.due_held_transfers(now);
         for name in due {
             self.wants_exchange.remove(&name);
             out.extend(self.start_sync(&name, now));
@@ -183,7 +184,7 @@ impl Core {
     /// tables), in chunks below the sync chunk limit; the first chunk names
     /// the buckets (if selected by buckets), the last carries `applied`.
     pub(super) fn states_chunks(
-        &self,
+        &mut self,
         to: &str,
         session: u64,
         push: bool,
@@ -230,7 +231,7 @@ impl Core {
             Selection::Buckets(buckets) => Some(buckets),
             Selection::Keys(_) => None,
         };
-        let mut out: Outgoing = chunks
+        let out: Outgoing = chunks
             .into_iter()
             .enumerate()
             .map(|(i, (tables, entries))| {
@@ -255,8 +256,7 @@ impl Core {
                 )
             })
             .collect();
-        self.add_transfer_groups(to, &mut out);
-        out
+        self.transfer_out(to, out)
     }
 
     /// Calls `add` with the table, key and state of every key `selection`

@@ -22,30 +22,44 @@
 //! then not believed, as for any value set aside, so a later exchange
 //! brings the component once the clock allows.
 //!
-//! **What the sender knows** ([`TxGroups`], in memory, bounded by
+//! **What the sender knows** ([`TxGroups`], bounded by
 //! [`TX_LOG_GROUPS_MAX`], [`TX_LOG_KEYS_MAX`] and [`TX_LOG_KEY_BYTES_MAX`],
 //! oldest forgotten first): its own transactions of two keys or more, and
 //! the groups named by the transfers it merged (so a relay passes them on).
-//! Not kept past the bound, not after a restart (the log is not durable),
-//! and not for a transaction this region received by batch (a batch does
-//! not mark where its transactions start). Batches themselves never show
-//! part of a transaction (a transaction is never cut between batches, and
-//! a batch with an ahead value is refused whole); truncating the outbox is
-//! unrelated (the groups are kept apart from it): a transaction every peer
-//! acknowledged is whole at every peer, but a region bootstrapped from
-//! empty later still needs its group, which is kept while within the
-//! bound.
+//! With storage the log is durable: a group is stored in the commit that
+//! stores its transaction's writes (both are made under one lock take, and
+//! a commit holds everything changed since the last), so a crash keeps
+//! both or neither, and a restarted region names the groups of
+//! transactions written before it restarted. A store of format 5 or older
+//! opens with no groups. Not kept past the bound, and not for a
+//! transaction this region received by batch (a batch does not mark where
+//! its transactions start): a region that relays another region's
+//! transaction by anti-entropy, having it by batch only, ships it without
+//! its group. Batches themselves never show part of a transaction (a
+//! transaction is never cut between batches, and a batch with an ahead
+//! value is refused whole); truncating the outbox is unrelated (the groups
+//! are kept apart from it): a transaction every peer acknowledged is
+//! whole at every peer, but a region bootstrapped from empty later still
+//! needs its group, which is kept while within the bound.
 //!
-//! **Open windows** (found by the checker of `tests/transactions.rs` once
-//! its transactions end with a stamped put): a transfer sent while the
-//! peer's protocol announcement is lost (our view of it: protocol 1) is
-//! plain; and after restarts (crashed or not, no clock skew) values come
-//! ahead too (seed 13: 9 at one region, none set aside with their
-//! transactions: a restarted sender's groups are gone, and a reconnected
-//! peer's protocol is unsettled; which one it was is not told apart yet),
-//! so a receiver shows part of a transaction until the next exchange.
-//! Closing them needs the groups kept on disk, and grouped transfers to
-//! peers whose protocol is not settled yet.
+//! **A peer's protocol not settled yet.** A transfer to a peer whose
+//! protocol announcement has not arrived on the connection (lost on a
+//! lossy link, or not there yet) is held, not sent plain: that peer may
+//! speak protocol 7 and would merge it without its groups. A lost
+//! announcement is asked for again (one per `ack_timeout`, see
+//! [`Core::due_announcements`]); once it arrives the held transfer leaves
+//! with its groups, as late chunks of its exchange. A peer that never
+//! announces (protocol 1) gets it plain once the last of the
+//! [`PROTOCOL_ANNOUNCEMENTS_MAX`] announcements went unanswered for an
+//! `ack_timeout` (about 4 s with the default config: within
+//! `sync_timeout`, so its exchange does not expire meanwhile; with longer
+//! timeouts its first exchange expires and the next, on the settled
+//! connection, goes at once). A held transfer is replaced by the next one
+//! to that peer (per direction), and dropped `sync_timeout` after it was
+//! held (counted in `transfers_held`). Left open: a first contact (a peer
+//! never greeted before, whose frames are taken before its hello) whose
+//! announcement and hello are both lost while its request arrives is
+//! answered plain, as a peer that never greets is.
 //!
 //! **Hostile input.** Groups over [`TRANSFER_GROUPS_MAX`] groups or
 //! [`TRANSFER_GROUP_MEMBERS_MAX`] members, naming a table position outside
@@ -58,6 +72,8 @@
 //! taken from any peer.
 
 use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
 
 use super::anti_entropy::TransferChunk;
 use super::*;
@@ -83,6 +99,12 @@ pub(crate) const TRANSFER_GROUPS_MAX: usize = TX_LOG_GROUPS_MAX;
 /// Most keys, over all its groups, one groups frame may name: what a
 /// sender keeps.
 pub(crate) const TRANSFER_GROUP_MEMBERS_MAX: usize = TX_LOG_KEYS_MAX;
+
+/// A group as storage holds it: (table, key's bare encoding), sorted.
+#[derive(Serialize, Deserialize)]
+struct StoredGroup {
+    keys: Vec<(String, Blob)>,
+}
 
 /// One transaction's keys: (table, key's bare encoding).
 struct Group {
@@ -124,6 +146,17 @@ pub(crate) struct TxGroups {
     by_key: FastMap<u64, Vec<u64>>,
     /// Per (peer, push): the groups frame of its latest transfer.
     received: HashMap<(String, bool), ReceivedGroups>,
+    /// Per (peer, push): our latest transfer to a peer whose protocol is
+    /// not settled yet (see [`Core::transfer_out`]).
+    held: HashMap<(String, bool), HeldTransfer>,
+}
+
+/// A transfer held until its peer's protocol is settled: its chunks, and
+/// the first tick that saw it held (it is dropped `sync_timeout` later,
+/// when the exchange it belongs to has expired anyway).
+struct HeldTransfer {
+    chunks: Outgoing,
+    seen_at: Option<Instant>,
 }
 
 fn member_hash(table: &str, key: &[u8]) -> u64 {
@@ -185,6 +218,59 @@ impl TxGroups {
     /// Groups kept.
     pub(crate) fn len(&self) -> usize {
         self.groups.len()
+    }
+
+    /// The id the next group recorded gets (ids count every group ever
+    /// recorded, across restarts with storage).
+    pub(crate) fn next_id(&self) -> u64 {
+        self.first_id + self.groups.len() as u64
+    }
+
+    /// Into `commit`: the groups from id `stored` on (those not committed
+    /// yet), as storage holds them, and the id below which the stored ones
+    /// are forgotten.
+    pub(crate) fn add_to_commit(&self, stored: u64, commit: &mut Commit) {
+        let from = stored.max(self.first_id);
+        commit.tx_groups_keep_from = self.first_id;
+        commit.tx_groups_put = (from..self.next_id())
+            .map(|id| {
+                let group = &self.groups[(id - self.first_id) as usize];
+                let stored = StoredGroup {
+                    keys: group
+                        .keys
+                        .iter()
+                        .map(|(t, k)| (t.to_string(), Blob(k.to_vec())))
+                        .collect(),
+                };
+                (id, wire::encode(&stored).expect("a group encodes"))
+            })
+            .collect();
+    }
+
+    /// The groups a store holds (see [`add_to_commit`](TxGroups::add_to_commit)),
+    /// into an empty log: their ids go on from there.
+    pub(crate) fn restore(&mut self, stored: &[(u64, Vec<u8>)]) -> Result<(), StorageError> {
+        debug_assert!(self.groups.is_empty(), "restored into an empty log");
+        for (id, bytes) in stored {
+            let group: StoredGroup = wire::decode(bytes).map_err(|e| {
+                StorageError::Corrupt(format!("stored transaction group {id}: {e}"))
+            })?;
+            if self.groups.is_empty() {
+                self.first_id = *id;
+            }
+            self.record(
+                group
+                    .keys
+                    .into_iter()
+                    .map(|(t, k)| (Arc::from(t.as_str()), Key::from(k.0.as_slice()))),
+            );
+            if self.next_id() != id + 1 {
+                return Err(StorageError::Corrupt(format!(
+                    "stored transaction group {id} out of sequence or not a group"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// The groups frame of a transfer to a peer whose entries are
@@ -288,12 +374,95 @@ impl Core {
         }
     }
 
+    /// True while `peer` may speak [`TRANSFER_GROUPS_PROTOCOL`] or later
+    /// without our knowing it: we speak it, it greeted us on this
+    /// connection (its announcement goes before its hello), and its
+    /// announcement has not arrived, nor did the last of our
+    /// [`PROTOCOL_ANNOUNCEMENTS_MAX`] announcements stay unanswered for an
+    /// `ack_timeout` (only then is it taken to speak protocol 1; `now` is
+    /// `None` when the time is not known: not settled that way yet). A
+    /// peer not greeted yet is answered as before (see the module page).
+    fn transfer_protocol_pending(&self, peer: &PeerState, now: Option<Instant>) -> bool {
+        let exhausted = peer.protocol_reannounced >= PROTOCOL_ANNOUNCEMENTS_MAX
+            && now.is_some_and(|now| {
+                peer.protocol_announced
+                    .is_none_or(|t| now.duration_since(t) >= self.config.ack_timeout)
+            });
+        self.config.protocol_version_max >= TRANSFER_GROUPS_PROTOCOL
+            && peer.greeted
+            && !peer.protocol_heard
+            && !exhausted
+    }
+
+    /// The chunks `out` of a transfer to `to`, as they leave: the last
+    /// names the transfer's groups when `to` speaks
+    /// [`TRANSFER_GROUPS_PROTOCOL`] or later. While `to`'s protocol is not
+    /// settled (its announcement lost, or not arrived yet) the transfer
+    /// is held, not sent plain: a peer of protocol 7 would merge it without
+    /// its groups. It leaves from [`due_held_transfers`](Core::due_held_transfers)
+    /// once the protocol is settled, as late chunks of its exchange.
+    pub(super) fn transfer_out(&mut self, to: &str, mut out: Outgoing) -> Outgoing {
+        let pending = self
+            .peers
+            .get(to)
+            .is_some_and(|p| self.transfer_protocol_pending(p, None));
+        if !pending {
+            self.add_transfer_groups(to, &mut out);
+            return out;
+        }
+        let push = match out.first() {
+            Some((_, Message::SyncStates { push, .. })) => *push,
+            _ => return out,
+        };
+        tracing::debug!(region = %self.name, peer = to, push, "anti-entropy: transfer held until the peer's protocol is settled");
+        self.counters.transfers_held += 1;
+        let held = HeldTransfer {
+            chunks: out,
+            seen_at: None,
+        };
+        self.tx_groups.held.insert((to.to_owned(), push), held);
+        Vec::new()
+    }
+
+    /// The held transfers (see [`transfer_out`](Core::transfer_out)) whose
+    /// peer's protocol is now settled, with their groups when it speaks
+    /// [`TRANSFER_GROUPS_PROTOCOL`] or later. One held past `sync_timeout`
+    /// (its peer gone, its exchange expired) is dropped.
+    pub(crate) fn due_held_transfers(&mut self, now: Instant) -> Outgoing {
+        if self.tx_groups.held.is_empty() {
+            return Vec::new();
+        }
+        let timeout = self.config.sync_timeout;
+        let mut due = Vec::new();
+        let mut held = std::mem::take(&mut self.tx_groups.held);
+        held.retain(|(to, push), transfer| {
+            let seen_at = *transfer.seen_at.get_or_insert(now);
+            match self.peers.get(to) {
+                Some(p) if self.transfer_protocol_pending(p, Some(now)) => {
+                    if now.duration_since(seen_at) < timeout {
+                        return true;
+                    }
+                    tracing::debug!(region = %self.name, peer = %to, push, "anti-entropy: held transfer dropped: the peer's protocol never settled");
+                }
+                Some(_) => due.push((to.clone(), std::mem::take(&mut transfer.chunks))),
+                None => {}
+            }
+            false
+        });
+        self.tx_groups.held = held;
+        let mut out = Vec::new();
+        for (to, mut chunks) in due {
+            self.add_transfer_groups(&to, &mut chunks);
+            out.extend(chunks);
+        }
+        out
+    }
+
     /// Turns the last chunk of a transfer to `to` in `out` (the transfer's
     /// chunks) into a [`Message::SyncStatesGrouped`] naming the transfer's
     /// known groups, when `to` speaks [`TRANSFER_GROUPS_PROTOCOL`] or later
-    /// (by what we know of it now: while its announcement is lost the
-    /// transfer is plain, see the module page).
-    pub(super) fn add_transfer_groups(&self, to: &str, out: &mut Outgoing) {
+    /// (settled: see [`transfer_out`](Core::transfer_out)).
+    fn add_transfer_groups(&self, to: &str, out: &mut Outgoing) {
         if self
             .peers
             .get(to)

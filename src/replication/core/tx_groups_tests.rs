@@ -293,3 +293,107 @@ fn hostile_groups_refuse_a_transfer_merged_in_slices_whole() {
     assert!(read_reg(&c, 9).is_none(), "nothing published");
     assert!(c.peers["b"].needs_sync, "the peer stays due for repair");
 }
+
+/// Whether `out` holds a chunk of a transfer to `peer`.
+fn carries_transfer(out: &Outgoing, peer: &str) -> bool {
+    to(out, peer).iter().any(|m| {
+        matches!(
+            m,
+            Message::SyncStates { .. } | Message::SyncStatesGrouped(_)
+        )
+    })
+}
+
+/// A transfer to a peer whose protocol announcement was lost is held, not
+/// sent plain (a peer of protocol 7 would merge it without its groups,
+/// issue 13's checker at seed 13): it leaves with its groups once the
+/// announcement asked for again arrives.
+#[test]
+fn a_transfer_waits_for_a_lost_protocol_announcement() {
+    let mut a = core("a", 1, RegionConfig::default(), &["hits"]);
+    let mut b = core("b", 2, RegionConfig::default(), &["hits"]);
+    let hits: Arc<str> = Arc::from("hits");
+    for key in [1, 2] {
+        write(&mut b, "hits", key);
+    }
+    b.tx_groups.record([(hits.clone(), k(1)), (hits, k(2))]);
+    let t0 = now();
+    let is_protocol = |m: &Message| matches!(m, Message::Protocol { .. });
+    // a starts the exchange (first contact); its announcement is lost on
+    // its way to b, its hello and request arrive.
+    let from_a = a.peer_up("b", t0);
+    let from_b = b.peer_up("a", t0);
+    let replies_b = deliver(&mut b, "a", from_a, t0, |m| !is_protocol(m));
+    assert!(!carries_transfer(&replies_b, "a"), "held: {replies_b:?}");
+    assert_eq!(b.counters.transfers_held, 1);
+    assert!(b.due_syncs(t0).is_empty(), "still held");
+    let replies_a = deliver(&mut a, "b", from_b, t0, |_| true);
+    deliver(&mut a, "b", replies_b, t0, |_| true);
+    deliver(&mut b, "a", replies_a, t0, |_| true);
+    // b asks again; a answers; the transfer leaves with its groups.
+    let later = t0 + b.config.ack_timeout;
+    let again = b.due_announcements(later);
+    let answer = deliver(&mut a, "b", again, later, |_| true);
+    deliver(&mut b, "a", answer, later, |_| true);
+    assert_eq!(b.peers["a"].protocol, TRANSFER_GROUPS_PROTOCOL);
+    let released = b.due_syncs(later);
+    let chunks = to(&released, "a");
+    let Some(Message::SyncStatesGrouped(last)) = chunks.last() else {
+        panic!("the held transfer leaves with its groups: {chunks:?}")
+    };
+    assert_eq!(last.groups.len(), 1);
+    feed(&mut a, "b", chunks, later);
+    assert_eq!(count(&a, "hits", 2, 2), 1, "merged");
+    assert_eq!(a.tx_groups.len(), 1, "a kept the group");
+    assert_eq!(a.counters.rejected_frames + b.counters.rejected_frames, 0);
+    assert!(b.due_syncs(later).is_empty(), "sent once");
+}
+
+/// A peer of protocol 1 never announces: a transfer to it is held until
+/// the last announcement went unanswered for an `ack_timeout`, then
+/// leaves plain (which it decodes), and the connection's next transfers
+/// go at once.
+#[test]
+fn a_transfer_to_a_protocol_1_peer_leaves_plain_once_its_protocol_is_settled() {
+    let mut a = core("a", 1, RegionConfig::default(), &["hits"]);
+    let old_config = RegionConfig {
+        protocol_version_max: 1,
+        ..RegionConfig::default()
+    };
+    let mut old = core("b", 2, old_config, &["hits"]);
+    write(&mut old, "hits", 5);
+    let t0 = now();
+    let from_a = a.peer_up("b", t0);
+    let from_old = old.peer_up("a", t0);
+    let replies_old = deliver(&mut old, "a", from_a, t0, |_| true);
+    let replies_a = deliver(&mut a, "b", from_old, t0, |_| true);
+    // The old build's transfer arrives: a merges it and holds its push.
+    let pushed = deliver(&mut a, "b", replies_old, t0, |_| true);
+    deliver(&mut old, "a", replies_a, t0, |_| true);
+    assert_eq!(count(&a, "hits", 5, 2), 1, "merged");
+    assert!(!carries_transfer(&pushed, "b"), "held: {pushed:?}");
+    assert_eq!(a.counters.transfers_held, 1);
+    let step = a.config.ack_timeout;
+    let max = crate::region::PROTOCOL_ANNOUNCEMENTS_MAX;
+    let mut released = Vec::new();
+    for i in 1..=max + 1 {
+        let at = t0 + step * i;
+        deliver(&mut old, "a", a.due_announcements(at), at, |_| true);
+        released = a.due_syncs(at);
+        if i <= max {
+            assert!(!carries_transfer(&released, "b"), "still held at {i}");
+        }
+    }
+    let chunks = to(&released, "b");
+    assert!(
+        !chunks.is_empty()
+            && chunks
+                .iter()
+                .all(|m| matches!(m, Message::SyncStates { .. })),
+        "plain once settled: {chunks:?}"
+    );
+    let before = old.counters.rejected_frames;
+    feed(&mut old, "a", chunks, t0 + step * (max + 1));
+    assert_eq!(old.counters.rejected_frames, before, "decoded");
+    assert!(a.peers["b"].speaks_below(TRANSFER_GROUPS_PROTOCOL, PROTOCOL_VERSION));
+}
