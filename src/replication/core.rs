@@ -387,6 +387,10 @@ pub(crate) struct Core {
     pub(crate) transfers: std::collections::VecDeque<PendingTransfer>,
     /// A published transfer's pending values are being folded.
     pub(crate) folding: bool,
+    /// Buffered batches are ready past what one hold of the lock applies
+    /// (see `receive::DRAIN_SLICE_ENTRIES_MAX`): the engine applies the
+    /// rest, a slice per hold.
+    pub(crate) draining: bool,
     /// The exchange of each peer we answered: only its push is accepted.
     pub(crate) answered: HashMap<String, u64>,
     /// The latest exchange of each peer we answered, kept after its push
@@ -471,6 +475,9 @@ pub(crate) struct Counters {
     pub(crate) batches_applied: u64,
     pub(crate) batches_buffered: u64,
     pub(crate) batches_dropped: u64,
+    /// Holds of the lock a run of ready buffered batches was applied in,
+    /// past the first (see `receive::DRAIN_SLICE_ENTRIES_MAX`).
+    pub(crate) drain_slices: u64,
     pub(crate) rejected_frames: u64,
     /// `rejected_frames` by [`RejectReason::index`].
     pub(crate) rejected_by_reason: [u64; RejectReason::ALL.len()],
@@ -560,6 +567,7 @@ impl Core {
             sync_inbox: HashMap::new(),
             transfers: std::collections::VecDeque::new(),
             folding: false,
+            draining: false,
             answered: HashMap::new(),
             answered_last: HashMap::new(),
             answering: HashMap::new(),
