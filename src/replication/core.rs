@@ -35,7 +35,9 @@ mod receive;
 mod shadow_merge;
 pub(crate) mod tx_groups;
 
-pub(crate) use shadow_merge::{MergedTransfer, PendingTransfer, TRANSFER_MERGE_SLICE_KEYS_MAX};
+pub(crate) use shadow_merge::{
+    HeldForFold, MergedTransfer, PendingTransfer, TRANSFER_MERGE_SLICE_KEYS_MAX,
+};
 
 /// Bucket digests on the wire: fixed 8 bytes each (varints would take 9).
 fn pack(digests: &[u64]) -> Vec<u8> {
@@ -391,6 +393,10 @@ pub(crate) struct Core {
     /// (see `receive::DRAIN_SLICE_ENTRIES_MAX`): the engine applies the
     /// rest, a slice per hold.
     pub(crate) draining: bool,
+    /// Exchange work that reads whole tables (digests, the range index),
+    /// waiting while a published transfer is folded (see
+    /// `shadow_merge::HeldForFold`).
+    pub(crate) held_for_fold: std::collections::VecDeque<HeldForFold>,
     /// The exchange of each peer we answered: only its push is accepted.
     pub(crate) answered: HashMap<String, u64>,
     /// The latest exchange of each peer we answered, kept after its push
@@ -568,6 +574,7 @@ impl Core {
             transfers: std::collections::VecDeque::new(),
             folding: false,
             draining: false,
+            held_for_fold: std::collections::VecDeque::new(),
             answered: HashMap::new(),
             answered_last: HashMap::new(),
             answering: HashMap::new(),

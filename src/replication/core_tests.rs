@@ -2403,9 +2403,9 @@ fn a_compact_batch_is_applied_as_its_batch() {
     assert_eq!(a.counters.rejected_frames, 1);
 }
 
+#[path = "core/drain_tests.rs"]
+mod drain_tests;
 #[path = "core/shadow_merge_tests.rs"]
 mod shadow_merge_tests;
 #[path = "core/tx_groups_tests.rs"]
 mod tx_groups_tests;
-#[path = "core/drain_tests.rs"]
-mod drain_tests;

@@ -85,7 +85,11 @@ fn a_long_run_of_buffered_batches_is_applied_over_several_holds() {
 
     let out = b.on_message("a", a_batch(0), now());
     let slice = DRAIN_SLICE_ENTRIES_MAX as u64 / BATCH_LEN;
-    assert_eq!(check_holds(&b, 0), slice, "the arrival's hold applies one slice");
+    assert_eq!(
+        check_holds(&b, 0),
+        slice,
+        "the arrival's hold applies one slice"
+    );
     assert!(
         matches!(to(&out, "a")[..], [Message::Ack { applied, .. }] if applied == slice * BATCH_LEN),
         "its acknowledgement covers what it applied: {out:?}"
