@@ -1280,6 +1280,7 @@ impl Region {
             batches_sent: c.batches_sent,
             batches_applied: c.batches_applied,
             batches_dropped: c.batches_dropped,
+            drain_slices: c.drain_slices,
             rejected_frames: c.rejected_frames,
             rejected_by_reason: RejectReason::ALL
                 .iter()

@@ -458,7 +458,10 @@ pub(crate) async fn run<T: Transport>(
             }
             () = engine.shared.wake.notified() => engine.on_wake().await,
             _ = engine.tick.tick() => engine.on_tick().await,
-            () = std::future::ready(()), if engine.merging => {}
+            () = std::future::ready(()), if engine.merging || engine.draining => {}
+        }
+        if engine.draining {
+            engine.drain_buffer_slice().await;
         }
         if engine.merging {
             engine.merge_transfer_slice().await;
@@ -485,6 +488,9 @@ struct Engine<T> {
     /// A large transfer waits to be merged or folded, a slice per lock
     /// hold (see `Core::merge_transfer_slice`).
     merging: bool,
+    /// Ready buffered batches wait to be applied, a slice per lock hold
+    /// (see `Core::drain_buffer_slice`).
+    draining: bool,
     /// With storage: messages that wait for the next commit.
     held: Outgoing,
     /// Group commit's pacing.
@@ -515,6 +521,7 @@ impl<T: Transport> Engine<T> {
             tick,
             sent: SentBytes::default(),
             merging: false,
+            draining: false,
             held: Vec::new(),
             gather: Gather::default(),
             durable,
@@ -578,6 +585,7 @@ impl<T: Transport> Engine<T> {
         core.count_sent(&mut self.sent);
         let out = handle_received(&mut core, &mut self.held, event, frame_len, now);
         self.merging = core.transfer_work_pending();
+        self.draining = core.drain_work_pending();
         self.shared.publish(&core);
         log_long_hold(&core.name, kind, locked);
         drop(core);
@@ -595,8 +603,27 @@ impl<T: Transport> Engine<T> {
         core.count_sent(&mut self.sent);
         let out = core.merge_transfer_slice(locked);
         self.merging = core.transfer_work_pending();
+        self.draining = core.drain_work_pending();
         self.shared.publish(&core);
         log_long_hold(&core.name, "transfer slice", locked);
+        drop(core);
+        let out = self.hold_until_commit(out);
+        self.send(out);
+    }
+
+    /// One slice of a long run of ready buffered batches in a hold of its
+    /// own, after letting the tasks on this worker run (as
+    /// [`merge_transfer_slice`](Engine::merge_transfer_slice)); its
+    /// acknowledgements are sent (or held for the next commit).
+    async fn drain_buffer_slice(&mut self) {
+        tokio::task::yield_now().await;
+        let mut core = self.shared.lock();
+        let locked = Instant::now();
+        core.count_sent(&mut self.sent);
+        let out = core.drain_buffer_slice();
+        self.draining = core.drain_work_pending();
+        self.shared.publish(&core);
+        log_long_hold(&core.name, "drain slice", locked);
         drop(core);
         let out = self.hold_until_commit(out);
         self.send(out);

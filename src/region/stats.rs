@@ -24,6 +24,12 @@ pub struct RegionStats {
     pub batches_applied: u64,
     /// Batches dropped from a full causal buffer.
     pub batches_dropped: u64,
+    /// Holds of the state's lock that applied part of a long run of
+    /// buffered batches ready at once, past the first: such a run (after a
+    /// partition, or a transfer they waited for) is applied a bounded slice
+    /// of whole batches per hold, so local reads and writes never wait for
+    /// all of it.
+    pub drain_slices: u64,
     /// Frames refused as malformed or out of bounds.
     pub rejected_frames: u64,
     /// `rejected_frames` by reason: every [`RejectReason`], in the order

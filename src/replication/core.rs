@@ -35,7 +35,9 @@ mod receive;
 mod shadow_merge;
 pub(crate) mod tx_groups;
 
-pub(crate) use shadow_merge::{MergedTransfer, PendingTransfer, TRANSFER_MERGE_SLICE_KEYS_MAX};
+pub(crate) use shadow_merge::{
+    HeldForFold, MergedTransfer, PendingTransfer, TRANSFER_MERGE_SLICE_KEYS_MAX,
+};
 
 /// Bucket digests on the wire: fixed 8 bytes each (varints would take 9).
 fn pack(digests: &[u64]) -> Vec<u8> {
@@ -387,6 +389,14 @@ pub(crate) struct Core {
     pub(crate) transfers: std::collections::VecDeque<PendingTransfer>,
     /// A published transfer's pending values are being folded.
     pub(crate) folding: bool,
+    /// Buffered batches are ready past what one hold of the lock applies
+    /// (see `receive::DRAIN_SLICE_ENTRIES_MAX`): the engine applies the
+    /// rest, a slice per hold.
+    pub(crate) draining: bool,
+    /// Exchange work that reads whole tables (digests, the range index),
+    /// waiting while a published transfer is folded (see
+    /// `shadow_merge::HeldForFold`).
+    pub(crate) held_for_fold: std::collections::VecDeque<HeldForFold>,
     /// The exchange of each peer we answered: only its push is accepted.
     pub(crate) answered: HashMap<String, u64>,
     /// The latest exchange of each peer we answered, kept after its push
@@ -474,6 +484,9 @@ pub(crate) struct Counters {
     pub(crate) batches_applied: u64,
     pub(crate) batches_buffered: u64,
     pub(crate) batches_dropped: u64,
+    /// Holds of the lock a run of ready buffered batches was applied in,
+    /// past the first (see `receive::DRAIN_SLICE_ENTRIES_MAX`).
+    pub(crate) drain_slices: u64,
     pub(crate) rejected_frames: u64,
     /// `rejected_frames` by [`RejectReason::index`].
     pub(crate) rejected_by_reason: [u64; RejectReason::ALL.len()],
@@ -566,6 +579,8 @@ impl Core {
             sync_inbox: HashMap::new(),
             transfers: std::collections::VecDeque::new(),
             folding: false,
+            draining: false,
+            held_for_fold: std::collections::VecDeque::new(),
             answered: HashMap::new(),
             answered_last: HashMap::new(),
             answering: HashMap::new(),

@@ -227,11 +227,13 @@ fn feed(core: &mut Core, from: &str, messages: Vec<Message>, at: Instant) -> Out
     out
 }
 
-/// Merges every transfer queued to be merged in slices, as the engine
-/// does between frames; returns what their publish answered.
+/// Merges every transfer queued to be merged in slices and applies every
+/// ready buffered batch left to later holds, as the engine does between
+/// frames; returns what they answered.
 fn merge_queued_transfers(core: &mut Core, at: Instant) -> Outgoing {
     let mut out = Vec::new();
-    while core.transfer_work_pending() {
+    while core.transfer_work_pending() || core.drain_work_pending() {
+        out.extend(core.drain_buffer_slice());
         out.extend(core.merge_transfer_slice(at));
     }
     out
@@ -2401,6 +2403,8 @@ fn a_compact_batch_is_applied_as_its_batch() {
     assert_eq!(a.counters.rejected_frames, 1);
 }
 
+#[path = "core/drain_tests.rs"]
+mod drain_tests;
 #[path = "core/shadow_merge_tests.rs"]
 mod shadow_merge_tests;
 #[path = "core/tx_groups_tests.rs"]

@@ -411,7 +411,11 @@ impl Sim {
         let Frame { from, to, message } = self.net.remove(n);
         self.trace(|| format!("{} -> {}: {}", NAMES[from], NAMES[to], describe(&message)));
         let now = self.now();
-        let out = self.cores[to].on_message(NAMES[from], message, now);
+        let mut out = self.cores[to].on_message(NAMES[from], message, now);
+        // A long run of ready batches, applied in later holds by the engine.
+        while self.cores[to].drain_work_pending() {
+            out.extend(self.cores[to].drain_buffer_slice());
+        }
         self.send(to, out);
     }
 

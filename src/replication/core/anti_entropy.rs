@@ -19,6 +19,12 @@ impl Core {
     /// speak protocol 6 (see [`ranges`](super::ranges)), else sends our
     /// digests.
     pub(crate) fn start_sync(&mut self, peer: &str, now: Instant) -> Outgoing {
+        if self.folding {
+            // Its digests would fold the rest at once: started by the
+            // tick once folded (see `shadow_merge::HeldForFold`).
+            self.wants_exchange.insert(peer.to_owned());
+            return Vec::new();
+        }
         self.sync_session += 1;
         let session = self.sync_session;
         if self.syncs_by_ranges(peer)
@@ -468,7 +474,12 @@ impl Core {
         };
         // Behind a queued transfer, even a small one waits its turn: its
         // vector may name what the queued one brings.
-        if inbox.entries > TRANSFER_MERGE_SLICE_KEYS_MAX as u64 || !self.transfers.is_empty() {
+        // While a published one is folded, it waits too: finishing it
+        // would read the folded tables (a reply's push back).
+        if inbox.entries > TRANSFER_MERGE_SLICE_KEYS_MAX as u64
+            || !self.transfers.is_empty()
+            || self.folding
+        {
             self.queue_transfer(from, session, push, their_applied, inbox);
             return Vec::new();
         }
@@ -544,6 +555,17 @@ impl Core {
         let Some(sync) = self.syncs.remove(from) else {
             return out;
         };
+        if self.folding {
+            // Its digests would fold the rest at once: pushed once folded.
+            self.hold_for_fold(HeldForFold::PushBack {
+                from: from.to_owned(),
+                session,
+                sync,
+                buckets,
+                received,
+            });
+            return out;
+        }
         out.extend(self.push_back(from, session, &sync, buckets, &received, now));
         out
     }
@@ -652,7 +674,7 @@ impl Core {
     /// meanwhile), with our current applied vector: the peer then holds
     /// our whole current state, which is causally closed. Entries it sent
     /// us (`received`) are not sent back.
-    fn push_back(
+    pub(super) fn push_back(
         &mut self,
         from: &str,
         session: u64,

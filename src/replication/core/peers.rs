@@ -49,6 +49,8 @@ impl Core {
             self.retired_refused.remove(name);
             return Vec::new();
         }
+        // What it sent on its last connection is void.
+        self.forget_held_for_fold(name);
         let peer = self.peer(name, now);
         let was = peer.connected;
         peer.connected = true;
@@ -419,6 +421,7 @@ impl Core {
     /// A restarted peer's former process's exchanges are over: what it
     /// asked and what it was sending are void.
     fn forget_exchanges_of(&mut self, from: &str) {
+        self.forget_held_for_fold(from);
         self.answered_last.remove(from);
         self.answered.remove(from);
         self.answering.remove(from);
@@ -493,6 +496,7 @@ impl Core {
         if self.retired.contains_key(name) {
             return;
         }
+        self.forget_held_for_fold(name);
         let peer = self.peer(name, now);
         let was = peer.connected;
         peer.connected = false;

@@ -4,6 +4,13 @@
 use super::anti_entropy::TransferChunk;
 use super::*;
 
+/// Entries of buffered batches applied per hold of the state's lock: a run
+/// of ready batches past it (a partition healed, a transfer they waited
+/// for) is applied a slice per hold by the engine, so local reads and
+/// writes wait for one slice, not the run. Whole batches only (at least
+/// one per hold): the default `batch_len_max` (1,024) is one batch.
+pub(crate) const DRAIN_SLICE_ENTRIES_MAX: usize = 1024;
+
 impl Core {
     /// A message from the peer `from`: a retired peer's and a refused or
     /// not yet greeted peer's are ignored; the protocol announcement and the
@@ -77,6 +84,19 @@ impl Core {
     /// A message of a peer that greeted us on this connection (protocol
     /// announcements and hellos are [`on_message`](Core::on_message)'s).
     fn on_greeted_message(&mut self, from: &str, message: Message, now: Instant) -> Outgoing {
+        if self.folding
+            && matches!(
+                message,
+                Message::SyncRequest { .. } | Message::SyncRanges { .. }
+            )
+        {
+            // It reads whole tables: handled once the transfer is folded.
+            self.hold_for_fold(HeldForFold::Message {
+                from: from.to_owned(),
+                message,
+            });
+            return Vec::new();
+        }
         match message {
             Message::Batch {
                 origin,
@@ -343,6 +363,7 @@ impl Core {
         }) {
             self.buffer_bytes += batch.size();
             self.buffer.push(batch);
+            // The arrival's acknowledgement says what this applied.
             self.drain_buffer();
             self.bound_buffer();
         }
@@ -383,8 +404,21 @@ impl Core {
         })
     }
 
-    /// Applies every buffered batch whose dependencies are now applied.
-    pub(super) fn drain_buffer(&mut self) {
+    /// Applies buffered batches whose dependencies are now applied, whole
+    /// batches of at most [`DRAIN_SLICE_ENTRIES_MAX`] entries together (at
+    /// least one batch): when more are ready, `draining` is set and the
+    /// engine applies them in holds of their own
+    /// ([`drain_buffer_slice`](Core::drain_buffer_slice)). Returns the
+    /// sender, origin and relayedness of each batch applied.
+    ///
+    /// A batch is never split: its transactions become visible at once
+    /// (an outbox never cuts a transaction across batches), and causal
+    /// order holds across slices since a batch is applied only once
+    /// `ready`.
+    pub(super) fn drain_buffer(&mut self) -> Vec<(String, ReplicaId, bool)> {
+        let mut applied = Vec::new();
+        let mut entries = 0u64;
+        self.draining = false;
         loop {
             let stale = self.buffer.iter().position(|b| b.last <= self.continues(b));
             if let Some(i) = stale {
@@ -395,13 +429,60 @@ impl Core {
             let Some(i) = self.buffer.iter().position(|b| self.ready(b)) else {
                 break;
             };
+            if entries >= DRAIN_SLICE_ENTRIES_MAX as u64 {
+                // More is ready: the engine goes on after letting local
+                // reads and writes in.
+                self.draining = true;
+                break;
+            }
             let batch = self.buffer.swap_remove(i);
             self.buffer_bytes -= batch.size();
+            entries += batch.last - batch.first + 1;
+            let sent_by = (batch.from.clone(), batch.origin, batch.relayed);
+            if !applied.contains(&sent_by) {
+                applied.push(sent_by);
+            }
             self.apply_batch(batch);
         }
+        debug_assert!(
+            !self.draining || entries >= DRAIN_SLICE_ENTRIES_MAX as u64,
+            "a drain stops early only past its bound"
+        );
         if !self.buffer.is_empty() {
             self.counters.batches_buffered = self.buffer.len() as u64;
         }
+        applied
+    }
+
+    /// Whether ready buffered batches wait past what one hold applies: the
+    /// engine then calls [`drain_buffer_slice`](Core::drain_buffer_slice)
+    /// between other work.
+    pub(crate) fn drain_work_pending(&self) -> bool {
+        self.draining
+    }
+
+    /// Applies the next slice of ready buffered batches (see
+    /// [`drain_buffer`](Core::drain_buffer)) in a hold of its own; returns
+    /// an acknowledgement to the sender of each origin's batches applied,
+    /// as their arrival would have (see [`on_batch`](Core::on_batch) and
+    /// `on_relay`).
+    pub(crate) fn drain_buffer_slice(&mut self) -> Outgoing {
+        if !self.draining {
+            return Vec::new();
+        }
+        self.counters.drain_slices += 1;
+        let applied = self.drain_buffer();
+        applied
+            .into_iter()
+            .map(|(from, origin, relayed)| {
+                let applied = if relayed {
+                    self.relay_held(origin)
+                } else {
+                    self.applied.get(origin)
+                };
+                (from, Message::Ack { origin, applied })
+            })
+            .collect()
     }
 
     pub(super) fn bound_buffer(&mut self) {

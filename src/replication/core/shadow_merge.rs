@@ -15,6 +15,14 @@
 //! pending values are then folded into the current ones,
 //! [`TRANSFER_FOLD_SLICE_KEYS_MAX`] per hold (reads find them meanwhile).
 //!
+//! Exchange work that reads whole tables (digests, the range index: both
+//! fold what is left first) waits while the values are folded instead of
+//! folding them all in one hold: an exchange we would start is started by
+//! the tick once folded (`wants_exchange`), a peer's exchange message and
+//! our push back are held ([`HeldForFold`], at most [`HELD_FOR_FOLD_MAX`])
+//! and handled after the last fold slice, and a transfer completed
+//! meanwhile is queued behind the fold.
+//!
 //! Nothing pending is stored: a commit stores current values and the vector,
 //! which does not name the pending transfer, so a crash loses the transfer
 //! whole and the next exchange repairs it. A commit after the publish folds
@@ -39,6 +47,35 @@ pub(crate) const TRANSFER_FOLD_SLICE_KEYS_MAX: usize = 256;
 /// faster than we merge them: each queued one holds up to
 /// `sync_transfer_bytes_max`).
 pub(crate) const TRANSFERS_QUEUED_PER_PEER_MAX: usize = 2;
+
+/// Exchange work held while a published transfer is folded, at most: a
+/// peer has one exchange with us and we one with it, a round at a time;
+/// past it the oldest is dropped (its exchange times out and is retried).
+pub(crate) const HELD_FOR_FOLD_MAX: usize = 16;
+
+/// Exchange work that reads whole tables, held while a published transfer
+/// is folded (see the module page); a peer's is forgotten when its
+/// connection changes.
+pub(crate) enum HeldForFold {
+    /// A peer's exchange message (a request, or a round by ranges).
+    Message { from: String, message: Message },
+    /// Our exchange's push back, its reply merged and published.
+    PushBack {
+        from: String,
+        session: u64,
+        sync: SyncState,
+        buckets: Vec<(String, Vec<u32>)>,
+        received: HashSet<u64>,
+    },
+}
+
+impl HeldForFold {
+    fn peer(&self) -> &str {
+        match self {
+            HeldForFold::Message { from, .. } | HeldForFold::PushBack { from, .. } => from,
+        }
+    }
+}
 
 /// A complete transfer waiting to be merged, slice by slice.
 pub(crate) struct PendingTransfer {
@@ -139,7 +176,7 @@ impl Core {
     /// calls [`merge_transfer_slice`](Core::merge_transfer_slice) between
     /// other work.
     pub(crate) fn transfer_work_pending(&self) -> bool {
-        self.folding || !self.transfers.is_empty()
+        self.folding || !self.transfers.is_empty() || !self.held_for_fold.is_empty()
     }
 
     /// One bounded step of the transfers waiting: folds a slice of the
@@ -150,6 +187,10 @@ impl Core {
         if self.folding {
             self.fold_slice(TRANSFER_FOLD_SLICE_KEYS_MAX);
             return Vec::new();
+        }
+        if !self.held_for_fold.is_empty() {
+            // Folded (by the last slice, or a commit): what waited for it.
+            return self.replay_held_for_fold(now);
         }
         let Some(mut transfer) = self.transfers.pop_front() else {
             return Vec::new();
@@ -322,6 +363,46 @@ impl Core {
             }
         }
         self.folding = left;
+    }
+
+    /// Holds `held` until the published transfer is folded (the oldest
+    /// dropped past [`HELD_FOR_FOLD_MAX`]).
+    pub(super) fn hold_for_fold(&mut self, held: HeldForFold) {
+        debug_assert!(self.folding, "held only while folding");
+        if self.held_for_fold.len() >= HELD_FOR_FOLD_MAX
+            && let Some(dropped) = self.held_for_fold.pop_front()
+        {
+            tracing::debug!(region = %self.name, peer = dropped.peer(), "anti-entropy: exchange work held for the fold dropped (over HELD_FOR_FOLD_MAX); the exchange times out and is retried");
+        }
+        tracing::debug!(region = %self.name, peer = held.peer(), "anti-entropy: exchange work waits until the transfer is folded");
+        self.held_for_fold.push_back(held);
+    }
+
+    /// Forgets what `peer` sent that waits for the fold (its connection
+    /// changed: an answer would reach a conversation that ended).
+    pub(super) fn forget_held_for_fold(&mut self, peer: &str) {
+        self.held_for_fold.retain(|held| held.peer() != peer);
+    }
+
+    /// Handles, in order, the exchange work that waited for the fold.
+    fn replay_held_for_fold(&mut self, now: Instant) -> Outgoing {
+        debug_assert!(!self.folding, "replayed once folded");
+        let mut out = Vec::new();
+        while let Some(held) = self.held_for_fold.pop_front() {
+            match held {
+                HeldForFold::Message { from, message } => {
+                    out.extend(self.on_message(&from, message, now));
+                }
+                HeldForFold::PushBack {
+                    from,
+                    session,
+                    sync,
+                    buckets,
+                    received,
+                } => out.extend(self.push_back(&from, session, &sync, buckets, &received, now)),
+            }
+        }
+        out
     }
 
     /// Folds every published pending value (before a commit stores the

@@ -250,3 +250,50 @@ fn a_small_transfer_behind_a_queued_one_waits_its_turn() {
     assert_eq!(b.applied.get(rid(3)), 1);
     assert_eq!(shown(&b), KEYS);
 }
+
+/// Issue 10 item 2: an exchange that starts while a published transfer is
+/// folded does not fold the rest in one hold (its digests would): a peer's
+/// request waits until the last fold slice and is answered then, and an
+/// exchange we would start is started by the tick once folded.
+#[test]
+fn an_exchange_waits_while_a_published_transfer_is_folded() {
+    let mut b = core("b", 2, RegionConfig::default(), &["t"]);
+    let mut a = pending_push(&mut b);
+    merge_until_published(&mut b);
+    assert!(b.folding, "published, not folded yet");
+    // b < c: b would start at once.
+    let mut c = core("c", 3, RegionConfig::default(), &["t"]);
+    write(&mut c, "t", KEYS + 1);
+    up(&mut c, "b", now());
+    let started = up(&mut b, "c", now());
+    assert!(to(&started, "c").is_empty(), "not started while folding");
+    assert!(b.wants_exchange.contains("c"), "started once folded");
+    // a starts a new exchange meanwhile.
+    a.syncs.clear();
+    let request = a.start_sync("b", now());
+    let out = b.on_message("a", request[0].1.clone(), now());
+    assert!(to(&out, "a").is_empty(), "answered once folded");
+    assert!(b.folding, "the request folded the rest in one hold");
+    let mut folds = 0;
+    let mut answer = Vec::new();
+    while b.transfer_work_pending() {
+        answer.extend(b.merge_transfer_slice(now()));
+        folds += 1;
+        assert_eq!(shown(&b), KEYS, "fold {folds}: a folded value went missing");
+    }
+    assert!(folds > 1, "folded in slices after the request");
+    assert!(
+        to(&answer, "a")
+            .iter()
+            .any(|m| matches!(m, Message::SyncStates { .. })),
+        "a's request answered after the fold: {answer:?}"
+    );
+    let started = b.due_syncs(now());
+    assert!(
+        to(&started, "c")
+            .iter()
+            .any(|m| matches!(m, Message::SyncRequest { .. })),
+        "the exchange with c started once folded"
+    );
+    assert_eq!(b.counters.rejected_frames, 0);
+}
