@@ -31,7 +31,9 @@
 //!
 //! Run with `cargo bench --bench engine` (about a minute);
 //! `ENGINE_BENCH_PROTOCOL=6` pins the regions to engine protocol 6 (batches
-//! in the older layout), for a before/after of protocol 7's with one binary.
+//! in the older layout), for a before/after of protocol 7's with one binary;
+//! `ENGINE_BENCH_THREAD=1` runs each region's engine on a thread of its own
+//! (`RegionConfig::engine_thread`).
 //!
 //! Profiling: `ENGINE_BENCH_PROFILE=keys` (or `hot`, `local`, `channel`)
 //! skips criterion and runs that workload `ENGINE_BENCH_RUNS` times
@@ -136,11 +138,19 @@ fn protocol() -> u16 {
         .unwrap_or(PROTOCOL_VERSION)
 }
 
+/// `ENGINE_BENCH_THREAD=1`: each region's engine on a thread of its own
+/// ([`RegionConfig::engine_thread`]) instead of a task on the bench's
+/// runtime.
+fn engine_thread() -> bool {
+    std::env::var("ENGINE_BENCH_THREAD").is_ok_and(|v| v == "1")
+}
+
 fn region(net: &ChannelNetwork, name: &str) -> Region {
     Region::builder(name)
         .transport(net.endpoint(name))
         .config(RegionConfig {
             protocol_version_max: protocol(),
+            engine_thread: engine_thread(),
             ..common::roomy_config()
         })
         .build()
@@ -413,8 +423,13 @@ fn summary() {
     let local_runs = LOCAL_RUNS.lock().expect("lock").clone();
     let channel_runs = CHANNEL_RUNS.lock().expect("lock").clone();
     println!(
-        "\n== engine bench summary: {N} updates per iteration, engine protocol {}; M/s as median [min–max] over every iteration, warm-up included ==",
-        protocol()
+        "\n== engine bench summary: {N} updates per iteration, engine protocol {}, engine {}; M/s as median [min–max] over every iteration, warm-up included ==",
+        protocol(),
+        if engine_thread() {
+            "on its own thread"
+        } else {
+            "as a task"
+        },
     );
     let (mut channel_u64, mut channel_vec) = (f64::NAN, f64::NAN);
     for (name, runs) in &channel_runs {

@@ -183,22 +183,85 @@ pub(crate) enum Exit {
 /// records, in `shared`, why it ended if it was not asked to: a panic, a
 /// poisoned lock, a closed transport, a cancelled task. Reads and writes
 /// then return the failure ([`crate::region::RegionError::Engine`]).
+///
+/// With [`engine_thread`](crate::region::RegionConfig::engine_thread) the
+/// engine runs on a thread of its own (see [`spawn_on_thread`]); the
+/// supervisor stays on the caller's runtime either way.
 pub(crate) fn spawn<T: Transport>(
     shared: Arc<Shared>,
     transport: T,
     commands: mpsc::Receiver<Command>,
     storage: Option<Box<dyn Storage>>,
 ) {
-    let engine = tokio::spawn(run(Arc::clone(&shared), transport, commands, storage));
+    let on_thread = shared.lock().config.engine_thread;
+    let engine = run(Arc::clone(&shared), transport, commands, storage);
+    if on_thread {
+        let ended = spawn_on_thread(&shared, engine);
+        supervise(shared, async move { ended.await.ok() });
+    } else {
+        let engine = tokio::spawn(engine);
+        supervise(shared, async move { Some(engine.await) });
+    }
+}
+
+/// How an engine ended: `None` when it is gone without a word (its thread
+/// could not start).
+type Ended = Option<Result<Exit, tokio::task::JoinError>>;
+
+/// Runs `engine` on a thread of its own, on a current-thread runtime: the
+/// writers' wake-ups and the transport's then reach it across threads and
+/// never queue it behind a writer on the writer's worker (tokio's LIFO
+/// slot). Falls back to a task on the caller's runtime when the runtime or
+/// the thread cannot be made. The returned receiver gets how it ended.
+fn spawn_on_thread(
+    shared: &Arc<Shared>,
+    engine: impl Future<Output = Exit> + Send + 'static,
+) -> oneshot::Receiver<Result<Exit, tokio::task::JoinError>> {
+    let (tx, rx) = oneshot::channel();
+    let name = shared.lock().name.clone();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::warn!(region = %name, %error, "no runtime for the engine thread: the engine runs as a task");
+            let engine = tokio::spawn(engine);
+            tokio::spawn(async move {
+                let _ = tx.send(engine.await);
+            });
+            return rx;
+        }
+    };
+    let started = std::thread::Builder::new()
+        .name(format!("engine-{name}"))
+        .spawn(move || {
+            // Spawned, not blocked on: a panic comes back as the task's
+            // `JoinError`, as it does on the caller's runtime.
+            let engine = runtime.spawn(engine);
+            let _ = tx.send(runtime.block_on(engine));
+        });
+    if let Err(error) = started {
+        // The closure, and the engine in it, are gone: the region fails as
+        // if its engine was cancelled.
+        tracing::error!(region = %name, %error, "cannot start the engine thread");
+    }
+    rx
+}
+
+/// Records in `shared` why its engine ended, once `ended` says, if it was
+/// not asked to (an engine gone without a word counts as cancelled).
+fn supervise(shared: Arc<Shared>, ended: impl Future<Output = Ended> + Send + 'static) {
     tokio::spawn(async move {
-        let failure = match engine.await {
-            Ok(Exit::Shutdown | Exit::Dropped) => return,
-            Ok(Exit::TransportClosed) => EngineFailure::TransportClosed,
-            Ok(Exit::Poisoned) => EngineFailure::Poisoned,
-            Err(error) if error.is_panic() => EngineFailure::Panicked {
+        let failure = match ended.await {
+            None => EngineFailure::Cancelled,
+            Some(Ok(Exit::Shutdown | Exit::Dropped)) => return,
+            Some(Ok(Exit::TransportClosed)) => EngineFailure::TransportClosed,
+            Some(Ok(Exit::Poisoned)) => EngineFailure::Poisoned,
+            Some(Err(error)) if error.is_panic() => EngineFailure::Panicked {
                 message: panic_message(error.into_panic()),
             },
-            Err(_) => EngineFailure::Cancelled,
+            Some(Err(_)) => EngineFailure::Cancelled,
         };
         let region = shared.lock().name.clone();
         tracing::error!(%region, %failure, "region engine failed: reads and writes are refused from now on");

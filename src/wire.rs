@@ -377,10 +377,10 @@ pub(crate) fn decode_bare<T: DeserializeOwned>(body: &[u8]) -> Result<T, WireErr
     if body.len() > FRAME_BYTES_MAX {
         return Err(WireError::TooLarge { len: body.len() });
     }
-    let budget = std::rc::Rc::new(budget::Budget::new(decode_budget_bytes(body.len())));
+    let budget = budget::Budget::shared(decode_budget_bytes(body.len()));
     BROKEN_RULE.with(|slot| slot.set(None));
     // Delimited values inside the body charge the same budget.
-    let outer = delimited::FRAME_BUDGET.with(|b| b.replace(Some(budget.clone())));
+    let outer = delimited::FRAME_BUDGET.with(|b| b.replace(Some(std::rc::Rc::clone(&budget))));
     let decoded = bincode::serde::seed_decode_from_slice(
         budget::BudgetedSeed::<T>::new(&budget),
         body,
@@ -410,13 +410,21 @@ pub(crate) fn decode_bare<T: DeserializeOwned>(body: &[u8]) -> Result<T, WireErr
 
 /// Appends `bytes` with its length in front (LEB128): the framing of the
 /// opaque byte strings packed into a batch.
+#[inline]
 pub(crate) fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     put_len(out, bytes.len());
     out.extend_from_slice(bytes);
 }
 
 /// Appends `n` as LEB128.
+#[inline]
 pub(crate) fn put_len(out: &mut Vec<u8>, mut n: usize) {
+    // One byte, the common case (keys, values and table positions of a
+    // batch entry are short): no loop.
+    if n < 0x80 {
+        out.push(n as u8);
+        return;
+    }
     while n >= 0x80 {
         out.push((n as u8) | 0x80);
         n >>= 7;
@@ -428,7 +436,21 @@ pub(crate) fn put_len(out: &mut Vec<u8>, mut n: usize) {
 ///
 /// # Errors
 /// [`WireError::Malformed`] when `input` ends inside it or it overflows.
+#[inline]
 pub(crate) fn take_len(input: &mut &[u8]) -> Result<usize, WireError> {
+    // One byte, the common case: no loop.
+    if let Some((&b, rest)) = input.split_first()
+        && b < 0x80
+    {
+        *input = rest;
+        return Ok(usize::from(b));
+    }
+    take_len_long(input)
+}
+
+/// [`take_len`] of a length of more than one byte (or of none: an error).
+#[cold]
+fn take_len_long(input: &mut &[u8]) -> Result<usize, WireError> {
     let mut n: u64 = 0;
     for shift in (0..64).step_by(7) {
         let (&b, rest) = input
@@ -450,17 +472,21 @@ pub(crate) fn take_len(input: &mut &[u8]) -> Result<usize, WireError> {
 ///
 /// # Errors
 /// [`WireError::Malformed`] when `input` is too short for it.
+#[inline]
 pub(crate) fn take_bytes<'a>(input: &mut &'a [u8]) -> Result<&'a [u8], WireError> {
     let len = take_len(input)?;
     if len > input.len() {
-        return Err(WireError::Malformed(format!(
-            "byte string of {len} bytes, {} left",
-            input.len()
-        )));
+        return Err(short_bytes(len, input.len()));
     }
     let (bytes, rest) = input.split_at(len);
     *input = rest;
     Ok(bytes)
+}
+
+/// The error of a byte string of `len` bytes with `left` bytes left.
+#[cold]
+fn short_bytes(len: usize, left: usize) -> WireError {
+    WireError::Malformed(format!("byte string of {len} bytes, {left} left"))
 }
 
 /// Decodes a frame made by [`encode`], treating it as hostile: within the

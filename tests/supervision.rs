@@ -179,3 +179,95 @@ async fn a_resolver_panic_while_merging_a_peers_write_fails_the_region_not_silen
     assert!(matches!(err, RegionError::Engine(_)), "{err:?}");
     assert_eq!(b.stats().writes, writes);
 }
+
+/// Regions whose engines run on threads of their own
+/// ([`RegionConfig::engine_thread`]), the rest of the default config.
+fn threaded(net: &ChannelNetwork, name: &str) -> Region {
+    Region::builder(name)
+        .transport(net.endpoint(name))
+        .config(archipelago::region::RegionConfig {
+            engine_thread: true,
+            ..Default::default()
+        })
+        .build()
+        .unwrap()
+}
+
+/// Polls `done` every millisecond with the test's runtime thread blocked
+/// (nothing on this current-thread runtime runs meanwhile); panics with
+/// `what` after 10 s.
+fn blocked_until(what: &str, mut done: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !done() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{what}: not with this runtime's thread blocked, so an engine ran on it"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// On real time: engines on their own threads cannot follow the test's
+/// paused clock. The test's runtime has one thread, which it blocks: only
+/// engines running elsewhere can connect the regions and ship the write.
+#[tokio::test]
+async fn engines_on_their_own_threads_replicate_while_the_callers_runtime_is_blocked() {
+    let net = ChannelNetwork::new(25);
+    let a = threaded(&net, "a");
+    let b = threaded(&net, "b");
+    blocked_until("the regions connect", || {
+        a.stats().syncs_completed > 0 && b.stats().syncs_completed > 0
+    });
+    let t = a.table::<u64, GCounter>("hits").unwrap();
+    for key in 0..10 {
+        inc(&t, key).await.unwrap();
+    }
+    blocked_until("b applies a's writes", || b.stats().batches_applied > 0);
+    let tb = b.table::<u64, GCounter>("hits").unwrap();
+    let mut session = archipelago::session::Session::new();
+    session.record_write(
+        &t.update(&10, |c, ctx| c.apply(|c| c.inc(ctx.replica(), 1)))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        tb.read_session(&10, &mut session)
+            .await
+            .unwrap()
+            .map(|c| c.value()),
+        Some(1)
+    );
+    for key in 0..10 {
+        assert_eq!(
+            tb.read(&key).await.unwrap().map(|c| c.value()),
+            Some(1),
+            "key {key}"
+        );
+    }
+    let report = a.shutdown().await;
+    assert!(report.is_complete(), "{report:?}");
+    let (sa, sb) = (a.stats(), b.stats());
+    assert_eq!((sa.rejected_frames, sb.rejected_frames), (0, 0));
+    assert_eq!(sb.syncs_completed, 1, "no repair by anti-entropy: {sb:?}");
+    assert_eq!(sa.engine_failure, None);
+}
+
+#[tokio::test]
+async fn a_panic_of_an_engine_on_its_own_thread_surfaces_as_a_task_engines_does() {
+    let net = ChannelNetwork::new(27);
+    let a = threaded(&net, "a");
+    let _b = threaded(&net, "b");
+    let t = a.table::<u64, GCounter>("hits").unwrap();
+    inc(&t, 1).await.unwrap();
+    a.inject_engine_panic().await;
+    let failure = failed(&a).await;
+    assert!(
+        matches!(&failure, EngineFailure::Panicked { message } if message.contains("injected")),
+        "{failure:?}"
+    );
+    let err = inc(&t, 2).await.unwrap_err();
+    assert!(
+        matches!(err, RegionError::Engine(EngineFailure::Panicked { .. })),
+        "{err:?}"
+    );
+}

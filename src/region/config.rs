@@ -176,6 +176,15 @@ pub struct RegionConfig {
     /// sent again (same id, applied at most once) every `ack_timeout`
     /// meanwhile, and held while the home is disconnected.
     pub homed_forward_timeout: Duration,
+    /// Runs the engine on a thread of its own (a current-thread tokio
+    /// runtime) instead of as a task on the runtime that built the region.
+    /// A writer wakes a task engine onto its own worker (tokio's LIFO
+    /// slot), where the two share one core while another may idle; on its
+    /// own thread the engine runs beside the writers. Costs a thread per
+    /// region and a cross-thread wake-up per batch and per frame received.
+    /// Off by default (tests on a paused tokio clock need the engine on
+    /// their runtime).
+    pub engine_thread: bool,
 }
 
 impl Default for RegionConfig {
@@ -203,6 +212,7 @@ impl Default for RegionConfig {
             rights_request_below_units: 2,
             rights_request_timeout: Duration::from_secs(1),
             homed_forward_timeout: Duration::from_secs(2),
+            engine_thread: false,
         }
     }
 }

@@ -56,6 +56,7 @@ impl<'de> Deserialize<'de> for Blob {
 }
 
 /// Appends one entry to a packed entry string.
+#[inline]
 pub(crate) fn push_entry(out: &mut Vec<u8>, table: usize, key: &[u8], value: &[u8]) {
     wire::put_len(out, table);
     wire::put_bytes(out, key);
@@ -78,13 +79,11 @@ impl<'a> Entries<'a> {
         }
     }
 
+    #[inline(always)]
     fn entry(&mut self) -> Result<(usize, &'a [u8], &'a [u8]), WireError> {
         let table = wire::take_len(&mut self.rest)?;
         if table >= self.tables {
-            return Err(WireError::Malformed(format!(
-                "entry names table {table} of {}",
-                self.tables
-            )));
+            return Err(table_out_of_range(table, self.tables));
         }
         let key = wire::take_bytes(&mut self.rest)?;
         let value = wire::take_bytes(&mut self.rest)?;
@@ -95,6 +94,7 @@ impl<'a> Entries<'a> {
 impl<'a> Iterator for Entries<'a> {
     type Item = Result<(usize, &'a [u8], &'a [u8]), WireError>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         if self.rest.is_empty() {
             return None;
@@ -105,6 +105,12 @@ impl<'a> Iterator for Entries<'a> {
         }
         Some(entry)
     }
+}
+
+/// The error of an entry naming table `table` of a message listing `tables`.
+#[cold]
+fn table_out_of_range(table: usize, tables: usize) -> WireError {
+    WireError::Malformed(format!("entry names table {table} of {tables}"))
 }
 
 /// The number of entries in a packed string, checking every one is well

@@ -35,6 +35,7 @@
 use std::cell::Cell;
 use std::fmt;
 use std::marker::PhantomData;
+use std::rc::Rc;
 
 use serde::de::{
     self, DeserializeSeed, Deserializer, EnumAccess, MapAccess, SeqAccess, VariantAccess, Visitor,
@@ -57,6 +58,22 @@ impl Budget {
             remaining: Cell::new(bytes),
             exceeded: Cell::new(false),
         }
+    }
+
+    /// A fresh budget of `bytes`, shareable with the delimited values a
+    /// decode meets: the per-thread spare when it is free (a decode then
+    /// allocates nothing for its budget), else a new one.
+    pub(crate) fn shared(bytes: usize) -> SharedBudget {
+        let budget = match SPARE_BUDGET.with(Cell::take) {
+            Some(spare) => {
+                debug_assert_eq!(Rc::strong_count(&spare), 1, "a spare budget is unshared");
+                spare.remaining.set(bytes);
+                spare.exceeded.set(false);
+                spare
+            }
+            None => Rc::new(Budget::new(bytes)),
+        };
+        SharedBudget(Some(budget))
     }
 
     /// True once a charge has failed.
@@ -82,6 +99,35 @@ impl Budget {
 
     fn cap_hint(&self, hint: Option<usize>) -> Option<usize> {
         hint.map(|n| n.min(SEQ_PREALLOC_ELEMENTS_MAX).min(self.remaining.get()))
+    }
+}
+
+thread_local! {
+    /// A budget no decode holds, kept for the next one (see
+    /// [`Budget::shared`]).
+    static SPARE_BUDGET: Cell<Option<Rc<Budget>>> = const { Cell::new(None) };
+}
+
+/// A [`Budget`] from [`Budget::shared`]; dropped, it becomes the thread's
+/// spare again unless something still holds it.
+pub(crate) struct SharedBudget(Option<Rc<Budget>>);
+
+impl std::ops::Deref for SharedBudget {
+    type Target = Rc<Budget>;
+
+    fn deref(&self) -> &Rc<Budget> {
+        self.0.as_ref().expect("held until dropped")
+    }
+}
+
+impl Drop for SharedBudget {
+    fn drop(&mut self) {
+        if let Some(budget) = self.0.take()
+            && Rc::strong_count(&budget) == 1
+            && Rc::weak_count(&budget) == 0
+        {
+            SPARE_BUDGET.with(|spare| spare.set(Some(budget)));
+        }
     }
 }
 

@@ -120,29 +120,52 @@ fn wide_id_at(bytes: &[u8]) -> Option<(u64, usize)> {
     (id >= min).then_some((id, 1 + width))
 }
 
+/// Bytes [`first_at_least`] tests at a time.
+const SCAN_CHUNK_BYTES: usize = 16;
+
+/// The position of the first byte of `bytes` at or above `min` (the
+/// length of `bytes` when there is none), a chunk at a time: the bytes
+/// between ids are skipped without a branch each.
+#[inline]
+fn first_at_least(bytes: &[u8], min: u8) -> usize {
+    let mut at = 0;
+    for chunk in bytes.chunks_exact(SCAN_CHUNK_BYTES) {
+        if chunk.iter().fold(0, |high, &b| high.max(b)) >= min {
+            break;
+        }
+        at += SCAN_CHUNK_BYTES;
+    }
+    at + bytes[at..]
+        .iter()
+        .position(|&b| b >= min)
+        .unwrap_or(bytes.len() - at)
+}
+
 /// Rewrites `input` with references to `dict`'s replicas, into `out`.
 fn substitute(input: &[u8], dict: &Dictionary, out: &mut Vec<u8>) {
     let mut i = 0;
     let mut literal_from = 0;
-    while i < input.len() {
-        let b = input[i];
-        if b < 0xFB {
-            i += 1;
-            continue;
-        }
+    loop {
+        i += first_at_least(&input[i..], 0xFB);
+        let Some(&b) = input.get(i) else { break };
         out.extend_from_slice(&input[literal_from..i]);
         if b >= ORIGIN_REF {
             out.extend_from_slice(&[ESCAPE, b]);
             i += 1;
         } else {
+            // The origin first: every entry of a counter names it.
             let wide = wide_id_at(&input[i..]);
-            let deps_ref = wide.and_then(|(id, _)| dict.deps.binary_search(&id).ok());
-            match (wide, deps_ref) {
-                (Some((id, len)), _) if id == dict.origin => {
+            let deps_ref = |id: u64| {
+                (id != dict.origin)
+                    .then(|| dict.deps.binary_search(&id).ok())
+                    .flatten()
+            };
+            match wide.map(|(id, len)| (id, len, deps_ref(id))) {
+                Some((id, len, _)) if id == dict.origin => {
                     out.push(ORIGIN_REF);
                     i += len;
                 }
-                (Some((_, len)), Some(k)) => {
+                Some((_, len, Some(k))) => {
                     debug_assert!(k < DEPS_REFS_MAX);
                     out.extend_from_slice(&[ESCAPE, k as u8]);
                     i += len;
@@ -162,7 +185,11 @@ fn substitute(input: &[u8], dict: &Dictionary, out: &mut Vec<u8>) {
 fn expand(input: &[u8], dict: &Dictionary) -> Result<Vec<u8>, WireError> {
     let mut out = Vec::with_capacity(input.len().saturating_mul(2).min(EXPANDED_BYTES_MAX));
     let mut rest = input;
-    while let Some(at) = rest.iter().position(|&b| b >= ORIGIN_REF) {
+    loop {
+        let at = first_at_least(rest, ORIGIN_REF);
+        if at == rest.len() {
+            break;
+        }
         out.extend_from_slice(&rest[..at]);
         if rest[at] == ORIGIN_REF {
             put_id(&mut out, dict.origin);
