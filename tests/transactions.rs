@@ -274,7 +274,7 @@ fn check_seed(seed: u64, config: RegionConfig, restarts: bool, ahead_ms: i64) {
                 10 | 11 if restarts => {
                     let r = (next() % 3) as usize;
                     let old = regions.remove(r);
-                    if next() % 2 == 0 {
+                    if next().is_multiple_of(2) {
                         // A crash: the dead process commits nothing more.
                         drop(old);
                         disks[r] = disks[r].crash();
