@@ -53,6 +53,19 @@ impl Core {
             self.counters.stale_frames += 1;
             return Vec::new();
         }
+        if self.folding
+            && matches!(
+                message,
+                Message::SyncRequest { .. } | Message::SyncRanges { .. }
+            )
+        {
+            // It reads whole tables: handled once the transfer is folded.
+            self.hold_for_fold(HeldForFold::Message {
+                from: from.to_owned(),
+                message,
+            });
+            return Vec::new();
+        }
         self.on_greeted_message(from, message, now)
     }
 
@@ -84,19 +97,6 @@ impl Core {
     /// A message of a peer that greeted us on this connection (protocol
     /// announcements and hellos are [`on_message`](Core::on_message)'s).
     fn on_greeted_message(&mut self, from: &str, message: Message, now: Instant) -> Outgoing {
-        if self.folding
-            && matches!(
-                message,
-                Message::SyncRequest { .. } | Message::SyncRanges { .. }
-            )
-        {
-            // It reads whole tables: handled once the transfer is folded.
-            self.hold_for_fold(HeldForFold::Message {
-                from: from.to_owned(),
-                message,
-            });
-            return Vec::new();
-        }
         match message {
             Message::Batch {
                 origin,
