@@ -996,6 +996,67 @@ fn random_outcome(rng: &mut FuzzRng) -> HomedOutcome {
     }
 }
 
+/// A range-reconciliation frame opening an exchange of an empty table.
+fn ranges_sample() -> Message {
+    Message::SyncRanges {
+        session: 3,
+        reply: false,
+        round: 0,
+        frames: vec![(
+            "hits".into(),
+            message::Blob(
+                crate::replication::reconcile::RangeMessage::initiate(
+                    &crate::replication::reconcile::RangeIndex::new(),
+                )
+                .encode()
+                .expect("a small message"),
+            ),
+        )],
+    }
+}
+
+/// One mutation of a batch, plain or compact.
+fn mutate_batch(message: &mut Message, rng: &mut FuzzRng) {
+    match message {
+        Message::Batch {
+            origin,
+            first,
+            last,
+            deps,
+            tables,
+            entries,
+            ..
+        } => match rng.below(6) {
+            0 => *origin = rng.replica(),
+            1 => *first = rng.edgy_u64(),
+            2 => *last = rng.edgy_u64(),
+            3 => deps.raise(rng.replica(), rng.edgy_u64()),
+            4 => tables.push(tables.first().cloned().unwrap_or_default()),
+            _ => {
+                let n = rng.below(4);
+                *entries = packed_entries(rng, tables.len() + 1, n);
+            }
+        },
+        Message::CompactBatch {
+            origin,
+            deps,
+            tables,
+            entries,
+            ..
+        } => match rng.below(5) {
+            0 => *origin = rng.replica(),
+            1 => deps.raise(rng.replica(), rng.edgy_u64()),
+            2 => tables.truncate(rng.below(tables.len() + 1)),
+            3 => entries.0.insert(
+                rng.below(entries.0.len() + 1),
+                [0xFE, 0xFF, 0xFD][rng.below(3)],
+            ),
+            _ => entries.0.truncate(rng.below(entries.0.len() + 1)),
+        },
+        _ => {}
+    }
+}
+
 impl FuzzValue for Message {
     const NAME: &'static str = "Message";
     fn samples(rng: &mut FuzzRng) -> Vec<Self> {
@@ -1059,21 +1120,7 @@ impl FuzzValue for Message {
                     value: Some(message::Blob(vec![75])),
                 },
             },
-            Message::SyncRanges {
-                session: 3,
-                reply: false,
-                round: 0,
-                frames: vec![(
-                    "hits".into(),
-                    message::Blob(
-                        crate::replication::reconcile::RangeMessage::initiate(
-                            &crate::replication::reconcile::RangeIndex::new(),
-                        )
-                        .encode()
-                        .expect("a small message"),
-                    ),
-                )],
-            },
+            ranges_sample(),
             grouped_sample(rng),
             compact,
         ];
@@ -1082,41 +1129,7 @@ impl FuzzValue for Message {
     }
     fn mutate(&mut self, rng: &mut FuzzRng) {
         match self {
-            Message::Batch {
-                origin,
-                first,
-                last,
-                deps,
-                tables,
-                entries,
-                ..
-            } => match rng.below(6) {
-                0 => *origin = rng.replica(),
-                1 => *first = rng.edgy_u64(),
-                2 => *last = rng.edgy_u64(),
-                3 => deps.raise(rng.replica(), rng.edgy_u64()),
-                4 => tables.push(tables.first().cloned().unwrap_or_default()),
-                _ => {
-                    let n = rng.below(4);
-                    *entries = packed_entries(rng, tables.len() + 1, n);
-                }
-            },
-            Message::CompactBatch {
-                origin,
-                deps,
-                tables,
-                entries,
-                ..
-            } => match rng.below(5) {
-                0 => *origin = rng.replica(),
-                1 => deps.raise(rng.replica(), rng.edgy_u64()),
-                2 => tables.truncate(rng.below(tables.len() + 1)),
-                3 => entries.0.insert(
-                    rng.below(entries.0.len() + 1),
-                    [0xFE, 0xFF, 0xFD][rng.below(3)],
-                ),
-                _ => entries.0.truncate(rng.below(entries.0.len() + 1)),
-            },
+            Message::Batch { .. } | Message::CompactBatch { .. } => mutate_batch(self, rng),
             Message::Ack { origin, applied } => {
                 *origin = rng.replica();
                 *applied = rng.edgy_u64();
