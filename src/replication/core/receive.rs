@@ -94,35 +94,41 @@ impl Core {
         self.counters.stale_frames += 1;
     }
 
+    /// A batch in the plain layout, buffered as it arrived from `from`.
+    fn on_plain_batch(&mut self, from: &str, message: Message, now: Instant) -> Outgoing {
+        let Message::Batch {
+            origin,
+            first,
+            last,
+            deps,
+            sent_at,
+            tables,
+            entries,
+        } = message
+        else {
+            debug_assert!(false, "on_plain_batch is given batches only");
+            return Vec::new();
+        };
+        let batch = Buffered {
+            from: from.to_owned(),
+            origin,
+            first,
+            last,
+            deps,
+            tables,
+            entries,
+            arrived: now,
+            sent_at,
+            relayed: false,
+        };
+        self.on_batch(from, batch, sent_at, now)
+    }
+
     /// A message of a peer that greeted us on this connection (protocol
     /// announcements and hellos are [`on_message`](Core::on_message)'s).
     fn on_greeted_message(&mut self, from: &str, message: Message, now: Instant) -> Outgoing {
         match message {
-            Message::Batch {
-                origin,
-                first,
-                last,
-                deps,
-                sent_at,
-                tables,
-                entries,
-            } => self.on_batch(
-                from,
-                Buffered {
-                    from: from.to_owned(),
-                    origin,
-                    first,
-                    last,
-                    deps,
-                    tables,
-                    entries,
-                    arrived: now,
-                    sent_at,
-                    relayed: false,
-                },
-                sent_at,
-                now,
-            ),
+            message @ Message::Batch { .. } => self.on_plain_batch(from, message, now),
             message @ (Message::Relay { .. } | Message::RelayWant { .. }) => {
                 self.on_relay_message(from, message, now)
             }
