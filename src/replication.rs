@@ -524,10 +524,13 @@ pub(crate) async fn run<T: Transport>(
             () = std::future::ready(()), if engine.merging || engine.draining => {}
         }
         if engine.draining {
-            engine.drain_buffer_slice().await;
+            let drain = |core: &mut Core, _| core.drain_buffer_slice();
+            engine.background_slice("drain slice", drain).await;
         }
         if engine.merging {
-            engine.merge_transfer_slice().await;
+            engine
+                .background_slice("transfer slice", Core::merge_transfer_slice)
+                .await;
         }
         if engine.try_finish_shutdown().await {
             return Exit::Shutdown;
@@ -549,7 +552,7 @@ struct Engine<T> {
     /// Frame bytes sent since the engine last held the state's lock.
     sent: SentBytes,
     /// A large transfer waits to be merged or folded, a slice per lock
-    /// hold (see `Core::merge_transfer_slice`).
+    /// hold (see `Core::merge_transfer_slice`, `Engine::background_slice`).
     merging: bool,
     /// Ready buffered batches wait to be applied, a slice per lock hold
     /// (see `Core::drain_buffer_slice`).
@@ -656,37 +659,26 @@ impl<T: Transport> Engine<T> {
         self.send(out);
     }
 
-    /// One slice of a large transfer (merged, published or folded) in a
-    /// hold of its own, after letting the tasks on this worker run (local
-    /// writers among them): the lock is never held for a whole transfer.
-    async fn merge_transfer_slice(&mut self) {
+    /// One slice of background work (`work`: a large transfer merged,
+    /// published or folded, or a long run of ready buffered batches
+    /// applied) in a hold of its own, after letting the tasks on this
+    /// worker run (local writers among them): the lock is never held for a
+    /// whole transfer or a whole run. What it answers is sent (or held for
+    /// the next commit).
+    async fn background_slice(
+        &mut self,
+        kind: &'static str,
+        work: fn(&mut Core, Instant) -> Outgoing,
+    ) {
         tokio::task::yield_now().await;
         let mut core = self.shared.lock();
         let locked = Instant::now();
         core.count_sent(&mut self.sent);
-        let out = core.merge_transfer_slice(locked);
+        let out = work(&mut core, locked);
         self.merging = core.transfer_work_pending();
         self.draining = core.drain_work_pending();
         self.shared.publish(&core);
-        log_long_hold(&core.name, "transfer slice", locked);
-        drop(core);
-        let out = self.hold_until_commit(out);
-        self.send(out);
-    }
-
-    /// One slice of a long run of ready buffered batches in a hold of its
-    /// own, after letting the tasks on this worker run (as
-    /// [`merge_transfer_slice`](Engine::merge_transfer_slice)); its
-    /// acknowledgements are sent (or held for the next commit).
-    async fn drain_buffer_slice(&mut self) {
-        tokio::task::yield_now().await;
-        let mut core = self.shared.lock();
-        let locked = Instant::now();
-        core.count_sent(&mut self.sent);
-        let out = core.drain_buffer_slice();
-        self.draining = core.drain_work_pending();
-        self.shared.publish(&core);
-        log_long_hold(&core.name, "drain slice", locked);
+        log_long_hold(&core.name, kind, locked);
         drop(core);
         let out = self.hold_until_commit(out);
         self.send(out);

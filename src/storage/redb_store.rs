@@ -441,6 +441,26 @@ where
     Ok(())
 }
 
+/// The rows of a numbered log table (outbox segments, transaction groups)
+/// from `keep_from` on, with the journal's rows not yet folded in over
+/// them, in order.
+fn kept_rows(
+    txn: &redb::ReadTransaction,
+    table: TableDefinition<u64, &[u8]>,
+    keep_from: u64,
+    put: &BTreeMap<u64, Vec<u8>>,
+) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
+    let mut rows = BTreeMap::new();
+    each(txn, table, |id, row| {
+        if id >= keep_from {
+            rows.insert(id, row.to_vec());
+        }
+        Ok(())
+    })?;
+    rows.extend(put.iter().map(|(k, v)| (*k, v.clone())));
+    Ok(rows.into_iter().collect())
+}
+
 impl RedbStorage {
     /// Opens the store at `path`, creating the file if it does not exist.
     ///
@@ -544,15 +564,7 @@ impl Storage for RedbStorage {
             let (table, key) = split_state_key(key)?;
             snapshot.states.push((table, key, value.clone()));
         }
-        let mut outbox = BTreeMap::new();
-        each(&txn, OUTBOX, |first, segment| {
-            if first >= journal.outbox_keep_from {
-                outbox.insert(first, segment.to_vec());
-            }
-            Ok(())
-        })?;
-        outbox.extend(journal.outbox_put.iter().map(|(k, v)| (*k, v.clone())));
-        snapshot.outbox = outbox.into_iter().collect();
+        snapshot.outbox = kept_rows(&txn, OUTBOX, journal.outbox_keep_from, &journal.outbox_put)?;
         let mut cursors = BTreeMap::new();
         each(&txn, CURSORS, |peer, acked| {
             cursors.insert(peer.to_owned(), acked);
@@ -565,15 +577,12 @@ impl Storage for RedbStorage {
             };
         }
         snapshot.cursors = cursors.into_iter().collect();
-        let mut groups = BTreeMap::new();
-        each(&txn, TX_GROUPS, |id, group| {
-            if id >= journal.tx_groups_keep_from {
-                groups.insert(id, group.to_vec());
-            }
-            Ok(())
-        })?;
-        groups.extend(journal.tx_groups_put.iter().map(|(k, v)| (*k, v.clone())));
-        snapshot.tx_groups = groups.into_iter().collect();
+        snapshot.tx_groups = kept_rows(
+            &txn,
+            TX_GROUPS,
+            journal.tx_groups_keep_from,
+            &journal.tx_groups_put,
+        )?;
         Ok(snapshot)
     }
 
